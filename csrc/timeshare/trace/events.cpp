@@ -1,0 +1,83 @@
+#include "timeshare/trace/events.h"
+
+#include <cstdio>
+#include <cstring>
+#include <memory>
+
+namespace timeshare::trace {
+
+namespace {
+constexpr char kMagic[8] = {'T', 'S', 'E', 'V', '0', '0', '0', '1'};
+struct FileCloser {
+  void operator()(std::FILE* f) const noexcept { std::fclose(f); }
+};
+using File = std::unique_ptr<std::FILE, FileCloser>;
+}  // namespace
+
+std::string validate(const Event* events, std::size_t n, std::size_t* allocs_out) {
+  std::vector<std::uint8_t> state;  // 0 unseen, 1 live, 2 freed
+  for (std::size_t i = 0; i < n; ++i) {
+    const Event& e = events[i];
+    if (e.op == Op::kAlloc) {
+      if (e.id != state.size()) {
+        return "event " + std::to_string(i) + ": allocation id " + std::to_string(e.id) +
+               " is not the next dense id " + std::to_string(state.size());
+      }
+      state.push_back(1);
+    } else if (e.op == Op::kFree) {
+      if (e.id >= state.size() || state[e.id] != 1) {
+        return "event " + std::to_string(i) + ": free of allocation " + std::to_string(e.id) +
+               " that is not live";
+      }
+      state[e.id] = 2;
+    } else {
+      return "event " + std::to_string(i) + ": unknown op " +
+             std::to_string(static_cast<int>(e.op));
+    }
+  }
+  if (allocs_out) *allocs_out = state.size();
+  return {};
+}
+
+bool write_tsev(const std::string& path, const std::vector<Event>& events, std::string* error) {
+  File f(std::fopen(path.c_str(), "wb"));
+  if (!f) {
+    if (error) *error = "cannot open " + path + " for writing";
+    return false;
+  }
+  const std::uint64_t n = events.size();
+  if (std::fwrite(kMagic, 1, sizeof kMagic, f.get()) != sizeof kMagic ||
+      std::fwrite(&n, sizeof n, 1, f.get()) != 1 ||
+      (n && std::fwrite(events.data(), sizeof(Event), n, f.get()) != n)) {
+    if (error) *error = "short write to " + path;
+    return false;
+  }
+  return true;
+}
+
+bool read_tsev(const std::string& path, std::vector<Event>* events, std::string* error) {
+  File f(std::fopen(path.c_str(), "rb"));
+  if (!f) {
+    if (error) *error = "cannot open " + path;
+    return false;
+  }
+  char magic[8];
+  std::uint64_t n = 0;
+  if (std::fread(magic, 1, sizeof magic, f.get()) != sizeof magic ||
+      std::memcmp(magic, kMagic, sizeof kMagic) != 0) {
+    if (error) *error = path + " is not a .tsev trace (bad magic)";
+    return false;
+  }
+  if (std::fread(&n, sizeof n, 1, f.get()) != 1 || n > (std::uint64_t{1} << 34)) {
+    if (error) *error = path + " is truncated or corrupt (bad count)";
+    return false;
+  }
+  events->resize(n);
+  if (n && std::fread(events->data(), sizeof(Event), n, f.get()) != n) {
+    if (error) *error = path + " is truncated: expected " + std::to_string(n) + " events";
+    return false;
+  }
+  return true;
+}
+
+}  // namespace timeshare::trace
