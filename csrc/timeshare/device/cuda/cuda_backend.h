@@ -1,0 +1,26 @@
+// CudaBackend — the real device, through the CUDA driver API.
+//
+// The driver is loaded with dlopen("libcuda.so.1") at first use rather than linked, so the
+// allocator library loads (and its sim backend works) on machines without a GPU or driver, and
+// one build serves every driver version PyTorch itself can use (no runtime-version coupling
+// with the cudart that torch ships). Streams and events are the driver's CUstream/CUevent,
+// which are the same objects as the runtime's cudaStream_t/cudaEvent_t: PyTorch's streams pass
+// straight through. Virtual memory uses cuMemAddressReserve/cuMemCreate/cuMemMap/cuMemSetAccess
+// with one physical handle per granule, so any granule can be unmapped independently.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "timeshare/device/backend.h"
+
+namespace timeshare::device {
+
+// Whether a CUDA driver with at least one device can be loaded here (never throws).
+bool cuda_available(std::string* why_not = nullptr);
+int cuda_device_count();
+
+// Creates the backend for `device`, or returns null with `error` set (no driver, bad index).
+std::unique_ptr<Backend> make_cuda_backend(int device, std::string* error);
+
+}  // namespace timeshare::device
