@@ -86,14 +86,12 @@ bool Allocator::free(void* ptr) {
   return true;
 }
 
-void Allocator::record_stream(void* ptr, device::Stream stream) {
+bool Allocator::record_stream(void* ptr, device::Stream stream) {
   std::lock_guard lock(mu_);
-  if (!live_.count(ptr)) {
-    log().warn("record_stream on pointer {} that timeshare did not allocate: ignored", ptr);
-    return;
-  }
+  if (!live_.count(ptr)) return false;
   ++counters_.record_streams;
   pool_->record_stream(ptr, stream);
+  return true;
 }
 
 void Allocator::empty_cache() {

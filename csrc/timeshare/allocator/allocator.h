@@ -54,7 +54,8 @@ class Allocator {
   void* malloc(std::size_t bytes, device::Stream stream);
   // False (and a logged warning) for a pointer this allocator did not hand out.
   bool free(void* ptr);
-  void record_stream(void* ptr, device::Stream stream);
+  // False when `ptr` is not a live block of this allocator.
+  bool record_stream(void* ptr, device::Stream stream);
   void empty_cache();
   // Cap reserved memory at `fraction` of the device's total (torch's memory fraction).
   void set_memory_fraction(double fraction);

@@ -1,0 +1,26 @@
+// Maps the user-facing Options onto the parts' own option structs.
+#include "timeshare/allocator/allocator.h"
+#include "timeshare/pool/caching_pool.h"
+#include "timeshare/pool/temporal_pool.h"
+
+namespace timeshare {
+
+std::unique_ptr<pool::Pool> make_pool(const Options& options, device::Backend& backend) {
+  if (options.policy == PolicyKind::kTorch) {
+    pool::CachingPoolOptions o;
+    o.expandable_segments = options.expandable_segments && backend.supports_virtual_memory();
+    if (options.max_split_size_bytes != SIZE_MAX) o.max_split_size_bytes = options.max_split_size_bytes;
+    o.garbage_collection_threshold = options.garbage_collection_threshold;
+    return std::make_unique<pool::CachingPool>(backend, o);
+  }
+  return std::make_unique<pool::TemporalPool>(&backend, pool::TemporalPoolOptions{});
+}
+
+std::unique_ptr<predict::LifespanPredictor> make_predictor_for(const Options& options,
+                                                               bool deterministic) {
+  (void)deterministic;
+  if (options.policy == PolicyKind::kTorch) return nullptr;
+  return nullptr;  // wired to predict::make_predictor when the predictor lands
+}
+
+}  // namespace timeshare
