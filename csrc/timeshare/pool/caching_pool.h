@@ -98,7 +98,7 @@ struct CachingPoolOptions {
   // roundup_power2_divisions: empty = off; one value = every interval; otherwise entry i is the
   // interval [2^i MiB, 2^(i+1) MiB) (entry 0 also covers everything below 1 MiB, the last entry
   // everything above). Values 0 or 1 mean plain 512-byte rounding.
-  std::vector<std::size_t> roundup_power2_divisions;
+  std::vector<std::size_t> roundup_power2_divisions = {};
 };
 
 // A view of one segment, in torch's snapshot() shape (tests, replays, summaries).
