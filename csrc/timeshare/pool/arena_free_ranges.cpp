@@ -1,0 +1,88 @@
+#include "timeshare/pool/arena_free_ranges.h"
+
+namespace timeshare::pool {
+
+void ArenaFreeRanges::add(std::uintptr_t addr, std::size_t bytes) {
+  by_addr_.emplace(addr, bytes);
+  by_size_.emplace(bytes, addr);
+  free_bytes_ += bytes;
+}
+
+void ArenaFreeRanges::erase(std::map<std::uintptr_t, std::size_t>::iterator it) {
+  by_size_.erase({it->second, it->first});
+  free_bytes_ -= it->second;
+  by_addr_.erase(it);
+}
+
+void ArenaFreeRanges::insert(std::uintptr_t addr, std::size_t bytes) {
+  auto next = by_addr_.lower_bound(addr);
+  const bool merge_next = next != by_addr_.end() && next->first == addr + bytes;
+  auto prev = next == by_addr_.begin() ? by_addr_.end() : std::prev(next);
+  const bool merge_prev = prev != by_addr_.end() && prev->first + prev->second == addr;
+  free_bytes_ += bytes;
+  if (merge_prev) {
+    // Grow the previous range in place (and swallow the next one).
+    auto size_node = by_size_.extract({prev->second, prev->first});
+    if (merge_next) {
+      by_size_.erase({next->second, next->first});
+      prev->second += bytes + next->second;
+      by_addr_.erase(next);
+    } else {
+      prev->second += bytes;
+    }
+    size_node.value().first = prev->second;
+    by_size_.insert(std::move(size_node));
+    return;
+  }
+  if (merge_next) {
+    // Move the next range's start down to `addr`, reusing both nodes.
+    auto size_node = by_size_.extract({next->second, next->first});
+    auto addr_node = by_addr_.extract(next);
+    addr_node.key() = addr;
+    addr_node.mapped() += bytes;
+    size_node.value() = {addr_node.mapped(), addr};
+    by_addr_.insert(std::move(addr_node));
+    by_size_.insert(std::move(size_node));
+    return;
+  }
+  free_bytes_ -= bytes;
+  add(addr, bytes);
+}
+
+bool ArenaFreeRanges::peek_best_fit(std::size_t bytes, Range* out) const {
+  auto it = by_size_.lower_bound({bytes, 0});
+  if (it == by_size_.end()) return false;
+  out->bytes = it->first;
+  out->addr = it->second;
+  return true;
+}
+
+void ArenaFreeRanges::carve(const Range& r, std::size_t bytes) {
+  free_bytes_ -= bytes;
+  auto size_node = by_size_.extract({r.bytes, r.addr});
+  auto addr_it = by_addr_.find(r.addr);
+  if (r.bytes == bytes) {
+    by_addr_.erase(addr_it);
+    return;
+  }
+  auto hint = std::next(addr_it);
+  auto addr_node = by_addr_.extract(addr_it);
+  addr_node.key() = r.addr + bytes;
+  addr_node.mapped() = r.bytes - bytes;
+  by_addr_.insert(hint, std::move(addr_node));
+  size_node.value() = {r.bytes - bytes, r.addr + bytes};
+  by_size_.insert(std::move(size_node));
+}
+
+bool ArenaFreeRanges::take_best_fit(std::size_t bytes, Range* out) {
+  auto it = by_size_.lower_bound({bytes, 0});
+  if (it == by_size_.end()) return false;
+  out->bytes = it->first;
+  out->addr = it->second;
+  by_size_.erase(it);
+  by_addr_.erase(out->addr);
+  free_bytes_ -= out->bytes;
+  return true;
+}
+
+}  // namespace timeshare::pool

@@ -1,0 +1,52 @@
+// ArenaFreeRanges — the free address ranges of one region, indexed for O(log n) best fit.
+//
+// Two indexes over the same ranges: by (size, address) for best fit, and by address for
+// coalescing a returned range with its free neighbours. Ranges never overlap and are always
+// fully coalesced (no two free ranges touch).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <set>
+#include <utility>
+
+namespace timeshare::pool {
+
+class ArenaFreeRanges {
+ public:
+  struct Range {
+    std::uintptr_t addr = 0;
+    std::size_t bytes = 0;
+  };
+
+  // Adds [addr, addr+bytes), merging it with touching free ranges.
+  void insert(std::uintptr_t addr, std::size_t bytes);
+
+  // Removes and returns the smallest range of at least `bytes` (lowest address among equal
+  // sizes). Returns false when no range is large enough.
+  bool take_best_fit(std::size_t bytes, Range* out);
+
+  // The range take_best_fit would return, left in place.
+  bool peek_best_fit(std::size_t bytes, Range* out) const;
+
+  // Takes the first `bytes` of the free range `r` (as returned by peek_best_fit, unchanged
+  // since); the rest stays free. Reuses the index nodes: no heap allocation.
+  void carve(const Range& r, std::size_t bytes);
+
+  std::size_t count() const noexcept { return by_addr_.size(); }
+  std::size_t free_bytes() const noexcept { return free_bytes_; }
+  std::size_t largest_bytes() const noexcept {
+    return by_size_.empty() ? 0 : by_size_.rbegin()->first;
+  }
+
+ private:
+  void erase(std::map<std::uintptr_t, std::size_t>::iterator it);
+  void add(std::uintptr_t addr, std::size_t bytes);
+
+  std::set<std::pair<std::size_t, std::uintptr_t>> by_size_;
+  std::map<std::uintptr_t, std::size_t> by_addr_;
+  std::size_t free_bytes_ = 0;
+};
+
+}  // namespace timeshare::pool

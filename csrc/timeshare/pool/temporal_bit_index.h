@@ -1,0 +1,111 @@
+// TemporalBitIndex — a set of small integers as a hierarchical bitset: set, clear and test in
+// O(levels), highest member in O(levels) (levels = log64 of the capacity: 3 for a million).
+// The temporal pool indexes its cached granules with it: a big block spans dozens of granules,
+// and a balanced tree node per granule was the pool's hottest cost.
+#pragma once
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace timeshare::pool {
+
+class TemporalBitIndex {
+ public:
+  static constexpr std::size_t npos = ~std::size_t{0};
+
+  // Grows the capacity to at least `n` members, keeping the current ones.
+  void resize(std::size_t n) {
+    std::vector<std::size_t> members;
+    for (std::size_t i = find_last(); i != npos; i = find_prev(i)) members.push_back(i);
+    levels_.clear();
+    std::size_t words = (n + kBits - 1) / kBits;
+    do {
+      words = words == 0 ? 1 : words;
+      levels_.emplace_back(words, 0);
+      words = (words + kBits - 1) / kBits;
+    } while (levels_.back().size() > 1);
+    capacity_ = n;
+    count_ = 0;
+    for (std::size_t i : members) set(i);
+  }
+
+  std::size_t capacity() const noexcept { return capacity_; }
+  std::size_t count() const noexcept { return count_; }
+  bool empty() const noexcept { return count_ == 0; }
+
+  bool test(std::size_t i) const noexcept {
+    return (levels_[0][i / kBits] >> (i % kBits)) & 1u;
+  }
+
+  void set(std::size_t i) noexcept {
+    if (test(i)) return;
+    ++count_;
+    for (auto& level : levels_) {
+      std::uint64_t& w = level[i / kBits];
+      const bool was_empty = w == 0;
+      w |= std::uint64_t{1} << (i % kBits);
+      if (!was_empty) return;
+      i /= kBits;
+    }
+  }
+
+  void clear(std::size_t i) noexcept {
+    if (!test(i)) return;
+    --count_;
+    for (auto& level : levels_) {
+      std::uint64_t& w = level[i / kBits];
+      w &= ~(std::uint64_t{1} << (i % kBits));
+      if (w != 0) return;
+      i /= kBits;
+    }
+  }
+
+  // Highest member, or npos when empty.
+  std::size_t find_last() const noexcept {
+    if (count_ == 0) return npos;
+    std::size_t i = 0;
+    for (std::size_t l = levels_.size(); l-- > 0;) {
+      const std::uint64_t w = levels_[l][i];
+      i = i * kBits + (kBits - 1 - static_cast<std::size_t>(std::countl_zero(w)));
+    }
+    return i;
+  }
+
+  // Highest member below `i`, or npos. Linear in the distance at the leaf level only when
+  // words are empty, which the upper levels skip.
+  std::size_t find_prev(std::size_t i) const noexcept {
+    if (count_ == 0 || i == 0) return npos;
+    --i;
+    // Climb until a word has a member at or below the position, then descend.
+    std::size_t l = 0;
+    for (; l < levels_.size(); ++l) {
+      const std::uint64_t w = levels_[l][i / kBits] & mask_upto(i % kBits);
+      if (w != 0) {
+        i = (i / kBits) * kBits + (kBits - 1 - static_cast<std::size_t>(std::countl_zero(w)));
+        break;
+      }
+      if (i / kBits == 0) return npos;
+      i = i / kBits - 1;
+    }
+    if (l == levels_.size()) return npos;
+    while (l-- > 0) {
+      const std::uint64_t w = levels_[l][i];
+      i = i * kBits + (kBits - 1 - static_cast<std::size_t>(std::countl_zero(w)));
+    }
+    return i;
+  }
+
+ private:
+  static constexpr std::size_t kBits = 64;
+  static std::uint64_t mask_upto(std::size_t bit) noexcept {
+    return bit == kBits - 1 ? ~std::uint64_t{0} : (std::uint64_t{1} << (bit + 1)) - 1;
+  }
+
+  std::vector<std::vector<std::uint64_t>> levels_;
+  std::size_t capacity_ = 0;
+  std::size_t count_ = 0;
+};
+
+}  // namespace timeshare::pool

@@ -1,0 +1,157 @@
+#include "timeshare/pool/temporal_granules.h"
+
+#include <algorithm>
+
+namespace timeshare::pool {
+
+TemporalGranules::TemporalGranules(device::Backend* backend, std::size_t granule_bytes,
+                                   std::uint64_t peak_window_events, std::size_t slack_granules)
+    : backend_(backend),
+      granule_bytes_(granule_bytes),
+      peak_window_events_(peak_window_events),
+      slack_granules_(slack_granules) {}
+
+std::size_t TemporalGranules::add_arena(std::uintptr_t base, std::size_t granules) {
+  ArenaGranules ar;
+  ar.base = base;
+  ar.offset = cache_.capacity();
+  ar.occupancy.assign(granules, 0);
+  ar.mapped.assign(granules, 0);
+  cache_.resize(ar.offset + granules);
+  arenas_.push_back(std::move(ar));
+  return arenas_.size() - 1;
+}
+
+std::size_t TemporalGranules::mark() const noexcept {
+  return std::max(window_peak_, prev_window_peak_) + slack_granules_;
+}
+
+void TemporalGranules::tick(std::uint64_t now_events) {
+  if (now_events - window_start_events_ < peak_window_events_) return;
+  prev_window_peak_ = window_peak_;
+  window_peak_ = needed_;
+  window_start_events_ = now_events;
+}
+
+bool TemporalGranules::map_run(ArenaGranules& ar, std::size_t first, std::size_t n) {
+  void* addr = reinterpret_cast<void*>(ar.base + first * granule_bytes_);
+  if (backend_->map(addr, n * granule_bytes_) != device::Status::kOk) return false;
+  ++map_calls_;
+  std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(first), n, std::uint8_t{1});
+  mapped_ += n;
+  return true;
+}
+
+bool TemporalGranules::trim_to(std::size_t target, std::size_t incoming) {
+  while (mapped_ + incoming > target && !cache_.empty()) {
+    const std::size_t last = cache_.find_last();
+    std::size_t a = arenas_.size() - 1;
+    while (arenas_[a].offset > last) --a;
+    ArenaGranules& ar = arenas_[a];
+    // Extend the run downwards over contiguous cached granules of the same arena.
+    const std::size_t over = mapped_ + incoming - target;
+    std::size_t first = last;
+    while (last - first + 1 < over && first > ar.offset && cache_.test(first - 1)) --first;
+    const std::size_t g_first = first - ar.offset;
+    const std::size_t n = last - first + 1;
+    void* addr = reinterpret_cast<void*>(ar.base + g_first * granule_bytes_);
+    if (backend_->unmap(addr, n * granule_bytes_) != device::Status::kOk) return false;
+    ++unmap_calls_;
+    std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(g_first), n, std::uint8_t{0});
+    mapped_ -= n;
+    for (std::size_t i = first; i <= last; ++i) cache_.clear(i);
+  }
+  return mapped_ + incoming <= target;
+}
+
+bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t bytes,
+                               std::size_t limit_bytes) {
+  ArenaGranules& ar = arenas_[a];
+  const std::size_t g0 = (addr - ar.base) / granule_bytes_;
+  const std::size_t g1 = (addr + bytes - 1 - ar.base) / granule_bytes_;
+  std::size_t fresh = 0;
+  std::size_t to_map = 0;
+  for (std::size_t g = g0; g <= g1; ++g) {
+    if (ar.occupancy[g] != 0) continue;
+    ++fresh;
+    if (!ar.mapped[g]) ++to_map;
+  }
+  if (limit_bytes != 0 && (mapped_ + to_map) * granule_bytes_ > limit_bytes) {
+    // Cached granules outside this block may go to make room, but the limit decides.
+    std::size_t cached_outside = cache_.count();
+    for (std::size_t g = g0; g <= g1; ++g) {
+      if (ar.occupancy[g] == 0 && ar.mapped[g]) --cached_outside;
+    }
+    if ((mapped_ - cached_outside + to_map) * granule_bytes_ > limit_bytes) return false;
+  }
+  // Claim the cached granules of this block so trimming cannot take them.
+  for (std::size_t g = g0; g <= g1; ++g) {
+    if (ar.occupancy[g] == 0 && ar.mapped[g]) cache_.clear(key(a, g));
+  }
+  std::size_t target = std::max(mark(), needed_ + fresh + slack_granules_);
+  if (limit_bytes != 0) target = std::min(target, limit_bytes / granule_bytes_);
+  trim_to(target, to_map);
+  // Map the missing runs; undo everything on a device failure.
+  bool ok = true;
+  std::size_t g = g0;
+  std::vector<std::pair<std::size_t, std::size_t>> mapped_runs;
+  while (ok && g <= g1) {
+    if (ar.mapped[g]) {
+      ++g;
+      continue;
+    }
+    std::size_t n = 1;
+    while (g + n <= g1 && !ar.mapped[g + n]) ++n;
+    ok = map_run(ar, g, n);
+    if (ok) mapped_runs.emplace_back(g, n);
+    g += n;
+  }
+  if (!ok) {
+    for (auto [first, n] : mapped_runs) {
+      backend_->unmap(reinterpret_cast<void*>(ar.base + first * granule_bytes_),
+                      n * granule_bytes_);
+      ++unmap_calls_;
+      std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(first), n, std::uint8_t{0});
+      mapped_ -= n;
+    }
+    for (std::size_t h = g0; h <= g1; ++h) {
+      if (ar.occupancy[h] == 0 && ar.mapped[h]) cache_.set(key(a, h));
+    }
+    return false;
+  }
+  for (std::size_t h = g0; h <= g1; ++h) ++ar.occupancy[h];
+  needed_ += fresh;
+  window_peak_ = std::max(window_peak_, needed_);
+  return true;
+}
+
+void TemporalGranules::release(std::size_t a, std::uintptr_t addr, std::size_t bytes) {
+  ArenaGranules& ar = arenas_[a];
+  const std::size_t g0 = (addr - ar.base) / granule_bytes_;
+  const std::size_t g1 = (addr + bytes - 1 - ar.base) / granule_bytes_;
+  for (std::size_t g = g0; g <= g1; ++g) {
+    if (--ar.occupancy[g] != 0) continue;
+    --needed_;
+    cache_.set(key(a, g));
+  }
+  trim_to(mark(), 0);
+}
+
+void TemporalGranules::release_all_cached() { trim_to(0, 0); }
+
+void TemporalGranules::unmap_arena(std::size_t a) {
+  ArenaGranules& ar = arenas_[a];
+  for (std::size_t g = 0; g < ar.mapped.size(); ++g) {
+    if (!ar.mapped[g]) continue;
+    std::size_t n = 1;
+    while (g + n < ar.mapped.size() && ar.mapped[g + n]) ++n;
+    backend_->unmap(reinterpret_cast<void*>(ar.base + g * granule_bytes_), n * granule_bytes_);
+    ++unmap_calls_;
+    std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(g), n, std::uint8_t{0});
+    mapped_ -= n;
+    for (std::size_t h = g; h < g + n; ++h) cache_.clear(key(a, h));
+    g += n;
+  }
+}
+
+}  // namespace timeshare::pool

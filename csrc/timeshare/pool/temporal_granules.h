@@ -1,0 +1,92 @@
+// TemporalGranules — which 2 MiB granules of the arenas are physically mapped, which of them
+// hold blocks, and the hysteresis that decides when free ones go back to the device.
+//
+// Terms:
+//   needed granule — holds at least one live or pending block (occupancy > 0); always mapped.
+//   cached granule — mapped but holds no block; kept to avoid a map call when it is reused.
+// The reserved bytes of the pool are the mapped granules. Mapping and unmapping are the only
+// device calls; both are counted here.
+//
+// Hysteresis: the mark is the highest count of needed granules seen in the current and the
+// previous window of ticks (the observed cycle peak) plus a slack. Cached granules are
+// unmapped, highest address first, only while the mapped count is above the mark, and
+// `acquire` unmaps before it maps, so the mapped count never passes the mark by more than the
+// granules a request itself needs. On a periodic trace whose placement repeats, the steady
+// state makes no device calls at all.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "timeshare/device/backend.h"
+#include "timeshare/pool/temporal_bit_index.h"
+
+namespace timeshare::pool {
+
+class TemporalGranules {
+ public:
+  TemporalGranules(device::Backend* backend, std::size_t granule_bytes,
+                   std::uint64_t peak_window_events, std::size_t slack_granules);
+
+  // Registers an arena's virtual range [base, base + granules * granule_bytes); returns its
+  // index for the calls below.
+  std::size_t add_arena(std::uintptr_t base, std::size_t granules);
+
+  // Makes [addr, addr+bytes) of arena `a` usable: marks its granules needed and maps those that
+  // are not mapped, unmapping cached granules first to stay under the mark. With
+  // `limit_bytes` > 0 the mapped total may not pass it. Returns false, with nothing changed,
+  // when the limit or the device refuses.
+  bool acquire(std::size_t a, std::uintptr_t addr, std::size_t bytes, std::size_t limit_bytes);
+
+  // The block at [addr, addr+bytes) of arena `a` is gone: granules left without a block become
+  // cached; then cached granules above the mark are unmapped.
+  void release(std::size_t a, std::uintptr_t addr, std::size_t bytes);
+
+  // Moves the hysteresis window forward to `now_events`.
+  void tick(std::uint64_t now_events);
+
+  // Unmaps every cached granule (empty_cache, or before a retry at the limit).
+  void release_all_cached();
+
+  // Unmaps every mapped granule of arena `a` (pool teardown; the arena must hold no block).
+  void unmap_arena(std::size_t a);
+
+  std::size_t mapped_granules() const noexcept { return mapped_; }
+  std::size_t needed_granules() const noexcept { return needed_; }
+  std::size_t cached_granules() const noexcept { return cache_.count(); }
+  std::uint64_t map_calls() const noexcept { return map_calls_; }
+  std::uint64_t unmap_calls() const noexcept { return unmap_calls_; }
+  std::size_t granule_bytes() const noexcept { return granule_bytes_; }
+  bool is_mapped(std::size_t a, std::size_t granule) const { return arenas_[a].mapped[granule]; }
+
+ private:
+  struct ArenaGranules {
+    std::uintptr_t base = 0;
+    std::size_t offset = 0;                 // of granule 0 in cache_
+    std::vector<std::uint32_t> occupancy;  // blocks touching each granule
+    std::vector<std::uint8_t> mapped;
+  };
+  std::size_t key(std::size_t a, std::size_t g) const noexcept { return arenas_[a].offset + g; }
+  std::size_t mark() const noexcept;
+  // Unmaps cached granules (highest first) until mapped + incoming <= target; returns false
+  // when the cache ran out first.
+  bool trim_to(std::size_t target, std::size_t incoming);
+  bool map_run(ArenaGranules& ar, std::size_t first, std::size_t n);
+
+  device::Backend* backend_;
+  std::size_t granule_bytes_;
+  std::uint64_t peak_window_events_;
+  std::size_t slack_granules_;
+  std::vector<ArenaGranules> arenas_;
+  TemporalBitIndex cache_;  // key(arena, granule) of cached granules
+  std::size_t mapped_ = 0;
+  std::size_t needed_ = 0;
+  std::size_t window_peak_ = 0;       // peak of needed_ in the current window
+  std::size_t prev_window_peak_ = 0;  // and in the previous one
+  std::uint64_t window_start_events_ = 0;
+  std::uint64_t map_calls_ = 0;
+  std::uint64_t unmap_calls_ = 0;
+};
+
+}  // namespace timeshare::pool

@@ -1,0 +1,70 @@
+// TemporalPoolOptions — the knobs of the temporal pool, with units, and the lifespan classes.
+//
+// Every figure the pool's policy depends on lives here as a named field with its unit, so
+// that tests and the evaluation tool (csrc/tools/temporal_eval.cpp) can vary them. The
+// defaults are the ones measured in docs/temporal_pool.md.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "timeshare/common/units.h"
+
+namespace timeshare::pool {
+
+// Lifespan (allocator ticks) at or above which a block is treated as permanent (parameters,
+// optimizer state, blocks that are never freed). Callers that know a block is never freed
+// pass this value or larger.
+inline constexpr std::uint64_t kPermanentLifespanEvents = std::uint64_t{1} << 40;
+
+struct TemporalPoolOptions {
+  // Every block is rounded up to this many bytes (PyTorch's kMinBlockSize is 512).
+  std::size_t align_bytes = 512;
+
+  // Virtual address space reserved per lifespan region of each stream's arena. 0 = the
+  // device's total memory rounded up to a granule, so one region can hold anything the
+  // device can. Virtual space costs no physical memory.
+  std::size_t region_va_bytes = 0;
+
+  // Lifespan classes: class 0 holds lifespans below `class_base_events`; class k (k >= 1)
+  // holds [base * ratio^(k-1), base * ratio^k). The last class before the permanent one is
+  // open-ended; lifespans >= kPermanentLifespanEvents go to the permanent class, and blocks
+  // without a prediction (predicted_lifespan == 0) to the unknown class.
+  std::uint64_t class_base_events = 16;
+  std::uint64_t class_ratio = 8;
+  std::size_t num_timed_classes = 5;  // classes for finite predicted lifespans
+
+  // When the best fit in a block's own region would need a new granule, first look for free
+  // space in already-mapped granules of the other (non-permanent) regions, nearest class
+  // first. Trades a little lifespan mixing for fewer partly used granules and map calls.
+  bool borrow_mapped = true;
+
+  // Hysteresis. Free mapped granules are kept (cached) while the mapped total stays at or
+  // below the high-water mark of needed granules (granules holding a live or pending block)
+  // over the current and the previous window of `peak_window_events` ticks, plus
+  // `slack_granules`. Above the mark, cached granules are unmapped, highest address first.
+  std::uint64_t peak_window_events = std::uint64_t{1} << 16;
+  std::size_t slack_granules = 0;
+};
+
+// Index of the region a block with this predicted lifespan goes to. Regions 0 ..
+// num_timed_classes-1 are the timed classes, then the permanent region, then the unknown one.
+inline std::size_t lifespan_region(const TemporalPoolOptions& o,
+                                   std::uint64_t predicted_lifespan_events) noexcept {
+  const std::size_t permanent = o.num_timed_classes;
+  if (predicted_lifespan_events == 0) return permanent + 1;
+  if (predicted_lifespan_events >= kPermanentLifespanEvents) return permanent;
+  std::size_t k = 0;
+  std::uint64_t bound = o.class_base_events;
+  while (predicted_lifespan_events >= bound && k + 1 < o.num_timed_classes) {
+    ++k;
+    bound *= o.class_ratio;
+  }
+  return k;
+}
+
+inline std::size_t num_regions(const TemporalPoolOptions& o) noexcept {
+  return o.num_timed_classes + 2;
+}
+
+}  // namespace timeshare::pool

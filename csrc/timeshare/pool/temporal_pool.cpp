@@ -1,0 +1,316 @@
+#include "timeshare/pool/temporal_pool.h"
+
+#include <algorithm>
+#include <sstream>
+#include <stdexcept>
+
+namespace timeshare::pool {
+
+namespace {
+
+constexpr std::size_t kSmallBlockBytes = kMiB;  // torch's kSmallSize: small/large pool split
+
+std::string format_bytes(std::size_t bytes) {
+  std::ostringstream os;
+  os.setf(std::ios::fixed);
+  os.precision(2);
+  if (bytes >= kGiB) {
+    os << static_cast<double>(bytes) / static_cast<double>(kGiB) << " GiB";
+  } else if (bytes >= kMiB) {
+    os << static_cast<double>(bytes) / static_cast<double>(kMiB) << " MiB";
+  } else {
+    os << bytes << " bytes";
+  }
+  return os.str();
+}
+
+std::size_t resolve_region_va(device::Backend* backend, const TemporalPoolOptions& o) {
+  if (!backend->supports_virtual_memory()) {
+    throw std::invalid_argument(
+        "TemporalPool needs a backend with virtual memory support; use CachingPool");
+  }
+  const std::size_t g = backend->granule_bytes();
+  const std::size_t want = o.region_va_bytes != 0 ? o.region_va_bytes : backend->mem_info().total_bytes;
+  return round_up(std::max(want, g), g);
+}
+
+}  // namespace
+
+TemporalPool::TemporalPool(device::Backend* backend, TemporalPoolOptions options)
+    : backend_(backend),
+      options_(options),
+      region_va_bytes_(resolve_region_va(backend, options)),
+      granules_(backend, backend->granule_bytes(), options.peak_window_events,
+                options.slack_granules) {}
+
+TemporalPool::~TemporalPool() {
+  process_pending(/*wait=*/true);
+  for (auto& a : arenas_) {
+    granules_.unmap_arena(a->granule_index);
+    backend_->va_release(reinterpret_cast<void*>(a->base), a->va_bytes);
+  }
+  for (device::Event e : spare_events_) backend_->destroy_event(e);
+}
+
+TemporalPool::Arena* TemporalPool::arena_for(device::Stream stream) {
+  for (auto& a : arenas_) {
+    if (a->stream == stream) return a.get();
+  }
+  const std::size_t n_regions = num_regions(options_);
+  auto a = std::make_unique<Arena>();
+  a->stream = stream;
+  a->index = static_cast<std::uint32_t>(arenas_.size());
+  a->va_bytes = n_regions * region_va_bytes_;
+  void* base = nullptr;
+  if (backend_->va_reserve(a->va_bytes, &base) != device::Status::kOk) return nullptr;
+  ++stats_.num_device_alloc;
+  a->base = reinterpret_cast<std::uintptr_t>(base);
+  a->granule_index = granules_.add_arena(a->base, a->va_bytes / granules_.granule_bytes());
+  a->regions.resize(n_regions);
+  for (std::size_t r = 0; r < n_regions; ++r) {
+    a->regions[r].insert(a->base + r * region_va_bytes_, region_va_bytes_);
+  }
+  arenas_.push_back(std::move(a));
+  return arenas_.back().get();
+}
+
+bool TemporalPool::fits_mapped(const Arena& arena, std::uintptr_t addr, std::size_t bytes) const {
+  const std::size_t g = granules_.granule_bytes();
+  const std::size_t g0 = (addr - arena.base) / g;
+  const std::size_t g1 = (addr + bytes - 1 - arena.base) / g;
+  for (std::size_t i = g0; i <= g1; ++i) {
+    if (!granules_.is_mapped(arena.granule_index, i)) return false;
+  }
+  return true;
+}
+
+bool TemporalPool::commit(Arena& arena, std::size_t region, const ArenaFreeRanges::Range& r,
+                          std::size_t bytes, std::uintptr_t* addr) {
+  if (!granules_.acquire(arena.granule_index, r.addr, bytes, limit_bytes_)) return false;
+  arena.regions[region].carve(r, bytes);
+  *addr = r.addr;
+  return true;
+}
+
+bool TemporalPool::place(Arena& arena, std::size_t region, std::size_t bytes,
+                         std::uintptr_t* addr, std::size_t* placed_region) {
+  *placed_region = region;
+  ArenaFreeRanges::Range own;
+  if (!arena.regions[region].peek_best_fit(bytes, &own)) return false;
+  if (fits_mapped(arena, own.addr, bytes)) return commit(arena, region, own, bytes, addr);
+  // Next-best placement: free space that is already mapped in the nearest other timed
+  // region (or the unknown one) costs no device call and no new granule. Permanent blocks
+  // never borrow and are never borrowed from: they would pin the lender's granules forever.
+  const std::size_t permanent = options_.num_timed_classes;
+  if (options_.borrow_mapped && region != permanent) {
+    const std::size_t n = arena.regions.size();
+    for (std::size_t d = 1; d < n; ++d) {
+      for (std::size_t other : {region + d, region - d}) {
+        if (other >= n || other == permanent) continue;  // region - d wraps to a huge value
+        ArenaFreeRanges::Range r;
+        if (!arena.regions[other].peek_best_fit(bytes, &r)) continue;
+        if (fits_mapped(arena, r.addr, bytes)) {
+          *placed_region = other;
+          return commit(arena, other, r, bytes, addr);
+        }
+      }
+    }
+  }
+  return commit(arena, region, own, bytes, addr);
+}
+
+void* TemporalPool::allocate(std::size_t bytes, device::Stream stream, const AllocHint& hint) {
+  if (bytes == 0) return nullptr;
+  now_events_ = hint.now_events;
+  granules_.tick(now_events_);
+  if (!pending_.empty()) process_pending(/*wait=*/false);
+  Arena* arena = arena_for(stream);
+  const std::size_t rounded = round_up(bytes, options_.align_bytes);
+  const std::size_t region = lifespan_region(options_, hint.predicted_lifespan);
+  std::uintptr_t addr = 0;
+  std::size_t placed_region = region;
+  bool ok = arena != nullptr && place(*arena, region, rounded, &addr, &placed_region);
+  if (!ok) {
+    // Free everything cached (waiting for pending blocks) and try once more.
+    ++stats_.num_alloc_retries;
+    process_pending(/*wait=*/true);
+    granules_.release_all_cached();
+    if (arena == nullptr) arena = arena_for(stream);
+    ok = arena != nullptr && place(*arena, region, rounded, &addr, &placed_region);
+  }
+  if (!ok) {
+    ++stats_.num_ooms;
+    sync_reserved();
+    return nullptr;
+  }
+  Block b;
+  b.bytes = rounded;
+  b.requested_bytes = bytes;
+  b.arena = arena->index;
+  b.region = static_cast<std::uint32_t>(placed_region);
+  count_block(b, /*add=*/true);
+  stats_.active.front().increase(1);
+  stats_.active_bytes.front().increase(static_cast<std::int64_t>(rounded));
+  live_.emplace(addr, std::move(b));
+  sync_reserved();
+  return reinterpret_cast<void*>(addr);
+}
+
+FreeResult TemporalPool::deallocate(void* ptr, std::uint64_t now_events) {
+  auto it = live_.find(reinterpret_cast<std::uintptr_t>(ptr));
+  if (it == live_.end()) return FreeResult::kUnknownPointer;
+  now_events_ = now_events;
+  granules_.tick(now_events_);
+  Block b = std::move(it->second);
+  live_.erase(it);
+  count_block(b, /*add=*/false);
+  if (!b.other_streams.empty()) {
+    Pending p;
+    p.addr = reinterpret_cast<std::uintptr_t>(ptr);
+    for (device::Stream s : b.other_streams) {
+      device::Event e = take_event();
+      if (e == device::kNoEvent || backend_->record(e, s) != device::Status::kOk) {
+        // Without an event the only safe choice is to wait for the stream now.
+        if (e != device::kNoEvent) spare_events_.push_back(e);
+        backend_->synchronize_stream(s);
+        continue;
+      }
+      p.events.push_back(e);
+    }
+    if (!p.events.empty()) {
+      p.block = std::move(b);
+      pending_.push_back(std::move(p));
+      return FreeResult::kOk;
+    }
+  }
+  release_range(reinterpret_cast<std::uintptr_t>(ptr), b);
+  sync_reserved();
+  return FreeResult::kOk;
+}
+
+void TemporalPool::release_range(std::uintptr_t addr, const Block& b) {
+  Arena& arena = *arenas_[b.arena];
+  arena.regions[b.region].insert(addr, b.bytes);
+  granules_.release(arena.granule_index, addr, b.bytes);
+  stats_.active.front().decrease(1);
+  stats_.active_bytes.front().decrease(static_cast<std::int64_t>(b.bytes));
+}
+
+void TemporalPool::process_pending(bool wait) {
+  while (!pending_.empty()) {
+    Pending& p = pending_.front();
+    bool done = true;
+    for (device::Event e : p.events) {
+      if (wait) backend_->synchronize_event(e);
+      if (!backend_->query(e)) {
+        done = false;
+        break;
+      }
+    }
+    if (!done) {
+      // Pending blocks complete roughly in order; look further only when waiting.
+      if (!wait) return;
+      continue;
+    }
+    for (device::Event e : p.events) spare_events_.push_back(e);
+    release_range(p.addr, p.block);
+    pending_.pop_front();
+  }
+  sync_reserved();
+}
+
+device::Event TemporalPool::take_event() {
+  if (!spare_events_.empty()) {
+    device::Event e = spare_events_.back();
+    spare_events_.pop_back();
+    return e;
+  }
+  device::Event e = device::kNoEvent;
+  if (backend_->create_event(&e) != device::Status::kOk) return device::kNoEvent;
+  return e;
+}
+
+void TemporalPool::record_stream(void* ptr, device::Stream stream) {
+  auto it = live_.find(reinterpret_cast<std::uintptr_t>(ptr));
+  if (it == live_.end()) return;
+  Block& b = it->second;
+  if (stream == arenas_[b.arena]->stream) return;
+  if (std::find(b.other_streams.begin(), b.other_streams.end(), stream) == b.other_streams.end()) {
+    b.other_streams.push_back(stream);
+  }
+}
+
+void TemporalPool::empty_cache() {
+  process_pending(/*wait=*/false);
+  granules_.release_all_cached();
+  sync_reserved();
+}
+
+std::size_t TemporalPool::block_size(void* ptr) const {
+  auto it = live_.find(reinterpret_cast<std::uintptr_t>(ptr));
+  return it == live_.end() ? 0 : it->second.bytes;
+}
+
+void TemporalPool::count_block(const Block& b, bool add) noexcept {
+  const int pool = b.bytes <= kSmallBlockBytes ? kSmallPool : kLargePool;
+  const auto bytes = static_cast<std::int64_t>(b.bytes);
+  const auto requested = static_cast<std::int64_t>(b.requested_bytes);
+  for (int t : {static_cast<int>(kAggregate), pool}) {
+    if (add) {
+      stats_.allocation[t].increase(1);
+      stats_.allocated_bytes[t].increase(bytes);
+      stats_.requested_bytes[t].increase(requested);
+    } else {
+      stats_.allocation[t].decrease(1);
+      stats_.allocated_bytes[t].decrease(bytes);
+      stats_.requested_bytes[t].decrease(requested);
+    }
+  }
+}
+
+void TemporalPool::sync_reserved() noexcept {
+  const auto mapped = static_cast<std::int64_t>(granules_.mapped_granules());
+  const auto bytes = mapped * static_cast<std::int64_t>(granules_.granule_bytes());
+  for (int t : {static_cast<int>(kAggregate), static_cast<int>(kLargePool)}) {
+    const std::int64_t db = bytes - stats_.reserved_bytes[t].current;
+    if (db > 0) stats_.reserved_bytes[t].increase(db);
+    if (db < 0) stats_.reserved_bytes[t].decrease(-db);
+    const std::int64_t ds = mapped - stats_.segment[t].current;
+    if (ds > 0) stats_.segment[t].increase(ds);
+    if (ds < 0) stats_.segment[t].decrease(-ds);
+  }
+  const std::int64_t inactive = bytes - stats_.active_bytes.front().current;
+  const std::int64_t di = inactive - stats_.inactive_split_bytes.front().current;
+  if (di > 0) stats_.inactive_split_bytes.front().increase(di);
+  if (di < 0) stats_.inactive_split_bytes.front().decrease(-di);
+  stats_.num_device_alloc = static_cast<std::int64_t>(granules_.map_calls() + arenas_.size());
+  stats_.num_device_free = static_cast<std::int64_t>(granules_.unmap_calls());
+}
+
+std::string TemporalPool::describe() const {
+  std::ostringstream os;
+  const std::size_t g = granules_.granule_bytes();
+  os << "TemporalPool: " << format_bytes(static_cast<std::size_t>(stats_.allocated_bytes[0].current))
+     << " allocated in " << live_.size() << " blocks, "
+     << format_bytes(granules_.mapped_granules() * g) << " reserved ("
+     << granules_.mapped_granules() << " granules of " << format_bytes(g) << ", "
+     << granules_.cached_granules() << " cached and free), " << pending_.size()
+     << " blocks waiting for stream events";
+  if (limit_bytes_ != 0) os << ", limit " << format_bytes(limit_bytes_);
+  os << ".\n";
+  for (const auto& a : arenas_) {
+    os << "  stream " << a->stream << ":";
+    for (std::size_t r = 0; r < a->regions.size(); ++r) {
+      const ArenaFreeRanges& fr = a->regions[r];
+      const std::size_t used_va = region_va_bytes_ - fr.largest_bytes();
+      if (fr.count() <= 1 && used_va == 0) continue;
+      os << " region " << r << " (" << fr.count() << " free ranges)";
+    }
+    os << "\n";
+  }
+  os << "  Lower the batch size, raise the limit (set_limit_bytes / budget), or call "
+        "empty_cache() after a phase change.";
+  return os.str();
+}
+
+}  // namespace timeshare::pool

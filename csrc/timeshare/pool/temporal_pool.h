@@ -1,0 +1,142 @@
+// TemporalPool — timeshare's own pool: places every block by WHEN it is predicted to die.
+//
+// The policy, for a newcomer. PyTorch's caching allocator decides only where a block fits; it
+// does not know when the block will go away, so a long-lived block often lands between
+// short-lived ones and, once they are freed, pins a hole that nothing else fits into. The
+// temporal pool gets, with each allocation, a prediction of its lifespan (allocator ticks
+// until its free; AllocHint::predicted_lifespan) and uses it for placement:
+//
+//   * Memory is virtual. Each stream gets one arena: a virtual address range reserved once
+//     (Backend::va_reserve) in which physical 2 MiB granules are mapped only under blocks
+//     (like PyTorch's expandable segments). Reserved bytes are mapped granules, so only
+//     placement decides fragmentation, and a granule left without blocks can be unmapped even
+//     in the middle of the arena (TemporalGranules).
+//   * The arena is cut into lifespan regions: log-spaced classes of predicted lifespan
+//     (scratch, short, ..., long), one region for permanent blocks (parameters, optimizer
+//     state) and one for blocks without a prediction. Blocks with similar lifespans allocated
+//     close in time die close in time, so within a region the pattern is stack-like (training
+//     frees activations in reverse order) and freed blocks coalesce into whole free granules.
+//     Scratch never lands between saved activations, and nothing short-lived sits between
+//     parameters. Within a region, placement is best fit over coalesced free ranges, lowest
+//     address first (ArenaFreeRanges: O(log n)); the region's untouched tail is one large free
+//     range, used only when nothing else fits.
+//   * Free space moves between regions at granule granularity, through the device: a granule
+//     emptied in one region is unmapped (when above the hysteresis mark) and another region
+//     maps one. Map/unmap calls are expensive on a GPU, so free granules stay mapped (cached)
+//     up to the observed cycle peak of needed granules; a periodic trace whose placement
+//     repeats makes no device calls in steady state.
+//   * Wrong predictions cost memory, never correctness: a block in the "wrong" region is
+//     still a block at a unique address in mapped memory, freed whenever the caller frees it.
+//
+// Streams: one arena per stream, so a block is only ever reused by the stream it was
+// allocated on. record_stream(ptr, s) adds s to the block; its deallocate then records an
+// event on every such stream and the block's range stays out of the free ranges (pending)
+// until all those events complete. Pending blocks are processed at the start of allocate.
+//
+// Budget: set_limit_bytes caps mapped bytes. A request that would pass it first unmaps
+// every cached granule (and waits for pending blocks) and retries once (num_alloc_retries);
+// if it still does not fit, allocate returns nullptr and counts an OOM.
+//
+// Stats (DeviceStats, torch meanings): allocation/allocated_bytes/requested_bytes are live
+// blocks (rounded / asked); active also counts pending blocks; reserved_bytes is mapped
+// granules; segment counts mapped granules (each is one physical allocation, as in
+// expandable segments); num_device_alloc/free count va_reserve+map and unmap+va_release
+// calls. Small/large pool split: blocks of at most 1 MiB are "small"; reserved memory is
+// all counted in the large pool.
+//
+// Needs Backend::supports_virtual_memory(); on a backend without it, the constructor throws
+// std::invalid_argument (use CachingPool there).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "timeshare/pool/arena_free_ranges.h"
+#include "timeshare/pool/pool.h"
+#include "timeshare/pool/temporal_granules.h"
+#include "timeshare/pool/temporal_options.h"
+
+namespace timeshare::pool {
+
+class TemporalPool final : public Pool {
+ public:
+  explicit TemporalPool(device::Backend* backend, TemporalPoolOptions options = {});
+  ~TemporalPool() override;
+  TemporalPool(const TemporalPool&) = delete;
+  TemporalPool& operator=(const TemporalPool&) = delete;
+
+  const char* name() const noexcept override { return "temporal"; }
+  void* allocate(std::size_t bytes, device::Stream stream, const AllocHint& hint) override;
+  FreeResult deallocate(void* ptr, std::uint64_t now_events) override;
+  void record_stream(void* ptr, device::Stream stream) override;
+  void empty_cache() override;
+  std::size_t block_size(void* ptr) const override;
+  const DeviceStats& stats() const noexcept override { return stats_; }
+  void reset_peak_stats() noexcept override { stats_.reset_peak(); }
+  void reset_accumulated_stats() noexcept override { stats_.reset_accumulated(); }
+  void set_limit_bytes(std::size_t bytes) noexcept override { limit_bytes_ = bytes; }
+  std::size_t limit_bytes() const noexcept override { return limit_bytes_; }
+  std::string describe() const override;
+
+  // Introspection for tests and the evaluation tool.
+  const TemporalPoolOptions& options() const noexcept { return options_; }
+  std::size_t mapped_granules() const noexcept { return granules_.mapped_granules(); }
+  std::size_t cached_granules() const noexcept { return granules_.cached_granules(); }
+  std::size_t pending_blocks() const noexcept { return pending_.size(); }
+  std::size_t granule_bytes() const noexcept { return granules_.granule_bytes(); }
+
+ private:
+  struct Arena {
+    device::Stream stream = device::kDefaultStream;
+    std::uint32_t index = 0;                // in arenas_
+    std::uintptr_t base = 0;
+    std::size_t va_bytes = 0;
+    std::size_t granule_index = 0;          // index in granules_
+    std::vector<ArenaFreeRanges> regions;   // one per lifespan region
+  };
+  struct Block {
+    std::size_t bytes = 0;                  // rounded
+    std::size_t requested_bytes = 0;
+    std::uint32_t arena = 0;
+    std::uint32_t region = 0;
+    std::vector<device::Stream> other_streams;  // from record_stream
+  };
+  struct Pending {
+    std::uintptr_t addr = 0;
+    Block block;
+    std::vector<device::Event> events;
+  };
+
+  Arena* arena_for(device::Stream stream);
+  // Chooses and commits a range for `bytes` whose lifespan region is `region`; sets the
+  // region the range came from (another one when borrowing mapped space).
+  bool place(Arena& arena, std::size_t region, std::size_t bytes, std::uintptr_t* addr,
+             std::size_t* placed_region);
+  bool commit(Arena& arena, std::size_t region, const ArenaFreeRanges::Range& r,
+              std::size_t bytes, std::uintptr_t* addr);
+  bool fits_mapped(const Arena& arena, std::uintptr_t addr, std::size_t bytes) const;
+  void release_range(std::uintptr_t addr, const Block& block);
+  void process_pending(bool wait);
+  device::Event take_event();
+  void sync_reserved() noexcept;
+  void count_block(const Block& b, bool add) noexcept;
+
+  device::Backend* backend_;
+  const TemporalPoolOptions options_;
+  std::size_t region_va_bytes_ = 0;
+  TemporalGranules granules_;
+  std::vector<std::unique_ptr<Arena>> arenas_;
+  std::unordered_map<std::uintptr_t, Block> live_;
+  std::deque<Pending> pending_;
+  std::vector<device::Event> spare_events_;
+  std::size_t limit_bytes_ = 0;
+  std::uint64_t now_events_ = 0;
+  DeviceStats stats_;
+};
+
+}  // namespace timeshare::pool
