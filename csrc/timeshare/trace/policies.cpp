@@ -1,0 +1,189 @@
+#include "timeshare/trace/policies.h"
+
+#include <algorithm>
+#include <memory>
+#include <stdexcept>
+
+#include "timeshare/device/sim/sim_backend.h"
+#include "timeshare/pool/caching_pool.h"
+#include "timeshare/pool/temporal_options.h"
+#include "timeshare/pool/temporal_pool.h"
+#include "timeshare/predict/predictor.h"
+#include "timeshare/trace/oracle_planner.h"
+
+namespace timeshare::trace {
+
+namespace {
+
+constexpr std::string_view kTorch = "torch";
+constexpr std::string_view kTorchExpandable = "torch-expandable";
+constexpr std::string_view kTimeshare = "timeshare";
+constexpr std::string_view kOracle = "oracle";
+constexpr std::string_view kTimeshareTrue = "timeshare-true";
+constexpr std::string_view kTimeshareConst = "timeshare-const";
+
+// A perfect predictor for the `timeshare-true` ablation: answers with the lifespan the trace
+// really has (allocations never freed are permanent).
+class TruthPredictor final : public predict::LifespanPredictor {
+ public:
+  explicit TruthPredictor(std::vector<std::uint64_t> lifespans)
+      : lifespans_(std::move(lifespans)) {}
+  const char* name() const noexcept override { return "truth"; }
+  std::uint64_t on_alloc(const predict::AllocEvent& e) override {
+    ++stats_.predictions;
+    const std::uint64_t t = e.alloc_id < lifespans_.size() ? lifespans_[e.alloc_id] : kNoIndex;
+    return t == kNoIndex ? pool::kPermanentLifespanEvents : std::max<std::uint64_t>(t, 1);
+  }
+  void on_free(const predict::FreeEvent&) override { ++stats_.observed; }
+  predict::PredictorStats stats() const override { return stats_; }
+
+ private:
+  std::vector<std::uint64_t> lifespans_;
+  predict::PredictorStats stats_;
+};
+
+// One answer for everything: the `timeshare-const` ablation.
+class ConstantPredictor final : public predict::LifespanPredictor {
+ public:
+  explicit ConstantPredictor(std::uint64_t lifespan) : lifespan_(std::max<std::uint64_t>(lifespan, 1)) {}
+  const char* name() const noexcept override { return "constant"; }
+  std::uint64_t on_alloc(const predict::AllocEvent&) override {
+    ++stats_.predictions;
+    return lifespan_;
+  }
+  void on_free(const predict::FreeEvent&) override { ++stats_.observed; }
+  predict::PredictorStats stats() const override { return stats_; }
+
+ private:
+  std::uint64_t lifespan_;
+  predict::PredictorStats stats_;
+};
+
+device::SimOptions sim_options(const PolicyOptions& o) {
+  device::SimOptions s;
+  s.capacity_bytes = o.capacity_bytes;
+  s.backing = false;
+  return s;
+}
+
+ReplayResult run_pool(std::string_view policy, pool::Pool& pool,
+                      predict::LifespanPredictor* predictor, const device::SimBackend& backend,
+                      const Event* events, std::size_t n, const ReplayOptions& ro,
+                      const PolicyOptions& po) {
+  if (po.limit_bytes) pool.set_limit_bytes(po.limit_bytes);
+  ReplayResult r = replay(events, n, pool, predictor, &backend, ro);
+  r.policy = std::string(policy);
+  return r;
+}
+
+ReplayResult run_caching(std::string_view policy, bool expandable, const Event* events,
+                         std::size_t n, const ReplayOptions& ro, const PolicyOptions& po) {
+  device::SimBackend backend(sim_options(po));
+  pool::CachingPoolOptions options;
+  options.expandable_segments = expandable;
+  pool::CachingPool pool(backend, options);
+  return run_pool(policy, pool, nullptr, backend, events, n, ro, po);
+}
+
+ReplayResult run_temporal(std::string_view policy, predict::LifespanPredictor& predictor,
+                          const Event* events, std::size_t n, const ReplayOptions& ro,
+                          const PolicyOptions& po) {
+  device::SimBackend backend(sim_options(po));
+  pool::TemporalPool pool(&backend, pool::TemporalPoolOptions{});
+  return run_pool(policy, pool, &predictor, backend, events, n, ro, po);
+}
+
+ReplayResult run_oracle(const Event* events, std::size_t n, const ReplayOptions& ro) {
+  ReplayResult r;
+  r.policy = std::string(kOracle);
+  r.events = n;
+  const OraclePlan plan = plan_oracle(events, n);
+  r.allocs = plan.offset_bytes.size();
+  r.frees = n - r.allocs;
+  r.peak_reserved_bytes = plan.arena_bytes;
+  r.backend_peak_reserved_bytes = plan.arena_bytes;
+  r.device_reserve_calls = plan.arena_bytes ? 1 : 0;
+  r.backend_reserve_calls = r.device_reserve_calls;
+  r.loop_ns = plan.plan_ns;
+  r.ns_per_event = n ? plan.plan_ns / static_cast<double>(n) : 0.0;
+  r.events_per_second = plan.plan_ns > 0 ? static_cast<double>(n) * 1e9 / plan.plan_ns : 0.0;
+  // Timeline: the arena grows to cover every block placed so far, in allocation order.
+  TimelineSampler sampler(n, ro.timeline_points);
+  std::uint64_t live = 0;
+  std::uint64_t top = 0;
+  std::uint64_t peak_live = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const Event& e = events[i];
+    if (e.op == Op::kAlloc) {
+      live += e.bytes;
+      peak_live = std::max(peak_live, live);
+      top = std::max(top, plan.offset_bytes[e.id] + plan.size_bytes[e.id]);
+    } else {
+      live -= e.bytes;
+    }
+    sampler.add(i, live, top);
+  }
+  r.timeline = sampler.finish(n ? n - 1 : 0);
+  r.peak_live_bytes = peak_live;
+  return r;
+}
+
+}  // namespace
+
+std::vector<std::string> default_policies() {
+  return {std::string(kTorch), std::string(kTorchExpandable), std::string(kTimeshare),
+          std::string(kOracle)};
+}
+
+std::vector<std::string> ablation_policies() {
+  return {std::string(kTimeshareTrue), std::string(kTimeshareConst)};
+}
+
+std::vector<std::string> policy_names() {
+  std::vector<std::string> all = default_policies();
+  for (std::string& a : ablation_policies()) all.push_back(std::move(a));
+  return all;
+}
+
+bool is_policy(std::string_view name) {
+  for (const std::string& p : policy_names()) {
+    if (p == name) return true;
+  }
+  return false;
+}
+
+bool policy_predicts(std::string_view name) {
+  return name == kTimeshare || name == kTimeshareTrue || name == kTimeshareConst;
+}
+
+ReplayResult run_policy(std::string_view policy, const Event* events, std::size_t n,
+                        const ReplayOptions& replay_options,
+                        const PolicyOptions& policy_options) {
+  if (!is_policy(policy)) {
+    std::string known;
+    for (const std::string& p : policy_names()) known += (known.empty() ? "" : ", ") + p;
+    throw std::invalid_argument("unknown policy '" + std::string(policy) + "' (expected one of " +
+                                known + ")");
+  }
+  std::size_t allocs = 0;
+  if (std::string why = validate(events, n, &allocs); !why.empty()) {
+    throw std::invalid_argument("invalid trace: " + why);
+  }
+  if (policy == kTorch || policy == kTorchExpandable) {
+    return run_caching(policy, policy == kTorchExpandable, events, n, replay_options,
+                       policy_options);
+  }
+  if (policy == kOracle) return run_oracle(events, n, replay_options);
+  if (policy == kTimeshareTrue) {
+    TruthPredictor predictor(true_lifespans(events, n, allocs));
+    return run_temporal(policy, predictor, events, n, replay_options, policy_options);
+  }
+  if (policy == kTimeshareConst) {
+    ConstantPredictor predictor(policy_options.constant_lifespan_events);
+    return run_temporal(policy, predictor, events, n, replay_options, policy_options);
+  }
+  throw std::invalid_argument("policy '" + std::string(policy) +
+                              "' is not available in this build yet (its predictor is missing)");
+}
+
+}  // namespace timeshare::trace

@@ -1,0 +1,145 @@
+// Replayer — drives a real pool (and optionally a lifespan predictor) through a recorded trace.
+//
+// Every figure of the project is measured here. A trace is a compact array of `trace::Event`
+// records (events.h): allocations with dense ids and the frees that name them. The replayer
+// walks it once, in order, against a `pool::Pool` built on a `device::SimBackend` with fake
+// addresses (`backing = false`), so multi-GiB training traces replay in milliseconds and
+// nothing is really allocated. The allocator clock is the event index: every allocation and
+// every free is one tick, so the true lifespan of an allocation is (index of its free) - (index
+// of its allocation). For each allocation the predictor (if any) is asked first and its answer
+// goes to the pool in the `AllocHint`; for each free the pool is told first, then the
+// predictor, which learns the true lifespan online exactly as it would inside the allocator.
+// A pool that answers nullptr (out of memory) is counted and the replay goes on without that
+// allocation (its free is skipped).
+//
+// Measured: peak live bytes (requested sizes: the physical limit), peak reserved bytes (the
+// pool's `reserved_bytes.all.peak`, cross-checked with the backend's own counters), device
+// reserve calls, nanoseconds per event over the event loop alone (setup excluded), a
+// downsampled timeline of (event, live bytes, reserved bytes) for plots, and, when a predictor
+// answered, how good its predictions were against the true lifespans (known offline after the
+// run): the share within 2x, the median |log2(predicted / true)|, and the share within 2x after
+// the first training iteration ("warm"). Allocations never freed have no true lifespan and are
+// not scored. The replay is deterministic when the pool and predictor are.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "timeshare/trace/events.h"
+
+namespace timeshare::device {
+class SimBackend;
+}
+namespace timeshare::pool {
+class Pool;
+}
+namespace timeshare::predict {
+class LifespanPredictor;
+}
+
+namespace timeshare::trace {
+
+inline constexpr std::size_t kDefaultTimelinePoints = 1500;
+inline constexpr double kLifespanWithinFactor = 2.0;     // "within 2x"
+inline constexpr double kWarmFallbackFraction = 0.25;    // warm-up share when nothing is known
+inline constexpr std::uint64_t kNoIndex = ~std::uint64_t{0};  // "none" for indices and lifespans
+
+struct ReplayOptions {
+  // Downsampled timeline size; each point holds the maxima of its bucket, so peaks survive.
+  std::size_t timeline_points = kDefaultTimelinePoints;
+  // Event indices where training iterations start (from the snapshot reader); empty = unknown.
+  std::vector<std::uint64_t> iteration_starts;
+};
+
+struct TimelinePoint {
+  std::uint64_t event = 0;           // last event index of the bucket
+  std::uint64_t live_bytes = 0;      // bucket maximum of live requested bytes
+  std::uint64_t reserved_bytes = 0;  // bucket maximum of reserved bytes
+};
+
+// Where "warm" prediction scoring starts, and why there.
+enum class WarmSource : std::uint8_t { kIterations, kPredictor, kFraction };
+const char* to_string(WarmSource s) noexcept;
+
+struct PredictionFigures {
+  bool available = false;            // a predictor answered during the replay
+  std::uint64_t scored = 0;          // allocations with a prediction and a true lifespan
+  double within_2x = 0.0;            // share with pred/true in [1/2, 2]
+  double log2_median_abs_error = 0.0;  // median |log2(pred / true)|, lifespans clamped to >= 1
+  double log2_mean_abs_error = 0.0;    // mean of the same
+  std::uint64_t warm_from_event = 0;
+  WarmSource warm_source = WarmSource::kFraction;
+  std::uint64_t warm_scored = 0;
+  double within_2x_warm = 0.0;
+};
+
+struct ReplayResult {
+  std::string policy;
+  std::uint64_t events = 0;
+  std::uint64_t allocs = 0;
+  std::uint64_t frees = 0;
+  std::uint64_t peak_live_bytes = 0;              // requested bytes, whole trace
+  std::uint64_t peak_reserved_bytes = 0;          // the pool's reserved_bytes.all.peak
+  std::uint64_t backend_peak_reserved_bytes = 0;  // the backend's own counter (cross-check)
+  std::uint64_t device_reserve_calls = 0;         // pool's num_device_alloc
+  std::uint64_t backend_reserve_calls = 0;        // backend's successful reserve + map calls
+  std::uint64_t ooms = 0;                         // allocations the pool refused
+  std::uint64_t skipped_frees = 0;                // frees of refused allocations
+  std::uint64_t alloc_retries = 0;                // pool's num_alloc_retries
+  double loop_ns = 0.0;                           // event loop only
+  double ns_per_event = 0.0;
+  double events_per_second = 0.0;
+  std::vector<TimelinePoint> timeline;
+  PredictionFigures prediction;
+};
+
+// True lifespan in ticks of every allocation id (kNoIndex for allocations never freed).
+// `events` must be valid (see trace::validate).
+std::vector<std::uint64_t> true_lifespans(const Event* events, std::size_t n,
+                                          std::size_t allocs);
+
+// Peak of the sum of requested bytes of live allocations.
+std::uint64_t peak_live_bytes(const Event* events, std::size_t n);
+
+// The event index from which warm prediction figures are counted, from the iteration starts
+// when there are some: the start of the second iteration (the first one ends there), or the
+// only start when it is not event 0. Returns kNoIndex when the starts say nothing.
+std::uint64_t warm_start_from_iterations(const std::vector<std::uint64_t>& iteration_starts,
+                                         std::size_t n);
+
+// Replays `events` (which must be valid) through `pool`. `backend` (may be null) is the sim
+// backend under the pool, for its counters; `predictor` may be null (no hints are given).
+ReplayResult replay(const Event* events, std::size_t n, pool::Pool& pool,
+                    predict::LifespanPredictor* predictor, const device::SimBackend* backend,
+                    const ReplayOptions& options);
+
+// Prediction figures from per-allocation predictions (0 = none) and true lifespans.
+PredictionFigures score_predictions(const Event* events, std::size_t n,
+                                    const std::vector<std::uint64_t>& predicted,
+                                    const std::vector<std::uint64_t>& truth,
+                                    std::uint64_t warm_from_event, WarmSource warm_source);
+
+// Downsamples per-event (live, reserved) curves as the replayer does: helper for planners.
+class TimelineSampler {
+ public:
+  TimelineSampler(std::size_t events, std::size_t points);
+  void add(std::uint64_t event, std::uint64_t live_bytes, std::uint64_t reserved_bytes) noexcept {
+    if (live_bytes > live_max_) live_max_ = live_bytes;
+    if (reserved_bytes > reserved_max_) reserved_max_ = reserved_bytes;
+    if (++in_bucket_ == bucket_events_) flush(event);
+  }
+  std::vector<TimelinePoint> finish(std::uint64_t last_event);
+
+ private:
+  void flush(std::uint64_t event);
+
+  std::size_t bucket_events_ = 1;
+  std::size_t in_bucket_ = 0;
+  std::uint64_t live_max_ = 0;
+  std::uint64_t reserved_max_ = 0;
+  std::vector<TimelinePoint> points_;
+};
+
+}  // namespace timeshare::trace
