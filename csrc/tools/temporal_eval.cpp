@@ -4,7 +4,8 @@
 //   temporal_eval [options] TRACE.tsev...      replay real traces (timeshare.snapshot --tsev)
 //   temporal_eval [options] --synthetic        replay built-in training-like traces
 //   temporal_eval --write-synthetic DIR        write the synthetic traces as .tsev files
-// Options: --predictors oracle,constant,noisy,lastsize (default all)  --seed N
+// Options: --predictors oracle,constant,noisy,lastsize,torch,torch-expandable,offline
+//          (default all)  --seed N
 //          --iterations N (synthetic)  --window-events N  --slack-granules N  --classes N  --class-base N  --class-ratio N  --no-borrow
 //          --repeat N (timing: best of N replays, default 3)
 //
@@ -14,6 +15,9 @@
 //   constant  the same prediction for every block (the pool degenerates to one best-fit region)
 //   noisy     the truth times a log-uniform random factor in [1/4, 4]
 //   lastsize  online: the last lifespan observed for a free of the same size (0 before any)
+// and, for reference, the other policies on the same sim: `torch` and `torch-expandable`
+// (CachingPool, PyTorch's default policy and expandable segments) and `offline` (the offline
+// planner of trace/oracle_planner.h, which knows every lifetime; one device call).
 // Fragmentation is peak reserved (mapped granules) / peak live (requested bytes). Time per
 // event is the wall time of the pool calls only (predictions are computed beforehand); the
 // `setfit` line times a bare std::set best-fit with an address map, the reference for the
@@ -24,6 +28,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
 #include <random>
 #include <string>
 #include <unordered_map>
@@ -32,8 +37,10 @@
 #include "timeshare/common/units.h"
 #include "timeshare/device/sim/sim_backend.h"
 #include "timeshare/pool/arena_free_ranges.h"
+#include "timeshare/pool/caching_pool.h"
 #include "timeshare/pool/temporal_pool.h"
 #include "timeshare/trace/events.h"
+#include "timeshare/trace/oracle_planner.h"
 
 namespace ts = timeshare;
 using ts::trace::Event;
@@ -242,7 +249,8 @@ std::size_t peak_live(const std::vector<Event>& ev) {
   return peak;
 }
 
-Result replay(const std::vector<Event>& ev, std::size_t allocs,
+// `policy` is "temporal" (with `prediction`), "torch" or "torch-expandable" (CachingPool).
+Result replay(const std::vector<Event>& ev, std::size_t allocs, const std::string& policy,
               const std::vector<std::uint64_t>& prediction, const ts::pool::TemporalPoolOptions& o) {
   Result r;
   r.peak_live_bytes = peak_live(ev);
@@ -251,13 +259,22 @@ Result replay(const std::vector<Event>& ev, std::size_t allocs,
   so.capacity_bytes = ts::round_up(std::max(r.peak_live_bytes * kSimHeadroomFactor, ts::kGiB),
                                    so.granule_bytes);
   ts::device::SimBackend sim(so);
-  ts::pool::TemporalPool pool(&sim, o);
+  std::unique_ptr<ts::pool::Pool> owned;
+  if (policy == "temporal") {
+    owned = std::make_unique<ts::pool::TemporalPool>(&sim, o);
+  } else {
+    ts::pool::CachingPoolOptions co;
+    co.expandable_segments = policy == "torch-expandable";
+    owned = std::make_unique<ts::pool::CachingPool>(sim, co);
+  }
+  ts::pool::Pool& pool = *owned;
   std::vector<void*> ptr(allocs, nullptr);
   const auto t0 = std::chrono::steady_clock::now();
   for (std::size_t i = 0; i < ev.size(); ++i) {
     const Event& e = ev[i];
     if (e.op == Op::kAlloc) {
-      ptr[e.id] = pool.allocate(e.bytes, e.stream, {i, prediction[e.id], e.id});
+      const std::uint64_t p = prediction.empty() ? 0 : prediction[e.id];
+      ptr[e.id] = pool.allocate(e.bytes, e.stream, {i, p, e.id});
       if (!ptr[e.id]) ++r.ooms;
     } else if (ptr[e.id]) {
       pool.deallocate(ptr[e.id], i);
@@ -313,7 +330,8 @@ std::vector<std::string> split(const std::string& s, char sep) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> predictors = {"oracle", "constant", "noisy", "lastsize"};
+  std::vector<std::string> predictors = {"oracle",   "constant", "noisy",
+                                         "lastsize", "torch",    "torch-expandable", "offline"};
   std::vector<std::string> paths;
   bool synthetic = false;
   std::string write_dir;
@@ -377,7 +395,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "no traces: pass .tsev files or --synthetic\n");
     return 2;
   }
-  std::printf("%-28s %-9s %10s %12s %7s %8s %8s %8s\n", "trace", "predictor", "events",
+  std::printf("%-24s %-16s %8s %12s %7s %8s %9s %8s\n", "trace", "predictor", "events",
               "peak_live", "frag", "dev_map", "dev_unmap", "ns/event");
   for (const auto& t : traces) {
     std::size_t allocs = 0;
@@ -388,12 +406,24 @@ int main(int argc, char** argv) {
     }
     const auto truth = true_lifespans(t.events, allocs);
     for (const auto& kind : predictors) {
-      const auto pred = predict(kind, t.events, truth, seed);
-      Result r = replay(t.events, allocs, pred, o);
-      for (int k = 1; k < repeat; ++k) {
-        r.ns_per_event = std::min(r.ns_per_event, replay(t.events, allocs, pred, o).ns_per_event);
+      const bool reference = kind == "torch" || kind == "torch-expandable";
+      if (kind == "offline") {
+        const auto plan = ts::trace::plan_oracle(t.events.data(), t.events.size());
+        const std::size_t live = peak_live(t.events);
+        std::printf("%-24s %-16s %8zu %8.1f MiB %7.4f %8d %9d %8s\n", t.name.c_str(), "offline",
+                    t.events.size(), static_cast<double>(live) / static_cast<double>(ts::kMiB),
+                    static_cast<double>(plan.arena_bytes) / static_cast<double>(std::max<std::size_t>(live, 1)),
+                    1, 0, "-");
+        continue;
       }
-      std::printf("%-28s %-9s %10zu %9.1f MiB %7.4f %8lld %8lld %8.1f%s\n", t.name.c_str(),
+      const auto pred = reference ? std::vector<std::uint64_t>{} : predict(kind, t.events, truth, seed);
+      const std::string policy = reference ? kind : "temporal";
+      Result r = replay(t.events, allocs, policy, pred, o);
+      for (int k = 1; k < repeat; ++k) {
+        r.ns_per_event =
+            std::min(r.ns_per_event, replay(t.events, allocs, policy, pred, o).ns_per_event);
+      }
+      std::printf("%-24s %-16s %8zu %8.1f MiB %7.4f %8lld %9lld %8.1f%s\n", t.name.c_str(),
                   kind.c_str(), t.events.size(),
                   static_cast<double>(r.peak_live_bytes) / static_cast<double>(ts::kMiB),
                   static_cast<double>(r.peak_reserved_bytes) /
@@ -405,7 +435,7 @@ int main(int argc, char** argv) {
     for (int k = 1; k < repeat; ++k) {
       setfit_best = std::min(setfit_best, setfit_ns_per_event(t.events, allocs));
     }
-    std::printf("%-28s %-9s %10zu %12s %7s %8s %8s %8.1f\n", t.name.c_str(), "setfit",
+    std::printf("%-24s %-16s %8zu %12s %7s %8s %9s %8.1f\n", t.name.c_str(), "setfit",
                 t.events.size(), "-", "-", "-", "-", setfit_best);
   }
   return 0;

@@ -98,15 +98,17 @@ bool TemporalPool::place(Arena& arena, std::size_t region, std::size_t bytes,
   ArenaFreeRanges::Range own;
   if (!arena.regions[region].peek_best_fit(bytes, &own)) return false;
   if (fits_mapped(arena, own.addr, bytes)) return commit(arena, region, own, bytes, addr);
-  // Next-best placement: free space that is already mapped in the nearest other timed
-  // region (or the unknown one) costs no device call and no new granule. Permanent blocks
-  // never borrow and are never borrowed from: they would pin the lender's granules forever.
+  // Next-best placement: free space in already-mapped granules of another region, nearest
+  // lifespan class first, costs no device call and no new granule. Permanent blocks borrow
+  // only from the neighbouring regions (the longest timed class and the unknown one): in a
+  // scratch region they would pin a granule that is otherwise emptied every cycle.
   const std::size_t permanent = options_.num_timed_classes;
-  if (options_.borrow_mapped && region != permanent) {
+  if (options_.borrow_mapped) {
     const std::size_t n = arena.regions.size();
-    for (std::size_t d = 1; d < n; ++d) {
+    const std::size_t max_distance = region == permanent ? 1 : n;
+    for (std::size_t d = 1; d < n && d <= max_distance; ++d) {
       for (std::size_t other : {region + d, region - d}) {
-        if (other >= n || other == permanent) continue;  // region - d wraps to a huge value
+        if (other >= n) continue;  // region - d wraps to a huge value
         ArenaFreeRanges::Range r;
         if (!arena.regions[other].peek_best_fit(bytes, &r)) continue;
         if (fits_mapped(arena, r.addr, bytes)) {
