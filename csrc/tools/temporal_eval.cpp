@@ -6,7 +6,7 @@
 //   temporal_eval --write-synthetic DIR        write the synthetic traces as .tsev files
 // Options: --predictors oracle,constant,noisy,lastsize,torch,torch-expandable,offline
 //          (default all)  --seed N
-//          --iterations N (synthetic)  --window-events N  --slack-granules N  --classes N  --class-base N  --class-ratio N  --no-borrow
+//          --iterations N (synthetic)  --window-events N  --slack-granules N  --classes N  --class-base N  --class-ratio N  --no-borrow  --fit-candidates N
 //          --repeat N (timing: best of N replays, default 3)
 //
 // Lifespans are computed offline: the number of ticks (allocs + frees) between an allocation
@@ -359,6 +359,7 @@ int main(int argc, char** argv) {
     else if (a == "--class-base") o.class_base_events = std::stoull(next());
     else if (a == "--class-ratio") o.class_ratio = std::stoull(next());
     else if (a == "--no-borrow") o.borrow_mapped = false;
+    else if (a == "--fit-candidates") o.mapped_fit_candidates = std::stoull(next());
     else if (a == "--repeat") repeat = std::stoi(next());
     else if (!a.empty() && a[0] == '-') {
       std::fprintf(stderr, "unknown option %s (see the comment at the top of temporal_eval.cpp)\n",

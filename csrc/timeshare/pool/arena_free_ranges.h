@@ -30,6 +30,21 @@ class ArenaFreeRanges {
   // The range take_best_fit would return, left in place.
   bool peek_best_fit(std::size_t bytes, Range* out) const;
 
+  // Calls `fn(range)` on up to `max_candidates` ranges of at least `bytes`, smallest first,
+  // until it returns true; returns whether one did (and sets *out to it).
+  template <class Fn>
+  bool find_fit(std::size_t bytes, std::size_t max_candidates, Fn&& fn, Range* out) const {
+    auto it = by_size_.lower_bound({bytes, 0});
+    for (std::size_t k = 0; k < max_candidates && it != by_size_.end(); ++k, ++it) {
+      const Range r{it->second, it->first};
+      if (fn(r)) {
+        *out = r;
+        return true;
+      }
+    }
+    return false;
+  }
+
   // Takes the first `bytes` of the free range `r` (as returned by peek_best_fit, unchanged
   // since); the rest stays free. Reuses the index nodes: no heap allocation.
   void carve(const Range& r, std::size_t bytes);

@@ -38,6 +38,9 @@ struct TemporalPoolOptions {
   // space in already-mapped granules of the other (non-permanent) regions, nearest class
   // first. Trades a little lifespan mixing for fewer partly used granules and map calls.
   bool borrow_mapped = true;
+  // How many free ranges per region (smallest fitting first) are checked for one that lies
+  // entirely in mapped granules before the pool maps new ones. Bounds the miss path.
+  std::size_t mapped_fit_candidates = 4;
 
   // Hysteresis. Free mapped granules are kept (cached) while the mapped total stays at or
   // below the high-water mark of needed granules (granules holding a live or pending block)

@@ -98,6 +98,14 @@ bool TemporalPool::place(Arena& arena, std::size_t region, std::size_t bytes,
   ArenaFreeRanges::Range own;
   if (!arena.regions[region].peek_best_fit(bytes, &own)) return false;
   if (fits_mapped(arena, own.addr, bytes)) return commit(arena, region, own, bytes, addr);
+  // The next few larger ranges of the own region, when one lies in mapped granules.
+  const auto mapped = [&](const ArenaFreeRanges::Range& r) {
+    return fits_mapped(arena, r.addr, bytes);
+  };
+  ArenaFreeRanges::Range alt;
+  if (arena.regions[region].find_fit(bytes, options_.mapped_fit_candidates, mapped, &alt)) {
+    return commit(arena, region, alt, bytes, addr);
+  }
   // Next-best placement: free space in already-mapped granules of another region, nearest
   // lifespan class first, costs no device call and no new granule. Permanent blocks borrow
   // only from the neighbouring regions (the longest timed class and the unknown one): in a
@@ -110,8 +118,7 @@ bool TemporalPool::place(Arena& arena, std::size_t region, std::size_t bytes,
       for (std::size_t other : {region + d, region - d}) {
         if (other >= n) continue;  // region - d wraps to a huge value
         ArenaFreeRanges::Range r;
-        if (!arena.regions[other].peek_best_fit(bytes, &r)) continue;
-        if (fits_mapped(arena, r.addr, bytes)) {
+        if (arena.regions[other].find_fit(bytes, options_.mapped_fit_candidates, mapped, &r)) {
           *placed_region = other;
           return commit(arena, other, r, bytes, addr);
         }
