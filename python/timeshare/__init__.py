@@ -1,0 +1,47 @@
+"""timeshare: a drop-in replacement for PyTorch's CUDA caching allocator that shares GPU memory
+across time.
+
+    import timeshare
+    timeshare.enable()                 # before the first CUDA tensor
+    ...train as usual...
+    print(timeshare.memory_summary())
+
+Or with no code change: ``TIMESHARE=1 python train.py`` (options in ``TIMESHARE_CONF``).
+"""
+
+from __future__ import annotations
+
+from timeshare._config import options_table, parse_conf
+from timeshare._enable import TimeshareError, enable, is_enabled, library_path
+from timeshare.stats import (
+    empty_cache,
+    max_memory_allocated,
+    max_memory_reserved,
+    memory_allocated,
+    memory_reserved,
+    memory_stats,
+    memory_summary,
+    reset_accumulated_memory_stats,
+    reset_peak_memory_stats,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TimeshareError",
+    "__version__",
+    "empty_cache",
+    "enable",
+    "is_enabled",
+    "library_path",
+    "max_memory_allocated",
+    "max_memory_reserved",
+    "memory_allocated",
+    "memory_reserved",
+    "memory_stats",
+    "memory_summary",
+    "options_table",
+    "parse_conf",
+    "reset_accumulated_memory_stats",
+    "reset_peak_memory_stats",
+]

@@ -1,0 +1,137 @@
+"""``timeshare.enable()``: the one-line swap of PyTorch's CUDA allocator.
+
+Everything that can fail is checked before anything changes, so enable() either installs
+timeshare completely or raises one clear error and leaves PyTorch as it was.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import warnings
+from typing import Any
+
+from timeshare import _C
+from timeshare._config import build_conf
+
+__all__ = ["TimeshareError", "enable", "is_enabled", "library_path"]
+
+log = logging.getLogger("timeshare")
+
+_state: dict[str, Any] = {"enabled": False, "conf": None, "allocator": None}
+
+# Hook setter on torch's pluggable allocator -> our C symbol. Feature-detected by name: the
+# set of hooks changed between torch releases.
+_HOOKS = {
+    "set_init_fn": "timeshare_init",
+    "set_reset_fn": "timeshare_empty_cache",
+    "set_memory_fraction_fn": "timeshare_memory_fraction",
+    "set_record_stream_fn": "timeshare_record_stream",
+}
+
+
+class TimeshareError(RuntimeError):
+    """timeshare could not be enabled; the message says why and what to do."""
+
+
+class TimeshareWarning(UserWarning):
+    """A PyTorch feature that does not work under a pluggable allocator is in use."""
+
+
+def library_path() -> str:
+    """Path of ``libtimeshare.so``, the allocator library PyTorch loads."""
+    return _C.library_path()
+
+
+def is_enabled() -> bool:
+    """Whether timeshare serves PyTorch's CUDA allocations in this process."""
+    return bool(_state["enabled"])
+
+
+def _check_torch_ready(torch: Any, require_device: bool) -> None:
+    if not hasattr(torch.cuda.memory, "CUDAPluggableAllocator") or not hasattr(
+        torch._C, "_cuda_customAllocator"
+    ):
+        raise TimeshareError(
+            f"timeshare.enable(): this torch ({torch.__version__}) was built without CUDA, so its "
+            "CUDA allocator cannot be replaced; install a CUDA build of torch"
+        )
+    if require_device and not torch.cuda.is_available():
+        ok, why = _C.cuda_driver_status()
+        raise TimeshareError(
+            "timeshare.enable(): CUDA is not available here (torch.cuda.is_available() is False"
+            + ("" if ok else f"; {why}")
+            + "); nothing was changed"
+        )
+    if torch.cuda.is_initialized():
+        raise TimeshareError(
+            "timeshare.enable() was called after CUDA was initialised (a CUDA tensor or call "
+            "already happened), and PyTorch cannot swap its allocator then. Call it first thing "
+            "in your script, or run with TIMESHARE=1 to enable it at start-up."
+        )
+
+
+def _gap_warnings(torch: Any) -> None:
+    """One warning for PyTorch features that a pluggable allocator cannot serve."""
+    gaps = []
+    if getattr(torch.backends.cudnn, "benchmark", False):
+        gaps.append("torch.backends.cudnn.benchmark=True (cuDNN asks the allocator for cacheInfo, "
+                    "which pluggable allocators cannot answer)")
+    if gaps:
+        warnings.warn("timeshare: " + "; ".join(gaps) + ". See docs/usage.md#known-gaps.",
+                      TimeshareWarning, stacklevel=3)
+    log.info("timeshare: CUDA graphs (torch.compile mode='reduce-overhead'), CUDA IPC and "
+             "torch.cuda.memory._record_memory_history are unavailable under a pluggable "
+             "allocator; see docs/usage.md#known-gaps")
+
+
+def _install(conf: str, require_device: bool = True) -> None:
+    """Registers libtimeshare.so with PyTorch. `require_device=False` lets tests exercise every
+    step that needs no GPU against a CUDA build of torch on a machine without one."""
+    import torch
+
+    _check_torch_ready(torch, require_device)
+    path = library_path()
+    lib = ctypes.CDLL(path)
+    _C.configure(conf)
+    alloc = torch.cuda.memory.CUDAPluggableAllocator(path, "timeshare_malloc", "timeshare_free")
+    raw = alloc._allocator
+    for setter, symbol in _HOOKS.items():
+        if hasattr(raw, setter):
+            getattr(raw, setter)(ctypes.cast(getattr(lib, symbol), ctypes.c_void_p).value)
+        else:
+            log.info("timeshare: this torch has no %s hook; %s is not forwarded", setter, symbol)
+    try:
+        torch.cuda.memory.change_current_allocator(alloc)
+    except RuntimeError as e:  # e.g. "Can't swap an already initialized allocator"
+        raise TimeshareError(
+            f"timeshare.enable(): PyTorch refused the allocator swap ({e}). Call enable() before "
+            "any CUDA work, or run with TIMESHARE=1."
+        ) from None
+    from timeshare import stats
+
+    stats.patch_torch(torch)
+    _state.update(enabled=True, conf=conf, allocator=alloc, lib=lib)
+    _gap_warnings(torch)
+
+
+def enable(conf: str | None = None, **options: Any) -> None:
+    """Replace PyTorch's CUDA caching allocator with timeshare's, for this process.
+
+    Call before the first CUDA tensor. Options come from ``TIMESHARE_CONF``, then ``conf``
+    (same ``key:value,...`` form), then keyword arguments, e.g.
+    ``enable(budget="20GiB", spill="host")``; ``timeshare.options_table()`` lists them all.
+
+    Raises ValueError for a bad option and TimeshareError when the swap is impossible (no CUDA,
+    CUDA already initialised, a CPU-only torch); in both cases nothing was changed. Calling it
+    again with the same options does nothing; with other options it raises.
+    """
+    merged = build_conf(conf, **options)
+    if _state["enabled"]:
+        if merged != _state["conf"]:
+            raise TimeshareError(
+                "timeshare is already enabled with other options; options cannot change once "
+                f"PyTorch uses the allocator (enabled with '{_state['conf']}')"
+            )
+        return
+    _install(merged, require_device=True)

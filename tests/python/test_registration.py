@@ -1,0 +1,113 @@
+"""The registration path against PyTorch's CUDA build, on a machine without a GPU.
+
+PyTorch's CPU wheel has no pluggable-allocator support, so these tests run a CUDA build of torch
+(torch 2.14.1+cu130, which lies on disk here) in its own virtualenv (.venv-cuda, made by
+scripts/setup.sh, or TIMESHARE_CUDA_TORCH_PYTHON). Each case runs in a subprocess because an
+allocator swap is irreversible for the process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+
+import pytest
+from conftest import cuda_torch_python
+
+PY = cuda_torch_python()
+pytestmark = pytest.mark.skipif(PY is None, reason="no CUDA build of torch (run scripts/setup.sh)")
+
+
+def run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    assert PY is not None
+    return subprocess.run([PY, "-c", textwrap.dedent(code)], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_library_loads_and_hooks_are_set(python_env: dict[str, str]) -> None:
+    r = run(
+        """
+        import ctypes, torch, timeshare
+        from timeshare import _enable
+        assert not torch.cuda.is_available()
+        lib = ctypes.CDLL(timeshare.library_path())
+        for sym in ("timeshare_malloc", "timeshare_free", "timeshare_init",
+                    "timeshare_empty_cache", "timeshare_memory_fraction",
+                    "timeshare_record_stream"):
+            assert getattr(lib, sym)
+        _enable._install(timeshare._config.build_conf(), require_device=False)
+        raw = _enable._state["allocator"]._allocator
+        print("hooks", sorted(h for h in _enable._HOOKS if hasattr(raw, h)))
+        # torch's stats functions now answer from timeshare instead of raising
+        assert torch.cuda.memory_stats is timeshare.memory_stats
+        assert torch.cuda.memory.memory_allocated is timeshare.memory_allocated
+        print("allocated", torch.cuda.memory_allocated(0), torch.cuda.max_memory_reserved(0))
+        print(torch.cuda.memory_summary(0).splitlines()[0])
+        torch.cuda.reset_peak_memory_stats(0)
+        print("ok")
+        """,
+        python_env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "hooks ['set_init_fn', 'set_memory_fraction_fn', 'set_record_stream_fn', 'set_reset_fn']" in r.stdout
+    assert "allocated 0 0" in r.stdout
+    assert r.stdout.strip().endswith("ok")
+
+
+def test_enable_without_gpu_is_clear_and_leaves_torch_alone(python_env: dict[str, str]) -> None:
+    r = run(
+        """
+        import torch, timeshare
+        before = torch.cuda.memory_stats
+        try:
+            timeshare.enable()
+        except timeshare.TimeshareError as e:
+            print("error:", e)
+        assert not timeshare.is_enabled()
+        assert torch.cuda.memory_stats is before
+        """,
+        python_env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "error: timeshare.enable(): CUDA is not available here" in r.stdout
+
+
+def test_second_swap_is_a_clear_error(python_env: dict[str, str]) -> None:
+    r = run(
+        """
+        import torch, timeshare
+        from timeshare import _enable
+        _enable._install(timeshare._config.build_conf(), require_device=False)
+        a = torch.cuda.memory.CUDAPluggableAllocator(timeshare.library_path(),
+                                                     "timeshare_malloc", "timeshare_free")
+        try:
+            torch.cuda.memory.change_current_allocator(a)
+            print("swapped twice")
+        except RuntimeError as e:
+            print("refused:", str(e).splitlines()[0])
+        """,
+        python_env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "refused:" in r.stdout or "swapped twice" in r.stdout
+    print(r.stdout)
+
+
+def test_oom_shim_throws_c10_out_of_memory(python_env: dict[str, str]) -> None:
+    r = run(
+        """
+        import os, torch, timeshare
+        from timeshare import _C
+        shim = os.path.join(os.path.dirname(timeshare.library_path()), "libtimeshare_torch_oom.so")
+        if not os.path.exists(shim):
+            print("no shim"); raise SystemExit(0)
+        kind, what = _C._throw_oom_through(shim, "CUDA out of memory (timeshare). test")
+        print(kind)
+        print(what.splitlines()[0])
+        """,
+        python_env,
+    )
+    assert r.returncode == 0, r.stderr
+    if "no shim" not in r.stdout:
+        assert "c10::OutOfMemoryError" in r.stdout
+        assert "CUDA out of memory (timeshare). test" in r.stdout
