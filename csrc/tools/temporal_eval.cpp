@@ -6,7 +6,7 @@
 //   temporal_eval --write-synthetic DIR        write the synthetic traces as .tsev files
 // Options: --predictors oracle,constant,noisy,lastsize,torch,torch-expandable,offline
 //          (default all)  --seed N
-//          --iterations N (synthetic)  --window-events N  --slack-granules N  --classes N  --class-base N  --class-ratio N  --no-borrow  --fit-candidates N
+//          --iterations N (synthetic)  --window-events N  --slack-granules N  --classes N  --class-base N  --class-ratio N  --no-borrow  --fit-candidates N  --detail
 //          --repeat N (timing: best of N replays, default 3)
 //
 // Lifespans are computed offline: the number of ticks (allocs + frees) between an allocation
@@ -51,6 +51,7 @@ namespace {
 constexpr double kNoisyMaxFactor = 4.0;
 constexpr std::size_t kSimHeadroomFactor = 4;  // sim capacity = peak live x this
 constexpr std::size_t kAlignBytes = 512;
+bool g_detail = false;  // --detail: print region usage at the peak (slows the replay)
 
 // ---- synthetic training-like traces ---------------------------------------------------------
 
@@ -268,6 +269,8 @@ Result replay(const std::vector<Event>& ev, std::size_t allocs, const std::strin
     owned = std::make_unique<ts::pool::CachingPool>(sim, co);
   }
   ts::pool::Pool& pool = *owned;
+  std::int64_t detail_peak = 0;
+  std::vector<ts::pool::TemporalPool::RegionUsage> detail;
   std::vector<void*> ptr(allocs, nullptr);
   const auto t0 = std::chrono::steady_clock::now();
   for (std::size_t i = 0; i < ev.size(); ++i) {
@@ -279,10 +282,23 @@ Result replay(const std::vector<Event>& ev, std::size_t allocs, const std::strin
     } else if (ptr[e.id]) {
       pool.deallocate(ptr[e.id], i);
     }
+    if (g_detail && policy == "temporal") {
+      const auto& rb = pool.stats().reserved_bytes[0];
+      if (rb.current == rb.peak && rb.current > detail_peak) {
+        detail_peak = rb.current;
+        detail = static_cast<ts::pool::TemporalPool&>(pool).region_usage();
+      }
+    }
   }
   const auto t1 = std::chrono::steady_clock::now();
   r.ns_per_event = std::chrono::duration<double, std::nano>(t1 - t0).count() /
                    static_cast<double>(std::max<std::size_t>(ev.size(), 1));
+  for (std::size_t k = 0; k < detail.size(); ++k) {
+    if (detail[k].blocks == 0) continue;
+    std::printf("    at peak: region %zu: %zu blocks, %.2f MiB in %zu granules\n", k,
+                detail[k].blocks, static_cast<double>(detail[k].bytes) / ts::kMiB,
+                detail[k].granules);
+  }
   r.peak_reserved_bytes = static_cast<std::size_t>(pool.stats().reserved_bytes[0].peak);
   r.device_alloc = pool.stats().num_device_alloc;
   r.device_free = pool.stats().num_device_free;
@@ -359,6 +375,7 @@ int main(int argc, char** argv) {
     else if (a == "--class-base") o.class_base_events = std::stoull(next());
     else if (a == "--class-ratio") o.class_ratio = std::stoull(next());
     else if (a == "--no-borrow") o.borrow_mapped = false;
+    else if (a == "--detail") g_detail = true;
     else if (a == "--fit-candidates") o.mapped_fit_candidates = std::stoull(next());
     else if (a == "--repeat") repeat = std::stoi(next());
     else if (!a.empty() && a[0] == '-') {

@@ -431,3 +431,67 @@ TEST_CASE("temporal: unknown pointers and zero-byte requests", "[temporal]") {
   CHECK(pool.block_size(a) == 0);
   CHECK(std::string(pool.name()) == "temporal");
 }
+
+namespace {
+
+// A sim device without virtual memory (like a GPU without VMM support).
+class NoVmBackend final : public device::Backend {
+ public:
+  explicit NoVmBackend(SimBackend& sim) : sim_(sim) {}
+  const char* name() const noexcept override { return "sim-novm"; }
+  int device_index() const noexcept override { return 0; }
+  device::Status reserve(std::size_t b, void** out) override { return sim_.reserve(b, out); }
+  device::Status release(void* p, std::size_t b) override { return sim_.release(p, b); }
+  device::MemInfo mem_info() override { return sim_.mem_info(); }
+  bool supports_virtual_memory() const noexcept override { return false; }
+  std::size_t granule_bytes() const noexcept override { return sim_.granule_bytes(); }
+  device::Status va_reserve(std::size_t, void**) override { return device::Status::kInvalid; }
+  device::Status va_release(void*, std::size_t) override { return device::Status::kInvalid; }
+  device::Status map(void*, std::size_t) override { return device::Status::kInvalid; }
+  device::Status unmap(void*, std::size_t) override { return device::Status::kInvalid; }
+  device::Status create_stream(device::Stream* s) override { return sim_.create_stream(s); }
+  device::Status destroy_stream(device::Stream s) override { return sim_.destroy_stream(s); }
+  device::Status create_event(device::Event* e) override { return sim_.create_event(e); }
+  device::Status destroy_event(device::Event e) override { return sim_.destroy_event(e); }
+  device::Status record(device::Event e, device::Stream s) override { return sim_.record(e, s); }
+  bool query(device::Event e) override { return sim_.query(e); }
+  device::Status stream_wait(device::Stream s, device::Event e) override {
+    return sim_.stream_wait(s, e);
+  }
+  device::Status synchronize_event(device::Event e) override { return sim_.synchronize_event(e); }
+  device::Status synchronize_stream(device::Stream s) override {
+    return sim_.synchronize_stream(s);
+  }
+  device::Status synchronize_device() override { return sim_.synchronize_device(); }
+  device::Status copy_async(void* d, const void* s, std::size_t b, device::CopyKind k,
+                            device::Stream st) override {
+    return sim_.copy_async(d, s, b, k, st);
+  }
+  device::Status host_alloc_pinned(std::size_t b, void** out) override {
+    return sim_.host_alloc_pinned(b, out);
+  }
+  device::Status host_free_pinned(void* p) override { return sim_.host_free_pinned(p); }
+  std::uint64_t now_ns() override { return sim_.now_ns(); }
+  std::string last_error() const override { return sim_.last_error(); }
+
+ private:
+  SimBackend& sim_;
+};
+
+}  // namespace
+
+TEST_CASE("temporal: without virtual memory the pool falls back to segments", "[temporal]") {
+  SimBackend sim(backed(64 * kMiB));
+  NoVmBackend novm(sim);
+  TemporalPool pool(&novm);
+  CHECK(std::string(pool.name()).find("fallback") != std::string::npos);
+  void* a = pool.allocate(3 * kMiB, 0, {0, 10, 0});
+  REQUIRE(a != nullptr);
+  std::memset(a, 7, 3 * kMiB);
+  CHECK(pool.stats().allocated_bytes[kAggregate].current >= static_cast<std::int64_t>(3 * kMiB));
+  CHECK(pool.stats().reserved_bytes[kAggregate].current ==
+        static_cast<std::int64_t>(sim.counters().reserved_bytes));
+  CHECK(pool.deallocate(a, 1) == FreeResult::kOk);
+  pool.empty_cache();
+  CHECK(sim.counters().reserved_bytes == 0);
+}

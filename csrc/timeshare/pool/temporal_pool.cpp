@@ -1,8 +1,10 @@
 #include "timeshare/pool/temporal_pool.h"
 
+#include "timeshare/pool/caching_pool.h"
+
 #include <algorithm>
+#include <set>
 #include <sstream>
-#include <stdexcept>
 
 namespace timeshare::pool {
 
@@ -25,10 +27,7 @@ std::string format_bytes(std::size_t bytes) {
 }
 
 std::size_t resolve_region_va(device::Backend* backend, const TemporalPoolOptions& o) {
-  if (!backend->supports_virtual_memory()) {
-    throw std::invalid_argument(
-        "TemporalPool needs a backend with virtual memory support; use CachingPool");
-  }
+  if (!backend->supports_virtual_memory()) return 0;  // the CachingPool fallback serves
   const std::size_t g = backend->granule_bytes();
   const std::size_t want = o.region_va_bytes != 0 ? o.region_va_bytes : backend->mem_info().total_bytes;
   return round_up(std::max(want, g), g);
@@ -41,7 +40,9 @@ TemporalPool::TemporalPool(device::Backend* backend, TemporalPoolOptions options
       options_(options),
       region_va_bytes_(resolve_region_va(backend, options)),
       granules_(backend, backend->granule_bytes(), options.peak_window_events,
-                options.slack_granules) {}
+                options.slack_granules) {
+  if (!backend->supports_virtual_memory()) fallback_ = std::make_unique<CachingPool>(*backend);
+}
 
 TemporalPool::~TemporalPool() {
   process_pending(/*wait=*/true);
@@ -129,6 +130,7 @@ bool TemporalPool::place(Arena& arena, std::size_t region, std::size_t bytes,
 }
 
 void* TemporalPool::allocate(std::size_t bytes, device::Stream stream, const AllocHint& hint) {
+  if (fallback_) return fallback_->allocate(bytes, stream, hint);
   if (bytes == 0) return nullptr;
   now_events_ = hint.now_events;
   granules_.tick(now_events_);
@@ -166,6 +168,7 @@ void* TemporalPool::allocate(std::size_t bytes, device::Stream stream, const All
 }
 
 FreeResult TemporalPool::deallocate(void* ptr, std::uint64_t now_events) {
+  if (fallback_) return fallback_->deallocate(ptr, now_events);
   auto it = live_.find(reinterpret_cast<std::uintptr_t>(ptr));
   if (it == live_.end()) return FreeResult::kUnknownPointer;
   now_events_ = now_events;
@@ -240,6 +243,7 @@ device::Event TemporalPool::take_event() {
 }
 
 void TemporalPool::record_stream(void* ptr, device::Stream stream) {
+  if (fallback_) return fallback_->record_stream(ptr, stream);
   auto it = live_.find(reinterpret_cast<std::uintptr_t>(ptr));
   if (it == live_.end()) return;
   Block& b = it->second;
@@ -250,12 +254,14 @@ void TemporalPool::record_stream(void* ptr, device::Stream stream) {
 }
 
 void TemporalPool::empty_cache() {
+  if (fallback_) return fallback_->empty_cache();
   process_pending(/*wait=*/false);
   granules_.release_all_cached();
   sync_reserved();
 }
 
 std::size_t TemporalPool::block_size(void* ptr) const {
+  if (fallback_) return fallback_->block_size(ptr);
   auto it = live_.find(reinterpret_cast<std::uintptr_t>(ptr));
   return it == live_.end() ? 0 : it->second.bytes;
 }
@@ -296,7 +302,40 @@ void TemporalPool::sync_reserved() noexcept {
   stats_.num_device_free = static_cast<std::int64_t>(granules_.unmap_calls());
 }
 
+std::vector<TemporalPool::RegionUsage> TemporalPool::region_usage() const {
+  std::vector<RegionUsage> out(num_regions(options_));
+  std::vector<std::set<std::uintptr_t>> touched(out.size());
+  const std::size_t g = granules_.granule_bytes();
+  for (const auto& [addr, b] : live_) {
+    out[b.region].blocks += 1;
+    out[b.region].bytes += b.bytes;
+    for (std::uintptr_t a = addr / g; a <= (addr + b.bytes - 1) / g; ++a) touched[b.region].insert(a);
+  }
+  for (std::size_t r = 0; r < out.size(); ++r) out[r].granules = touched[r].size();
+  return out;
+}
+
+const DeviceStats& TemporalPool::stats() const noexcept {
+  return fallback_ ? fallback_->stats() : stats_;
+}
+
+void TemporalPool::reset_peak_stats() noexcept {
+  if (fallback_) fallback_->reset_peak_stats();
+  stats_.reset_peak();
+}
+
+void TemporalPool::reset_accumulated_stats() noexcept {
+  if (fallback_) fallback_->reset_accumulated_stats();
+  stats_.reset_accumulated();
+}
+
+void TemporalPool::set_limit_bytes(std::size_t bytes) noexcept {
+  if (fallback_) fallback_->set_limit_bytes(bytes);
+  limit_bytes_ = bytes;
+}
+
 std::string TemporalPool::describe() const {
+  if (fallback_) return "TemporalPool (no virtual memory: CachingPool fallback)\n" + fallback_->describe();
   std::ostringstream os;
   const std::size_t g = granules_.granule_bytes();
   os << "TemporalPool: " << format_bytes(static_cast<std::size_t>(stats_.allocated_bytes[0].current))

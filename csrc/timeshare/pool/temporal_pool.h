@@ -44,8 +44,9 @@
 // calls. Small/large pool split: blocks of at most 1 MiB are "small"; reserved memory is
 // all counted in the large pool.
 //
-// Needs Backend::supports_virtual_memory(); on a backend without it, the constructor throws
-// std::invalid_argument (use CachingPool there).
+// Without virtual memory (Backend::supports_virtual_memory() false) there are no granules to
+// map under a fixed address range, so the pool delegates every call to a CachingPool
+// (PyTorch's policy); name() then says "temporal(fallback:torch)".
 #pragma once
 
 #include <cstddef>
@@ -70,16 +71,18 @@ class TemporalPool final : public Pool {
   TemporalPool(const TemporalPool&) = delete;
   TemporalPool& operator=(const TemporalPool&) = delete;
 
-  const char* name() const noexcept override { return "temporal"; }
+  const char* name() const noexcept override {
+    return fallback_ ? "temporal(fallback:torch)" : "temporal";
+  }
   void* allocate(std::size_t bytes, device::Stream stream, const AllocHint& hint) override;
   FreeResult deallocate(void* ptr, std::uint64_t now_events) override;
   void record_stream(void* ptr, device::Stream stream) override;
   void empty_cache() override;
   std::size_t block_size(void* ptr) const override;
-  const DeviceStats& stats() const noexcept override { return stats_; }
-  void reset_peak_stats() noexcept override { stats_.reset_peak(); }
-  void reset_accumulated_stats() noexcept override { stats_.reset_accumulated(); }
-  void set_limit_bytes(std::size_t bytes) noexcept override { limit_bytes_ = bytes; }
+  const DeviceStats& stats() const noexcept override;
+  void reset_peak_stats() noexcept override;
+  void reset_accumulated_stats() noexcept override;
+  void set_limit_bytes(std::size_t bytes) noexcept override;
   std::size_t limit_bytes() const noexcept override { return limit_bytes_; }
   std::string describe() const override;
 
@@ -89,6 +92,15 @@ class TemporalPool final : public Pool {
   std::size_t cached_granules() const noexcept { return granules_.cached_granules(); }
   std::size_t pending_blocks() const noexcept { return pending_.size(); }
   std::size_t granule_bytes() const noexcept { return granules_.granule_bytes(); }
+
+  // Per lifespan region: live blocks, their bytes, and the granules they touch (a granule
+  // shared by two regions counts in both). O(live blocks): for diagnostics only.
+  struct RegionUsage {
+    std::size_t blocks = 0;
+    std::size_t bytes = 0;
+    std::size_t granules = 0;
+  };
+  std::vector<RegionUsage> region_usage() const;
 
  private:
   struct Arena {
@@ -127,6 +139,7 @@ class TemporalPool final : public Pool {
   void count_block(const Block& b, bool add) noexcept;
 
   device::Backend* backend_;
+  std::unique_ptr<Pool> fallback_;  // set when the backend has no virtual memory
   const TemporalPoolOptions options_;
   std::size_t region_va_bytes_ = 0;
   TemporalGranules granules_;
