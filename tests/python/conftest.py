@@ -27,12 +27,20 @@ def cuda_torch_python() -> str | None:
     return None
 
 
+@pytest.fixture(scope="session")
+def _timeshare_only_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A directory holding only a link to the installed timeshare package, so a subprocess of
+    another interpreter (the CUDA-torch venv) imports our timeshare but its own torch."""
+    d = tmp_path_factory.mktemp("ts_path")
+    (d / "timeshare").symlink_to(Path(__import__("timeshare").__file__).resolve().parent)
+    return str(d)
+
+
 @pytest.fixture
-def python_env() -> dict[str, str]:
+def python_env(_timeshare_only_path: str) -> dict[str, str]:
     """Environment for subprocesses that import this checkout's timeshare."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIMESHARE")}
-    pkg_parent = str(Path(__import__("timeshare").__file__).resolve().parents[1])
-    env["PYTHONPATH"] = pkg_parent + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = _timeshare_only_path + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: the C++ suite (Catch2, sim backend) and the Python suite (pytest).
+# Run scripts/setup.sh first on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+JOBS=${JOBS:-2}
+
+echo "== C++: configure and build (build/) =="
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTIMESHARE_BUILD_PYTHON=OFF >/dev/null
+cmake --build build -j"$JOBS" 2>&1 | grep -E "error|warning:" || true
+cmake --build build -j"$JOBS" >/dev/null  # fails the script on a build error
+echo "== C++: Catch2 suite =="
+(cd build && ctest --output-on-failure)
+./build/timeshare_tests --order rand --rng-seed 1 | tail -n 2
+
+echo "== Python: pytest =="
+$PY -m pytest -q tests/python
