@@ -69,6 +69,10 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
   ArenaGranules& ar = arenas_[a];
   const std::size_t g0 = (addr - ar.base) / granule_bytes_;
   const std::size_t g1 = (addr + bytes - 1 - ar.base) / granule_bytes_;
+  if (g0 == g1 && ar.occupancy[g0] != 0) {  // fast path: a small block in a used granule
+    ++ar.occupancy[g0];
+    return true;
+  }
   std::size_t fresh = 0;
   std::size_t to_map = 0;
   for (std::size_t g = g0; g <= g1; ++g) {
@@ -129,12 +133,14 @@ void TemporalGranules::release(std::size_t a, std::uintptr_t addr, std::size_t b
   ArenaGranules& ar = arenas_[a];
   const std::size_t g0 = (addr - ar.base) / granule_bytes_;
   const std::size_t g1 = (addr + bytes - 1 - ar.base) / granule_bytes_;
+  bool emptied = false;
   for (std::size_t g = g0; g <= g1; ++g) {
     if (--ar.occupancy[g] != 0) continue;
     --needed_;
     cache_.set(key(a, g));
+    emptied = true;
   }
-  trim_to(mark(), 0);
+  if (emptied) trim_to(mark(), 0);
 }
 
 void TemporalGranules::release_all_cached() { trim_to(0, 0); }

@@ -38,6 +38,8 @@ struct TemporalPoolOptions {
   // space in already-mapped granules of the other (non-permanent) regions, nearest class
   // first. Trades a little lifespan mixing for fewer partly used granules and map calls.
   bool borrow_mapped = true;
+  // Borrow only from regions at most this many classes away (permanent blocks: 1).
+  std::size_t borrow_max_distance = 16;
   // How many free ranges per region (smallest fitting first) are checked for one that lies
   // entirely in mapped granules before the pool maps new ones. Bounds the miss path.
   std::size_t mapped_fit_candidates = 4;

@@ -114,7 +114,8 @@ bool TemporalPool::place(Arena& arena, std::size_t region, std::size_t bytes,
   const std::size_t permanent = options_.num_timed_classes;
   if (options_.borrow_mapped) {
     const std::size_t n = arena.regions.size();
-    const std::size_t max_distance = region == permanent ? 1 : n;
+    const std::size_t max_distance =
+        region == permanent ? 1 : std::min(n, options_.borrow_max_distance);
     for (std::size_t d = 1; d < n && d <= max_distance; ++d) {
       for (std::size_t other : {region + d, region - d}) {
         if (other >= n) continue;  // region - d wraps to a huge value
@@ -285,6 +286,14 @@ void TemporalPool::count_block(const Block& b, bool add) noexcept {
 
 void TemporalPool::sync_reserved() noexcept {
   const auto mapped = static_cast<std::int64_t>(granules_.mapped_granules());
+  const std::uint64_t calls = granules_.map_calls() + granules_.unmap_calls();
+  if (mapped == synced_mapped_ && calls == synced_calls_ &&
+      stats_.active_bytes.front().current == synced_active_bytes_) {
+    return;
+  }
+  synced_mapped_ = mapped;
+  synced_calls_ = calls;
+  synced_active_bytes_ = stats_.active_bytes.front().current;
   const auto bytes = mapped * static_cast<std::int64_t>(granules_.granule_bytes());
   for (int t : {static_cast<int>(kAggregate), static_cast<int>(kLargePool)}) {
     const std::int64_t db = bytes - stats_.reserved_bytes[t].current;

@@ -150,6 +150,10 @@ class TemporalPool final : public Pool {
   std::size_t limit_bytes_ = 0;
   std::uint64_t now_events_ = 0;
   DeviceStats stats_;
+  // What sync_reserved last saw (it returns early when nothing changed).
+  std::int64_t synced_mapped_ = -1;
+  std::uint64_t synced_calls_ = 0;
+  std::int64_t synced_active_bytes_ = -1;
 };
 
 }  // namespace timeshare::pool
