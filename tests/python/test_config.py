@@ -70,3 +70,14 @@ def test_options_table_covers_parser() -> None:
     assert {"budget", "spill", "spill_dir", "pinned", "policy", "predictor", "history", "hidden",
             "retrain_interval", "drift_threshold"} <= set(keys)
     assert all(len(row) == 4 and row[3] for row in timeshare.options_table())
+
+
+def test_usage_doc_options_table_is_in_sync() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, str(root / "scripts" / "gen_usage.py"), "--check"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
