@@ -170,6 +170,34 @@ TEST_CASE("temporal: free ranges coalesce and best fit matches a brute force", "
   }
 }
 
+TEST_CASE("temporal: the re-assignment queue promises only slots whose block is gone",
+          "[temporal]") {
+  TemporalReassignQueue q(/*min_bytes=*/1024, /*horizon_events=*/100, /*max_promises=*/8);
+  q.watch(10, {0x1000, 4096, 0, 2, /*alloc_id=*/1, 0});
+  q.watch(20, {0x3000, 4096, 0, 2, /*alloc_id=*/2, 0});
+  q.watch(5, {0x9000, 512, 0, 2, 3, 0});  // below min_bytes: never watched
+  std::set<std::uint64_t> gone = {1};     // block 2 outlives its prediction
+  auto is_gone = [&](const TemporalPromise& p) { return gone.count(p.alloc_id) != 0; };
+  q.advance(9, is_gone);
+  CHECK(q.empty());  // nothing due yet
+  q.advance(25, is_gone);
+  CHECK(q.due() == 2);
+  CHECK(q.still_live() == 1);
+  TemporalPromise p;
+  CHECK_FALSE(q.claim(0, 1, 4096, &p));  // another region
+  CHECK_FALSE(q.claim(0, 2, 1024, &p));  // less than half the slot
+  CHECK_FALSE(q.claim(0, 2, 8192, &p));  // larger than the slot
+  REQUIRE(q.claim(0, 2, 3000, &p));
+  CHECK(p.addr == 0x1000);
+  CHECK(q.empty());
+  // Promises expire after the horizon.
+  q.watch(30, {0x5000, 4096, 0, 2, 4, 0});
+  gone.insert(4);
+  q.advance(30, is_gone);
+  q.advance(200, is_gone);
+  CHECK_FALSE(q.claim(0, 2, 4096, &p));
+}
+
 TEST_CASE("temporal: bit index finds the highest and previous members", "[temporal]") {
   TemporalBitIndex bits;
   bits.resize(70000);
@@ -200,10 +228,12 @@ TEST_CASE("temporal: random traces keep every invariant under adversarial predic
   const std::string kind = GENERATE(as<std::string>{}, "oracle", "constant", "none", "inverted",
                                     "random");
   const std::uint64_t seed = GENERATE(1, 2);
-  CAPTURE(kind, seed);
+  const bool reassign = GENERATE(false, true);
+  CAPTURE(kind, seed, reassign);
   SimBackend sim(backed(256 * kMiB));
   TemporalPoolOptions o;
   o.peak_window_events = 300;  // short windows so trimming happens often
+  o.reassign = reassign;
   TemporalPool pool(&sim, o);
   std::vector<std::uint64_t> truth;
   const auto ops = random_trace(seed, 700, &truth);

@@ -85,4 +85,26 @@ bool ArenaFreeRanges::take_best_fit(std::size_t bytes, Range* out) {
   return true;
 }
 
+bool ArenaFreeRanges::containing(std::uintptr_t addr, std::size_t bytes, Range* out) const {
+  auto it = by_addr_.upper_bound(addr);
+  if (it == by_addr_.begin()) return false;
+  --it;
+  if (addr + bytes > it->first + it->second) return false;
+  *out = Range{it->first, it->second};
+  return true;
+}
+
+void ArenaFreeRanges::carve_at(const Range& r, std::uintptr_t addr, std::size_t bytes) {
+  if (addr == r.addr) {
+    carve(r, bytes);
+    return;
+  }
+  by_size_.erase({r.bytes, r.addr});
+  by_addr_.erase(r.addr);
+  free_bytes_ -= r.bytes;
+  add(r.addr, addr - r.addr);
+  const std::uintptr_t end = r.addr + r.bytes;
+  if (addr + bytes < end) add(addr + bytes, end - addr - bytes);
+}
+
 }  // namespace timeshare::pool

@@ -45,6 +45,12 @@ class ArenaFreeRanges {
     return false;
   }
 
+  // The free range that holds all of [addr, addr+bytes), if any.
+  bool containing(std::uintptr_t addr, std::size_t bytes, Range* out) const;
+
+  // Takes [addr, addr+bytes) out of the free range `r` that holds it; both ends stay free.
+  void carve_at(const Range& r, std::uintptr_t addr, std::size_t bytes);
+
   // Takes the first `bytes` of the free range `r` (as returned by peek_best_fit, unchanged
   // since); the rest stays free. Reuses the index nodes: no heap allocation.
   void carve(const Range& r, std::size_t bytes);

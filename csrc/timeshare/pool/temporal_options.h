@@ -44,6 +44,15 @@ struct TemporalPoolOptions {
   // entirely in mapped granules before the pool maps new ones. Bounds the miss path.
   std::size_t mapped_fit_candidates = 4;
 
+  // Re-assignment queue (temporal_reassign.h): blocks of at least `reassign_min_bytes` are
+  // watched until their predicted death; the slot of one that is then gone is promised to
+  // the next request of its region that fits it, for `reassign_horizon_events` ticks.
+  // Off by default: measured, it raised fragmentation (docs/temporal_pool.md).
+  bool reassign = false;
+  std::size_t reassign_min_bytes = 64 * kKiB;
+  std::uint64_t reassign_horizon_events = 4096;
+  std::size_t reassign_max_promises = 64;
+
   // Hysteresis. Free mapped granules are kept (cached) while the mapped total stays at or
   // below the high-water mark of needed granules (granules holding a live or pending block)
   // over the current and the previous window of `peak_window_events` ticks, plus

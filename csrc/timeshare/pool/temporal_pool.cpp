@@ -40,7 +40,9 @@ TemporalPool::TemporalPool(device::Backend* backend, TemporalPoolOptions options
       options_(options),
       region_va_bytes_(resolve_region_va(backend, options)),
       granules_(backend, backend->granule_bytes(), options.peak_window_events,
-                options.slack_granules) {
+                options.slack_granules),
+      reassign_(options.reassign_min_bytes, options.reassign_horizon_events,
+                options.reassign_max_promises) {
   if (!backend->supports_virtual_memory()) fallback_ = std::make_unique<CachingPool>(*backend);
 }
 
@@ -93,6 +95,27 @@ bool TemporalPool::commit(Arena& arena, std::size_t region, const ArenaFreeRange
   return true;
 }
 
+bool TemporalPool::place_promised(Arena& arena, std::size_t region, std::size_t bytes,
+                                  std::uintptr_t* addr) {
+  reassign_.advance(now_events_, [this](const TemporalPromise& p) {
+    auto it = live_.find(p.addr);
+    return it == live_.end() || it->second.alloc_id != p.alloc_id;
+  });
+  TemporalPromise p;
+  if (reassign_.empty() ||
+      !reassign_.claim(arena.index, static_cast<std::uint32_t>(region), bytes, &p)) {
+    return false;
+  }
+  ArenaFreeRanges::Range r;
+  ArenaFreeRanges& free = arena.regions[region];
+  if (!free.containing(p.addr, bytes, &r) || !fits_mapped(arena, p.addr, bytes)) return false;
+  if (!granules_.acquire(arena.granule_index, p.addr, bytes, limit_bytes_)) return false;
+  free.carve_at(r, p.addr, bytes);
+  *addr = p.addr;
+  ++promised_placements_;
+  return true;
+}
+
 bool TemporalPool::place(Arena& arena, std::size_t region, std::size_t bytes,
                          std::uintptr_t* addr, std::size_t* placed_region) {
   *placed_region = region;
@@ -141,7 +164,9 @@ void* TemporalPool::allocate(std::size_t bytes, device::Stream stream, const All
   const std::size_t region = lifespan_region(options_, hint.predicted_lifespan);
   std::uintptr_t addr = 0;
   std::size_t placed_region = region;
-  bool ok = arena != nullptr && place(*arena, region, rounded, &addr, &placed_region);
+  bool ok = arena != nullptr &&
+            ((options_.reassign && place_promised(*arena, region, rounded, &addr)) ||
+             place(*arena, region, rounded, &addr, &placed_region));
   if (!ok) {
     // Free everything cached (waiting for pending blocks) and try once more.
     ++stats_.num_alloc_retries;
@@ -160,6 +185,12 @@ void* TemporalPool::allocate(std::size_t bytes, device::Stream stream, const All
   b.requested_bytes = bytes;
   b.arena = arena->index;
   b.region = static_cast<std::uint32_t>(placed_region);
+  b.alloc_id = hint.alloc_id;
+  if (options_.reassign && hint.predicted_lifespan != 0 &&
+      hint.predicted_lifespan < kPermanentLifespanEvents) {
+    reassign_.watch(now_events_ + hint.predicted_lifespan,
+                    {addr, rounded, arena->index, b.region, hint.alloc_id, 0});
+  }
   count_block(b, /*add=*/true);
   stats_.active.front().increase(1);
   stats_.active_bytes.front().increase(static_cast<std::int64_t>(rounded));

@@ -25,6 +25,11 @@
 //     maps one. Map/unmap calls are expensive on a GPU, so free granules stay mapped (cached)
 //     up to the observed cycle peak of needed granules; a periodic trace whose placement
 //     repeats makes no device calls in steady state.
+//   * Re-assignment queue (TemporalReassignQueue, from the seed): placed blocks are watched
+//     until their predicted death; the slot of a block that is then really gone is promised
+//     to the next request of its region that fits it, which takes exactly that slot. A block
+//     still live at its predicted death (wrong prediction) promises nothing: requests take
+//     the next-best placement, best fit.
 //   * Wrong predictions cost memory, never correctness: a block in the "wrong" region is
 //     still a block at a unique address in mapped memory, freed whenever the caller frees it.
 //
@@ -61,6 +66,7 @@
 #include "timeshare/pool/pool.h"
 #include "timeshare/pool/temporal_granules.h"
 #include "timeshare/pool/temporal_options.h"
+#include "timeshare/pool/temporal_reassign.h"
 
 namespace timeshare::pool {
 
@@ -92,6 +98,8 @@ class TemporalPool final : public Pool {
   std::size_t cached_granules() const noexcept { return granules_.cached_granules(); }
   std::size_t pending_blocks() const noexcept { return pending_.size(); }
   std::size_t granule_bytes() const noexcept { return granules_.granule_bytes(); }
+  std::uint64_t promised_placements() const noexcept { return promised_placements_; }
+  const TemporalReassignQueue& reassign_queue() const noexcept { return reassign_; }
 
   // Per lifespan region: live blocks, their bytes, and the granules they touch (a granule
   // shared by two regions counts in both). O(live blocks): for diagnostics only.
@@ -116,6 +124,7 @@ class TemporalPool final : public Pool {
     std::size_t requested_bytes = 0;
     std::uint32_t arena = 0;
     std::uint32_t region = 0;
+    std::uint64_t alloc_id = 0;
     std::vector<device::Stream> other_streams;  // from record_stream
   };
   struct Pending {
@@ -132,6 +141,8 @@ class TemporalPool final : public Pool {
   bool commit(Arena& arena, std::size_t region, const ArenaFreeRanges::Range& r,
               std::size_t bytes, std::uintptr_t* addr);
   bool fits_mapped(const Arena& arena, std::uintptr_t addr, std::size_t bytes) const;
+  // The slot promised by the re-assignment queue, when one fits and is still free and mapped.
+  bool place_promised(Arena& arena, std::size_t region, std::size_t bytes, std::uintptr_t* addr);
   void release_range(std::uintptr_t addr, const Block& block);
   void process_pending(bool wait);
   device::Event take_event();
@@ -146,9 +157,11 @@ class TemporalPool final : public Pool {
   std::vector<std::unique_ptr<Arena>> arenas_;
   std::unordered_map<std::uintptr_t, Block> live_;
   std::deque<Pending> pending_;
+  TemporalReassignQueue reassign_;
   std::vector<device::Event> spare_events_;
   std::size_t limit_bytes_ = 0;
   std::uint64_t now_events_ = 0;
+  std::uint64_t promised_placements_ = 0;
   DeviceStats stats_;
   // What sync_reserved last saw (it returns early when nothing changed).
   std::int64_t synced_mapped_ = -1;
