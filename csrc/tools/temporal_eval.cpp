@@ -7,7 +7,7 @@
 // Options: --predictors oracle,constant,noisy,lastsize,torch,torch-expandable,offline
 //          (default all)  --seed N
 //          --iterations N (synthetic)  --window-events N  --slack-granules N  --classes N  --class-base N  --class-ratio N  --no-borrow  --fit-candidates N  --detail
-//          --borrow-distance N  --reassign
+//          --borrow-distance N  --reassign  --lowest-of K
 //          --repeat N (timing: best of N replays, default 3)
 //
 // Lifespans are computed offline: the number of ticks (allocs + frees) between an allocation
@@ -378,6 +378,7 @@ int main(int argc, char** argv) {
     else if (a == "--no-borrow") o.borrow_mapped = false;
     else if (a == "--detail") g_detail = true;
     else if (a == "--reassign") o.reassign = true;
+    else if (a == "--lowest-of") o.lowest_of_fits = std::stoull(next());
     else if (a == "--borrow-distance") o.borrow_max_distance = std::stoull(next());
     else if (a == "--fit-candidates") o.mapped_fit_candidates = std::stoull(next());
     else if (a == "--repeat") repeat = std::stoi(next());

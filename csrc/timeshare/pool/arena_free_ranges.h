@@ -30,6 +30,17 @@ class ArenaFreeRanges {
   // The range take_best_fit would return, left in place.
   bool peek_best_fit(std::size_t bytes, Range* out) const;
 
+  // Of the `k` smallest ranges of at least `bytes`, the one at the lowest address.
+  bool peek_lowest_of(std::size_t bytes, std::size_t k, Range* out) const {
+    auto it = by_size_.lower_bound({bytes, 0});
+    if (it == by_size_.end()) return false;
+    *out = Range{it->second, it->first};
+    for (std::size_t i = 1; i < k && ++it != by_size_.end(); ++i) {
+      if (it->second < out->addr) *out = Range{it->second, it->first};
+    }
+    return true;
+  }
+
   // Calls `fn(range)` on up to `max_candidates` ranges of at least `bytes`, smallest first,
   // until it returns true; returns whether one did (and sets *out to it).
   template <class Fn>

@@ -38,6 +38,9 @@ struct TemporalPoolOptions {
   // space in already-mapped granules of the other (non-permanent) regions, nearest class
   // first. Trades a little lifespan mixing for fewer partly used granules and map calls.
   bool borrow_mapped = true;
+  // Placement inside a region: of the `lowest_of_fits` smallest free ranges that fit, the one
+  // at the lowest address (1 = plain best fit).
+  std::size_t lowest_of_fits = 1;
   // Borrow only from regions at most this many classes away (permanent blocks: 1).
   std::size_t borrow_max_distance = 16;
   // How many free ranges per region (smallest fitting first) are checked for one that lies

@@ -120,7 +120,7 @@ bool TemporalPool::place(Arena& arena, std::size_t region, std::size_t bytes,
                          std::uintptr_t* addr, std::size_t* placed_region) {
   *placed_region = region;
   ArenaFreeRanges::Range own;
-  if (!arena.regions[region].peek_best_fit(bytes, &own)) return false;
+  if (!arena.regions[region].peek_lowest_of(bytes, options_.lowest_of_fits, &own)) return false;
   if (fits_mapped(arena, own.addr, bytes)) return commit(arena, region, own, bytes, addr);
   // The next few larger ranges of the own region, when one lies in mapped granules.
   const auto mapped = [&](const ArenaFreeRanges::Range& r) {
