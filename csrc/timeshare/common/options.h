@@ -39,7 +39,7 @@ struct Options {
   std::string predictor = "hybrid";
   std::size_t history_bytes = std::size_t{8} << 20;
   int hidden = 32;
-  std::uint64_t retrain_interval_events = 20'000;
+  std::uint64_t retrain_interval_events = 40'000;
   double drift_threshold = 0.10;
   std::uint64_t seed = 0x7153;
   // Misc
