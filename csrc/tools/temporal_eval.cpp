@@ -6,8 +6,8 @@
 //   temporal_eval --write-synthetic DIR        write the synthetic traces as .tsev files
 // Options: --predictors oracle,constant,noisy,lastsize,torch,torch-expandable,offline
 //          (default all)  --seed N
-//          --iterations N (synthetic)  --window-events N  --slack-granules N  --classes N  --class-base N  --class-ratio N  --no-borrow  --fit-candidates N  --detail
-//          --borrow-distance N  --reassign  --lowest-of K
+//          --iterations N (synthetic)  --window-events N  --slack-granules N  --classes N  --class-base N  --class-ratio N  --no-borrow  --fit-candidates N  --detail  --dump
+//          --borrow-distance N  --borrow-down N  --longer-first  --reassign  --lowest-of K
 //          --repeat N (timing: best of N replays, default 3)
 //
 // Lifespans are computed offline: the number of ticks (allocs + frees) between an allocation
@@ -53,6 +53,8 @@ constexpr double kNoisyMaxFactor = 4.0;
 constexpr std::size_t kSimHeadroomFactor = 4;  // sim capacity = peak live x this
 constexpr std::size_t kAlignBytes = 512;
 bool g_detail = false;  // --detail: print region usage at the peak (slows the replay)
+bool g_dump = false;    // --dump: with --detail, every live block at the peak
+const std::vector<std::uint64_t>* g_truth = nullptr;
 
 // ---- synthetic training-like traces ---------------------------------------------------------
 
@@ -272,6 +274,7 @@ Result replay(const std::vector<Event>& ev, std::size_t allocs, const std::strin
   ts::pool::Pool& pool = *owned;
   std::int64_t detail_peak = 0;
   std::vector<ts::pool::TemporalPool::RegionUsage> detail;
+  std::vector<ts::pool::TemporalPool::LiveBlockInfo> dump;
   std::vector<void*> ptr(allocs, nullptr);
   const auto t0 = std::chrono::steady_clock::now();
   for (std::size_t i = 0; i < ev.size(); ++i) {
@@ -288,6 +291,7 @@ Result replay(const std::vector<Event>& ev, std::size_t allocs, const std::strin
       if (rb.current == rb.peak && rb.current > detail_peak) {
         detail_peak = rb.current;
         detail = static_cast<ts::pool::TemporalPool&>(pool).region_usage();
+        if (g_dump) dump = static_cast<ts::pool::TemporalPool&>(pool).live_blocks();
       }
     }
   }
@@ -299,6 +303,13 @@ Result replay(const std::vector<Event>& ev, std::size_t allocs, const std::strin
     std::printf("    at peak: region %zu: %zu blocks, %.2f MiB in %zu granules\n", k,
                 detail[k].blocks, static_cast<double>(detail[k].bytes) / ts::kMiB,
                 detail[k].granules);
+  }
+  std::sort(dump.begin(), dump.end(), [](auto& a, auto& b) { return a.addr < b.addr; });
+  for (const auto& b : dump) {
+    std::printf("    block addr=%#zx granule=%zu bytes=%zu region=%u id=%llu life=%llu\n",
+                static_cast<std::size_t>(b.addr), static_cast<std::size_t>(b.addr / (2 * ts::kMiB)),
+                b.bytes, b.region, static_cast<unsigned long long>(b.alloc_id),
+                static_cast<unsigned long long>(g_truth ? (*g_truth)[b.alloc_id] : 0));
   }
   r.peak_reserved_bytes = static_cast<std::size_t>(pool.stats().reserved_bytes[0].peak);
   r.device_alloc = pool.stats().num_device_alloc;
@@ -377,6 +388,9 @@ int main(int argc, char** argv) {
     else if (a == "--class-ratio") o.class_ratio = std::stoull(next());
     else if (a == "--no-borrow") o.borrow_mapped = false;
     else if (a == "--detail") g_detail = true;
+    else if (a == "--dump") g_dump = g_detail = true;
+    else if (a == "--borrow-down") o.borrow_down_max_distance = std::stoull(next());
+    else if (a == "--longer-first") o.borrow_longer_first = true;
     else if (a == "--reassign") o.reassign = true;
     else if (a == "--lowest-of") o.lowest_of_fits = std::stoull(next());
     else if (a == "--borrow-distance") o.borrow_max_distance = std::stoull(next());
@@ -427,6 +441,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     const auto truth = true_lifespans(t.events, allocs);
+    g_truth = &truth;
     for (const auto& kind : predictors) {
       const bool reference = kind == "torch" || kind == "torch-expandable";
       if (kind == "offline") {

@@ -43,6 +43,10 @@ struct TemporalPoolOptions {
   std::size_t lowest_of_fits = 1;
   // Borrow only from regions at most this many classes away (permanent blocks: 1).
   std::size_t borrow_max_distance = 16;
+  // ... and at most this many classes towards shorter lifespans.
+  std::size_t borrow_down_max_distance = 16;
+  // Visit every longer-lived region before any shorter-lived one (else nearest first).
+  bool borrow_longer_first = false;
   // How many free ranges per region (smallest fitting first) are checked for one that lies
   // entirely in mapped granules before the pool maps new ones. Bounds the miss path.
   std::size_t mapped_fit_candidates = 4;

@@ -3,6 +3,7 @@
 #include "timeshare/pool/caching_pool.h"
 
 #include <algorithm>
+#include <iterator>
 #include <set>
 #include <sstream>
 
@@ -137,16 +138,31 @@ bool TemporalPool::place(Arena& arena, std::size_t region, std::size_t bytes,
   const std::size_t permanent = options_.num_timed_classes;
   if (options_.borrow_mapped) {
     const std::size_t n = arena.regions.size();
-    const std::size_t max_distance =
+    const std::size_t up_max =
         region == permanent ? 1 : std::min(n, options_.borrow_max_distance);
-    for (std::size_t d = 1; d < n && d <= max_distance; ++d) {
-      for (std::size_t other : {region + d, region - d}) {
-        if (other >= n) continue;  // region - d wraps to a huge value
-        ArenaFreeRanges::Range r;
-        if (arena.regions[other].find_fit(bytes, options_.mapped_fit_candidates, mapped, &r)) {
-          *placed_region = other;
-          return commit(arena, other, r, bytes, addr);
-        }
+    const std::size_t down_max =
+        region == permanent ? 1 : std::min(up_max, options_.borrow_down_max_distance);
+    // Hosts in visiting order: nearest first, or every longer-lived host before any
+    // shorter-lived one (a guest that dies first does not pin its host's space).
+    std::size_t hosts[2 * 16];
+    std::size_t n_hosts = 0;
+    for (std::size_t d = 1; d < n && n_hosts + 2 <= std::size(hosts); ++d) {
+      if (d <= up_max && region + d < n) hosts[n_hosts++] = region + d;
+      if (!options_.borrow_longer_first && d <= down_max && d <= region) {
+        hosts[n_hosts++] = region - d;
+      }
+    }
+    if (options_.borrow_longer_first) {
+      for (std::size_t d = 1; d <= region && d <= down_max && n_hosts < std::size(hosts); ++d) {
+        hosts[n_hosts++] = region - d;
+      }
+    }
+    for (std::size_t h = 0; h < n_hosts; ++h) {
+      const std::size_t other = hosts[h];
+      ArenaFreeRanges::Range r;
+      if (arena.regions[other].find_fit(bytes, options_.mapped_fit_candidates, mapped, &r)) {
+        *placed_region = other;
+        return commit(arena, other, r, bytes, addr);
       }
     }
   }
@@ -372,6 +388,13 @@ void TemporalPool::reset_accumulated_stats() noexcept {
 void TemporalPool::set_limit_bytes(std::size_t bytes) noexcept {
   if (fallback_) fallback_->set_limit_bytes(bytes);
   limit_bytes_ = bytes;
+}
+
+std::vector<TemporalPool::LiveBlockInfo> TemporalPool::live_blocks() const {
+  std::vector<LiveBlockInfo> out;
+  out.reserve(live_.size());
+  for (const auto& [addr, b] : live_) out.push_back({addr, b.bytes, b.region, b.alloc_id});
+  return out;
 }
 
 std::string TemporalPool::describe() const {

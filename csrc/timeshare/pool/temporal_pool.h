@@ -110,6 +110,15 @@ class TemporalPool final : public Pool {
   };
   std::vector<RegionUsage> region_usage() const;
 
+  // Live blocks (address, rounded bytes, region, alloc id), unordered. For diagnostics only.
+  struct LiveBlockInfo {
+    std::uintptr_t addr = 0;
+    std::size_t bytes = 0;
+    std::uint32_t region = 0;
+    std::uint64_t alloc_id = 0;
+  };
+  std::vector<LiveBlockInfo> live_blocks() const;
+
  private:
   struct Arena {
     device::Stream stream = device::kDefaultStream;
