@@ -1,6 +1,7 @@
 #include "timeshare/pool/temporal_granules.h"
 
 #include <algorithm>
+#include <bit>
 
 namespace timeshare::pool {
 
@@ -9,7 +10,11 @@ TemporalGranules::TemporalGranules(device::Backend* backend, std::size_t granule
     : backend_(backend),
       granule_bytes_(granule_bytes),
       peak_window_events_(peak_window_events),
-      slack_granules_(slack_granules) {}
+      slack_granules_(slack_granules) {
+  if (std::has_single_bit(granule_bytes_)) {
+    granule_shift_ = static_cast<unsigned>(std::countr_zero(granule_bytes_));
+  }
+}
 
 std::size_t TemporalGranules::add_arena(std::uintptr_t base, std::size_t granules) {
   ArenaGranules ar;
@@ -67,8 +72,8 @@ bool TemporalGranules::trim_to(std::size_t target, std::size_t incoming) {
 bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t bytes,
                                std::size_t limit_bytes) {
   ArenaGranules& ar = arenas_[a];
-  const std::size_t g0 = (addr - ar.base) / granule_bytes_;
-  const std::size_t g1 = (addr + bytes - 1 - ar.base) / granule_bytes_;
+  const std::size_t g0 = granule_of(addr - ar.base);
+  const std::size_t g1 = granule_of(addr + bytes - 1 - ar.base);
   if (g0 == g1 && ar.occupancy[g0] != 0) {  // fast path: a small block in a used granule
     ++ar.occupancy[g0];
     return true;
@@ -88,9 +93,20 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
     }
     if ((mapped_ - cached_outside + to_map) * granule_bytes_ > limit_bytes) return false;
   }
+  if (to_map == 0) {
+    // Everything is mapped: no device call can fail, so claim and count in one pass.
+    for (std::size_t g = g0; g <= g1; ++g) {
+      if (ar.occupancy[g]++ == 0) cache_.clear(key(a, g));
+    }
+    needed_ += fresh;
+    window_peak_ = std::max(window_peak_, needed_);
+    return true;
+  }
   // Claim the cached granules of this block so trimming cannot take them.
-  for (std::size_t g = g0; g <= g1; ++g) {
-    if (ar.occupancy[g] == 0 && ar.mapped[g]) cache_.clear(key(a, g));
+  if (fresh != to_map) {
+    for (std::size_t g = g0; g <= g1; ++g) {
+      if (ar.occupancy[g] == 0 && ar.mapped[g]) cache_.clear(key(a, g));
+    }
   }
   std::size_t target = std::max(mark(), needed_ + fresh + slack_granules_);
   if (limit_bytes != 0) target = std::min(target, limit_bytes / granule_bytes_);
@@ -131,8 +147,8 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
 
 void TemporalGranules::release(std::size_t a, std::uintptr_t addr, std::size_t bytes) {
   ArenaGranules& ar = arenas_[a];
-  const std::size_t g0 = (addr - ar.base) / granule_bytes_;
-  const std::size_t g1 = (addr + bytes - 1 - ar.base) / granule_bytes_;
+  const std::size_t g0 = granule_of(addr - ar.base);
+  const std::size_t g1 = granule_of(addr + bytes - 1 - ar.base);
   bool emptied = false;
   for (std::size_t g = g0; g <= g1; ++g) {
     if (--ar.occupancy[g] != 0) continue;

@@ -59,6 +59,20 @@ class TemporalGranules {
   std::uint64_t unmap_calls() const noexcept { return unmap_calls_; }
   std::size_t granule_bytes() const noexcept { return granule_bytes_; }
   bool is_mapped(std::size_t a, std::size_t granule) const { return arenas_[a].mapped[granule]; }
+  // Whether every granule under [addr, addr+bytes) of arena `a` is mapped.
+  bool all_mapped(std::size_t a, std::uintptr_t addr, std::size_t bytes) const {
+    const ArenaGranules& ar = arenas_[a];
+    const std::size_t g1 = granule_of(addr + bytes - 1 - ar.base);
+    for (std::size_t g = granule_of(addr - ar.base); g <= g1; ++g) {
+      if (!ar.mapped[g]) return false;
+    }
+    return true;
+  }
+  // Granule index of a byte offset (a shift: granules are powers of two on every backend we
+  // know; a division otherwise).
+  std::size_t granule_of(std::size_t offset_bytes) const noexcept {
+    return granule_shift_ != 0 ? offset_bytes >> granule_shift_ : offset_bytes / granule_bytes_;
+  }
 
  private:
   struct ArenaGranules {
@@ -76,6 +90,7 @@ class TemporalGranules {
 
   device::Backend* backend_;
   std::size_t granule_bytes_;
+  unsigned granule_shift_ = 0;  // log2(granule_bytes_) when a power of two, else 0
   std::uint64_t peak_window_events_;
   std::size_t slack_granules_;
   std::vector<ArenaGranules> arenas_;

@@ -79,13 +79,7 @@ TemporalPool::Arena* TemporalPool::arena_for(device::Stream stream) {
 }
 
 bool TemporalPool::fits_mapped(const Arena& arena, std::uintptr_t addr, std::size_t bytes) const {
-  const std::size_t g = granules_.granule_bytes();
-  const std::size_t g0 = (addr - arena.base) / g;
-  const std::size_t g1 = (addr + bytes - 1 - arena.base) / g;
-  for (std::size_t i = g0; i <= g1; ++i) {
-    if (!granules_.is_mapped(arena.granule_index, i)) return false;
-  }
-  return true;
+  return granules_.all_mapped(arena.granule_index, addr, bytes);
 }
 
 bool TemporalPool::commit(Arena& arena, std::size_t region, const ArenaFreeRanges::Range& r,
