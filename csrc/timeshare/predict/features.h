@@ -1,0 +1,49 @@
+// FeatureExtractor: the LSTM's input vector for one allocation (kFeatureCount floats, ~[-1, 1]).
+//
+//   [0]      log2(bytes) / 32                      size scale
+//   [1..8]   +-0.5 signature of hash(bytes)        exact-size identity (hashed, no table)
+//   [9]      stream is not the trace's first one
+//   [10]     a training period is detected
+//   [11,12]  sin, cos of 2*pi*position/period      position in the iteration
+//   [13]     position / period
+//   [14]     log2(1 + us since the last allocation) / 16
+//   [15]     log2(bytes / previous bytes) / 16     size delta
+//   [16]     log2(1 + live allocations) / 16
+//   [17]     log2(1 + frees since the last allocation) / 8   (backward releases in runs)
+//   [18]     context table's answer, log2 / 32 (0 when unknown)
+//   [19]     context table's level (k + 1) / levels (0 when unknown)
+//   [20]     log2(1 + occurrence of this size in the iteration) / 8 (0 without a period)
+// Why these: see docs/predictor.md (ablation on the synthetic and real traces).
+#pragma once
+
+#include <cstdint>
+
+#include "timeshare/predict/period_detector.h"
+#include "timeshare/predict/predictor.h"
+
+namespace timeshare::predict {
+
+inline constexpr int kFeatureCount = 21;
+inline constexpr int kSizeSignatureDims = 8;
+
+class FeatureExtractor {
+ public:
+  // Call on each allocation before the detector sees it; fills out[kFeatureCount].
+  void extract(const AllocEvent& e, float table_log2, int table_level, int table_levels,
+               std::uint32_t occurrence, float* out);
+  void on_free() noexcept { ++frees_since_alloc_; --live_; }
+
+  PeriodDetector& detector() noexcept { return detector_; }
+  const PeriodDetector& detector() const noexcept { return detector_; }
+
+ private:
+  PeriodDetector detector_;
+  std::uint64_t first_stream_ = 0;
+  bool have_prev_ = false;
+  std::uint64_t prev_bytes_ = 0;
+  std::uint64_t prev_us_ = 0;
+  std::int64_t live_ = 0;
+  std::uint64_t frees_since_alloc_ = 0;
+};
+
+}  // namespace timeshare::predict

@@ -1,0 +1,194 @@
+#include "timeshare/predict/hybrid_predictor.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace timeshare::predict {
+
+namespace {
+constexpr float kWithin2xLog2 = 1.0f;
+constexpr float kMaxAnswerLog2 = 40.0f;
+constexpr std::uint64_t kMeanWindowFrees = 1024;
+
+inline std::uint64_t to_ticks(float log2_life) {
+  const double v = std::exp2(double(std::clamp(log2_life, 0.0f, kMaxAnswerLog2)));
+  return std::max<std::uint64_t>(1, std::uint64_t(std::llround(v)));
+}
+}  // namespace
+
+HybridPredictor::HybridPredictor(const PredictorOptions& opt, bool lstm_only)
+    : opt_(opt),
+      lstm_only_(lstm_only),
+      table_(opt.context_k, opt.table_entries),
+      trainer_(opt, kFeatureCount),
+      h_(std::max(opt.hidden, 1), 0.0f),
+      head_scratch_(std::max(opt.head_hidden, 1), 0.0f) {
+  staging_.x.reserve(std::size_t(std::max(opt.lag_allocs, 1)) * kFeatureCount * 2);
+  if (!opt_.deterministic) trainer_.start_thread();
+}
+
+HybridPredictor::~HybridPredictor() = default;
+
+void HybridPredictor::refresh_model() {
+  const std::uint64_t g = trainer_.generation();
+  if (g == model_generation_) return;
+  std::shared_ptr<const LstmModel> m;
+  if (!trainer_.try_get_model(&m) || !m) return;  // publisher busy: next allocation
+  model_ = std::move(m);
+  model_generation_ = g;
+  reference_ = -1.0;
+  since_publish_ = 0;
+  below_run_ = 0;
+}
+
+float HybridPredictor::run_head(const float* x) {
+  trainer_.read_state(h_.data());
+  return lstm_head<float>(model_->params, h_.data(), x, head_scratch_.data());
+}
+
+std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
+  const std::uint64_t seq = seq_++;
+  const ContextKeys keys = table_.keys(e.bytes, e.stream, features_.detector().cycle());
+  const ContextAnswer ans = table_.lookup(keys);
+
+  if (staging_.count >= kMaxStagedAllocs) {  // trainer held the ring too long: drop, gap
+    staging_.count = 0;
+    staging_.x.clear();
+    staging_.first_seq = seq;
+  }
+  if (staging_.count == 0) staging_.first_seq = seq;
+  const std::size_t off = staging_.x.size();
+  staging_.x.resize(off + kFeatureCount);
+  features_.extract(e, ans.log2_life, ans.level, keys.levels, table_.last_occurrence(),
+                     &staging_.x[off]);
+  ++staging_.count;
+  const float* x = &staging_.x[off];
+
+  refresh_model();
+  Pending p;
+  p.seq = seq;
+  p.alloc_tick = e.now_events;
+  p.keys = keys;
+  p.table_log2 = ans.log2_life;
+  p.table_level = std::int8_t(ans.level);
+  p.full_known = ans.level == keys.levels - 1;
+
+  bool use_lstm = false;
+  if (model_ && (lstm_only_ || !(p.full_known && ans.stable && ans.full->gate <= 0))) {
+    p.lstm_log2 = run_head(x);
+    p.lstm_evaluated = true;
+    if (lstm_only_) {
+      use_lstm = true;
+    } else if (p.full_known) {
+      use_lstm = ans.full->gate > 0;
+    } else {
+      use_lstm = ans.level < 0 || global_gate_ > 0;
+    }
+  }
+  if (use_lstm) {
+    p.answer_log2 = p.lstm_log2;
+    ++lstm_answers_;
+  } else if (ans.level >= 0) {
+    p.answer_log2 = ans.log2_life;
+    ++table_answers_;
+  } else {
+    p.answer_log2 = float(mean_log2_);
+  }
+  *pending_.insert(e.alloc_id) = p;
+  table_.push_size(e.bytes);
+  ++predictions_;
+  after_alloc_housekeeping(e.now_events);
+  return to_ticks(p.answer_log2);
+}
+
+void HybridPredictor::after_alloc_housekeeping(std::uint64_t now_events) {
+  const std::uint64_t every = std::uint64_t(std::max(opt_.lag_allocs, 1));
+  if (seq_ % every != 0) return;
+  const bool flushed = trainer_.flush(&staging_, opt_.deterministic);
+  if (opt_.deterministic && flushed) trainer_.advance_state();
+
+  bool due = train_pending_;
+  if (!ever_requested_) {
+    due = due || trainer_.labels_seen() >= opt_.min_train_samples;
+  } else {
+    due = due || now_events - last_train_tick_ >= opt_.retrain_interval_events;
+  }
+  if (!due) return;
+  if (opt_.deterministic) {
+    if (trainer_.train_now()) {
+      ever_requested_ = true;
+      train_pending_ = false;
+      last_train_tick_ = now_events;
+      refresh_model();
+    }
+  } else {
+    trainer_.request_training();
+    ever_requested_ = true;
+    train_pending_ = false;
+    last_train_tick_ = now_events;
+  }
+}
+
+void HybridPredictor::on_free(const FreeEvent& e) {
+  Pending p;
+  if (!pending_.take(e.alloc_id, &p)) return;
+  features_.on_free();
+  const std::uint64_t life = e.now_events > p.alloc_tick ? e.now_events - p.alloc_tick : 1;
+  const float l2 = float(std::log2(double(life)));
+  const bool within = std::fabs(p.answer_log2 - l2) <= kWithin2xLog2;
+
+  if (p.lstm_evaluated && p.table_level >= 0) {
+    const int delta = int(std::fabs(p.lstm_log2 - l2) <= kWithin2xLog2) -
+                      int(std::fabs(p.table_log2 - l2) <= kWithin2xLog2);
+    if (p.full_known) {
+      if (ContextEntry* fe = table_.find(p.keys.key[p.keys.levels - 1])) {
+        fe->gate = std::int8_t(std::clamp(fe->gate + delta, -kGateMax, kGateMax));
+      }
+    } else {
+      global_gate_ = std::clamp(global_gate_ + delta, -kGlobalGateMax, kGlobalGateMax);
+    }
+  }
+  table_.learn(p.keys, l2);
+  staging_.labels.emplace_back(p.seq, l2);
+  ++frees_;
+  mean_log2_ += (double(l2) - mean_log2_) / double(std::min(frees_, kMeanWindowFrees));
+  ++observed_;
+  update_drift(within);
+}
+
+void HybridPredictor::update_drift(bool within) {
+  const std::uint64_t window = std::max<std::uint64_t>(opt_.drift_window_frees, 1);
+  const double alpha = 1.0 / double(std::min(observed_, window));
+  rolling_ += alpha * ((within ? 1.0 : 0.0) - rolling_);
+  if (!model_) return;
+  ++since_publish_;
+  if (reference_ < 0.0) {
+    if (since_publish_ >= window) reference_ = rolling_;
+    return;
+  }
+  if (rolling_ < reference_ - opt_.drift_threshold) {
+    if (++below_run_ >= window) {
+      ++drift_triggers_;
+      train_pending_ = true;
+      below_run_ = 0;
+      reference_ = -1.0;
+      since_publish_ = 0;
+    }
+  } else {
+    below_run_ = 0;
+  }
+}
+
+PredictorStats HybridPredictor::stats() const {
+  PredictorStats s;
+  s.predictions = predictions_;
+  s.observed = observed_;
+  s.rolling_within_2x = rolling_;
+  s.retrains = trainer_.retrains();
+  s.drift_triggers = drift_triggers_;
+  s.last_train_ms = trainer_.last_train_ms();
+  s.model_active = model_ != nullptr;
+  return s;
+}
+
+}  // namespace timeshare::predict

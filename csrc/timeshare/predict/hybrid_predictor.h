@@ -1,0 +1,102 @@
+// HybridPredictor: the context table memorises, the LSTM generalises.
+//
+// On each allocation the table is asked first. A known context whose last two lifespans agreed
+// within 2x ("stable") is answered from the table without touching the LSTM: the common case in
+// steady training, and the cheap one. Otherwise (a new context, or one whose lifespan moves),
+// the LSTM head runs on the lagged recurrent state and the current features, and a gate picks
+// the answer: per known context a saturating counter of which of the two was within 2x more
+// often; for unknown contexts one global counter of the same. With kind "lstm" the LSTM answers
+// every allocation once it has weights (the table answers until then).
+//
+// Every allocation's features go to the trainer's history ring (staged, flushed every
+// lag_allocs allocations); every free sets its label. Retraining is due at the first
+// min_train_samples labels, every retrain_interval_events ticks, and on drift: the rolling
+// within-2x share of live answers staying drift_threshold below its level just after the last
+// training for drift_window_frees frees in a row.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "timeshare/predict/context_table.h"
+#include "timeshare/predict/features.h"
+#include "timeshare/predict/hashing.h"
+#include "timeshare/predict/lstm_trainer.h"
+#include "timeshare/predict/predictor.h"
+#include "timeshare/predict/predictor_options.h"
+
+namespace timeshare::predict {
+
+inline constexpr int kGlobalGateMax = 64;
+inline constexpr float kDefaultLifespanLog2 = 6.0f;   // 64 ticks before anything is known
+
+// Where an answer came from (exposed for evaluation).
+enum class AnswerSource : std::uint8_t { kDefault, kTable, kLstm };
+
+class HybridPredictor final : public LifespanPredictor {
+ public:
+  HybridPredictor(const PredictorOptions& opt, bool lstm_only);
+  ~HybridPredictor() override;
+
+  const char* name() const noexcept override { return lstm_only_ ? "lstm" : "hybrid"; }
+  std::uint64_t on_alloc(const AllocEvent& e) override;
+  void on_free(const FreeEvent& e) override;
+  PredictorStats stats() const override;
+
+  std::uint64_t lstm_answers() const noexcept { return lstm_answers_; }
+  std::uint64_t table_answers() const noexcept { return table_answers_; }
+  const PeriodDetector& detector() const noexcept { return features_.detector(); }
+  std::size_t history_bytes_reserved() const noexcept { return trainer_.history_bytes_reserved(); }
+  // Blocks until the background trainer has finished any training in flight (tests).
+  void request_training() { trainer_.request_training(); }
+
+ private:
+  struct Pending {
+    std::uint64_t seq = 0;
+    std::uint64_t alloc_tick = 0;
+    ContextKeys keys;
+    float answer_log2 = 0.0f;
+    float table_log2 = 0.0f;
+    float lstm_log2 = 0.0f;
+    std::int8_t table_level = -1;
+    bool lstm_evaluated = false;
+    bool full_known = false;
+  };
+
+  void refresh_model();
+  float run_head(const float* x);
+  void after_alloc_housekeeping(std::uint64_t now_events);
+  void update_drift(bool within);
+
+  const PredictorOptions opt_;
+  const bool lstm_only_;
+  ContextTable table_;
+  FeatureExtractor features_;
+  LstmTrainer trainer_;
+  IdMap<Pending> pending_;
+  HistoryStaging staging_;
+
+  std::shared_ptr<const LstmModel> model_;
+  std::uint64_t model_generation_ = 0;
+  std::vector<float> h_, head_scratch_;
+  int global_gate_ = 0;
+
+  std::uint64_t seq_ = 0;
+  std::uint64_t last_train_tick_ = 0;
+  bool train_pending_ = false;
+  bool ever_requested_ = false;
+  double mean_log2_ = kDefaultLifespanLog2;
+  std::uint64_t frees_ = 0;
+
+  // Stats and drift.
+  std::uint64_t predictions_ = 0, observed_ = 0;
+  std::uint64_t lstm_answers_ = 0, table_answers_ = 0;
+  double rolling_ = 0.0;
+  double reference_ = -1.0;           // rolling share measured after the last training
+  std::uint64_t since_publish_ = 0;   // frees since the hot path saw new weights
+  std::uint64_t below_run_ = 0;       // consecutive frees below reference - threshold
+  std::uint64_t drift_triggers_ = 0;
+};
+
+}  // namespace timeshare::predict

@@ -1,0 +1,145 @@
+#include "timeshare/predict/period_detector.h"
+
+#include "timeshare/predict/hashing.h"
+
+namespace timeshare::predict {
+
+namespace {
+constexpr std::size_t kGramTableEntries = std::size_t{1} << 16;
+}
+
+PeriodDetector::PeriodDetector()
+    : sizes_(kMaxPeriodAllocs, 0), gram_keys_(kGramTableEntries, 0),
+      gram_at_(kGramTableEntries, 0) {}
+
+std::uint64_t PeriodDetector::size_ago(std::uint64_t back) const noexcept {
+  if (back == 0 || back > count_ || back > kMaxPeriodAllocs) return 0;
+  return sizes_[(count_ - back) & (kMaxPeriodAllocs - 1)];
+}
+
+void PeriodDetector::push(std::uint64_t size_key) {
+  const std::uint64_t i = count_;
+  sizes_[i & (kMaxPeriodAllocs - 1)] = size_key;
+  for (int k = kNgram - 1; k > 0; --k) gram_[k] = gram_[k - 1];
+  gram_[0] = size_key;
+  ++count_;
+
+  // Score every candidate on this allocation.
+  for (Candidate& c : cand_) {
+    if (c.period == 0 || c.period > i) continue;
+    bool match = false;
+    for (int d = -kShiftTolerance; d <= kShiftTolerance && !match; ++d) {
+      const std::int64_t back = std::int64_t(c.period) + d;
+      if (back >= 1 && std::uint64_t(back) <= i) {
+        match = sizes_[(i - std::uint64_t(back)) & (kMaxPeriodAllocs - 1)] == size_key;
+      }
+    }
+    c.decayed_matches = c.decayed_matches * (1.0 - kScoreAlpha) + (match ? 1.0 : 0.0);
+    c.decayed_checks = c.decayed_checks * (1.0 - kScoreAlpha) + 1.0;
+    if (!c.confirmed) {
+      ++c.checked;
+      c.matches += match;
+      if (c.checked >= c.period) {
+        if (double(c.matches) >= kConfirmShare * double(c.checked)) {
+          c.confirmed = true;
+        } else {
+          c = Candidate{};  // failed its first cycle
+        }
+      }
+    }
+  }
+
+  std::uint64_t gram = 0;
+  std::uint64_t distance = 0;
+  if (count_ >= kNgram) {
+    std::uint64_t h = 0x51ed270b27e5a6c1ull;
+    for (std::uint64_t s : gram_) h = hash_combine(h, s);
+    gram = h | 1;
+    const std::size_t slot = h & (kGramTableEntries - 1);
+    if (gram_keys_[slot] == gram) {
+      distance = i - gram_at_[slot];
+      if (distance >= 2 && distance < kMaxPeriodAllocs) consider(distance);
+    }
+    gram_keys_[slot] = gram;
+    gram_at_[slot] = i;
+  }
+  const std::uint64_t before = period_;
+  choose();
+  if (period_ == 0) return;
+  const bool same_period = before != 0 && period_ + kShiftTolerance >= before &&
+                           period_ <= before + kShiftTolerance;
+  if (period_ != before && !same_period) {  // a new period: start a cycle, look for an anchor
+    position_ = 0;
+    ++cycle_;
+    anchor_gram_ = 0;
+    anchor_seen_at_ = i;
+    return;
+  }
+  ++position_;
+  if (anchor_gram_ == 0 && gram != 0 && distance == period_) {
+    anchor_gram_ = gram;
+  }
+  if (anchor_gram_ != 0 && gram == anchor_gram_) {
+    position_ = 0;
+    ++cycle_;
+    anchor_seen_at_ = i;
+    return;
+  }
+  const std::uint64_t slack = anchor_gram_ ? std::uint64_t(double(period_) * kAnchorSlackShare) : 0;
+  if (position_ >= period_ + slack) {
+    position_ = 0;
+    ++cycle_;
+  }
+  if (anchor_gram_ != 0 && i - anchor_seen_at_ > 2 * period_ + slack) {
+    anchor_gram_ = 0;  // the anchor stopped recurring (shape change): choose another
+    anchor_seen_at_ = i;
+  }
+}
+
+void PeriodDetector::consider(std::uint64_t p) {
+  Candidate* slot = nullptr;
+  for (Candidate& c : cand_) {
+    if (c.period == p) return;
+    if (c.period == 0 && !slot) slot = &c;
+  }
+  if (!slot) {
+    // Replace only a confirmed candidate that has decayed below the active score; trials run
+    // their full first cycle undisturbed.
+    for (Candidate& c : cand_) {
+      if (c.period == period_ || !c.confirmed || c.score() >= kActiveScore) continue;
+      if (!slot || c.score() < slot->score()) slot = &c;
+    }
+    if (!slot) return;
+  }
+  *slot = Candidate{};
+  slot->period = p;
+}
+
+void PeriodDetector::choose() {
+  const Candidate* best = nullptr;
+  for (const Candidate& c : cand_) {
+    if (!c.confirmed || c.score() < kActiveScore) continue;
+    if (!best) {
+      best = &c;
+      continue;
+    }
+    const double cs = c.score(), bs = best->score();
+    const bool near = cs > bs - kScoreTieTolerance && cs < bs + kScoreTieTolerance;
+    const std::uint64_t lo = std::min(c.period, best->period), hi = std::max(c.period, best->period);
+    const std::uint64_t rem = hi % lo;
+    const bool multiple = rem <= std::uint64_t(kShiftTolerance) ||
+                          lo - rem <= std::uint64_t(kShiftTolerance);
+    if (near && multiple) {
+      if (c.period < best->period) best = &c;
+    } else if (cs > bs) {
+      best = &c;
+    }
+  }
+  const std::uint64_t p = best ? best->period : 0;
+  if (p != period_) {
+    period_ = p;
+    if (p != 0 && first_confirmed_at_ == UINT64_MAX) first_confirmed_at_ = count_ - 1;
+  }
+}
+
+}  // namespace timeshare::predict

@@ -1,0 +1,53 @@
+// PredictorOptions: every knob of the lifespan predictors, with units in the names.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace timeshare::predict {
+
+inline constexpr std::size_t kDefaultHistoryBytes = std::size_t{8} << 20;   // 8 MiB ring
+inline constexpr int kDefaultHidden = 32;                 // LSTM hidden units
+inline constexpr int kDefaultHeadHidden = 16;             // MLP head hidden units
+inline constexpr int kDefaultContextK = 4;                // previous allocation sizes in a key
+inline constexpr int kMaxContextK = 8;
+inline constexpr std::uint64_t kDefaultRetrainIntervalEvents = 40000;  // allocator ticks
+inline constexpr std::uint64_t kDefaultMinTrainSamples = 1500;         // labelled allocations
+inline constexpr double kDefaultDriftThreshold = 0.10;    // drop in rolling within-2x share
+inline constexpr std::uint64_t kDefaultDriftWindowFrees = 1000;
+inline constexpr int kDefaultBpttSteps = 48;              // loss-carrying steps per window
+inline constexpr int kDefaultLagAllocs = 16;              // head reads h from >= this many allocs ago
+inline constexpr int kDefaultTrainSteps = 120;            // Adam steps per (re)training
+inline constexpr int kDefaultTrainBatchWindows = 4;       // windows averaged per Adam step
+inline constexpr float kDefaultLearningRate = 3e-3f;
+inline constexpr float kDefaultClipNorm = 1.0f;
+inline constexpr std::size_t kDefaultTableEntries = std::size_t{1} << 16;
+
+struct PredictorOptions {
+  // "hybrid" (default), "lstm", "table", "last_size", "size_mean", "prev_iter", "constant",
+  // "oracle".
+  std::string kind = "hybrid";
+  std::size_t history_bytes = kDefaultHistoryBytes;
+  int hidden = kDefaultHidden;
+  int head_hidden = kDefaultHeadHidden;
+  int context_k = kDefaultContextK;
+  std::size_t table_entries = kDefaultTableEntries;   // per context table (power of two)
+  std::uint64_t retrain_interval_events = kDefaultRetrainIntervalEvents;
+  std::uint64_t min_train_samples = kDefaultMinTrainSamples;
+  double drift_threshold = kDefaultDriftThreshold;
+  std::uint64_t drift_window_frees = kDefaultDriftWindowFrees;
+  int bptt_steps = kDefaultBpttSteps;
+  int lag_allocs = kDefaultLagAllocs;
+  int train_steps = kDefaultTrainSteps;
+  int train_batch_windows = kDefaultTrainBatchWindows;
+  float learning_rate = kDefaultLearningRate;
+  float clip_norm = kDefaultClipNorm;
+  std::uint64_t constant_lifespan_events = 64;   // the "constant" baseline's answer
+  std::uint64_t seed = 1;
+  // Replays: training runs synchronously at the allocation where it is due, and the LSTM state
+  // advances synchronously every lag_allocs allocations, so one trace gives one set of figures.
+  bool deterministic = false;
+};
+
+}  // namespace timeshare::predict
