@@ -162,10 +162,9 @@ void HybridPredictor::update_drift(bool within) {
   rolling_ += alpha * ((within ? 1.0 : 0.0) - rolling_);
   if (!model_) return;
   ++since_publish_;
-  if (reference_ < 0.0) {
-    if (since_publish_ >= window) reference_ = rolling_;
-    return;
-  }
+  // Reference: the best rolling share since the last training, once a full window is in.
+  if (since_publish_ < window) return;
+  reference_ = std::max(reference_, rolling_);
   if (rolling_ < reference_ - opt_.drift_threshold) {
     if (++below_run_ >= window) {
       ++drift_triggers_;

@@ -11,8 +11,8 @@
 // Every allocation's features go to the trainer's history ring (staged, flushed every
 // lag_allocs allocations); every free sets its label. Retraining is due at the first
 // min_train_samples labels, every retrain_interval_events ticks, and on drift: the rolling
-// within-2x share of live answers staying drift_threshold below its level just after the last
-// training for drift_window_frees frees in a row.
+// within-2x share of live answers (window drift_window_frees) staying drift_threshold below its
+// best level since the last training for drift_window_frees frees in a row.
 #pragma once
 
 #include <cstdint>
@@ -93,7 +93,7 @@ class HybridPredictor final : public LifespanPredictor {
   std::uint64_t predictions_ = 0, observed_ = 0;
   std::uint64_t lstm_answers_ = 0, table_answers_ = 0;
   double rolling_ = 0.0;
-  double reference_ = -1.0;           // rolling share measured after the last training
+  double reference_ = -1.0;           // best rolling share since the last training
   std::uint64_t since_publish_ = 0;   // frees since the hot path saw new weights
   std::uint64_t below_run_ = 0;       // consecutive frees below reference - threshold
   std::uint64_t drift_triggers_ = 0;

@@ -28,13 +28,17 @@ void PeriodDetector::push(std::uint64_t size_key) {
   for (Candidate& c : cand_) {
     if (c.period == 0 || c.period > i) continue;
     bool match = false;
-    for (int d = -kShiftTolerance; d <= kShiftTolerance && !match; ++d) {
+    double weight = 0.0;
+    for (int d : {0, -1, 1, -2, 2}) {
       const std::int64_t back = std::int64_t(c.period) + d;
-      if (back >= 1 && std::uint64_t(back) <= i) {
-        match = sizes_[(i - std::uint64_t(back)) & (kMaxPeriodAllocs - 1)] == size_key;
+      if (back >= 1 && std::uint64_t(back) <= i &&
+          sizes_[(i - std::uint64_t(back)) & (kMaxPeriodAllocs - 1)] == size_key) {
+        match = true;
+        weight = d == 0 ? 1.0 : kShiftedMatchWeight;
+        break;
       }
     }
-    c.decayed_matches = c.decayed_matches * (1.0 - kScoreAlpha) + (match ? 1.0 : 0.0);
+    c.decayed_matches = c.decayed_matches * (1.0 - kScoreAlpha) + weight;
     c.decayed_checks = c.decayed_checks * (1.0 - kScoreAlpha) + 1.0;
     if (!c.confirmed) {
       ++c.checked;

@@ -28,6 +28,7 @@ inline constexpr int kNgram = 8;
 inline constexpr std::size_t kMaxPeriodAllocs = std::size_t{1} << 16;
 inline constexpr int kPeriodCandidates = 8;
 inline constexpr int kShiftTolerance = 2;
+inline constexpr double kShiftedMatchWeight = 0.9;   // exact alignment wins over shifted
 inline constexpr double kPriorChecks = 32.0;
 inline constexpr double kActiveScore = 0.5;
 inline constexpr double kConfirmShare = 0.85;

@@ -1,0 +1,205 @@
+// Online predictors: history ring bound, period detection, determinism, drift, concurrent
+// weight publication (run under ThreadSanitizer too), factory kinds.
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <thread>
+#include <vector>
+
+#include "timeshare/predict/history_ring.h"
+#include "timeshare/predict/hybrid_predictor.h"
+#include "timeshare/predict/online_predictor.h"
+#include "timeshare/predict/period_detector.h"
+#include "timeshare/predict/synthetic_trace.h"
+
+using namespace timeshare;
+using namespace timeshare::predict;
+
+namespace {
+
+std::vector<std::uint64_t> replay(const trace::Trace& t, LifespanPredictor* p) {
+  std::vector<std::uint64_t> pred(t.allocs, 0);
+  for (std::size_t i = 0; i < t.events.size(); ++i) {
+    const trace::Event& e = t.events[i];
+    if (e.op == trace::Op::kAlloc) {
+      AllocEvent a;
+      a.alloc_id = e.id;
+      a.bytes = e.bytes;
+      a.stream = e.stream;
+      a.now_events = i;
+      a.now_us = e.time_us;
+      pred[e.id] = p->on_alloc(a);
+    } else {
+      FreeEvent f;
+      f.alloc_id = e.id;
+      f.now_events = i;
+      f.now_us = e.time_us;
+      p->on_free(f);
+    }
+  }
+  return pred;
+}
+
+double within_2x(const std::vector<std::uint64_t>& pred, const std::vector<std::uint64_t>& truth) {
+  std::size_t n = 0, ok = 0;
+  for (std::size_t i = 0; i < truth.size(); ++i) {
+    if (!truth[i]) continue;
+    ++n;
+    ok += std::fabs(std::log2(double(pred[i])) - std::log2(double(truth[i]))) <= 1.0;
+  }
+  return n ? double(ok) / double(n) : 0.0;
+}
+
+PredictorOptions small_options() {
+  PredictorOptions o;
+  o.deterministic = true;
+  o.hidden = 16;
+  o.head_hidden = 8;
+  o.train_steps = 30;
+  o.min_train_samples = 300;
+  o.retrain_interval_events = 4000;
+  o.history_bytes = 256 << 10;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("predict/history: the ring never holds more than its byte bound", "[predict]") {
+  const std::size_t bound = 10000;
+  HistoryRing ring(bound, 21);
+  CHECK(ring.bytes_reserved() <= bound);
+  CHECK(ring.capacity_entries() == bound / HistoryRing::bytes_per_entry(21));
+  std::vector<float> x(21);
+  for (std::uint64_t s = 0; s < 1000; ++s) {
+    x[0] = float(s);
+    ring.append(s, x.data());
+    CHECK(ring.bytes_reserved() <= bound);
+    CHECK(ring.size() <= ring.capacity_entries());
+  }
+  CHECK_FALSE(ring.set_label(0, 3.0f));      // long overwritten
+  CHECK(ring.set_label(999, 3.0f));
+  HistorySlice s;
+  ring.copy_from(0, &s);
+  REQUIRE(s.count == ring.capacity_entries());
+  CHECK(s.first_seq == 1000 - s.count);
+  CHECK(s.x[0] == float(s.first_seq));       // oldest first, in order
+  CHECK(s.label.back() == 3.0f);
+  CHECK(std::isnan(s.label.front()));
+}
+
+TEST_CASE("predict/period: finds the iteration, not the repeated layer", "[predict]") {
+  SyntheticTraceOptions so;
+  so.noise_share = 0.0;
+  so.iterations = 12;
+  const trace::Trace t = make_synthetic_trace(so);
+  const std::uint64_t per_iteration = t.allocs / std::uint64_t(so.iterations);
+  PeriodDetector d;
+  for (const auto& e : t.events) {
+    if (e.op == trace::Op::kAlloc) d.push(e.bytes);
+  }
+  CHECK(d.period() == per_iteration);
+  CHECK(d.first_confirmed_at() < 3 * per_iteration);
+}
+
+TEST_CASE("predict/determinism: the same trace gives the same predictions", "[predict]") {
+  SyntheticTraceOptions so;
+  so.iterations = 25;
+  const trace::Trace t = make_synthetic_trace(so);
+  for (const char* kind : {"hybrid", "lstm"}) {
+    PredictorOptions o = small_options();
+    o.kind = kind;
+    auto a = make_predictor(o);
+    auto b = make_predictor(o);
+    const auto pa = replay(t, a.get());
+    const auto pb = replay(t, b.get());
+    CHECK(a->stats().retrains >= 1);
+    CHECK(a->stats().model_active);
+    CHECK(pa == pb);
+  }
+}
+
+TEST_CASE("predict/drift: fires when the pattern changes, not on a steady trace", "[predict]") {
+  SyntheticTraceOptions so;
+  so.iterations = 40;
+  so.noise_share = 0.0;
+  PredictorOptions o = small_options();
+  o.kind = "hybrid";
+  o.retrain_interval_events = 1u << 30;   // only drift (and the first training) retrains
+  o.drift_window_frees = 60;
+  o.drift_threshold = 0.15;
+  {
+    auto p = make_predictor(o);
+    replay(make_synthetic_trace(so), p.get());
+    CHECK(p->stats().drift_triggers == 0);
+    CHECK(p->stats().retrains == 1);
+  }
+  {
+    so.change_at_iteration = 20;
+    auto p = make_predictor(o);
+    replay(make_synthetic_trace(so), p.get());
+    CHECK(p->stats().drift_triggers >= 1);
+    CHECK(p->stats().retrains >= 2);
+  }
+}
+
+TEST_CASE("predict/hybrid: beats the plain baselines on a periodic trace", "[predict]") {
+  SyntheticTraceOptions so;
+  so.iterations = 25;
+  const trace::Trace t = make_synthetic_trace(so);
+  const auto truth = true_lifespans(t.events);
+  PredictorOptions o = small_options();
+  auto hybrid = make_predictor(o);
+  const double h = within_2x(replay(t, hybrid.get()), truth);
+  for (const char* kind : {"table", "last_size", "size_mean", "prev_iter", "constant"}) {
+    o.kind = kind;
+    auto b = make_predictor(o);
+    INFO(kind);
+    CHECK(h > within_2x(replay(t, b.get()), truth));
+  }
+  o.kind = "oracle";
+  auto oracle = make_predictor(o);
+  REQUIRE(set_oracle_truth(oracle.get(), truth));
+  CHECK(within_2x(replay(t, oracle.get()), truth) == 1.0);
+  o.kind = "no_such_kind";
+  CHECK(make_predictor(o) == nullptr);
+}
+
+TEST_CASE("predict/trainer: weights publish while the hot path predicts", "[predict]") {
+  SyntheticTraceOptions so;
+  so.iterations = 10;
+  const trace::Trace t = make_synthetic_trace(so);
+  PredictorOptions o = small_options();
+  o.deterministic = false;              // background trainer thread
+  o.retrain_interval_events = 500;      // publish often
+  o.train_steps = 10;
+  HybridPredictor p(o, /*lstm_only=*/true);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  std::uint64_t base_id = 0, rounds = 0;
+  // Replay the trace repeatedly (fresh ids, advancing clock) until two trainings published.
+  while ((p.stats().retrains < 2 || !p.stats().model_active) &&
+         std::chrono::steady_clock::now() < deadline) {
+    const std::uint64_t clock0 = rounds * t.events.size();
+    for (std::size_t i = 0; i < t.events.size(); ++i) {
+      const trace::Event& e = t.events[i];
+      if (e.op == trace::Op::kAlloc) {
+        AllocEvent a;
+        a.alloc_id = base_id + e.id;
+        a.bytes = e.bytes;
+        a.now_events = clock0 + i;
+        const std::uint64_t life = p.on_alloc(a);
+        REQUIRE(life >= 1);
+      } else {
+        FreeEvent f;
+        f.alloc_id = base_id + e.id;
+        f.now_events = clock0 + i;
+        p.on_free(f);
+      }
+    }
+    base_id += t.allocs;
+    ++rounds;
+  }
+  CHECK(p.stats().retrains >= 2);
+  CHECK(p.stats().model_active);
+  CHECK(p.lstm_answers() > 0);
+}
