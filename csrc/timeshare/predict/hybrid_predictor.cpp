@@ -49,7 +49,14 @@ float HybridPredictor::run_head(const float* x) {
 std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
   const std::uint64_t seq = seq_++;
   const ContextKeys keys = table_.keys(e.bytes, e.stream, features_.detector().cycle());
-  const ContextAnswer ans = table_.lookup(keys);
+  ContextAnswer ans = table_.lookup(keys);
+  // The occurrence level (keys.levels == K + 2) against the plain contexts: a global counter of
+  // which was within 2x more often decides whether the occurrence level may answer.
+  ContextKeys plain_keys = keys;
+  plain_keys.levels = std::min(keys.levels, table_.context_k() + 1);
+  const ContextAnswer plain = plain_keys.levels < keys.levels ? table_.lookup(plain_keys) : ans;
+  const bool occ_answer = ans.level == keys.levels - 1 && plain_keys.levels < keys.levels;
+  if (occ_answer && occurrence_gate_ < 0 && plain.level >= 0) ans = plain;
 
   if (staging_.count >= kMaxStagedAllocs) {  // trainer held the ring too long: drop, gap
     staging_.count = 0;
@@ -72,6 +79,9 @@ std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
   p.table_log2 = ans.log2_life;
   p.table_level = std::int8_t(ans.level);
   p.full_known = ans.level == keys.levels - 1;
+  p.occ_compared = occ_answer && plain.level >= 0;
+  p.occ_log2 = occ_answer ? table_.find(keys.key[keys.levels - 1])->last_log2 : 0.0f;
+  p.plain_log2 = plain.log2_life;
 
   bool use_lstm = false;
   if (model_ && (lstm_only_ || !(p.full_known && ans.stable && ans.full->gate <= 0))) {
@@ -147,6 +157,11 @@ void HybridPredictor::on_free(const FreeEvent& e) {
     } else {
       global_gate_ = std::clamp(global_gate_ + delta, -kGlobalGateMax, kGlobalGateMax);
     }
+  }
+  if (p.occ_compared) {
+    const int delta = int(std::fabs(p.occ_log2 - l2) <= kWithin2xLog2) -
+                      int(std::fabs(p.plain_log2 - l2) <= kWithin2xLog2);
+    occurrence_gate_ = std::clamp(occurrence_gate_ + delta, -kGlobalGateMax, kGlobalGateMax);
   }
   table_.learn(p.keys, l2);
   staging_.labels.emplace_back(p.seq, l2);

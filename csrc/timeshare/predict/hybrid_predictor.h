@@ -62,6 +62,9 @@ class HybridPredictor final : public LifespanPredictor {
     std::int8_t table_level = -1;
     bool lstm_evaluated = false;
     bool full_known = false;
+    bool occ_compared = false;
+    float occ_log2 = 0.0f;
+    float plain_log2 = 0.0f;
   };
 
   void refresh_model();
@@ -81,6 +84,7 @@ class HybridPredictor final : public LifespanPredictor {
   std::uint64_t model_generation_ = 0;
   std::vector<float> h_, head_scratch_;
   int global_gate_ = 0;
+  int occurrence_gate_ = 0;   // > 0: the occurrence-in-iteration level beats plain contexts
 
   std::uint64_t seq_ = 0;
   std::uint64_t last_train_tick_ = 0;
