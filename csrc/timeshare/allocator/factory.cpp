@@ -2,6 +2,7 @@
 #include "timeshare/allocator/allocator.h"
 #include "timeshare/pool/caching_pool.h"
 #include "timeshare/pool/temporal_pool.h"
+#include "timeshare/predict/online_predictor.h"
 
 namespace timeshare {
 
@@ -18,9 +19,16 @@ std::unique_ptr<pool::Pool> make_pool(const Options& options, device::Backend& b
 
 std::unique_ptr<predict::LifespanPredictor> make_predictor_for(const Options& options,
                                                                bool deterministic) {
-  (void)deterministic;
   if (options.policy == PolicyKind::kTorch) return nullptr;
-  return nullptr;  // wired to predict::make_predictor when the predictor lands
+  predict::PredictorOptions p;
+  p.kind = options.predictor;
+  p.history_bytes = options.history_bytes;
+  p.hidden = options.hidden;
+  p.retrain_interval_events = options.retrain_interval_events;
+  p.drift_threshold = options.drift_threshold;
+  p.seed = options.seed;
+  p.deterministic = deterministic;
+  return predict::make_predictor(p);
 }
 
 }  // namespace timeshare
