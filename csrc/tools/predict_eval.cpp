@@ -4,6 +4,7 @@
 //
 //   predict_eval [options] [trace.tsev ...]
 //     --synthetic          add three synthetic traces (fixed shape, varying length, drift)
+//     --iterations N       training iterations per synthetic trace (default 30)
 //     --kinds a,b,c        kinds to run (default: all)
 //     --realtime           background trainer thread instead of deterministic replay
 //     --hidden N --context-k K --retrain-events N --seed S --lag N --train-steps N
@@ -116,6 +117,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> kinds = kPredictorKinds;
   std::vector<trace::Trace> traces;
   bool synthetic = false;
+  int synthetic_iterations = SyntheticTraceOptions{}.iterations;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -126,6 +128,7 @@ int main(int argc, char** argv) {
       return argv[++i];
     };
     if (a == "--synthetic") synthetic = true;
+    else if (a == "--iterations") synthetic_iterations = std::atoi(next().c_str());
     else if (a == "--kinds") kinds = split(next(), ',');
     else if (a == "--realtime") base.deterministic = false;
     else if (a == "--hidden") base.hidden = std::atoi(next().c_str());
@@ -158,6 +161,7 @@ int main(int argc, char** argv) {
   }
   if (synthetic) {
     SyntheticTraceOptions so;
+    so.iterations = synthetic_iterations;
     trace::Trace fixed = make_synthetic_trace(so);
     fixed.name = "syn_fixed";
     so.seq_len_min = 128;
