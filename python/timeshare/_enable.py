@@ -71,15 +71,37 @@ def _check_torch_ready(torch: Any, require_device: bool) -> None:
         )
 
 
+_CUDNN_BENCHMARK_MSG = (
+    "timeshare: torch.backends.cudnn.benchmark=True is not possible under a pluggable allocator "
+    "(cuDNN's autotuner asks the allocator for cacheInfo, which PyTorch's pluggable interface "
+    "does not support, and the first convolution would fail); it stays False. See "
+    "docs/usage.md#known-gaps."
+)
+
+
+def _guard_cudnn_benchmark(torch: Any) -> None:
+    """Turn cudnn.benchmark=True, which would fail deep inside the first convolution, into one
+    warning at the moment it is set (and keep it off)."""
+    cls = type(torch.backends.cudnn)
+    prop = cls.__dict__.get("benchmark")
+    if prop is None or not hasattr(prop, "getter") or not hasattr(prop, "setter"):
+        return
+    setter = prop.setter
+
+    def guarded(value: bool) -> None:
+        if value:
+            warnings.warn(_CUDNN_BENCHMARK_MSG, TimeshareWarning, stacklevel=3)
+        setter(False)
+
+    if prop.getter():
+        warnings.warn(_CUDNN_BENCHMARK_MSG, TimeshareWarning, stacklevel=4)
+        setter(False)
+    setattr(cls, "benchmark", type(prop)(prop.getter, guarded))
+
+
 def _gap_warnings(torch: Any) -> None:
-    """One warning for PyTorch features that a pluggable allocator cannot serve."""
-    gaps = []
-    if getattr(torch.backends.cudnn, "benchmark", False):
-        gaps.append("torch.backends.cudnn.benchmark=True (cuDNN asks the allocator for cacheInfo, "
-                    "which pluggable allocators cannot answer)")
-    if gaps:
-        warnings.warn("timeshare: " + "; ".join(gaps) + ". See docs/usage.md#known-gaps.",
-                      TimeshareWarning, stacklevel=3)
+    """PyTorch features that a pluggable allocator cannot serve: guard what can be guarded."""
+    _guard_cudnn_benchmark(torch)
     log.info("timeshare: CUDA graphs (torch.compile mode='reduce-overhead'), CUDA IPC and "
              "torch.cuda.memory._record_memory_history are unavailable under a pluggable "
              "allocator; see docs/usage.md#known-gaps")

@@ -111,3 +111,28 @@ def test_oom_shim_throws_c10_out_of_memory(python_env: dict[str, str]) -> None:
     if "no shim" not in r.stdout:
         assert "c10::OutOfMemoryError" in r.stdout
         assert "CUDA out of memory (timeshare). test" in r.stdout
+
+
+def test_cudnn_benchmark_is_guarded_with_one_warning(python_env: dict[str, str]) -> None:
+    r = run(
+        """
+        import warnings, torch, timeshare
+        from timeshare import _enable
+        torch.backends.cudnn.benchmark = True
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            _enable._install(timeshare._config.build_conf(), require_device=False)
+            print("after enable:", torch.backends.cudnn.benchmark, len(w))
+            torch.backends.cudnn.benchmark = True
+            print("after set:", torch.backends.cudnn.benchmark, len(w))
+            torch.backends.cudnn.benchmark = False
+            print("after unset:", torch.backends.cudnn.benchmark, len(w))
+        print(str(w[0].message).split(" is not")[0])
+        """,
+        python_env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "after enable: False 1" in r.stdout
+    assert "after set: False 2" in r.stdout
+    assert "after unset: False 2" in r.stdout
+    assert "torch.backends.cudnn.benchmark=True" in r.stdout
