@@ -242,6 +242,7 @@ TEST_CASE("temporal: random traces keep every invariant under adversarial predic
   std::vector<std::size_t> size(truth.size(), 0);
   std::map<std::uintptr_t, Live> live;
   std::int64_t live_requested = 0;
+  std::size_t peak_needed = 0;
   for (std::uint64_t t = 0; t < ops.size(); ++t) {
     const RandomOp& op = ops[t];
     if (op.alloc) {
@@ -262,6 +263,9 @@ TEST_CASE("temporal: random traces keep every invariant under adversarial predic
     }
     REQUIRE(pool.stats().requested_bytes[kAggregate].current == live_requested);
     check_invariants(pool, sim, live);
+    // Hysteresis: mapped granules never exceed the peak of granules holding blocks.
+    peak_needed = std::max(peak_needed, pool.needed_granules());
+    REQUIRE(pool.mapped_granules() <= peak_needed);
   }
   // Everything still live is intact; emptying the cache leaves only needed granules.
   for (auto& [addr, l] : live) {

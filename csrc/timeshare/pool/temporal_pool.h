@@ -96,6 +96,7 @@ class TemporalPool final : public Pool {
   const TemporalPoolOptions& options() const noexcept { return options_; }
   std::size_t mapped_granules() const noexcept { return granules_.mapped_granules(); }
   std::size_t cached_granules() const noexcept { return granules_.cached_granules(); }
+  std::size_t needed_granules() const noexcept { return granules_.needed_granules(); }
   std::size_t pending_blocks() const noexcept { return pending_.size(); }
   std::size_t granule_bytes() const noexcept { return granules_.granule_bytes(); }
   std::uint64_t promised_placements() const noexcept { return promised_placements_; }
