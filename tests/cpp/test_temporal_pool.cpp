@@ -205,7 +205,17 @@ TEST_CASE("temporal: bit index finds the highest and previous members", "[tempor
   std::mt19937_64 rng(3);
   for (int step = 0; step < 20000; ++step) {
     const std::size_t i = rng() % 70000;
-    if (rng() % 3 == 0) {
+    const std::size_t op = rng() % 8;
+    if (op == 0 || op == 1) {  // ranges, some spanning many words
+      const std::size_t hi = std::min<std::size_t>(69999, i + rng() % (op == 0 ? 100 : 9000));
+      if (rng() % 2 == 0) {
+        bits.set_range(i, hi);
+        for (std::size_t k = i; k <= hi; ++k) ref.insert(k);
+      } else {
+        bits.clear_range(i, hi);
+        ref.erase(ref.lower_bound(i), ref.upper_bound(hi));
+      }
+    } else if (op < 4) {
       bits.clear(i);
       ref.erase(i);
     } else {

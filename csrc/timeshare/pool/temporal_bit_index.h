@@ -62,6 +62,44 @@ class TemporalBitIndex {
     }
   }
 
+  // Adds every member of [lo, hi] (inclusive): O(levels + (hi - lo) / 64).
+  void set_range(std::size_t lo, std::size_t hi) noexcept {
+    for (std::size_t l = 0; l < levels_.size(); ++l) {
+      auto& level = levels_[l];
+      const std::size_t wlo = lo / kBits, whi = hi / kBits;
+      for (std::size_t w = wlo; w <= whi; ++w) {
+        const std::uint64_t old = level[w];
+        level[w] |= range_mask(w, lo, hi);
+        if (l == 0) count_ += static_cast<std::size_t>(std::popcount(level[w]) - std::popcount(old));
+      }
+      lo = wlo;
+      hi = whi;
+    }
+  }
+
+  // Removes every member of [lo, hi] (inclusive).
+  void clear_range(std::size_t lo, std::size_t hi) noexcept {
+    for (std::size_t l = 0; l < levels_.size(); ++l) {
+      auto& level = levels_[l];
+      const std::size_t wlo = lo / kBits, whi = hi / kBits;
+      for (std::size_t w = wlo; w <= whi; ++w) {
+        const std::uint64_t old = level[w];
+        level[w] &= ~range_mask(w, lo, hi);
+        if (l == 0) count_ -= static_cast<std::size_t>(std::popcount(old) - std::popcount(level[w]));
+      }
+      // Parents of words that became empty: only the two end words can still hold members.
+      std::size_t new_lo = wlo, new_hi = whi;
+      if (level[new_lo] != 0) ++new_lo;
+      if (new_lo <= new_hi && level[new_hi] != 0) {
+        if (new_hi == new_lo) return;
+        --new_hi;
+      }
+      if (new_lo > new_hi) return;
+      lo = new_lo;
+      hi = new_hi;
+    }
+  }
+
   // Highest member, or npos when empty.
   std::size_t find_last() const noexcept {
     if (count_ == 0) return npos;
@@ -99,6 +137,12 @@ class TemporalBitIndex {
 
  private:
   static constexpr std::size_t kBits = 64;
+  // The bits of word `w` that lie in [lo, hi].
+  static std::uint64_t range_mask(std::size_t w, std::size_t lo, std::size_t hi) noexcept {
+    const std::size_t a = w == lo / kBits ? lo % kBits : 0;
+    const std::size_t b = w == hi / kBits ? hi % kBits : kBits - 1;
+    return mask_upto(b) & ~(a == 0 ? std::uint64_t{0} : mask_upto(a - 1));
+  }
   static std::uint64_t mask_upto(std::size_t bit) noexcept {
     return bit == kBits - 1 ? ~std::uint64_t{0} : (std::uint64_t{1} << (bit + 1)) - 1;
   }

@@ -69,59 +69,84 @@ bool TemporalGranules::trim_to(std::size_t target, std::size_t incoming) {
   return mapped_ + incoming <= target;
 }
 
+TemporalGranules::Span TemporalGranules::span_of(const ArenaGranules& ar, std::uintptr_t addr,
+                                                 std::size_t bytes) const noexcept {
+  Span sp;
+  const std::size_t begin = addr - ar.base;
+  const std::size_t end = begin + bytes;
+  sp.first = granule_of(begin);
+  sp.last = granule_of(end - 1);
+  sp.full_begin = granule_of(begin + granule_bytes_ - 1);  // first granule fully covered
+  sp.full_end = std::max(granule_of(end), sp.full_begin);  // one past the last fully covered
+  return sp;
+}
+
 bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t bytes,
                                std::size_t limit_bytes) {
   ArenaGranules& ar = arenas_[a];
-  const std::size_t g0 = granule_of(addr - ar.base);
-  const std::size_t g1 = granule_of(addr + bytes - 1 - ar.base);
-  if (g0 == g1 && ar.occupancy[g0] != 0) {  // fast path: a small block in a used granule
-    ++ar.occupancy[g0];
+  const Span sp = span_of(ar, addr, bytes);
+  if (sp.first == sp.last && ar.occupancy[sp.first] != 0) {  // a small block in a used granule
+    ++ar.occupancy[sp.first];
     return true;
   }
-  std::size_t fresh = 0;
-  std::size_t to_map = 0;
-  for (std::size_t g = g0; g <= g1; ++g) {
-    if (ar.occupancy[g] != 0) continue;
+  // Granules fully covered by the block belong to it alone (blocks never overlap): they are
+  // free before and after, and are handled as a range. Only the (at most two) partly covered
+  // boundary granules are counted one by one.
+  const auto boundary = [&](auto&& fn) {
+    if (!sp.full(sp.first)) fn(sp.first);
+    if (sp.last != sp.first && !sp.full(sp.last)) fn(sp.last);
+  };
+  const std::size_t n_full = sp.full_end - sp.full_begin;
+  std::size_t fresh = n_full;
+  std::size_t to_map = static_cast<std::size_t>(
+      std::count(ar.mapped.begin() + static_cast<std::ptrdiff_t>(sp.full_begin),
+                 ar.mapped.begin() + static_cast<std::ptrdiff_t>(sp.full_end), std::uint8_t{0}));
+  boundary([&](std::size_t g) {
+    if (ar.occupancy[g] != 0) return;
     ++fresh;
     if (!ar.mapped[g]) ++to_map;
-  }
+  });
   if (limit_bytes != 0 && (mapped_ + to_map) * granule_bytes_ > limit_bytes) {
     // Cached granules outside this block may go to make room, but the limit decides.
-    std::size_t cached_outside = cache_.count();
-    for (std::size_t g = g0; g <= g1; ++g) {
-      if (ar.occupancy[g] == 0 && ar.mapped[g]) --cached_outside;
+    const std::size_t cached_inside = fresh - to_map;
+    if ((mapped_ - (cache_.count() - cached_inside) + to_map) * granule_bytes_ > limit_bytes) {
+      return false;
     }
-    if ((mapped_ - cached_outside + to_map) * granule_bytes_ > limit_bytes) return false;
-  }
-  if (to_map == 0) {
-    // Everything is mapped: no device call can fail, so claim and count in one pass.
-    for (std::size_t g = g0; g <= g1; ++g) {
-      if (ar.occupancy[g]++ == 0) cache_.clear(key(a, g));
-    }
-    needed_ += fresh;
-    window_peak_ = std::max(window_peak_, needed_);
-    return true;
   }
   // Claim the cached granules of this block so trimming cannot take them.
-  if (fresh != to_map) {
-    for (std::size_t g = g0; g <= g1; ++g) {
+  const auto claim = [&] {
+    boundary([&](std::size_t g) {
       if (ar.occupancy[g] == 0 && ar.mapped[g]) cache_.clear(key(a, g));
-    }
+    });
+    if (n_full != 0) cache_.clear_range(key(a, sp.full_begin), key(a, sp.full_end - 1));
+  };
+  const auto count_in = [&] {
+    boundary([&](std::size_t g) { ++ar.occupancy[g]; });
+    std::fill(ar.occupancy.begin() + static_cast<std::ptrdiff_t>(sp.full_begin),
+              ar.occupancy.begin() + static_cast<std::ptrdiff_t>(sp.full_end), 1u);
+    needed_ += fresh;
+    window_peak_ = std::max(window_peak_, needed_);
+  };
+  if (to_map == 0) {  // no device call, nothing can fail
+    claim();
+    count_in();
+    return true;
   }
+  if (fresh != to_map) claim();
   std::size_t target = std::max(mark(), needed_ + fresh + slack_granules_);
   if (limit_bytes != 0) target = std::min(target, limit_bytes / granule_bytes_);
   trim_to(target, to_map);
   // Map the missing runs; undo everything on a device failure.
   bool ok = true;
-  std::size_t g = g0;
+  std::size_t g = sp.first;
   std::vector<std::pair<std::size_t, std::size_t>> mapped_runs;
-  while (ok && g <= g1) {
+  while (ok && g <= sp.last) {
     if (ar.mapped[g]) {
       ++g;
       continue;
     }
     std::size_t n = 1;
-    while (g + n <= g1 && !ar.mapped[g + n]) ++n;
+    while (g + n <= sp.last && !ar.mapped[g + n]) ++n;
     ok = map_run(ar, g, n);
     if (ok) mapped_runs.emplace_back(g, n);
     g += n;
@@ -134,26 +159,33 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
       std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(first), n, std::uint8_t{0});
       mapped_ -= n;
     }
-    for (std::size_t h = g0; h <= g1; ++h) {
+    for (std::size_t h = sp.first; h <= sp.last; ++h) {
       if (ar.occupancy[h] == 0 && ar.mapped[h]) cache_.set(key(a, h));
     }
     return false;
   }
-  for (std::size_t h = g0; h <= g1; ++h) ++ar.occupancy[h];
-  needed_ += fresh;
-  window_peak_ = std::max(window_peak_, needed_);
+  count_in();
   return true;
 }
 
 void TemporalGranules::release(std::size_t a, std::uintptr_t addr, std::size_t bytes) {
   ArenaGranules& ar = arenas_[a];
-  const std::size_t g0 = granule_of(addr - ar.base);
-  const std::size_t g1 = granule_of(addr + bytes - 1 - ar.base);
+  const Span sp = span_of(ar, addr, bytes);
   bool emptied = false;
-  for (std::size_t g = g0; g <= g1; ++g) {
-    if (--ar.occupancy[g] != 0) continue;
+  const auto one = [&](std::size_t g) {
+    if (--ar.occupancy[g] != 0) return;
     --needed_;
     cache_.set(key(a, g));
+    emptied = true;
+  };
+  if (!sp.full(sp.first)) one(sp.first);
+  if (sp.last != sp.first && !sp.full(sp.last)) one(sp.last);
+  const std::size_t n_full = sp.full_end - sp.full_begin;
+  if (n_full != 0) {
+    std::fill(ar.occupancy.begin() + static_cast<std::ptrdiff_t>(sp.full_begin),
+              ar.occupancy.begin() + static_cast<std::ptrdiff_t>(sp.full_end), 0u);
+    needed_ -= n_full;
+    cache_.set_range(key(a, sp.full_begin), key(a, sp.full_end - 1));
     emptied = true;
   }
   if (emptied) trim_to(mark(), 0);

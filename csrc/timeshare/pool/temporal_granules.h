@@ -82,6 +82,16 @@ class TemporalGranules {
     std::vector<std::uint8_t> mapped;
   };
   std::size_t key(std::size_t a, std::size_t g) const noexcept { return arenas_[a].offset + g; }
+  // The granules under a block: [first, last], of which [full_begin, full_end) are fully
+  // covered (empty when full_begin == full_end).
+  struct Span {
+    std::size_t first = 0;
+    std::size_t last = 0;
+    std::size_t full_begin = 0;
+    std::size_t full_end = 0;
+    bool full(std::size_t g) const noexcept { return g >= full_begin && g < full_end; }
+  };
+  Span span_of(const ArenaGranules& ar, std::uintptr_t addr, std::size_t bytes) const noexcept;
   std::size_t mark() const noexcept;
   // Unmaps cached granules (highest first) until mapped + incoming <= target; returns false
   // when the cache ran out first.
