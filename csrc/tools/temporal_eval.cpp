@@ -308,6 +308,8 @@ struct Result {
   std::size_t peak_reserved_bytes = 0;
   std::int64_t device_alloc = 0;
   std::int64_t device_free = 0;
+  std::uint64_t granules_mapped = 0;    // temporal only: granules behind the map calls
+  std::uint64_t granules_unmapped = 0;
   double ns_per_event = 0;
   double device_ns_per_event = 0;  // of which inside device calls (sim map/unmap/reserve)
   std::size_t ooms = 0;
@@ -386,6 +388,11 @@ Result replay(const std::vector<Event>& ev, std::size_t allocs, const std::strin
   r.peak_reserved_bytes = static_cast<std::size_t>(pool.stats().reserved_bytes[0].peak);
   r.device_alloc = pool.stats().num_device_alloc;
   r.device_free = pool.stats().num_device_free;
+  if (policy == "temporal") {
+    const auto& tp = static_cast<const ts::pool::TemporalPool&>(pool);
+    r.granules_mapped = tp.granules_mapped_total();
+    r.granules_unmapped = tp.granules_unmapped_total();
+  }
   return r;
 }
 
@@ -503,8 +510,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "no traces: pass .tsev files or --synthetic\n");
     return 2;
   }
-  std::printf("%-24s %-16s %8s %12s %7s %8s %9s %8s %8s\n", "trace", "predictor", "events",
-              "peak_live", "frag", "dev_map", "dev_unmap", "ns/event", "dev_ns/ev");
+  std::printf("%-24s %-16s %8s %12s %7s %8s %9s %8s %8s  %s\n", "trace", "predictor", "events",
+              "peak_live", "frag", "dev_map", "dev_unmap", "ns/event", "dev_ns/ev",
+              "granules map/unmap");
   for (const auto& t : traces) {
     std::size_t allocs = 0;
     const std::string bad = ts::trace::validate(t.events.data(), t.events.size(), &allocs);
@@ -535,13 +543,18 @@ int main(int argc, char** argv) {
           r.device_ns_per_event = again.device_ns_per_event;
         }
       }
-      std::printf("%-24s %-16s %8zu %8.1f MiB %7.4f %8lld %9lld %8.1f %8.1f%s\n", t.name.c_str(),
+      std::printf("%-24s %-16s %8zu %8.1f MiB %7.4f %8lld %9lld %8.1f %8.1f  %s%s\n", t.name.c_str(),
                   kind.c_str(), t.events.size(),
                   static_cast<double>(r.peak_live_bytes) / static_cast<double>(ts::kMiB),
                   static_cast<double>(r.peak_reserved_bytes) /
                       static_cast<double>(std::max<std::size_t>(r.peak_live_bytes, 1)),
                   static_cast<long long>(r.device_alloc), static_cast<long long>(r.device_free),
-                  r.ns_per_event, r.device_ns_per_event, r.ooms ? " OOM!" : "");
+                  r.ns_per_event, r.device_ns_per_event,
+                  reference ? "-"
+                            : (std::to_string(r.granules_mapped) + "/" +
+                               std::to_string(r.granules_unmapped))
+                                  .c_str(),
+                  r.ooms ? " OOM!" : "");
     }
     double setfit_best = setfit_ns_per_event(t.events, allocs);
     for (int k = 1; k < repeat; ++k) {

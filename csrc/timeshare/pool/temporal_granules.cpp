@@ -42,6 +42,7 @@ bool TemporalGranules::map_run(ArenaGranules& ar, std::size_t first, std::size_t
   void* addr = reinterpret_cast<void*>(ar.base + first * granule_bytes_);
   if (backend_->map(addr, n * granule_bytes_) != device::Status::kOk) return false;
   ++map_calls_;
+  granules_mapped_total_ += n;
   std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(first), n, std::uint8_t{1});
   mapped_ += n;
   return true;
@@ -62,6 +63,7 @@ bool TemporalGranules::trim_to(std::size_t target, std::size_t incoming) {
     void* addr = reinterpret_cast<void*>(ar.base + g_first * granule_bytes_);
     if (backend_->unmap(addr, n * granule_bytes_) != device::Status::kOk) return false;
     ++unmap_calls_;
+    granules_unmapped_total_ += n;
     std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(g_first), n, std::uint8_t{0});
     mapped_ -= n;
     for (std::size_t i = first; i <= last; ++i) cache_.clear(i);
@@ -156,6 +158,7 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
       backend_->unmap(reinterpret_cast<void*>(ar.base + first * granule_bytes_),
                       n * granule_bytes_);
       ++unmap_calls_;
+      granules_unmapped_total_ += n;
       std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(first), n, std::uint8_t{0});
       mapped_ -= n;
     }
@@ -201,6 +204,7 @@ void TemporalGranules::unmap_arena(std::size_t a) {
     while (g + n < ar.mapped.size() && ar.mapped[g + n]) ++n;
     backend_->unmap(reinterpret_cast<void*>(ar.base + g * granule_bytes_), n * granule_bytes_);
     ++unmap_calls_;
+    granules_unmapped_total_ += n;
     std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(g), n, std::uint8_t{0});
     mapped_ -= n;
     for (std::size_t h = g; h < g + n; ++h) cache_.clear(key(a, h));

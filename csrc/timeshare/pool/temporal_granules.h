@@ -57,6 +57,10 @@ class TemporalGranules {
   std::size_t cached_granules() const noexcept { return cache_.count(); }
   std::uint64_t map_calls() const noexcept { return map_calls_; }
   std::uint64_t unmap_calls() const noexcept { return unmap_calls_; }
+  // Granules mapped / unmapped over the pool's life (a call may cover a run of granules; the
+  // CUDA backend makes one driver call per granule).
+  std::uint64_t granules_mapped_total() const noexcept { return granules_mapped_total_; }
+  std::uint64_t granules_unmapped_total() const noexcept { return granules_unmapped_total_; }
   std::size_t granule_bytes() const noexcept { return granule_bytes_; }
   bool is_mapped(std::size_t a, std::size_t granule) const { return arenas_[a].mapped[granule]; }
   // Whether every granule under [addr, addr+bytes) of arena `a` is mapped.
@@ -112,6 +116,8 @@ class TemporalGranules {
   std::uint64_t window_start_events_ = 0;
   std::uint64_t map_calls_ = 0;
   std::uint64_t unmap_calls_ = 0;
+  std::uint64_t granules_mapped_total_ = 0;
+  std::uint64_t granules_unmapped_total_ = 0;
 };
 
 }  // namespace timeshare::pool

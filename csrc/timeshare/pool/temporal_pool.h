@@ -97,6 +97,10 @@ class TemporalPool final : public Pool {
   std::size_t mapped_granules() const noexcept { return granules_.mapped_granules(); }
   std::size_t cached_granules() const noexcept { return granules_.cached_granules(); }
   std::size_t needed_granules() const noexcept { return granules_.needed_granules(); }
+  std::uint64_t granules_mapped_total() const noexcept { return granules_.granules_mapped_total(); }
+  std::uint64_t granules_unmapped_total() const noexcept {
+    return granules_.granules_unmapped_total();
+  }
   std::size_t pending_blocks() const noexcept { return pending_.size(); }
   std::size_t granule_bytes() const noexcept { return granules_.granule_bytes(); }
   std::uint64_t promised_placements() const noexcept { return promised_placements_; }
