@@ -6,11 +6,13 @@
 namespace timeshare::pool {
 
 TemporalGranules::TemporalGranules(device::Backend* backend, std::size_t granule_bytes,
-                                   std::uint64_t peak_window_events, std::size_t slack_granules)
+                                   std::uint64_t peak_window_events, std::size_t slack_granules,
+                                   std::size_t slack_permille)
     : backend_(backend),
       granule_bytes_(granule_bytes),
       peak_window_events_(peak_window_events),
-      slack_granules_(slack_granules) {
+      slack_granules_(slack_granules),
+      slack_permille_(slack_permille) {
   if (std::has_single_bit(granule_bytes_)) {
     granule_shift_ = static_cast<unsigned>(std::countr_zero(granule_bytes_));
   }
@@ -28,7 +30,8 @@ std::size_t TemporalGranules::add_arena(std::uintptr_t base, std::size_t granule
 }
 
 std::size_t TemporalGranules::mark() const noexcept {
-  return std::max(window_peak_, prev_window_peak_) + slack_granules_;
+  const std::size_t peak = std::max(window_peak_, prev_window_peak_);
+  return peak + slack_granules_ + peak * slack_permille_ / 1000;
 }
 
 void TemporalGranules::tick(std::uint64_t now_events) {
@@ -135,7 +138,7 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
     return true;
   }
   if (fresh != to_map) claim();
-  std::size_t target = std::max(mark(), needed_ + fresh + slack_granules_);
+  std::size_t target = std::max(mark(), needed_ + fresh);
   if (limit_bytes != 0) target = std::min(target, limit_bytes / granule_bytes_);
   trim_to(target, to_map);
   // Map the missing runs; undo everything on a device failure.

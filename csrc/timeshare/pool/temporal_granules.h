@@ -8,7 +8,7 @@
 // device calls; both are counted here.
 //
 // Hysteresis: the mark is the highest count of needed granules seen in the current and the
-// previous window of ticks (the observed cycle peak) plus a slack. Cached granules are
+// previous window of ticks (the observed cycle peak) plus a slack (granules, and thousandths of the peak). Cached granules are
 // unmapped, highest address first, only while the mapped count is above the mark, and
 // `acquire` unmaps before it maps, so the mapped count never passes the mark by more than the
 // granules a request itself needs. On a periodic trace whose placement repeats, the steady
@@ -27,7 +27,8 @@ namespace timeshare::pool {
 class TemporalGranules {
  public:
   TemporalGranules(device::Backend* backend, std::size_t granule_bytes,
-                   std::uint64_t peak_window_events, std::size_t slack_granules);
+                   std::uint64_t peak_window_events, std::size_t slack_granules,
+                   std::size_t slack_permille = 0);
 
   // Registers an arena's virtual range [base, base + granules * granule_bytes); returns its
   // index for the calls below.
@@ -107,6 +108,7 @@ class TemporalGranules {
   unsigned granule_shift_ = 0;  // log2(granule_bytes_) when a power of two, else 0
   std::uint64_t peak_window_events_;
   std::size_t slack_granules_;
+  std::size_t slack_permille_;  // extra slack, in thousandths of the observed peak
   std::vector<ArenaGranules> arenas_;
   TemporalBitIndex cache_;  // key(arena, granule) of cached granules
   std::size_t mapped_ = 0;

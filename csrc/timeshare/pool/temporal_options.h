@@ -66,6 +66,9 @@ struct TemporalPoolOptions {
   // `slack_granules`. Above the mark, cached granules are unmapped, highest address first.
   std::uint64_t peak_window_events = std::uint64_t{1} << 16;
   std::size_t slack_granules = 0;
+  // More slack, in thousandths of that peak (20 = 2 %). Slack trades reserved memory for
+  // fewer map/unmap calls: at 0 physical memory moves between regions every cycle.
+  std::size_t slack_permille = 0;
 };
 
 // Index of the region a block with this predicted lifespan goes to. Regions 0 ..
