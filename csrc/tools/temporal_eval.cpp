@@ -6,7 +6,7 @@
 //   temporal_eval --write-synthetic DIR        write the synthetic traces as .tsev files
 // Options: --predictors oracle,constant,noisy,lastsize,torch,torch-expandable,offline
 //          (default all)  --seed N
-//          --iterations N (synthetic)  --window-events N  --slack-granules N  --slack-permille N  --classes N  --class-base N  --class-ratio N  --no-borrow  --fit-candidates N  --detail  --dump
+//          --iterations N (synthetic)  --window-events N  --slack-granules N  --slack-permille N  --trim-oldest  --classes N  --class-base N  --class-ratio N  --no-borrow  --fit-candidates N  --detail  --dump
 //          --borrow-distance N  --borrow-down N  --longer-first  --reassign  --lowest-of K
 //          --repeat N (timing: best of N replays, default 3)
 //
@@ -463,6 +463,7 @@ int main(int argc, char** argv) {
     else if (a == "--window-events") o.peak_window_events = std::stoull(next());
     else if (a == "--slack-granules") o.slack_granules = std::stoull(next());
     else if (a == "--slack-permille") o.slack_permille = std::stoull(next());
+    else if (a == "--trim-oldest") o.trim_oldest_first = true;
     else if (a == "--classes") o.num_timed_classes = std::stoull(next());
     else if (a == "--class-base") o.class_base_events = std::stoull(next());
     else if (a == "--class-ratio") o.class_ratio = std::stoull(next());

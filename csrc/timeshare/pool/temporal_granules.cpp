@@ -7,12 +7,13 @@ namespace timeshare::pool {
 
 TemporalGranules::TemporalGranules(device::Backend* backend, std::size_t granule_bytes,
                                    std::uint64_t peak_window_events, std::size_t slack_granules,
-                                   std::size_t slack_permille)
+                                   std::size_t slack_permille, bool trim_oldest_first)
     : backend_(backend),
       granule_bytes_(granule_bytes),
       peak_window_events_(peak_window_events),
       slack_granules_(slack_granules),
-      slack_permille_(slack_permille) {
+      slack_permille_(slack_permille),
+      trim_oldest_first_(trim_oldest_first) {
   if (std::has_single_bit(granule_bytes_)) {
     granule_shift_ = static_cast<unsigned>(std::countr_zero(granule_bytes_));
   }
@@ -25,6 +26,7 @@ std::size_t TemporalGranules::add_arena(std::uintptr_t base, std::size_t granule
   ar.occupancy.assign(granules, 0);
   ar.mapped.assign(granules, 0);
   cache_.resize(ar.offset + granules);
+  if (trim_oldest_first_) cache_stamp_.resize(ar.offset + granules, 0);
   arenas_.push_back(std::move(ar));
   return arenas_.size() - 1;
 }
@@ -51,16 +53,45 @@ bool TemporalGranules::map_run(ArenaGranules& ar, std::size_t first, std::size_t
   return true;
 }
 
+void TemporalGranules::cached_now(std::size_t k) {
+  if (!trim_oldest_first_) return;
+  cache_stamp_[k] = ++next_stamp_;
+  lru_.emplace_back(k, next_stamp_);
+  if (lru_.size() > 2 * cache_.count() + 1024) {  // drop stale entries
+    std::deque<std::pair<std::size_t, std::uint64_t>> live;
+    for (const auto& e : lru_) {
+      if (cache_.test(e.first) && cache_stamp_[e.first] == e.second) live.push_back(e);
+    }
+    lru_.swap(live);
+  }
+}
+
+bool TemporalGranules::pick_oldest(std::size_t* key) {
+  while (!lru_.empty()) {
+    const auto [k, stamp] = lru_.front();
+    lru_.pop_front();
+    if (cache_.test(k) && cache_stamp_[k] == stamp) {
+      *key = k;
+      return true;
+    }
+  }
+  return false;
+}
+
 bool TemporalGranules::trim_to(std::size_t target, std::size_t incoming) {
   while (mapped_ + incoming > target && !cache_.empty()) {
-    const std::size_t last = cache_.find_last();
+    std::size_t last = 0;
+    if (!trim_oldest_first_ || !pick_oldest(&last)) last = cache_.find_last();
     std::size_t a = arenas_.size() - 1;
     while (arenas_[a].offset > last) --a;
     ArenaGranules& ar = arenas_[a];
     // Extend the run downwards over contiguous cached granules of the same arena.
     const std::size_t over = mapped_ + incoming - target;
     std::size_t first = last;
-    while (last - first + 1 < over && first > ar.offset && cache_.test(first - 1)) --first;
+    while (!trim_oldest_first_ && last - first + 1 < over && first > ar.offset &&
+           cache_.test(first - 1)) {
+      --first;
+    }
     const std::size_t g_first = first - ar.offset;
     const std::size_t n = last - first + 1;
     void* addr = reinterpret_cast<void*>(ar.base + g_first * granule_bytes_);
@@ -166,7 +197,10 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
       mapped_ -= n;
     }
     for (std::size_t h = sp.first; h <= sp.last; ++h) {
-      if (ar.occupancy[h] == 0 && ar.mapped[h]) cache_.set(key(a, h));
+      if (ar.occupancy[h] == 0 && ar.mapped[h]) {
+        cache_.set(key(a, h));
+        cached_now(key(a, h));
+      }
     }
     return false;
   }
@@ -182,6 +216,7 @@ void TemporalGranules::release(std::size_t a, std::uintptr_t addr, std::size_t b
     if (--ar.occupancy[g] != 0) return;
     --needed_;
     cache_.set(key(a, g));
+    cached_now(key(a, g));
     emptied = true;
   };
   if (!sp.full(sp.first)) one(sp.first);
@@ -192,6 +227,9 @@ void TemporalGranules::release(std::size_t a, std::uintptr_t addr, std::size_t b
               ar.occupancy.begin() + static_cast<std::ptrdiff_t>(sp.full_end), 0u);
     needed_ -= n_full;
     cache_.set_range(key(a, sp.full_begin), key(a, sp.full_end - 1));
+    for (std::size_t g = sp.full_begin; trim_oldest_first_ && g < sp.full_end; ++g) {
+      cached_now(key(a, g));
+    }
     emptied = true;
   }
   if (emptied) trim_to(mark(), 0);

@@ -17,6 +17,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
+#include <utility>
 #include <vector>
 
 #include "timeshare/device/backend.h"
@@ -28,7 +30,7 @@ class TemporalGranules {
  public:
   TemporalGranules(device::Backend* backend, std::size_t granule_bytes,
                    std::uint64_t peak_window_events, std::size_t slack_granules,
-                   std::size_t slack_permille = 0);
+                   std::size_t slack_permille = 0, bool trim_oldest_first = false);
 
   // Registers an arena's virtual range [base, base + granules * granule_bytes); returns its
   // index for the calls below.
@@ -109,6 +111,13 @@ class TemporalGranules {
   std::uint64_t peak_window_events_;
   std::size_t slack_granules_;
   std::size_t slack_permille_;  // extra slack, in thousandths of the observed peak
+  // Trim order: the granule cached longest ago first (else the highest address first).
+  bool trim_oldest_first_;
+  std::deque<std::pair<std::size_t, std::uint64_t>> lru_;  // (key, stamp), oldest first
+  std::vector<std::uint64_t> cache_stamp_;                 // per key: stamp when cached
+  std::uint64_t next_stamp_ = 0;
+  void cached_now(std::size_t k);
+  bool pick_oldest(std::size_t* key);
   std::vector<ArenaGranules> arenas_;
   TemporalBitIndex cache_;  // key(arena, granule) of cached granules
   std::size_t mapped_ = 0;

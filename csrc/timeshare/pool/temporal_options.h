@@ -69,6 +69,9 @@ struct TemporalPoolOptions {
   // More slack, in thousandths of that peak (20 = 2 %). Slack trades reserved memory for
   // fewer map/unmap calls: at 0 physical memory moves between regions every cycle.
   std::size_t slack_permille = 0;
+  // Which cached granule goes first above the mark: the one cached longest ago (true) or the
+  // one at the highest address (false).
+  bool trim_oldest_first = false;
 };
 
 // Index of the region a block with this predicted lifespan goes to. Regions 0 ..

@@ -41,7 +41,7 @@ TemporalPool::TemporalPool(device::Backend* backend, TemporalPoolOptions options
       options_(options),
       region_va_bytes_(resolve_region_va(backend, options)),
       granules_(backend, backend->granule_bytes(), options.peak_window_events,
-                options.slack_granules, options.slack_permille),
+                options.slack_granules, options.slack_permille, options.trim_oldest_first),
       reassign_(options.reassign_min_bytes, options.reassign_horizon_events,
                 options.reassign_max_promises) {
   if (!backend->supports_virtual_memory()) fallback_ = std::make_unique<CachingPool>(*backend);
