@@ -238,12 +238,15 @@ TEST_CASE("temporal: random traces keep every invariant under adversarial predic
   const std::string kind = GENERATE(as<std::string>{}, "oracle", "constant", "none", "inverted",
                                     "random");
   const std::uint64_t seed = GENERATE(1, 2);
-  const bool reassign = GENERATE(false, true);
-  CAPTURE(kind, seed, reassign);
+  const bool alternatives = GENERATE(false, true);  // the non-default options, all on
+  CAPTURE(kind, seed, alternatives);
   SimBackend sim(backed(256 * kMiB));
   TemporalPoolOptions o;
   o.peak_window_events = 300;  // short windows so trimming happens often
-  o.reassign = reassign;
+  o.reassign = alternatives;
+  o.trim_oldest_first = alternatives;
+  o.borrow_longer_first = alternatives;
+  o.lowest_of_fits = alternatives ? 4 : 1;
   TemporalPool pool(&sim, o);
   std::vector<std::uint64_t> truth;
   const auto ops = random_trace(seed, 700, &truth);
