@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <numeric>
 
@@ -10,6 +11,13 @@
 namespace timeshare::trace {
 
 namespace {
+
+constexpr std::uint64_t kNone = ~std::uint64_t{0};
+
+struct Range {
+  std::uint64_t begin = 0;
+  std::uint64_t end = 0;
+};
 
 // Disjoint, non-adjacent address intervals [begin, end), merged on insert.
 class IntervalSet {
@@ -24,12 +32,12 @@ class IntervalSet {
     }
     map_.emplace_hint(it, begin, end);
   }
-  // End of an interval meeting [begin, end), or 0 when none does.
-  std::uint64_t conflict_end(std::uint64_t begin, std::uint64_t end) const {
-    auto it = map_.upper_bound(begin);
-    if (it != map_.begin() && std::prev(it)->second > begin) return std::prev(it)->second;
-    if (it != map_.end() && it->first < end) return it->second;
-    return 0;
+  // The first interval ending after `offset` (none: {kNone, kNone}).
+  Range next_after(std::uint64_t offset) const {
+    auto it = map_.upper_bound(offset);
+    if (it != map_.begin() && std::prev(it)->second > offset) --it;
+    if (it == map_.end()) return {kNone, kNone};
+    return {it->first, it->second};
   }
   bool empty() const noexcept { return map_.empty(); }
 
@@ -58,26 +66,40 @@ class TimeIndex {
   }
 
   // Lowest offset where `bytes` fit beside every placed block whose lifetime meets `iv`.
+  // A sweep over the union of the gathered sets: a heap holds, per set, its first interval
+  // ending after the candidate offset (entries may be stale: refreshed when popped). The
+  // candidate jumps past each interval it meets; it fits when the nearest start is far enough.
   std::uint64_t lowest_fit(const Interval& iv, std::uint64_t* jumps) {
     collect(iv);
+    const std::size_t k = sets_.size();
+    heap_.clear();
+    auto next = [&](std::size_t src, std::uint64_t offset) -> Range {
+      if (src < k) return sets_[src]->next_after(offset);
+      auto it = std::upper_bound(scanned_.begin(), scanned_.end(), offset,
+                                 [](std::uint64_t o, const Range& r) { return o < r.begin; });
+      if (it != scanned_.begin() && std::prev(it)->end > offset) --it;
+      return it == scanned_.end() ? Range{kNone, kNone} : *it;
+    };
+    auto push = [&](std::size_t src, std::uint64_t offset) {
+      const Range r = next(src, offset);
+      if (r.begin != kNone) {
+        heap_.push_back({r.begin, r.end, src});
+        std::push_heap(heap_.begin(), heap_.end(), std::greater<>());
+      }
+    };
     std::uint64_t offset = 0;
-    for (bool moved = true; moved;) {
-      moved = false;
-      for (const IntervalSet* s : sets_) {
-        const std::uint64_t end = s->conflict_end(offset, offset + iv.bytes);
-        if (end != 0) {
-          offset = end;
-          moved = true;
-          ++*jumps;
-        }
+    for (std::size_t src = 0; src < k; ++src) push(src, offset);
+    if (!scanned_.empty()) push(k, offset);
+    while (!heap_.empty()) {
+      std::pop_heap(heap_.begin(), heap_.end(), std::greater<>());
+      const HeapEntry top = heap_.back();
+      heap_.pop_back();
+      if (top.begin >= offset + iv.bytes) break;  // the nearest interval leaves room
+      if (top.end > offset) {
+        offset = top.end;
+        ++*jumps;
       }
-      for (const auto& [b, e] : scanned_) {
-        if (b < offset + iv.bytes && e > offset) {
-          offset = e;
-          moved = true;
-          ++*jumps;
-        }
-      }
+      push(top.source, offset);
     }
     return offset;
   }
@@ -86,7 +108,7 @@ class TimeIndex {
     const Interval& iv = intervals_[id];
     const std::uint64_t begin = offset;
     const std::uint64_t end = offset + iv.bytes;
-    Decomposition d = decompose(iv);
+    const Decomposition& d = decompose(iv);
     ++generation_;
     for (std::uint64_t node : d.canonical) {
       cover_[node].insert(begin, end);
@@ -118,8 +140,11 @@ class TimeIndex {
     return iv.begin <= lo && iv.end >= hi;
   }
 
-  Decomposition decompose(const Interval& iv) const {
-    Decomposition d;
+  // Fills d_ (reused scratch: no allocation per block).
+  const Decomposition& decompose(const Interval& iv) {
+    Decomposition& d = d_;
+    d.canonical.clear();
+    d.partial.clear();
     const std::uint64_t first = iv.begin / kOracleBucketAllocs;
     const std::uint64_t last = (iv.end - 1) / kOracleBucketAllocs;
     std::uint64_t lo = first;
@@ -143,7 +168,7 @@ class TimeIndex {
   void collect(const Interval& iv) {
     sets_.clear();
     scanned_.clear();
-    Decomposition d = decompose(iv);
+    const Decomposition& d = decompose(iv);
     ++generation_;
     auto add_ancestor_covers = [&](std::uint64_t from) {
       for (std::uint64_t x = from; x >= 1 && stamp_[x] != generation_; x /= 2) {
@@ -162,10 +187,22 @@ class TimeIndex {
         const Interval& o = intervals_[other];
         if (o.begin < iv.end && iv.begin < o.end) {
           const std::uint64_t off = (*offsets_)[other];
-          scanned_.emplace_back(off, off + o.bytes);
+          scanned_.push_back({off, off + o.bytes});
         }
       }
     }
+    // Sort and merge the scanned blocks so they can be searched like a set.
+    std::sort(scanned_.begin(), scanned_.end(),
+              [](const Range& a, const Range& b) { return a.begin < b.begin; });
+    std::size_t out = 0;
+    for (const Range& r : scanned_) {
+      if (out > 0 && r.begin <= scanned_[out - 1].end) {
+        scanned_[out - 1].end = std::max(scanned_[out - 1].end, r.end);
+      } else {
+        scanned_[out++] = r;
+      }
+    }
+    scanned_.resize(out);
   }
 
   const std::uint64_t allocs_;
@@ -179,7 +216,15 @@ class TimeIndex {
   std::uint64_t generation_ = 0;
   std::vector<std::vector<std::uint32_t>> partial_;
   std::vector<const IntervalSet*> sets_;
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> scanned_;
+  Decomposition d_;
+  std::vector<Range> scanned_;  // boundary-bucket blocks meeting the query, merged
+  struct HeapEntry {
+    std::uint64_t begin;
+    std::uint64_t end;
+    std::size_t source;
+    bool operator>(const HeapEntry& o) const noexcept { return begin > o.begin; }
+  };
+  std::vector<HeapEntry> heap_;
 };
 
 std::vector<Interval> lifetimes(const Event* events, std::size_t n, std::uint64_t* allocs_out) {
