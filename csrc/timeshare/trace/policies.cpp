@@ -8,7 +8,10 @@
 #include "timeshare/pool/caching_pool.h"
 #include "timeshare/pool/temporal_options.h"
 #include "timeshare/pool/temporal_pool.h"
+#include "timeshare/predict/hybrid_predictor.h"
+#include "timeshare/predict/online_predictor.h"
 #include "timeshare/predict/predictor.h"
+#include "timeshare/predict/predictor_options.h"
 #include "timeshare/trace/oracle_planner.h"
 
 namespace timeshare::trace {
@@ -22,8 +25,9 @@ constexpr std::string_view kOracle = "oracle";
 constexpr std::string_view kTimeshareTrue = "timeshare-true";
 constexpr std::string_view kTimeshareConst = "timeshare-const";
 
-// A perfect predictor for the `timeshare-true` ablation: answers with the lifespan the trace
-// really has (allocations never freed are permanent).
+// A perfect predictor for the `timeshare-true` ablation: answers with the exact lifespan the
+// trace really has, and marks allocations never freed as permanent (predict/'s "oracle" kind
+// answers in log2 steps and leaves never-freed allocations unpredicted).
 class TruthPredictor final : public predict::LifespanPredictor {
  public:
   explicit TruthPredictor(std::vector<std::uint64_t> lifespans)
@@ -39,23 +43,6 @@ class TruthPredictor final : public predict::LifespanPredictor {
 
  private:
   std::vector<std::uint64_t> lifespans_;
-  predict::PredictorStats stats_;
-};
-
-// One answer for everything: the `timeshare-const` ablation.
-class ConstantPredictor final : public predict::LifespanPredictor {
- public:
-  explicit ConstantPredictor(std::uint64_t lifespan) : lifespan_(std::max<std::uint64_t>(lifespan, 1)) {}
-  const char* name() const noexcept override { return "constant"; }
-  std::uint64_t on_alloc(const predict::AllocEvent&) override {
-    ++stats_.predictions;
-    return lifespan_;
-  }
-  void on_free(const predict::FreeEvent&) override { ++stats_.observed; }
-  predict::PredictorStats stats() const override { return stats_; }
-
- private:
-  std::uint64_t lifespan_;
   predict::PredictorStats stats_;
 };
 
@@ -178,12 +165,21 @@ ReplayResult run_policy(std::string_view policy, const Event* events, std::size_
     TruthPredictor predictor(true_lifespans(events, n, allocs));
     return run_temporal(policy, predictor, events, n, replay_options, policy_options);
   }
-  if (policy == kTimeshareConst) {
-    ConstantPredictor predictor(policy_options.constant_lifespan_events);
-    return run_temporal(policy, predictor, events, n, replay_options, policy_options);
+  predict::PredictorOptions options;
+  options.deterministic = true;  // training happens at fixed events: one trace, one answer
+  options.seed = policy_options.seed;
+  options.kind = policy == kTimeshareConst ? "constant" : "hybrid";
+  options.constant_lifespan_events = policy_options.constant_lifespan_events;
+  std::unique_ptr<predict::LifespanPredictor> predictor = predict::make_predictor(options);
+  if (!predictor) {
+    throw std::invalid_argument("policy '" + std::string(policy) + "': predictor kind '" +
+                                options.kind + "' is not available");
   }
-  throw std::invalid_argument("policy '" + std::string(policy) +
-                              "' is not available in this build yet (its predictor is missing)");
+  ReplayOptions ro = replay_options;
+  if (const auto* hybrid = dynamic_cast<const predict::HybridPredictor*>(predictor.get())) {
+    ro.detected_cycle_alloc = [hybrid] { return hybrid->detector().first_confirmed_at(); };
+  }
+  return run_temporal(policy, *predictor, events, n, ro, policy_options);
 }
 
 }  // namespace timeshare::trace

@@ -212,6 +212,16 @@ ReplayResult replay(const Event* events, std::size_t n, pool::Pool& pool,
   if (predictor) {
     std::uint64_t warm = warm_start_from_iterations(options.iteration_starts, n);
     WarmSource source = WarmSource::kIterations;
+    if (warm == kNoIndex && options.detected_cycle_alloc) {
+      const std::uint64_t ordinal = options.detected_cycle_alloc();
+      for (std::size_t i = 0; ordinal < allocs && i < n; ++i) {
+        if (events[i].op == Op::kAlloc && events[i].id == ordinal) {
+          warm = i;
+          source = WarmSource::kPredictor;
+          break;
+        }
+      }
+    }
     if (warm == kNoIndex) {
       warm = static_cast<std::uint64_t>(static_cast<double>(n) * kWarmFallbackFraction);
       source = WarmSource::kFraction;

@@ -24,6 +24,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,9 @@ struct ReplayOptions {
   std::size_t timeline_points = kDefaultTimelinePoints;
   // Event indices where training iterations start (from the snapshot reader); empty = unknown.
   std::vector<std::uint64_t> iteration_starts;
+  // When the starts are unknown: asked after the run for the allocation ordinal at which the
+  // predictor detected the training cycle (kNoIndex: none). Empty = no such predictor.
+  std::function<std::uint64_t()> detected_cycle_alloc;
 };
 
 struct TimelinePoint {
