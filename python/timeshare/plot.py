@@ -40,10 +40,12 @@ def plot_replay(doc: dict[str, Any], out: str | Path, columns: int = 2) -> Path:
     cols = max(1, min(columns, len(traces)))
     rows = math.ceil(len(traces) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(9.5 * cols, 3.8 * rows), squeeze=False)
-    for ax in axes.flat[len(traces):]:
+    for ax in axes.flat[len(traces) :]:
         ax.set_visible(False)
     for ax, t in zip(axes.flat, traces):
-        peak = max([t["peak_live_bytes"]] + [r["peak_reserved_bytes"] for r in t["policies"].values()])
+        peak = max(
+            [t["peak_live_bytes"]] + [r["peak_reserved_bytes"] for r in t["policies"].values()]
+        )
         scale, unit = (_GIB, "GiB") if peak >= _GIB else (_MIB, "MiB")
         live_drawn = False
         for policy, r in t["policies"].items():
@@ -51,14 +53,28 @@ def plot_replay(doc: dict[str, Any], out: str | Path, columns: int = 2) -> Path:
             if not tl or not tl["event"]:
                 continue
             x = tl["event"]
-            ax.plot(x, [v / scale for v in tl["reserved_bytes"]], color=POLICY_COLORS.get(policy),
-                    lw=1.4, label=f"{policy} ({r['fragmentation']:.3f}x)")
+            ax.plot(
+                x,
+                [v / scale for v in tl["reserved_bytes"]],
+                color=POLICY_COLORS.get(policy),
+                lw=1.4,
+                label=f"{policy} ({r['fragmentation']:.3f}x)",
+            )
             if not live_drawn:
-                ax.plot(x, [v / scale for v in tl["live_bytes"]], color="black", lw=0.9, ls="--",
-                        label="live (limit)")
+                ax.plot(
+                    x,
+                    [v / scale for v in tl["live_bytes"]],
+                    color="black",
+                    lw=0.9,
+                    ls="--",
+                    label="live (limit)",
+                )
                 live_drawn = True
-        ax.set_title(f"{t['name']}: {t['events']:,} events, peak live "
-                     f"{t['peak_live_bytes'] / scale:.2f} {unit}", fontsize=10)
+        ax.set_title(
+            f"{t['name']}: {t['events']:,} events, peak live "
+            f"{t['peak_live_bytes'] / scale:.2f} {unit}",
+            fontsize=10,
+        )
         ax.set_xlabel("event index (allocations and frees)")
         ax.set_ylabel(f"reserved ({unit})")
         ax.set_ylim(bottom=0)

@@ -223,10 +223,17 @@ def _print_table(doc: dict[str, Any]) -> None:
 
     table = Table(title="timeshare replay (fragmentation = peak reserved / peak live)")
     for col, justify in (
-        ("trace", "left"), ("peak live", "right"), ("policy", "left"),
-        ("peak reserved", "right"), ("frag", "right"),
-        ("reserve calls", "right"), ("ns/event", "right"), ("Mevents/s", "right"),
-        ("within 2x", "right"), ("warm", "right"), ("log2 MAE", "right"),
+        ("trace", "left"),
+        ("peak live", "right"),
+        ("policy", "left"),
+        ("peak reserved", "right"),
+        ("frag", "right"),
+        ("reserve calls", "right"),
+        ("ns/event", "right"),
+        ("Mevents/s", "right"),
+        ("within 2x", "right"),
+        ("warm", "right"),
+        ("log2 MAE", "right"),
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for t in doc["traces"]:
@@ -235,9 +242,15 @@ def _print_table(doc: dict[str, Any]) -> None:
             pred = [f"{r[k]:.3f}" if k in r else "-" for k in _PREDICTION_KEYS]
             name, live = (t["name"], format_bytes(t["peak_live_bytes"])) if first else ("", "")
             table.add_row(
-                name, live, policy, format_bytes(r["peak_reserved_bytes"]), f"{r['fragmentation']:.3f}",
-                str(r["device_reserve_calls"]), f"{r['ns_per_event']:.0f}",
-                f"{r['mevents_per_second']:.2f}", *pred,
+                name,
+                live,
+                policy,
+                format_bytes(r["peak_reserved_bytes"]),
+                f"{r['fragmentation']:.3f}",
+                str(r["device_reserve_calls"]),
+                f"{r['ns_per_event']:.0f}",
+                f"{r['mevents_per_second']:.2f}",
+                *pred,
                 end_section=policy == list(t["policies"])[-1],
             )
             first = False
@@ -250,18 +263,37 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=_PROG, description="Replay memory snapshots through allocation policies side by side."
     )
-    p.add_argument("paths", nargs="*", metavar="PATH",
-                   help="snapshot files or directories (default: the shipped traces)")
-    p.add_argument("--policy", default=",".join(DEFAULT_POLICIES),
-                   help="comma-separated policies (default: %(default)s)")
-    p.add_argument("--ablation", action="store_true",
-                   help=f"also replay the ablations ({', '.join(ABLATION_POLICIES)})")
+    p.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="snapshot files or directories (default: the shipped traces)",
+    )
+    p.add_argument(
+        "--policy",
+        default=",".join(DEFAULT_POLICIES),
+        help="comma-separated policies (default: %(default)s)",
+    )
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help=f"also replay the ablations ({', '.join(ABLATION_POLICIES)})",
+    )
     p.add_argument("--json", metavar="OUT.json", help="write every figure as JSON")
     p.add_argument("--plot", metavar="OUT.png", help="plot reserved bytes over events per trace")
-    p.add_argument("--timeline-points", type=int, default=1500,
-                   help="points per timeline (default: %(default)s)")
-    p.add_argument("--capacity", type=int, default=None, metavar="BYTES",
-                   help="simulated device memory in bytes (default: 1 TiB, no OOM)")
+    p.add_argument(
+        "--timeline-points",
+        type=int,
+        default=1500,
+        help="points per timeline (default: %(default)s)",
+    )
+    p.add_argument(
+        "--capacity",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="simulated device memory in bytes (default: 1 TiB, no OOM)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     return p
 
