@@ -1,0 +1,184 @@
+"""Tests of ``python -m timeshare replay``: figures on hand-made traces, JSON shape, CLI errors."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pickle
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+_C = pytest.importorskip("timeshare._C")
+if not hasattr(_C, "replay"):  # pragma: no cover
+    pytest.skip("timeshare._C was built without the trace bindings", allow_module_level=True)
+
+from timeshare import replay  # noqa: E402
+from timeshare.snapshot import EVENT_DTYPE, OP_ALLOC, OP_FREE  # noqa: E402
+
+SHARED_TOOLS = Path("/work/shared/tools")
+KIB = 1 << 10
+MIB = 1 << 20
+
+
+def _problems(doc: dict[str, Any], paths: list[str]) -> list[str]:
+    """The shared checker's verdict on a replay JSON document."""
+    if not (SHARED_TOOLS / "check_replay_json.py").exists():
+        pytest.skip("shared JSON checker not available")
+    sys.path.insert(0, str(SHARED_TOOLS))
+    try:
+        from check_replay_json import problems
+    finally:
+        sys.path.remove(str(SHARED_TOOLS))
+    return problems(doc, paths)
+
+
+def _events(ops: list[tuple[str, int]]) -> np.ndarray:
+    """Compact events from ("a", bytes) allocations and ("f", alloc_id) frees."""
+    sizes: list[int] = []
+    rows = np.zeros(len(ops), EVENT_DTYPE)
+    for i, (op, value) in enumerate(ops):
+        if op == "a":
+            rows[i] = (OP_ALLOC, 0, len(sizes), value, i)
+            sizes.append(value)
+        else:
+            rows[i] = (OP_FREE, 0, value, sizes[value], i)
+    return rows
+
+
+def _write_snapshot(path: Path, iterations: int = 3) -> Path:
+    """A tiny PyTorch-style memory snapshot: per iteration, a stack of activations."""
+    events: list[dict[str, Any]] = []
+    t = 1000
+
+    def ev(action: str, addr: int, size: int) -> None:
+        nonlocal t
+        t += 10
+        events.append(
+            {"action": action, "addr": addr, "size": size, "stream": 0, "time_us": t, "frames": []}
+        )
+
+    ev("alloc", 0x10000000, 4 * MIB)  # a parameter, never freed
+    for _ in range(iterations):
+        acts = [(0x20000000 + k * 0x1000000, (k + 1) * 300 * KIB) for k in range(6)]
+        for addr, size in acts:
+            ev("alloc", addr, size)
+        for addr, size in reversed(acts):
+            ev("free_requested", addr, size)
+            ev("free_completed", addr, size)
+    snap = {"segments": [], "device_traces": [events]}
+    with gzip.open(path, "wb") as f:
+        pickle.dump(snap, f)
+    return path
+
+
+def test_torch_policy_hand_computed() -> None:
+    # 3 x 300 KiB: small requests share one 2 MiB segment.
+    r = replay.replay_events(_events([("a", 300 * KIB)] * 3), "torch")
+    assert r["peak_reserved_bytes"] == 2 * MIB
+    assert r["device_reserve_calls"] == 1
+    assert r["peak_live_bytes"] == 900 * KIB
+    assert r["fragmentation"] == pytest.approx(2 * MIB / (900 * KIB))
+    # 5 MiB takes a 20 MiB segment; freed then asked again, the block is reused.
+    r = replay.replay_events(_events([("a", 5 * MIB), ("f", 0), ("a", 5 * MIB)]), "torch")
+    assert (r["peak_reserved_bytes"], r["device_reserve_calls"]) == (20 * MIB, 1)
+    # 12 MiB + 1 rounds to 512 B; its segment rounds to 2 MiB: 14 MiB.
+    r = replay.replay_events(_events([("a", 12 * MIB + 1)]), "torch")
+    assert r["peak_reserved_bytes"] == 14 * MIB
+
+
+def test_oracle_and_timeline() -> None:
+    overlapping = _events([("a", MIB), ("a", 2 * MIB), ("f", 0), ("f", 1)])
+    disjoint = _events([("a", MIB), ("f", 0), ("a", 2 * MIB), ("f", 1)])
+    assert replay.replay_events(overlapping, "oracle")["peak_reserved_bytes"] == 3 * MIB
+    assert replay.replay_events(disjoint, "oracle")["peak_reserved_bytes"] == 2 * MIB
+    arena, offsets = _C.oracle_offsets(disjoint)
+    assert arena == 2 * MIB and list(offsets) == [0, 0]
+    r = replay.replay_events(overlapping, "torch", options={"timeline_points": 2})
+    assert len(r["timeline"]["event"]) == 2
+    assert int(r["timeline"]["live_bytes"].max()) == 3 * MIB
+
+
+def test_replay_is_deterministic(tmp_path: Path) -> None:
+    from timeshare.snapshot import load_trace
+
+    trace = load_trace(_write_snapshot(tmp_path / "tiny.pkl.gz", iterations=8))
+    for policy in (*replay.DEFAULT_POLICIES, *replay.ABLATION_POLICIES):
+        a = replay.replay_events(trace.events, policy, trace.iteration_starts)
+        b = replay.replay_events(trace.events, policy, trace.iteration_starts)
+        assert a["peak_reserved_bytes"] == b["peak_reserved_bytes"], policy
+        assert a.get("lifespan_within_2x") == b.get("lifespan_within_2x"), policy
+        assert np.array_equal(a["timeline"]["reserved_bytes"], b["timeline"]["reserved_bytes"])
+        assert a["peak_reserved_bytes"] >= a["peak_live_bytes"] == trace.peak_live_bytes
+
+
+def test_bad_input_raises_one_line() -> None:
+    with pytest.raises(TypeError, match="expected EVENT_DTYPE"):
+        _C.replay(np.zeros(4), "torch")
+    with pytest.raises(ValueError, match="unknown policy 'tourch'"):
+        _C.replay(_events([("a", 512)]), "tourch")
+    bad = _events([("a", 512), ("f", 0), ("f", 0)])
+    with pytest.raises(ValueError, match="invalid trace: event 2"):
+        _C.replay(bad, "torch")
+    with pytest.raises(ValueError, match="unknown replay option"):
+        _C.replay(_events([("a", 512)]), "torch", None, {"colour": 1})
+    assert _C.validate_events(bad).startswith("event 2")
+
+
+def test_cli_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    snap = _write_snapshot(tmp_path / "tiny.pkl.gz")
+    out, png = tmp_path / "out.json", tmp_path / "out.png"
+    code = replay.main([str(snap), "--ablation", "--json", str(out), "--plot", str(png)])
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert _problems(doc, [str(snap)]) == []
+    t = doc["traces"][0]
+    assert t["name"] == "tiny" and t["allocs"] == 1 + 3 * 6
+    assert set(t["policies"]) == {*replay.DEFAULT_POLICIES, *replay.ABLATION_POLICIES}
+    assert t["policies"]["timeshare-true"]["lifespan_within_2x"] == pytest.approx(1.0)
+    assert png.stat().st_size > 0
+    table = capsys.readouterr().out
+    assert "tiny" in table and "oracle" in table
+
+
+def test_checker_catches_a_broken_document() -> None:
+    doc = {
+        "traces": [
+            {
+                "name": "x",
+                "events": 1,
+                "allocs": 1,
+                "peak_live_bytes": 10,
+                "policies": {
+                    "torch": {"peak_reserved_bytes": 20, "fragmentation": 3.0, "ns_per_event": 1.0}
+                },
+            }
+        ]
+    }
+    found = _problems(doc, [])
+    assert any("fragmentation" in p for p in found)
+    assert any("lacks 'oracle'" in p for p in found)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["/nonexistent/trace.pkl.gz"], "no such trace file or directory"),
+        (["--policy", "torch,tourch", "."], "unknown policy 'tourch'"),
+    ],
+)
+def test_cli_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert replay.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_cli_unreadable_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "broken.pkl"
+    bad.write_bytes(b"not a pickle")
+    assert replay.main([str(bad)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot read trace" in err[0]
