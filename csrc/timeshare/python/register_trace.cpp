@@ -134,6 +134,7 @@ py::dict to_dict(const trace::ReplayResult& r, bool predicts) {
   d["alloc_retries"] = r.alloc_retries;
   d["loop_ns"] = r.loop_ns;
   d["ns_per_event"] = r.ns_per_event;
+  if (r.ns_per_event_deterministic > 0) d["ns_per_event_deterministic"] = r.ns_per_event_deterministic;
   d["events_per_second"] = r.events_per_second;
   py::dict timeline;
   timeline["event"] = column(r.timeline, &trace::TimelinePoint::event);

@@ -95,6 +95,10 @@ struct ReplayResult {
   double loop_ns = 0.0;                           // event loop only
   double ns_per_event = 0.0;
   double events_per_second = 0.0;
+  // For learning predictors: the event-loop cost of the deterministic pass (figures), which
+  // includes training run synchronously; ns_per_event then comes from a second, timing pass with
+  // the trainer on its background thread, as in real use. 0 when there was no second pass.
+  double ns_per_event_deterministic = 0.0;
   std::vector<TimelinePoint> timeline;
   PredictionFigures prediction;
 };
