@@ -215,6 +215,12 @@ def convert_events(
         except (KeyError, TypeError, IndexError):
             counts["missing_field"] = counts.get("missing_field", 0) + 1
             continue
+        if addr.__class__ is not int:
+            try:
+                hash(addr)
+            except TypeError:  # unhashable address: cannot be matched
+                counts["bad_addr"] = counts.get("bad_addr", 0) + 1
+                continue
         tu = ev.get("time_us", t)
         if tu.__class__ is int:
             if tu > t:
@@ -238,11 +244,7 @@ def convert_events(
                 s = streams.get(stream)
             if s is None:
                 s = streams[stream] = len(streams)
-            try:
-                old = live.pop(addr, None)
-            except TypeError:  # unhashable address
-                counts["bad_addr"] = counts.get("bad_addr", 0) + 1
-                continue
+            old = live.pop(addr, None)
             if old is not None:
                 append((OP_FREE, old[2], old[0], old[1], t))
                 counts["implicit_free"] = counts.get("implicit_free", 0) + 1
@@ -252,10 +254,7 @@ def convert_events(
             append((OP_ALLOC, s, next_id, size, t))
             next_id += 1
         elif action == "free_requested" or action == "free":
-            try:
-                blk = live.pop(addr, None)
-            except TypeError:
-                blk = None
+            blk = live.pop(addr, None)
             if blk is None:
                 counts["free_of_unknown_addr"] = counts.get("free_of_unknown_addr", 0) + 1
                 continue
@@ -263,10 +262,7 @@ def convert_events(
                 pending[addr] = len(out)
             append((OP_FREE, blk[2], blk[0], blk[1], t))
         elif action == "free_completed":
-            try:
-                idx = pending.pop(addr, None)
-            except TypeError:
-                idx = None
+            idx = pending.pop(addr, None)
             if idx is not None:
                 if idx != len(out) - 1:
                     prev = out[idx]
@@ -274,10 +270,7 @@ def convert_events(
                     moved += 1
                     append((OP_FREE, prev[1], prev[2], prev[3], t))
                 continue
-            try:
-                blk = live.pop(addr, None)
-            except TypeError:
-                blk = None
+            blk = live.pop(addr, None)
             if blk is not None:  # completion without a recorded request: still a free
                 append((OP_FREE, blk[2], blk[0], blk[1], t))
             else:
