@@ -27,7 +27,7 @@ def random_targets(n: int, size: int, gen: torch.Generator) -> list[dict[str, to
 def main() -> None:
     """Parse options and train."""
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--steps", type=int, default=12)
     p.add_argument("--batch", type=int, default=2)
     a = p.parse_args()
     torch.manual_seed(0)

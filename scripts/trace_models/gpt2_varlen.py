@@ -15,7 +15,7 @@ SEQ_LENGTHS = [96, 160, 64, 128, 192, 80, 144, 112]
 def main() -> None:
     """Parse options and train."""
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--steps", type=int, default=12)
     p.add_argument("--batch", type=int, default=2)
     a = p.parse_args()
     torch.manual_seed(0)

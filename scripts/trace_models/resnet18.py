@@ -13,7 +13,7 @@ import torchvision
 def main() -> None:
     """Parse options and train."""
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--steps", type=int, default=12)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--image", type=int, default=128)
     a = p.parse_args()

@@ -12,7 +12,7 @@ import torch
 def main() -> None:
     """Parse options and train."""
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--steps", type=int, default=12)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--image", type=int, default=224)
     a = p.parse_args()
