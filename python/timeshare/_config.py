@@ -42,4 +42,9 @@ def build_conf(conf: str | None = None, **options: Any) -> str:
     parts = [os.environ.get(ENV_CONF, ""), conf or ""]
     parts += [f"{key}:{_value_text(key, v)}" for key, v in options.items() if v is not None]
     merged = ",".join(p for p in parts if p.strip())
+    # A budget alone means "keep under it by spilling to host memory" (the documented default);
+    # budget with spill:none stays a hard cap.
+    keys = {item.split(":", 1)[0].strip().lower() for item in merged.split(",") if ":" in item}
+    if "budget" in keys and "spill" not in keys and _C.parse_conf(merged)["budget"] > 0:
+        merged += ",spill:host"
     return _C.normalize_conf(merged)

@@ -55,6 +55,9 @@ def memory_stats(device: Device = None) -> OrderedDict[str, Any]:
     spill engine. Empty before the device's first allocation, as torch's is.
     """
     stats = _C.device_stats(_device_index(device))
+    offload = sys.modules.get("timeshare.offload")
+    if stats and offload is not None:
+        stats.update(offload.spill_stats())
     return OrderedDict(sorted(stats.items()))
 
 

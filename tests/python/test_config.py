@@ -81,3 +81,10 @@ def test_usage_doc_options_table_is_in_sync() -> None:
     r = subprocess.run([sys.executable, str(root / "scripts" / "gen_usage.py"), "--check"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
+
+
+def test_budget_alone_implies_host_spill() -> None:
+    assert timeshare.parse_conf(build_conf(budget="2GiB"))["spill"] == "host"
+    assert timeshare.parse_conf(build_conf(budget="2GiB", spill="none"))["spill"] == "none"
+    assert timeshare.parse_conf(build_conf(budget="2GiB", spill="host+ssd"))["spill"] == "host+ssd"
+    assert timeshare.parse_conf(build_conf())["spill"] == "none"
