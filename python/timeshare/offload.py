@@ -1,0 +1,524 @@
+"""Activation offload under a memory budget: asynchronous, selective, prefetching.
+
+``with timeshare.offload(budget="20GiB"):`` installs ``torch.autograd.graph.saved_tensors_hooks``
+that decide, at every pack, whether a saved activation stays on the device or is spilled to
+pinned host memory (and on to SSD with ``spill="host+ssd"``) by timeshare's spill engine, and
+restore it at unpack, ahead of need where the previous iterations predict the order.
+
+The decision at pack uses two things learned per pack position (the n-th saved tensor of an
+iteration) from the previous iteration: the time from pack to unpack, and the bytes that will
+be packed next. With that history the hooks replay a furthest-need-first plan: the positions
+that the previous iteration would have had to evict to stay under the budget are spilled at
+their pack, the earliest possible moment, so the copies overlap compute. Without history (the
+first iteration, or when the sequence changed) they act reactively: when the projected device
+memory (live bytes plus this tensor) would pass the budget, the resident packed tensors needed
+furthest in the future are spilled first. Never spilled: parameters (``nn.Parameter``, or leaves
+that require grad), views of them, tensors smaller than ``min_spill``, and layouts the engine
+cannot copy as one byte range (sparse, quantized, non-dense strides).
+
+Data moves only through pack and unpack: the hooks own the saved tensor between the two, so
+nothing else can read it while it moves. A spilled tensor's device memory is released only
+once the engine's copy has completed (its event), and unpack returns a tensor with the same
+dtype, shape, strides and device, bit for bit. When the engine cannot take a tensor (pinned
+arena full, SSD error, copy failure), the tensor simply stays where it is.
+
+On CPU tensors (no GPU here) the engine runs on its sim backend, whose copies move real bytes
+in modelled time; on CUDA tensors it uses the CUDA backend with torch's current streams.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from timeshare import _C
+
+__all__ = ["OffloadError", "install_global", "offload", "spill_stats", "uninstall_global"]
+
+_TIERS = {"host": False, "host+ssd": True}
+_CUMULATIVE_SKIP = ("current_bytes", "entries", "pinned_capacity")
+
+
+class OffloadError(ValueError):
+    """A bad argument to offload(); the message says which and what was expected."""
+
+
+def _bytes(name: str, value: int | str | None, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise OffloadError(f"timeshare.offload: {name} must be >= 0, got {value}")
+        return value
+    if isinstance(value, str):
+        try:
+            return int(_C.parse_conf(f"pinned:{value}")["pinned"])
+        except ValueError:
+            pass
+    raise OffloadError(f"timeshare.offload: {name}={value!r} is not a size (e.g. 512MiB, 20GiB)")
+
+
+class _Packed:
+    """What autograd holds for one saved tensor between pack and unpack."""
+
+    __slots__ = ("tensor", "handle", "pos", "nbytes", "shape", "stride", "dtype", "device",
+                 "restored", "prefetch_dst", "owner", "spilling", "__weakref__")
+
+    def __init__(self, tensor: Any, pos: int, owner: offload) -> None:
+        self.tensor = tensor
+        self.handle = 0
+        self.pos = pos
+        self.nbytes = tensor.numel() * tensor.element_size()
+        self.shape = tuple(tensor.shape)
+        self.stride = tuple(tensor.stride())
+        self.dtype = tensor.dtype
+        self.device = tensor.device
+        self.restored: Any = None
+        self.prefetch_dst: Any = None
+        self.owner = owner
+        self.spilling = False
+
+    def __del__(self) -> None:
+        if self.handle and self.owner is not None:
+            engine = self.owner._engine
+            if engine is not None:
+                engine.release(self.handle)
+            self.handle = 0
+
+
+class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
+    """Context manager: spill saved activations to keep device memory under ``budget``.
+
+    Args:
+        budget: device bytes (int or "20GiB") above which activations spill. On CUDA tensors
+            the device memory is ``memory_fn()`` (default ``torch.cuda.memory_allocated``); on
+            CPU tensors it is the bytes of saved activations held by these hooks.
+        spill: "host" (pinned host memory) or "host+ssd" (pinned, then files in spill_dir).
+        spill_dir: directory of the SSD tier (default: a temporary directory).
+        pinned: size of the pinned host arena, allocated once (default 2GiB).
+        prefetch: look-ahead in bytes of restores started before they are needed.
+        min_spill: tensors smaller than this stay on the device (default 1MiB).
+        memory_fn: a callable returning the current device bytes (overrides the default).
+    """
+
+    def __init__(self, budget: int | str, spill: str = "host", spill_dir: str | None = None,
+                 pinned: int | str | None = None, prefetch: int | str | None = None,
+                 min_spill: int | str | None = None,
+                 memory_fn: Callable[[], int] | None = None) -> None:
+        if spill not in _TIERS:
+            raise OffloadError(
+                f"timeshare.offload: spill must be 'host' or 'host+ssd', not {spill!r}")
+        self.budget = _bytes("budget", budget, 0)
+        if self.budget <= 0:
+            raise OffloadError("timeshare.offload: budget must be a positive size (e.g. '20GiB')")
+        defaults = _C.parse_conf("")
+        self.ssd = _TIERS[spill]
+        self.spill_dir = spill_dir or ""
+        self.pinned = _bytes("pinned", pinned, int(defaults["pinned"]))
+        self.prefetch = _bytes("prefetch", prefetch, int(defaults["prefetch"]))
+        self.min_spill = _bytes("min_spill", min_spill, int(defaults["min_spill"]))
+        self.memory_fn = memory_fn
+        self._engine: Any = None
+        self._engine_device: Any = None
+        self._lock = threading.Lock()
+        self._hooks: Any = None
+        self._make_room_token = 0
+        self._counters: Counter[str] = Counter()
+        self._faults: list[tuple[str, int]] = []
+        self._resident: weakref.WeakValueDictionary[int, _Packed] = weakref.WeakValueDictionary()
+        self._pending: weakref.WeakValueDictionary[int, _Packed] = weakref.WeakValueDictionary()
+        self._by_handle: weakref.WeakValueDictionary[int, _Packed] = weakref.WeakValueDictionary()
+        self._next_id = 0
+        self._resident_bytes = 0
+        self._peak_resident = 0
+        self._pending_bytes = 0
+        # per-iteration history: position -> [bytes, pack_ns, unpack_ns]
+        self._pos = 0
+        self._unpacked_any = False
+        self._t0 = time.perf_counter_ns()
+        self._cur: dict[int, list[int]] = {}
+        self._prev: dict[int, list[int]] = {}
+        self._plan: set[int] = set()
+        self.iterations = 0
+
+    # ---- context manager --------------------------------------------------------------------
+    def __enter__(self) -> offload:
+        import torch
+
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._hooks.__enter__()
+        self._make_room_token = _C.register_make_room(self._make_room)
+        _LIVE.add(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._make_room_token:
+            _C.unregister_make_room(self._make_room_token)
+            self._make_room_token = 0
+        if self._hooks is not None:
+            self._hooks.__exit__(*exc)
+            self._hooks = None
+
+    def close(self) -> None:
+        """Retire the engine once nothing it holds is needed (tests, end of training)."""
+        _LIVE.discard(self)
+        stats = self.stats()
+        for k, v in stats.items():
+            if not any(s in k for s in _CUMULATIVE_SKIP):
+                _RETIRED[k] += v
+
+    # ---- fault injection (tests) -------------------------------------------------------------
+    def inject_fault(self, kind: str, nth: int = 1) -> None:
+        """Arm a fault in the engine: 'copy', 'pinned' (the arena allocation) or 'ssd_write'."""
+        if kind not in ("copy", "pinned", "ssd_write"):
+            raise OffloadError(
+                f"timeshare.offload: unknown fault {kind!r} (expected copy, pinned or ssd_write)")
+        if self._engine is None:
+            self._faults.append((kind, nth))
+        else:
+            self._arm(kind, nth)
+
+    def _arm(self, kind: str, nth: int) -> None:
+        {"copy": self._engine.fail_copy_at, "pinned": self._engine.fail_pinned_at,
+         "ssd_write": self._engine.fail_ssd_write_at}[kind](nth)
+
+    # ---- engine --------------------------------------------------------------------------
+    def _engine_for(self, device: Any) -> Any:
+        if self._engine is not None:
+            return self._engine if device == self._engine_device else None
+        cuda = device.type == "cuda"
+        self._engine = _C.SpillEngine(
+            pinned=self.pinned, ssd=self.ssd, spill_dir=self.spill_dir, prefetch=self.prefetch,
+            backend="cuda" if cuda else "sim", device=(device.index or 0) if cuda else 0)
+        self._engine_device = device
+        late = [f for f in self._faults if f[0] == "ssd_write"]
+        for kind, nth in self._faults:
+            if kind != "ssd_write":
+                self._arm(kind, nth)
+        self._engine.init()
+        for kind, nth in late:
+            if self.ssd:
+                self._arm(kind, nth)
+        return self._engine
+
+    @staticmethod
+    def _stream(device: Any) -> int:
+        if device.type != "cuda":
+            return 0
+        import torch
+
+        return int(torch.cuda.current_stream(device).cuda_stream)
+
+    def _device_bytes(self, device: Any) -> int:
+        """Device bytes that count against the budget, minus spills about to release theirs."""
+        if self.memory_fn is not None:
+            return int(self.memory_fn()) - self._pending_bytes
+        if device.type == "cuda":
+            import torch
+
+            return int(torch.cuda.memory_allocated(device)) - self._pending_bytes
+        return self._resident_bytes
+
+    # ---- policy ------------------------------------------------------------------------------
+    def _eligible(self, t: Any) -> bool:
+        import torch
+
+        if t.layout != torch.strided or t.is_quantized or t.is_conj() or t.is_neg():
+            self._counters["ineligible"] += 1
+            return False
+        if isinstance(t, torch.nn.Parameter) or (t.is_leaf and t.requires_grad):
+            self._counters["parameters"] += 1
+            return False
+        base = t._base
+        if base is not None and (isinstance(base, torch.nn.Parameter) or
+                                 (base.is_leaf and base.requires_grad)):
+            self._counters["parameters"] += 1
+            return False
+        if t.numel() * t.element_size() < max(self.min_spill, 1):
+            self._counters["small"] += 1
+            return False
+        if not (t.is_contiguous() or (t.dim() == 4 and
+                                      t.is_contiguous(memory_format=torch.channels_last))):
+            self._counters["ineligible"] += 1
+            return False
+        return True
+
+    def _need_ns(self, rec: _Packed) -> int:
+        """Predicted time of unpack, relative to the iteration (larger = needed later)."""
+        hist = self._prev.get(rec.pos)
+        if hist is not None and hist[0] == rec.nbytes and hist[2] >= 0:
+            return hist[2]
+        return -rec.pos  # backward is last-in-first-out: earlier packs are needed later
+
+    def _build_plan(self) -> None:
+        """Positions the previous iteration had to evict, furthest need first, to stay under
+        the budget; they are spilled at their pack next time."""
+        events: list[tuple[int, int, int]] = []  # (time, kind: 0 unpack 1 pack, pos)
+        for pos, (_nbytes, t_pack, t_unpack, _other, _eligible) in self._prev.items():
+            events.append((t_pack, 1, pos))
+            if t_unpack >= 0:
+                events.append((t_unpack, 0, pos))
+        events.sort()
+        resident: dict[int, int] = {}
+        used = 0
+        other = 0
+        plan: set[int] = set()
+        for _t, kind, pos in events:
+            nbytes, _tp, _tu, other_at_pack, eligible = self._prev[pos]
+            if kind == 0:
+                used -= resident.pop(pos, 0)
+                continue
+            if not eligible:
+                continue
+            other = other_at_pack
+            resident[pos] = nbytes
+            used += nbytes
+            while other + used > self.budget and resident:
+                far = max(resident, key=lambda p: self._prev[p][2] if self._prev[p][2] >= 0
+                          else 1 << 62)
+                used -= resident.pop(far)
+                plan.add(far)
+        self._plan = plan
+
+    def _new_iteration(self) -> None:
+        self._prev = self._cur
+        self._cur = {}
+        self._pos = 0
+        self._unpacked_any = False
+        self._t0 = time.perf_counter_ns()
+        self.iterations += 1
+        if self._engine is not None:
+            self._engine.end_iteration()
+        self._build_plan()
+
+    def _reap(self) -> None:
+        """Drop the device copy of every spill whose copy has completed."""
+        for key, rec in list(self._pending.items()):
+            if rec.handle and rec.tensor is not None and self._engine.spill_complete(rec.handle):
+                rec.tensor = None
+                self._pending_bytes -= rec.nbytes
+                self._pending.pop(key, None)
+
+    def _spill_rec(self, rec: _Packed, device: Any, why: str) -> bool:
+        engine = self._engine_for(device)
+        if engine is None:
+            return False
+        h = engine.spill(rec.tensor.data_ptr(), rec.nbytes, self._stream(device), rec.pos)
+        if not h:
+            self._counters["kept_resident"] += 1
+            return False
+        rec.handle = h
+        rec.spilling = True
+        self._counters[why] += 1
+        self._resident.pop(id(rec), None)
+        self._resident_bytes -= rec.nbytes
+        self._pending[id(rec)] = rec
+        self._pending_bytes += rec.nbytes
+        self._by_handle[h] = rec
+        return True
+
+    # ---- hooks ---------------------------------------------------------------------------------
+    def _pack(self, t: Any) -> Any:
+        with self._lock:
+            if self._unpacked_any:
+                self._new_iteration()
+            pos = self._pos
+            self._pos += 1
+            nbytes = t.numel() * t.element_size()
+            now = time.perf_counter_ns() - self._t0
+            self._counters["packed"] += 1
+            if not self._eligible(t):
+                self._cur[pos] = [nbytes, now, -1, 0, 0]
+                return t
+            rec = _Packed(t, pos, self)
+            self._cur[pos] = [nbytes, now, -1, 0, 1]
+            if self._engine is not None:
+                self._reap()
+            device = t.device
+            live = self._device_bytes(device)
+            self._cur[pos][3] = max(live - self._resident_bytes, 0)
+            self._resident[id(rec)] = rec
+            self._resident_bytes += nbytes
+            hist = self._prev.get(pos)
+            planned = hist is not None and hist[0] == nbytes and pos in self._plan
+            if planned:
+                self._spill_rec(rec, device, "spilled_planned")
+            projected = self._device_bytes(device)
+            if projected > self.budget:
+                self._make_room_locked(projected - self.budget, device, "spilled_reactive")
+            self._peak_resident = max(self._peak_resident, self._resident_bytes)
+            return rec
+
+    def _make_room_locked(self, need: int, device: Any, why: str) -> int:
+        freed = 0
+        for rec in sorted(self._resident.values(), key=self._need_ns, reverse=True):
+            if freed >= need:
+                break
+            if rec.device == device and rec.tensor is not None and not rec.spilling:
+                if self._spill_rec(rec, device, why):
+                    freed += rec.nbytes
+        return freed
+
+    def _make_room(self, device_index: int, nbytes: int) -> int:
+        """The allocator's conflict callback: spill resident packed activations, wait for their
+        copies, drop the device copies. Never blocks on the hooks' lock (returns 0 instead)."""
+        if not self._lock.acquire(blocking=False):
+            return 0
+        try:
+            dev = self._engine_device or next((r.device for r in self._resident.values()), None)
+            if dev is None or (dev.type == "cuda" and (dev.index or 0) != device_index):
+                return 0
+            self._make_room_locked(nbytes, dev, "spilled_conflict")
+            freed = 0
+            for key, rec in list(self._pending.items()):
+                if rec.handle and rec.tensor is not None:
+                    self._engine.wait_spill(rec.handle)
+                    rec.tensor = None
+                    self._pending_bytes -= rec.nbytes
+                    self._pending.pop(key, None)
+                    freed += rec.nbytes
+            return freed
+        finally:
+            self._lock.release()
+
+    def _unpack(self, rec: Any) -> Any:
+        if not isinstance(rec, _Packed):
+            return rec
+        import torch
+
+        with self._lock:
+            self._unpacked_any = True
+            hist = self._cur.get(rec.pos)
+            if hist is not None and hist[2] < 0:
+                hist[2] = time.perf_counter_ns() - self._t0
+            if rec.restored is not None:
+                return rec.restored
+            if rec.tensor is not None:  # resident, or its spill copy has not completed yet
+                t = rec.tensor
+                if rec.handle:
+                    self._pending.pop(id(rec), None)
+                    self._pending_bytes -= rec.nbytes
+                    self._by_handle.pop(rec.handle, None)
+                    self._engine.release(rec.handle)
+                    rec.handle = 0
+                else:
+                    self._resident.pop(id(rec), None)
+                    self._resident_bytes -= rec.nbytes
+                rec.restored = t
+                rec.tensor = None
+                self._counters["unpacked_resident"] += 1
+                return t
+            engine = self._engine
+            dst = rec.prefetch_dst
+        if dst is None:
+            dst = torch.empty_strided(rec.shape, rec.stride, dtype=rec.dtype, device=rec.device)
+            if not engine.start_restore(rec.handle, dst.data_ptr(), self._stream(rec.device)):
+                dst = self._fallback_restore(rec, dst)
+                return self._finish(rec, dst, engine)
+        ok = engine.finish_restore(rec.handle, self._stream(rec.device),
+                                   host_wait=rec.device.type != "cuda")
+        if not ok:
+            dst = self._fallback_restore(rec, dst)
+        return self._finish(rec, dst, engine)
+
+    def _fallback_restore(self, rec: _Packed, dst: Any) -> Any:
+        """The engine could not copy: read the bytes synchronously and copy them with torch."""
+        import torch
+
+        host = torch.empty(rec.nbytes, dtype=torch.uint8)
+        if not self._engine.copy_to_host(rec.handle, host.data_ptr()):
+            raise RuntimeError(
+                f"timeshare.offload: saved tensor {rec.pos} ({rec.nbytes} bytes) could not be "
+                "read back from the spill tiers; see the logged warning")
+        flat = dst.view(torch.uint8) if dst.is_contiguous() else None
+        if flat is not None and flat.numel() == rec.nbytes:
+            flat.reshape(-1).copy_(host.to(rec.device))
+        else:
+            src = host.view(rec.dtype).as_strided(rec.shape, rec.stride)
+            dst.copy_(src)
+        with self._lock:
+            self._counters["fallback_restores"] += 1
+        return dst
+
+    def _finish(self, rec: _Packed, dst: Any, engine: Any) -> Any:
+        with self._lock:
+            engine.release(rec.handle)
+            self._by_handle.pop(rec.handle, None)
+            rec.handle = 0
+            rec.restored = dst
+            rec.prefetch_dst = None
+            self._counters["unpacked_restored"] += 1
+            todo = [self._by_handle.get(h) for h in engine.prefetch_candidates(self.prefetch)]
+        self._start_prefetches(
+            [r for r in todo if r is not None and r.tensor is None and r.restored is None])
+        return dst
+
+    def _start_prefetches(self, recs: list[_Packed]) -> None:
+        import torch
+
+        for rec in recs:
+            if rec.prefetch_dst is not None or not rec.handle:
+                continue
+            dst = torch.empty_strided(rec.shape, rec.stride, dtype=rec.dtype, device=rec.device)
+            with self._lock:
+                if rec.prefetch_dst is not None or not rec.handle:
+                    continue
+                if self._engine.start_restore(rec.handle, dst.data_ptr(), self._stream(rec.device),
+                                              prefetch=True):
+                    rec.prefetch_dst = dst
+                    self._counters["prefetches"] += 1
+
+    # ---- statistics ----------------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """This context's ``timeshare.spill.*`` figures (engine and hooks)."""
+        out: dict[str, int] = dict(self._engine.stats()) if self._engine is not None else {}
+        for k, v in self._counters.items():
+            out[f"timeshare.spill.hooks.{k}"] = v
+        out["timeshare.spill.hooks.iterations"] = self.iterations
+        out["timeshare.spill.hooks.resident_bytes"] = self._resident_bytes
+        out["timeshare.spill.hooks.peak_resident_bytes"] = self._peak_resident
+        return out
+
+
+_LIVE: weakref.WeakSet[offload] = weakref.WeakSet()
+_RETIRED: Counter[str] = Counter()
+_GLOBAL: dict[str, Any] = {"offload": None}
+
+
+def spill_stats() -> dict[str, int]:
+    """``timeshare.spill.*`` figures over every offload context of the process (the lead merges
+    them into ``timeshare.memory_stats()``)."""
+    total: Counter[str] = Counter(_RETIRED)
+    for o in list(_LIVE):
+        total.update(o.stats())
+    return dict(sorted(total.items()))
+
+
+def install_global(conf: str | dict[str, Any]) -> offload | None:
+    """Install offload hooks for the whole process from timeshare options (what
+    ``timeshare.enable(budget=..., spill=...)`` calls). Returns the context, or None when the
+    options ask for no spilling (no budget, or spill:none)."""
+    opts = _C.parse_conf(conf) if isinstance(conf, str) else dict(conf)
+    if int(opts.get("budget", 0)) <= 0 or opts.get("spill", "none") == "none":
+        return None
+    if _GLOBAL["offload"] is not None:
+        return _GLOBAL["offload"]
+    ctx = offload(budget=int(opts["budget"]), spill=str(opts["spill"]),
+                  spill_dir=opts.get("spill_dir") or None, pinned=opts.get("pinned"),
+                  prefetch=opts.get("prefetch"), min_spill=opts.get("min_spill"))
+    ctx.__enter__()
+    _GLOBAL["offload"] = ctx
+    return ctx
+
+
+def uninstall_global() -> None:
+    """Remove the process-wide hooks install_global() put in place."""
+    ctx = _GLOBAL["offload"]
+    if ctx is not None:
+        ctx.__exit__(None, None, None)
+        ctx.close()
+        _GLOBAL["offload"] = None
