@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 torch = pytest.importorskip("torch")
-from timeshare import _C, offload  # noqa: E402
+from timeshare import _C  # noqa: E402
+
+# The module, even once timeshare/__init__.py exports the offload class under the same name.
+offload = importlib.import_module("timeshare.offload")
 
 if not hasattr(_C, "SpillEngine"):
     pytest.skip("this build of timeshare._C has no spill engine", allow_module_level=True)
