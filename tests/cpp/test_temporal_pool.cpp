@@ -386,6 +386,33 @@ TEST_CASE("temporal: long-lived blocks between scratch do not trap the scratch s
   CHECK(temporal <= live_peak + static_cast<std::int64_t>(4 * 2 * kMiB));
 }
 
+TEST_CASE("temporal: by default finite predictions share one region, permanent ones do not",
+          "[temporal]") {
+  // A wrong finite prediction must not move a block away from its neighbours: with the default
+  // options every finite lifespan (1 tick or 10^6) goes to the same best-fit region, so a
+  // block predicted short but really long cannot pin a granule of a separate scratch region.
+  SimBackend sim({.capacity_bytes = kGiB});
+  TemporalPool pool(&sim);
+  const TemporalPoolOptions& o = pool.options();
+  constexpr std::uint64_t kLongEvents = 1'000'000;
+  CHECK(lifespan_region(o, 1) == lifespan_region(o, kLongEvents));
+  CHECK(lifespan_region(o, kPermanentLifespanEvents) != lifespan_region(o, 1));
+  void* shortish = pool.allocate(kMiB, 0, {0, 1, 0});
+  void* longish = pool.allocate(kMiB, 0, {1, kLongEvents, 1});
+  REQUIRE(shortish);
+  REQUIRE(longish);
+  // Both land next to each other in one granule.
+  const auto usage = pool.region_usage();
+  std::size_t regions_used = 0;
+  for (const auto& u : usage) regions_used += u.blocks > 0 ? 1 : 0;
+  CHECK(regions_used == 1);
+  CHECK(pool.mapped_granules() == 1);
+  // An explicit split into lifespan classes still separates them.
+  TemporalPoolOptions split;
+  split.num_timed_classes = 5;
+  CHECK(lifespan_region(split, 1) != lifespan_region(split, kLongEvents));
+}
+
 TEST_CASE("temporal: a block used on another stream is not reused before its work is done",
           "[temporal]") {
   SimBackend sim({.capacity_bytes = kGiB});

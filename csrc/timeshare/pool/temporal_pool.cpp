@@ -127,15 +127,17 @@ bool TemporalPool::place(Arena& arena, std::size_t region, std::size_t bytes,
   }
   // Next-best placement: free space in already-mapped granules of another region, nearest
   // lifespan class first, costs no device call and no new granule. Permanent blocks borrow
-  // only from the neighbouring regions (the longest timed class and the unknown one): in a
-  // scratch region they would pin a granule that is otherwise emptied every cycle.
+  // only from the unknown region: in a timed region they would pin a granule that is
+  // otherwise emptied every cycle.
   const std::size_t permanent = options_.num_timed_classes;
   if (options_.borrow_mapped) {
     const std::size_t n = arena.regions.size();
     const std::size_t up_max =
         region == permanent ? 1 : std::min(n, options_.borrow_max_distance);
+    // Permanent blocks never borrow from a timed region: with one timed class (the default)
+    // that region holds the scratch, whose granules are emptied every cycle.
     const std::size_t down_max =
-        region == permanent ? 1 : std::min(up_max, options_.borrow_down_max_distance);
+        region == permanent ? 0 : std::min(up_max, options_.borrow_down_max_distance);
     // Hosts in visiting order: nearest first, or every longer-lived host before any
     // shorter-lived one (a guest that dies first does not pin its host's space).
     std::size_t hosts[2 * 16];
