@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from timeshare._config import options_table, parse_conf
 from timeshare._enable import TimeshareError, enable, is_enabled, library_path
+from timeshare.offload import offload
 from timeshare.stats import (
     empty_cache,
     max_memory_allocated,
@@ -40,6 +41,7 @@ __all__ = [
     "memory_reserved",
     "memory_stats",
     "memory_summary",
+    "offload",
     "options_table",
     "parse_conf",
     "reset_accumulated_memory_stats",

@@ -4,6 +4,7 @@
 
 #include "timeshare/common/log.h"
 #include "timeshare/common/units.h"
+#include "timeshare/spill/make_room.h"
 
 namespace timeshare {
 
@@ -36,33 +37,50 @@ const char* Allocator::predictor_name() const noexcept {
 }
 
 void* Allocator::malloc(std::size_t bytes, device::Stream stream) {
+  pool::AllocHint hint;
+  {
+    std::lock_guard lock(mu_);
+    if (bytes == 0) {
+      ++counters_.zero_size_mallocs;
+      return nullptr;
+    }
+    hint.now_events = counters_.clock_events++;
+    hint.alloc_id = next_alloc_id_++;
+    if (predictor_) {
+      predict::AllocEvent e;
+      e.alloc_id = hint.alloc_id;
+      e.bytes = bytes;
+      e.stream = stream;
+      e.device = backend_->device_index();
+      e.now_events = hint.now_events;
+      e.now_us = backend_->now_ns() / 1000;
+      hint.predicted_lifespan = predictor_->on_alloc(e);
+    }
+    if (void* p = pool_->allocate(bytes, stream, hint)) {
+      live_.emplace(p, Live{hint.alloc_id, bytes});
+      return p;
+    }
+  }
+  // Conflict spill: under a budget, ask the holders of spillable data (the offload hooks) to
+  // make room. Called with no allocator lock held, because they free through this allocator.
+  if (options_.budget_bytes > 0) {
+    const std::size_t freed = spill::make_room(backend_->device_index(), bytes);
+    std::lock_guard lock(mu_);
+    if (freed > 0) {
+      ++counters_.spill_retries;
+      if (void* p = pool_->allocate(bytes, stream, hint)) {
+        live_.emplace(p, Live{hint.alloc_id, bytes});
+        return p;
+      }
+    }
+  }
   std::lock_guard lock(mu_);
-  if (bytes == 0) {
-    ++counters_.zero_size_mallocs;
-    return nullptr;
-  }
-  const std::uint64_t now = counters_.clock_events++;
-  const std::uint64_t id = next_alloc_id_++;
-  pool::AllocHint hint{now, 0, id};
+  last_oom_ = oom_message(bytes, stream);
+  log().error("{}", last_oom_);
   if (predictor_) {
-    predict::AllocEvent e;
-    e.alloc_id = id;
-    e.bytes = bytes;
-    e.stream = stream;
-    e.device = backend_->device_index();
-    e.now_events = now;
-    e.now_us = backend_->now_ns() / 1000;
-    hint.predicted_lifespan = predictor_->on_alloc(e);
+    predictor_->on_free({hint.alloc_id, hint.now_events, backend_->now_ns() / 1000});
   }
-  void* p = pool_->allocate(bytes, stream, hint);
-  if (!p) {
-    last_oom_ = oom_message(bytes, stream);
-    log().error("{}", last_oom_);
-    if (predictor_) predictor_->on_free({id, now, backend_->now_ns() / 1000});
-    return nullptr;
-  }
-  live_.emplace(p, Live{id, bytes});
-  return p;
+  return nullptr;
 }
 
 bool Allocator::free(void* ptr) {

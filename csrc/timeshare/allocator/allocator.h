@@ -39,6 +39,7 @@ struct AllocatorCounters {
   std::uint64_t zero_size_mallocs = 0;
   std::uint64_t record_streams = 0;
   std::uint64_t empty_cache_calls = 0;
+  std::uint64_t spill_retries = 0;    // allocations retried after the spill engine made room
 };
 
 class Allocator {

@@ -65,6 +65,7 @@ py::dict stats_dict(const Allocator& a) {
   d["timeshare.zero_size_mallocs"] = c.zero_size_mallocs;
   d["timeshare.record_streams"] = c.record_streams;
   d["timeshare.empty_cache_calls"] = c.empty_cache_calls;
+  d["timeshare.spill_retries"] = c.spill_retries;
   const predict::PredictorStats p = a.predictor_stats();
   d["timeshare.predictor.predictions"] = p.predictions;
   d["timeshare.predictor.observed"] = p.observed;
