@@ -8,6 +8,7 @@
 //          (default all)  --seed N
 //          --iterations N (synthetic)  --window-events N  --slack-granules N  --slack-permille N  --trim-oldest  --classes N  --class-base N  --class-ratio N  --no-borrow  --fit-candidates N  --detail  --dump
 //          --borrow-distance N  --borrow-down N  --longer-first  --reassign  --lowest-of K
+//          --fit-max-ratio N (0 = any size)
 //          --repeat N (timing: best of N replays, default 3)
 //
 // Lifespans are computed offline: the number of ticks (allocs + frees) between an allocation
@@ -476,6 +477,7 @@ int main(int argc, char** argv) {
     else if (a == "--lowest-of") o.lowest_of_fits = std::stoull(next());
     else if (a == "--borrow-distance") o.borrow_max_distance = std::stoull(next());
     else if (a == "--fit-candidates") o.mapped_fit_candidates = std::stoull(next());
+    else if (a == "--fit-max-ratio") o.mapped_fit_max_ratio = std::stoull(next());
     else if (a == "--repeat") repeat = std::stoi(next());
     else if (!a.empty() && a[0] == '-') {
       std::fprintf(stderr, "unknown option %s (see the comment at the top of temporal_eval.cpp)\n",

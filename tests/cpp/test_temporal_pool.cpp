@@ -413,6 +413,33 @@ TEST_CASE("temporal: by default finite predictions share one region, permanent o
   CHECK(lifespan_region(split, 1) != lifespan_region(split, kLongEvents));
 }
 
+TEST_CASE("temporal: a far larger mapped range is not split to save a map call", "[temporal]") {
+  // Free: a 2 MiB range whose granule was unmapped (empty_cache) and a 16 MiB range in mapped
+  // granules. A 64 KiB request's best fit is the 2 MiB range, which needs a map; taking the
+  // 16 MiB range instead would leave a hole among live blocks, so with mapped_fit_max_ratio
+  // the pool maps; with 0 (any size) it takes the mapped range.
+  auto run = [](std::size_t ratio) {
+    SimBackend sim({.capacity_bytes = kGiB});
+    TemporalPoolOptions o;
+    o.mapped_fit_max_ratio = ratio;
+    TemporalPool pool(&sim, o);
+    void* a = pool.allocate(2 * kMiB, 0, {0, 1000, 0});
+    void* b = pool.allocate(2 * kMiB, 0, {1, 10, 1});
+    void* e = pool.allocate(2 * kMiB, 0, {2, 1000, 2});  // keeps b's and c's ranges apart
+    void* c = pool.allocate(16 * kMiB, 0, {2, 10, 2});
+    void* d = pool.allocate(2 * kMiB, 0, {3, 1000, 3});
+    REQUIRE((a && b && e && c && d));
+    pool.deallocate(b, 4);
+    pool.empty_cache();  // b's granule is unmapped
+    pool.deallocate(c, 5);  // c's granules stay mapped (cached)
+    void* small = pool.allocate(64 * kKiB, 0, {6, 10, 6});
+    REQUIRE(small);
+    return small == c;
+  };
+  CHECK(run(0));   // any mapped range: the 16 MiB range is split
+  CHECK(!run(4));  // the default: best fit, one granule mapped
+}
+
 TEST_CASE("temporal: a block used on another stream is not reused before its work is done",
           "[temporal]") {
   SimBackend sim({.capacity_bytes = kGiB});

@@ -118,8 +118,13 @@ bool TemporalPool::place(Arena& arena, std::size_t region, std::size_t bytes,
   if (!arena.regions[region].peek_lowest_of(bytes, options_.lowest_of_fits, &own)) return false;
   if (fits_mapped(arena, own.addr, bytes)) return commit(arena, region, own, bytes, addr);
   // The next few larger ranges of the own region, when one lies in mapped granules.
+  // A range much larger than the request is split, and its remainder becomes a hole between
+  // live blocks; taking it to save a map call is worth it only when it is a close fit.
+  const std::size_t max_fit_bytes = options_.mapped_fit_max_ratio == 0
+                                        ? ~std::size_t{0}
+                                        : bytes * options_.mapped_fit_max_ratio;
   const auto mapped = [&](const ArenaFreeRanges::Range& r) {
-    return fits_mapped(arena, r.addr, bytes);
+    return r.bytes <= max_fit_bytes && fits_mapped(arena, r.addr, bytes);
   };
   ArenaFreeRanges::Range alt;
   if (arena.regions[region].find_fit(bytes, options_.mapped_fit_candidates, mapped, &alt)) {
