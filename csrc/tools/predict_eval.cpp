@@ -7,6 +7,9 @@
 //     --iterations N       training iterations per synthetic trace (default 30)
 //     --kinds a,b,c        kinds to run (default: all)
 //     --realtime           background trainer thread instead of deterministic replay
+//     --explain KIND       bucket KIND's warm misses (lifespan, size, aligned twin in the previous
+//                          marked iteration, detector vs marks); marks from NAME.iters beside
+//                          NAME.tsev (event indices of iteration starts, one a line)
 //     --hidden N --context-k K --retrain-events N --seed S --lag N --train-steps N
 #include <algorithm>
 #include <chrono>
@@ -61,7 +64,8 @@ std::uint64_t warm_start_alloc(const std::vector<trace::Event>& events) {
 }
 
 Figures replay(const std::vector<trace::Event>& events, const std::vector<std::uint64_t>& truth,
-               std::uint64_t warm_from, LifespanPredictor* p) {
+               std::uint64_t warm_from, LifespanPredictor* p,
+               std::vector<std::uint64_t>* pred_out = nullptr) {
   std::vector<std::uint64_t> pred(truth.size(), 0);
   const auto t0 = std::chrono::steady_clock::now();
   for (std::size_t i = 0; i < events.size(); ++i) {
@@ -106,7 +110,117 @@ Figures replay(const std::vector<trace::Event>& events, const std::vector<std::u
     f.within_2x = double(within) / double(err.size());
   }
   f.warm_within_2x = warm ? double(warm_within) / double(warm) : 0.0;
+  if (pred_out) *pred_out = std::move(pred);
   return f;
+}
+
+// Iteration starts (event indices, one a line) from NAME.iters beside NAME.tsev, written from
+// the snapshot's trace_source.iteration_marks_us (see docs/predictor.md). Empty when absent.
+std::vector<std::uint64_t> read_marks(const std::string& tsev_path) {
+  std::vector<std::uint64_t> out;
+  const std::size_t dot = tsev_path.rfind(".tsev");
+  if (dot == std::string::npos) return out;
+  std::FILE* f = std::fopen((tsev_path.substr(0, dot) + ".iters").c_str(), "r");
+  if (!f) return out;
+  unsigned long long v = 0;
+  while (std::fscanf(f, "%llu", &v) == 1) out.push_back(v);
+  std::fclose(f);
+  return out;
+}
+
+constexpr int kLifeBuckets = 6;
+constexpr const char* kLifeBucketNames[kLifeBuckets] = {"1-3", "4-15", "16-255", "256-4095",
+                                                        "4096-1iter", ">1iter"};
+constexpr int kSizeBuckets = 4;
+constexpr const char* kSizeBucketNames[kSizeBuckets] = {"<4KiB", "<1MiB", "<64MiB", ">=64MiB"};
+enum Aligned : int { kNoAligned, kAlignedSame, kAlignedDiffers, kAlignedAlive, kAlignedCount };
+constexpr const char* kAlignedNames[kAlignedCount] = {
+    "no aligned twin (shape differs)", "twin within 2x, known at alloc",
+    "twin differs >2x (nondeterminism)", "twin within 2x, still live at alloc"};
+
+// --explain: buckets the warm misses of one kind against the trace's own iteration marks. The
+// allocation at position q of iteration j is "aligned" with position q of iteration j-1 when
+// both iterations have the same allocation count and the sizes agree.
+void explain(const trace::Trace& t, const std::vector<std::uint64_t>& marks,
+             const std::vector<std::uint64_t>& truth, const std::vector<std::uint64_t>& pred,
+             std::uint64_t warm_from) {
+  const std::size_t n_ids = truth.size();
+  std::vector<std::uint64_t> alloc_tick(n_ids, 0), bytes(n_ids, 0);
+  std::vector<std::vector<std::uint64_t>> iters(marks.size() + 1);
+  std::size_t it = 0;
+  for (std::size_t i = 0; i < t.events.size(); ++i) {
+    while (it < marks.size() && i >= marks[it]) ++it;
+    const trace::Event& e = t.events[i];
+    if (e.op != trace::Op::kAlloc) continue;
+    alloc_tick[e.id] = i;
+    bytes[e.id] = e.bytes;
+    iters[it].push_back(e.id);
+  }
+  std::vector<std::int64_t> twin(n_ids, -1);
+  std::uint64_t iter_ticks = 0;
+  for (std::size_t j = 2; j < iters.size(); ++j) {   // iters[0]: before the first mark
+    if (iters[j].size() != iters[j - 1].size() || iters[j].empty()) continue;
+    iter_ticks = std::max<std::uint64_t>(iter_ticks, alloc_tick[iters[j][0]] - alloc_tick[iters[j - 1][0]]);
+    for (std::size_t q = 0; q < iters[j].size(); ++q) {
+      if (bytes[iters[j][q]] == bytes[iters[j - 1][q]]) twin[iters[j][q]] = std::int64_t(iters[j - 1][q]);
+    }
+  }
+  if (iter_ticks == 0) iter_ticks = UINT64_MAX;
+  std::uint64_t warm = 0, miss = 0, over = 0;
+  std::uint64_t by_life[kLifeBuckets][2] = {}, by_size[kSizeBuckets][2] = {};
+  std::uint64_t by_aligned[kAlignedCount][2] = {};
+  for (std::size_t id = std::size_t(warm_from + 1); id < n_ids; ++id) {
+    if (truth[id] == 0 || pred[id] == 0) continue;
+    const double err = std::log2(double(pred[id])) - std::log2(double(truth[id]));
+    const bool ok = std::fabs(err) <= 1.0;
+    ++warm;
+    miss += !ok;
+    over += !ok && err > 0;
+    const std::uint64_t l = truth[id];
+    const int lb = l < 4 ? 0 : l < 16 ? 1 : l < 256 ? 2 : l < 4096 ? 3 : l <= iter_ticks ? 4 : 5;
+    const std::uint64_t b = bytes[id];
+    const int sb = b < (1u << 12) ? 0 : b < (1u << 20) ? 1 : b < (std::uint64_t{1} << 26) ? 2 : 3;
+    int ab = kNoAligned;
+    if (twin[id] >= 0) {
+      const std::uint64_t tl = truth[std::size_t(twin[id])];
+      const bool close = tl > 0 && std::fabs(std::log2(double(tl)) - std::log2(double(l))) <= 1.0;
+      const bool live = tl == 0 || alloc_tick[std::size_t(twin[id])] + tl > alloc_tick[id];
+      ab = !close ? kAlignedDiffers : live ? kAlignedAlive : kAlignedSame;
+    }
+    ++by_life[lb][0]; by_life[lb][1] += !ok;
+    ++by_size[sb][0]; by_size[sb][1] += !ok;
+    ++by_aligned[ab][0]; by_aligned[ab][1] += !ok;
+  }
+  std::printf("  explain %s: warm allocations %llu, misses %llu (%.4f), over-predicted %llu, "
+              "iteration %llu ticks, %zu marks\n", t.name.c_str(), (unsigned long long)warm,
+              (unsigned long long)miss, warm ? double(miss) / double(warm) : 0.0,
+              (unsigned long long)over, (unsigned long long)iter_ticks, marks.size());
+  auto row = [&](const char* what, const char* name, const std::uint64_t* c) {
+    std::printf("    %-9s %-38s n=%8llu  misses=%7llu  miss_rate=%.4f  share_of_misses=%.4f\n",
+                what, name, (unsigned long long)c[0], (unsigned long long)c[1],
+                c[0] ? double(c[1]) / double(c[0]) : 0.0, miss ? double(c[1]) / double(miss) : 0.0);
+  };
+  for (int i = 0; i < kLifeBuckets; ++i) row("lifespan", kLifeBucketNames[i], by_life[i]);
+  for (int i = 0; i < kSizeBuckets; ++i) row("size", kSizeBucketNames[i], by_size[i]);
+  for (int i = 0; i < kAlignedCount; ++i) row("aligned", kAlignedNames[i], by_aligned[i]);
+  // The detector against the marks: share of warm allocations where its period equals the
+  // marked iteration's allocation count.
+  PeriodDetector d;
+  std::uint64_t seen = 0, right = 0;
+  std::size_t k = 0;
+  for (std::size_t i = 0; i < t.events.size(); ++i) {
+    while (k < marks.size() && i >= marks[k]) ++k;
+    const trace::Event& e = t.events[i];
+    if (e.op != trace::Op::kAlloc) continue;
+    if (e.id > warm_from && k < iters.size()) {
+      ++seen;
+      right += d.period() == iters[k].size();
+    }
+    d.push(e.bytes);
+  }
+  std::printf("    detector period == marked allocations per iteration on %.4f of warm allocations "
+              "(final period %llu, marked %zu)\n", seen ? double(right) / double(seen) : 0.0,
+              (unsigned long long)d.period(), iters.size() > 2 ? iters[2].size() : 0);
 }
 
 }  // namespace
@@ -118,6 +232,8 @@ int main(int argc, char** argv) {
   std::vector<trace::Trace> traces;
   bool synthetic = false;
   int synthetic_iterations = SyntheticTraceOptions{}.iterations;
+  std::string explain_kind;
+  std::vector<std::vector<std::uint64_t>> marks;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -131,6 +247,7 @@ int main(int argc, char** argv) {
     else if (a == "--iterations") synthetic_iterations = std::atoi(next().c_str());
     else if (a == "--kinds") kinds = split(next(), ',');
     else if (a == "--realtime") base.deterministic = false;
+    else if (a == "--explain") explain_kind = next();
     else if (a == "--hidden") base.hidden = std::atoi(next().c_str());
     else if (a == "--context-k") base.context_k = std::atoi(next().c_str());
     else if (a == "--retrain-events") base.retrain_interval_events = std::strtoull(next().c_str(), nullptr, 10);
@@ -157,6 +274,7 @@ int main(int argc, char** argv) {
       const std::size_t slash = a.find_last_of('/');
       t.name = slash == std::string::npos ? a : a.substr(slash + 1);
       traces.push_back(std::move(t));
+      marks.push_back(read_marks(a));
     }
   }
   if (synthetic) {
@@ -182,7 +300,9 @@ int main(int argc, char** argv) {
   }
   std::printf("%-28s %-10s %8s %8s %8s %9s %8s %7s %6s %9s\n", "trace", "kind", "within2x",
               "med_err", "warm2x", "ns/event", "events", "retrain", "drift", "lstm_ans");
-  for (const trace::Trace& t : traces) {
+  marks.resize(traces.size());
+  for (std::size_t ti = 0; ti < traces.size(); ++ti) {
+    const trace::Trace& t = traces[ti];
     const auto truth = true_lifespans(t.events);
     const std::uint64_t warm_from = warm_start_alloc(t.events);
     for (const std::string& kind : kinds) {
@@ -194,7 +314,8 @@ int main(int argc, char** argv) {
         return 2;
       }
       set_oracle_truth(p.get(), truth);
-      const Figures f = replay(t.events, truth, warm_from, p.get());
+      std::vector<std::uint64_t> pred;
+      const Figures f = replay(t.events, truth, warm_from, p.get(), &pred);
       const PredictorStats s = p->stats();
       double lstm_share = 0.0;
       if (auto* h = dynamic_cast<HybridPredictor*>(p.get())) {
@@ -205,6 +326,7 @@ int main(int argc, char** argv) {
                   f.warm_within_2x, f.ns_per_event, t.events.size(),
                   (unsigned long long)s.retrains, (unsigned long long)s.drift_triggers,
                   lstm_share);
+      if (kind == explain_kind) explain(t, marks[ti], truth, pred, warm_from);
       std::fflush(stdout);
     }
   }

@@ -112,6 +112,27 @@ void TablePredictor::learn(const Pending& p, float l2) {
   if (keys_.take(p.seq, &k)) table_.learn(k, l2);
 }
 
+AlignedPredictor::AlignedPredictor(const PredictorOptions& opt)
+    : table_(opt.context_k, opt.table_entries) {}
+
+float AlignedPredictor::predict(const AllocEvent& e, Pending* p) {
+  const ContextKeys k = table_.keys(e.bytes, e.stream, detector_.cycle());
+  const AlignedAnswer al = aligned_.on_alloc(p->seq, hash_combine(mix64(e.bytes), e.stream),
+                                             e.now_events, detector_.period());
+  detector_.push(e.bytes);
+  const ContextAnswer a = table_.lookup(k);
+  *keys_.insert(p->seq) = k;
+  table_.push_size(e.bytes);
+  if (al.found && !al.from_live) return al.log2_life;
+  if (a.level >= 0 && !(al.found && a.log2_life < al.log2_life - kWithin2xLog2)) return a.log2_life;
+  return al.found ? al.log2_life : kUnknown;
+}
+void AlignedPredictor::learn(const Pending& p, float l2) {
+  aligned_.learn(p.seq, l2);
+  ContextKeys k;
+  if (keys_.take(p.seq, &k)) table_.learn(k, l2);
+}
+
 ConstantPredictor::ConstantPredictor(std::uint64_t ticks)
     : log2_(float(std::log2(double(std::max<std::uint64_t>(ticks, 1))))) {}
 

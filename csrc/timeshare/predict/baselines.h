@@ -7,6 +7,7 @@
 //                iteration (period detector); last_size when no period or not yet freed
 //   table      — the context table alone (longest known context of previous sizes)
 //   table_cycle — the same plus the occurrence-in-iteration level (period detector), no LSTM
+//   aligned    — AlignedHistory (the twin one detected period back), table_cycle when it has none
 //   constant   — always constant_lifespan_events
 //   oracle     — the truth, given beforehand with set_truth() (alloc order)
 #pragma once
@@ -16,6 +17,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "timeshare/predict/aligned_history.h"
 #include "timeshare/predict/context_table.h"
 #include "timeshare/predict/hashing.h"
 #include "timeshare/predict/period_detector.h"
@@ -105,6 +107,22 @@ class TablePredictor final : public BaselinePredictor {
   bool use_cycle_;
   ContextTable table_;
   PeriodDetector detector_;
+  IdMap<ContextKeys> keys_;
+};
+
+class AlignedPredictor final : public BaselinePredictor {
+ public:
+  explicit AlignedPredictor(const PredictorOptions& opt);
+  const char* name() const noexcept override { return "aligned"; }
+
+ protected:
+  float predict(const AllocEvent& e, Pending* p) override;
+  void learn(const Pending& p, float log2_life) override;
+
+ private:
+  PeriodDetector detector_;
+  AlignedHistory aligned_;
+  ContextTable table_;
   IdMap<ContextKeys> keys_;
 };
 

@@ -57,6 +57,9 @@ std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
   const ContextAnswer plain = plain_keys.levels < keys.levels ? table_.lookup(plain_keys) : ans;
   const bool occ_answer = ans.level == keys.levels - 1 && plain_keys.levels < keys.levels;
   if (occ_answer && occurrence_gate_ < 0 && plain.level >= 0) ans = plain;
+  // Before the detector sees this allocation (features_.extract pushes it).
+  const AlignedAnswer al = aligned_.on_alloc(seq, keys.key[0], e.now_events,
+                                             features_.detector().period());
 
   if (staging_.count >= kMaxStagedAllocs) {  // trainer held the ring too long: drop, gap
     staging_.count = 0;
@@ -82,9 +85,18 @@ std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
   p.occ_compared = occ_answer && plain.level >= 0;
   p.occ_log2 = occ_answer ? table_.find(keys.key[keys.levels - 1])->last_log2 : 0.0f;
   p.plain_log2 = plain.log2_life;
+  p.aligned_log2 = al.log2_life;
+  p.aligned_compared = al.found && !al.from_live && ans.level >= 0;
+  // The twin one period back answers when it has been right more often than the table where
+  // they disagreed (or the table knows nothing); a live twin only raises a table answer that is
+  // below its age.
+  const bool use_aligned =
+      !lstm_only_ && al.found && (ans.level < 0 || aligned_gate_ > 0) &&
+      (!al.from_live || ans.level < 0 || ans.log2_life < al.log2_life - kWithin2xLog2);
 
   bool use_lstm = false;
-  if (model_ && (lstm_only_ || !(p.full_known && ans.stable && ans.full->gate <= 0))) {
+  if (!use_aligned && model_ &&
+      (lstm_only_ || !(p.full_known && ans.stable && ans.full->gate <= 0))) {
     p.lstm_log2 = run_head(x);
     p.lstm_evaluated = true;
     if (lstm_only_) {
@@ -95,7 +107,10 @@ std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
       use_lstm = ans.level < 0 || global_gate_ > 0;
     }
   }
-  if (use_lstm) {
+  if (use_aligned) {
+    p.answer_log2 = al.log2_life;
+    ++aligned_answers_;
+  } else if (use_lstm) {
     p.answer_log2 = p.lstm_log2;
     ++lstm_answers_;
   } else if (ans.level >= 0) {
@@ -163,6 +178,12 @@ void HybridPredictor::on_free(const FreeEvent& e) {
                       int(std::fabs(p.plain_log2 - l2) <= kWithin2xLog2);
     occurrence_gate_ = std::clamp(occurrence_gate_ + delta, -kGlobalGateMax, kGlobalGateMax);
   }
+  if (p.aligned_compared) {
+    const int delta = int(std::fabs(p.aligned_log2 - l2) <= kWithin2xLog2) -
+                      int(std::fabs(p.table_log2 - l2) <= kWithin2xLog2);
+    aligned_gate_ = std::clamp(aligned_gate_ + delta, -kGlobalGateMax, kGlobalGateMax);
+  }
+  aligned_.learn(p.seq, l2);
   table_.learn(p.keys, l2);
   staging_.labels.emplace_back(p.seq, l2);
   ++frees_;

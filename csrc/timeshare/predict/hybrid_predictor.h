@@ -19,6 +19,7 @@
 #include <memory>
 #include <vector>
 
+#include "timeshare/predict/aligned_history.h"
 #include "timeshare/predict/context_table.h"
 #include "timeshare/predict/features.h"
 #include "timeshare/predict/hashing.h"
@@ -32,7 +33,7 @@ inline constexpr int kGlobalGateMax = 64;
 inline constexpr float kDefaultLifespanLog2 = 6.0f;   // 64 ticks before anything is known
 
 // Where an answer came from (exposed for evaluation).
-enum class AnswerSource : std::uint8_t { kDefault, kTable, kLstm };
+enum class AnswerSource : std::uint8_t { kDefault, kTable, kLstm, kAligned };
 
 class HybridPredictor final : public LifespanPredictor {
  public:
@@ -46,6 +47,7 @@ class HybridPredictor final : public LifespanPredictor {
 
   std::uint64_t lstm_answers() const noexcept { return lstm_answers_; }
   std::uint64_t table_answers() const noexcept { return table_answers_; }
+  std::uint64_t aligned_answers() const noexcept { return aligned_answers_; }
   const PeriodDetector& detector() const noexcept { return features_.detector(); }
   std::size_t history_bytes_reserved() const noexcept { return trainer_.history_bytes_reserved(); }
   // Blocks until the background trainer has finished any training in flight (tests).
@@ -65,6 +67,8 @@ class HybridPredictor final : public LifespanPredictor {
     bool occ_compared = false;
     float occ_log2 = 0.0f;
     float plain_log2 = 0.0f;
+    float aligned_log2 = 0.0f;
+    bool aligned_compared = false;   // both the aligned twin and the table had an answer
   };
 
   void refresh_model();
@@ -75,6 +79,7 @@ class HybridPredictor final : public LifespanPredictor {
   const PredictorOptions opt_;
   const bool lstm_only_;
   ContextTable table_;
+  AlignedHistory aligned_;
   FeatureExtractor features_;
   LstmTrainer trainer_;
   IdMap<Pending> pending_;
@@ -85,6 +90,7 @@ class HybridPredictor final : public LifespanPredictor {
   std::vector<float> h_, head_scratch_;
   int global_gate_ = 0;
   int occurrence_gate_ = 0;   // > 0: the occurrence-in-iteration level beats plain contexts
+  int aligned_gate_ = 0;      // >= 0: the aligned twin answers before the table
 
   std::uint64_t seq_ = 0;
   std::uint64_t last_train_tick_ = 0;
@@ -95,7 +101,7 @@ class HybridPredictor final : public LifespanPredictor {
 
   // Stats and drift.
   std::uint64_t predictions_ = 0, observed_ = 0;
-  std::uint64_t lstm_answers_ = 0, table_answers_ = 0;
+  std::uint64_t lstm_answers_ = 0, table_answers_ = 0, aligned_answers_ = 0;
   double rolling_ = 0.0;
   double reference_ = -1.0;           // best rolling share since the last training
   std::uint64_t since_publish_ = 0;   // frees since the hot path saw new weights

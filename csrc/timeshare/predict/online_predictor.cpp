@@ -13,6 +13,7 @@ std::unique_ptr<LifespanPredictor> make_predictor(const PredictorOptions& opt) {
   if (k == "table_cycle") return std::make_unique<TablePredictor>(opt, true);
   if (k == "last_size") return std::make_unique<LastSizePredictor>();
   if (k == "size_mean") return std::make_unique<SizeMeanPredictor>();
+  if (k == "aligned") return std::make_unique<AlignedPredictor>(opt);
   if (k == "prev_iter") return std::make_unique<PrevIterPredictor>();
   if (k == "constant") return std::make_unique<ConstantPredictor>(opt.constant_lifespan_events);
   if (k == "oracle") return std::make_unique<OraclePredictor>();
