@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "timeshare/predict/aligned_history.h"
@@ -139,4 +140,18 @@ TEST_CASE("predict/aligned: the hybrid uses it and beats table_cycle on a fixed-
   CHECK(h->aligned_answers() > h->stats().predictions / 2);
   CHECK(hybrid_share > table_share);
   CHECK(aligned_share > table_share);
+}
+
+TEST_CASE("predict/aligned: hybrid_nolstm is deterministic and needs no trainer", "[predict]") {
+  SyntheticTraceOptions so;
+  so.iterations = 10;
+  const trace::Trace t = make_synthetic_trace(so);
+  PredictorOptions o;
+  o.kind = "hybrid_nolstm";   // real-time mode: must not depend on a thread either
+  auto a = make_predictor(o);
+  auto b = make_predictor(o);
+  REQUIRE(std::string(a->name()) == "hybrid_nolstm");
+  CHECK(replay(t, a.get()) == replay(t, b.get()));
+  CHECK(a->stats().retrains == 0);
+  CHECK_FALSE(a->stats().model_active);
 }

@@ -19,12 +19,13 @@ inline std::uint64_t to_ticks(float log2_life) {
 HybridPredictor::HybridPredictor(const PredictorOptions& opt, bool lstm_only)
     : opt_(opt),
       lstm_only_(lstm_only),
+      use_lstm_(opt.use_lstm || lstm_only),
       table_(opt.context_k, opt.table_entries),
       trainer_(opt, kFeatureCount),
       h_(std::max(opt.hidden, 1), 0.0f),
       head_scratch_(std::max(opt.head_hidden, 1), 0.0f) {
   staging_.x.reserve(std::size_t(std::max(opt.lag_allocs, 1)) * kFeatureCount * 2);
-  if (!opt_.deterministic) trainer_.start_thread();
+  if (!opt_.deterministic && use_lstm_) trainer_.start_thread();
 }
 
 HybridPredictor::~HybridPredictor() = default;
@@ -52,15 +53,20 @@ std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
   ContextAnswer ans = table_.lookup(keys);
   // The occurrence level (keys.levels == K + 2) against the plain contexts: a global counter of
   // which was within 2x more often decides whether the occurrence level may answer.
-  ContextKeys plain_keys = keys;
-  plain_keys.levels = std::min(keys.levels, table_.context_k() + 1);
-  const ContextAnswer plain = plain_keys.levels < keys.levels ? table_.lookup(plain_keys) : ans;
-  const bool occ_answer = ans.level == keys.levels - 1 && plain_keys.levels < keys.levels;
-  if (occ_answer && occurrence_gate_ < 0 && plain.level >= 0) ans = plain;
+  // The plain contexts are looked up again only when the occurrence level answered.
+  const bool occ_answer = ans.level == keys.levels - 1 && keys.levels > table_.context_k() + 1;
+  ContextAnswer plain = ans;
+  if (occ_answer) {
+    ContextKeys plain_keys = keys;
+    plain_keys.levels = table_.context_k() + 1;
+    plain = table_.lookup(plain_keys);
+    if (occurrence_gate_ < 0 && plain.level >= 0) ans = plain;
+  }
   // Before the detector sees this allocation (features_.extract pushes it).
   const AlignedAnswer al = aligned_.on_alloc(seq, keys.key[0], e.now_events,
                                              features_.detector().period());
 
+  if (!use_lstm_) return finish_alloc_without_lstm(e, seq, keys, ans, plain, occ_answer, al);
   if (staging_.count >= kMaxStagedAllocs) {  // trainer held the ring too long: drop, gap
     staging_.count = 0;
     staging_.x.clear();
@@ -87,12 +93,7 @@ std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
   p.plain_log2 = plain.log2_life;
   p.aligned_log2 = al.log2_life;
   p.aligned_compared = al.found && !al.from_live && ans.level >= 0;
-  // The twin one period back answers when it has been right more often than the table where
-  // they disagreed (or the table knows nothing); a live twin only raises a table answer that is
-  // below its age.
-  const bool use_aligned =
-      !lstm_only_ && al.found && (ans.level < 0 || aligned_gate_ > 0) &&
-      (!al.from_live || ans.level < 0 || ans.log2_life < al.log2_life - kWithin2xLog2);
+  const bool use_aligned = !lstm_only_ && prefer_aligned(al, ans);
 
   bool use_lstm = false;
   if (!use_aligned && model_ &&
@@ -123,6 +124,47 @@ std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
   table_.push_size(e.bytes);
   ++predictions_;
   after_alloc_housekeeping(e.now_events);
+  return to_ticks(p.answer_log2);
+}
+
+// The twin one period back answers when it has been right more often than the table where they
+// disagreed (or the table knows nothing); a live twin only raises a table answer below its age.
+bool HybridPredictor::prefer_aligned(const AlignedAnswer& al, const ContextAnswer& ans) const {
+  if (!al.found) return false;
+  if (ans.level < 0) return true;
+  if (aligned_gate_ <= 0) return false;
+  return !al.from_live || ans.log2_life < al.log2_life - kWithin2xLog2;
+}
+
+std::uint64_t HybridPredictor::finish_alloc_without_lstm(const AllocEvent& e, std::uint64_t seq,
+                                                         const ContextKeys& keys,
+                                                         const ContextAnswer& ans,
+                                                         const ContextAnswer& plain,
+                                                         bool occ_answer, const AlignedAnswer& al) {
+  features_.detector().push(e.bytes);
+  Pending& p = *pending_.insert(e.alloc_id);
+  p = Pending{};
+  p.seq = seq;
+  p.alloc_tick = e.now_events;
+  p.keys = keys;
+  p.table_log2 = ans.log2_life;
+  p.table_level = std::int8_t(ans.level);
+  p.occ_compared = occ_answer && plain.level >= 0;
+  p.occ_log2 = p.occ_compared ? table_.find(keys.key[keys.levels - 1])->last_log2 : 0.0f;
+  p.plain_log2 = plain.log2_life;
+  p.aligned_log2 = al.log2_life;
+  p.aligned_compared = al.found && !al.from_live && ans.level >= 0;
+  if (prefer_aligned(al, ans)) {
+    p.answer_log2 = al.log2_life;
+    ++aligned_answers_;
+  } else if (ans.level >= 0) {
+    p.answer_log2 = ans.log2_life;
+    ++table_answers_;
+  } else {
+    p.answer_log2 = float(mean_log2_);
+  }
+  table_.push_size(e.bytes);
+  ++predictions_;
   return to_ticks(p.answer_log2);
 }
 
@@ -185,7 +227,7 @@ void HybridPredictor::on_free(const FreeEvent& e) {
   }
   aligned_.learn(p.seq, l2);
   table_.learn(p.keys, l2);
-  staging_.labels.emplace_back(p.seq, l2);
+  if (use_lstm_) staging_.labels.emplace_back(p.seq, l2);
   ++frees_;
   mean_log2_ += (double(l2) - mean_log2_) / double(std::min(frees_, kMeanWindowFrees));
   ++observed_;

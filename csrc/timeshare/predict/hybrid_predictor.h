@@ -40,7 +40,9 @@ class HybridPredictor final : public LifespanPredictor {
   HybridPredictor(const PredictorOptions& opt, bool lstm_only);
   ~HybridPredictor() override;
 
-  const char* name() const noexcept override { return lstm_only_ ? "lstm" : "hybrid"; }
+  const char* name() const noexcept override {
+    return lstm_only_ ? "lstm" : use_lstm_ ? "hybrid" : "hybrid_nolstm";
+  }
   std::uint64_t on_alloc(const AllocEvent& e) override;
   void on_free(const FreeEvent& e) override;
   PredictorStats stats() const override;
@@ -72,12 +74,18 @@ class HybridPredictor final : public LifespanPredictor {
   };
 
   void refresh_model();
+  bool prefer_aligned(const AlignedAnswer& al, const ContextAnswer& ans) const;
+  std::uint64_t finish_alloc_without_lstm(const AllocEvent& e, std::uint64_t seq,
+                                          const ContextKeys& keys, const ContextAnswer& ans,
+                                          const ContextAnswer& plain, bool occ_answer,
+                                          const AlignedAnswer& al);
   float run_head(const float* x);
   void after_alloc_housekeeping(std::uint64_t now_events);
   void update_drift(bool within);
 
   const PredictorOptions opt_;
   const bool lstm_only_;
+  const bool use_lstm_;   // opt.use_lstm or lstm_only
   ContextTable table_;
   AlignedHistory aligned_;
   FeatureExtractor features_;

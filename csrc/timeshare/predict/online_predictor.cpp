@@ -8,6 +8,11 @@ namespace timeshare::predict {
 std::unique_ptr<LifespanPredictor> make_predictor(const PredictorOptions& opt) {
   const std::string& k = opt.kind;
   if (k == "hybrid" || k.empty()) return std::make_unique<HybridPredictor>(opt, false);
+  if (k == "hybrid_nolstm") {
+    PredictorOptions o = opt;
+    o.use_lstm = false;
+    return std::make_unique<HybridPredictor>(o, false);
+  }
   if (k == "lstm") return std::make_unique<HybridPredictor>(opt, true);
   if (k == "table") return std::make_unique<TablePredictor>(opt, false);
   if (k == "table_cycle") return std::make_unique<TablePredictor>(opt, true);

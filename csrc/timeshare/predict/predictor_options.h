@@ -25,7 +25,7 @@ inline constexpr float kDefaultClipNorm = 1.0f;
 inline constexpr std::size_t kDefaultTableEntries = std::size_t{1} << 16;
 
 struct PredictorOptions {
-  // "hybrid" (default), "lstm", "table", "last_size", "size_mean", "prev_iter", "constant",
+  // "hybrid" (default), "hybrid_nolstm" (the same with use_lstm = false), "lstm", "table", "last_size", "size_mean", "prev_iter", "constant",
   // "oracle".
   std::string kind = "hybrid";
   std::size_t history_bytes = kDefaultHistoryBytes;
@@ -48,6 +48,9 @@ struct PredictorOptions {
   // Replays: training runs synchronously at the allocation where it is due, and the LSTM state
   // advances synchronously every lag_allocs allocations, so one trace gives one set of figures.
   bool deterministic = false;
+  // false: the hybrid without its LSTM (no features, no history, no trainer thread): the table
+  // and the aligned twin only. The ablation in docs/predictor.md; also the cheap hot path.
+  bool use_lstm = true;
 };
 
 }  // namespace timeshare::predict
