@@ -119,6 +119,9 @@ def loads_snapshot(data: bytes, source: str = "<bytes>") -> dict[str, Any]:
         raise
     except EOFError:
         raise SnapshotError(f"cannot load {source}: the pickle is truncated") from None
+    except (OverflowError, MemoryError, RecursionError) as exc:
+        raise SnapshotError(
+            f"cannot load {source}: the pickle is corrupt ({type(exc).__name__})") from None
     except pickle.UnpicklingError as exc:
         message = str(exc)
         if "truncated" in message:
@@ -215,6 +218,9 @@ def convert_events(
         except (KeyError, TypeError, IndexError):
             counts["missing_field"] = counts.get("missing_field", 0) + 1
             continue
+        if action.__class__ is not str:  # e.g. a dict or list: not an action at all
+            counts["bad_action"] = counts.get("bad_action", 0) + 1
+            continue
         if addr.__class__ is not int:
             try:
                 hash(addr)
@@ -223,7 +229,7 @@ def convert_events(
                 continue
         tu = ev.get("time_us", t)
         if tu.__class__ is int:
-            if tu > t:
+            if t < tu < 2**63:  # times beyond u64 (corrupt) are ignored: the clock keeps its value
                 t = tu
         elif isinstance(tu, (int, float)) and tu == tu and t < tu < 2**63:
             t = int(tu)

@@ -1,10 +1,8 @@
 """Inputs the snapshot fuzzer (scripts/fuzz_snapshot.py) found, kept as regression tests.
 
 The contract: ``load_snapshot`` / ``loads_snapshot`` / ``load_trace`` raise only
-:class:`timeshare.snapshot.SnapshotError` on a bad file. The findings below are open (the fix is
-in python/timeshare/snapshot.py, see docs/reliability.md); each is marked ``xfail(strict=True)``
-so that the suite stays green until the fix lands and then fails loudly, asking for the marker
-to be removed.
+:class:`timeshare.snapshot.SnapshotError` on a bad file. The findings below (S1-S3
+in docs/reliability.md) were fixed in python/timeshare/snapshot.py; each test must hold.
 """
 
 from __future__ import annotations
@@ -47,21 +45,14 @@ def snap_bytes(events: list[Any]) -> bytes:
     return pickle.dumps({"device_traces": [events]}, protocol=4)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="open finding S1: unhashable 'action' -> TypeError at snapshot.py:278")
 def test_unhashable_action_is_a_snapshot_error(tmp_path: Path) -> None:
     load_everywhere(snap_bytes([event(action={"a": 1})]), tmp_path)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="open finding S2: time_us >= 2**63 -> OverflowError at snapshot.py:294")
 def test_huge_time_is_a_snapshot_error_or_clamped(tmp_path: Path) -> None:
     load_everywhere(snap_bytes([event(time_us=2**70)]), tmp_path)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="open finding S3: pickle FRAME length >= 2**63 -> OverflowError "
-                   "from the unpickler, not caught at snapshot.py:117")
 def test_huge_pickle_frame_is_a_snapshot_error(tmp_path: Path) -> None:
     load_everywhere(b"\x80\x04\x95" + struct.pack("<Q", 2**63) + b"}.", tmp_path)
 

@@ -82,6 +82,20 @@ std::optional<bool> parse_bool(std::string_view s) {
   return std::nullopt;
 }
 
+// User text echoed in an error, with control characters escaped so the error stays one line.
+std::string printable(std::string_view text) {
+  std::string out;
+  for (const char c : text) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '\n') out += "\\n";
+    else if (c == '\r') out += "\\r";
+    else if (c == '\t') out += "\\t";
+    else if (u < 0x20 || u == 0x7f) out += "\\x" + std::string(1, "0123456789abcdef"[u >> 4]) + "0123456789abcdef"[u & 15];
+    else out += c;
+  }
+  return out;
+}
+
 std::string valid_keys() {
   std::string out;
   for (const auto& o : kOptionTable) {
@@ -272,7 +286,7 @@ ParseResult parse_options(std::string_view conf, const Options& base) {
     if (item.empty()) continue;
     const std::size_t colon = item.find(':');
     if (colon == std::string_view::npos) {
-      return {std::nullopt, "TIMESHARE_CONF item '" + std::string(item) +
+      return {std::nullopt, "TIMESHARE_CONF item '" + printable(item) +
                                 "' is not key:value (valid keys: " + valid_keys() + ")"};
     }
     const std::string key = lower(trim(item.substr(0, colon)));
@@ -280,10 +294,12 @@ ParseResult parse_options(std::string_view conf, const Options& base) {
     auto setter = setter_for(key);
     if (!setter) {
       return {std::nullopt,
-              "TIMESHARE_CONF has unknown key '" + key + "' (valid keys: " + valid_keys() + ")"};
+              "TIMESHARE_CONF has unknown key '" + printable(key) + "' (valid keys: " +
+                  valid_keys() + ")"};
     }
     if (std::string err = (*setter)(o, value); !err.empty()) {
-      return {std::nullopt, "TIMESHARE_CONF " + key + ":" + std::string(value) + " is invalid: " + err};
+      return {std::nullopt, "TIMESHARE_CONF " + printable(key) + ":" + printable(value) +
+                                " is invalid: " + err};
     }
   }
   if (o.spill != SpillTier::kNone && o.budget_bytes == 0) {

@@ -72,6 +72,19 @@ bool read_tsev(const std::string& path, std::vector<Event>* events, std::string*
     if (error) *error = path + " is truncated or corrupt (bad count)";
     return false;
   }
+  // Never trust the count: check it against the bytes the file really holds before allocating.
+  const long header_end = std::ftell(f.get());
+  if (header_end < 0 || std::fseek(f.get(), 0, SEEK_END) != 0) {
+    if (error) *error = "cannot read " + path;
+    return false;
+  }
+  const long file_end = std::ftell(f.get());
+  if (file_end < header_end ||
+      static_cast<std::uint64_t>(file_end - header_end) / sizeof(Event) < n ||
+      std::fseek(f.get(), header_end, SEEK_SET) != 0) {
+    if (error) *error = path + " is truncated: expected " + std::to_string(n) + " events";
+    return false;
+  }
   events->resize(n);
   if (n && std::fread(events->data(), sizeof(Event), n, f.get()) != n) {
     if (error) *error = path + " is truncated: expected " + std::to_string(n) + " events";
