@@ -3,37 +3,22 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import os
 import pickle
 import struct
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 
+from timeshare import snapshot
+
 ROOT = Path(__file__).resolve().parents[2]
 TRACES = ROOT / "python" / "timeshare" / "traces"
 
 
-def _load_module(name: str) -> ModuleType:
-    """Import timeshare.<name>; without the compiled part, load the pure-Python file alone."""
-    try:
-        return importlib.import_module(f"timeshare.{name}")
-    except ImportError:
-        path = ROOT / "python" / "timeshare" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(f"_timeshare_{name}_alone", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        return module
 
-
-snapshot = _load_module("snapshot")
 SnapshotError = snapshot.SnapshotError
 
 
