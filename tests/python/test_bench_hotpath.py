@@ -1,0 +1,134 @@
+"""scripts/bench_hotpath.py and its C++ tool run on one tiny trace (no timing is asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from timeshare.snapshot import EVENT_DTYPE, OP_ALLOC, OP_FREE, write_tsev
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("TIMESHARE_BUILD_DIR", ROOT / "build"))
+TOOL = BUILD / "bench_hotpath"
+SCRIPT = ROOT / "scripts/bench_hotpath.py"
+VARIANTS = ["torch", "temporal+constant", "temporal+hybrid_nolstm", "temporal+hybrid",
+            "hybrid_nolstm", "hybrid"]
+
+pytestmark = pytest.mark.skipif(
+    not TOOL.exists(), reason=f"{TOOL} not built (cmake --build {BUILD} --target bench_hotpath)"
+)
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_hotpath", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _tiny_trace(path: Path, iterations: int = 6) -> int:
+    """A periodic loop: 5 activations freed in reverse, one scratch block, on two streams."""
+    rows = []
+    next_id = 0
+    t = 0
+    for _ in range(iterations):
+        live = []
+        for k in range(5):
+            rows.append((OP_ALLOC, k % 2, next_id, (k + 1) * 4096, t))
+            live.append((next_id, (k + 1) * 4096, k % 2))
+            next_id += 1
+            t += 3
+        rows.append((OP_ALLOC, 0, next_id, 3 << 20, t))
+        rows.append((OP_FREE, 0, next_id, 3 << 20, t + 1))
+        next_id += 1
+        for i, b, s in reversed(live):
+            t += 2
+            rows.append((OP_FREE, s, i, b, t))
+    ev = np.zeros(len(rows), dtype=EVENT_DTYPE)
+    for j, (op, stream, i, b, tu) in enumerate(rows):
+        ev[j]["op"], ev[j]["stream"], ev[j]["id"], ev[j]["bytes"], ev[j]["time_us"] = (
+            op, stream, i, b, tu)
+    write_tsev(ev, path)
+    return len(rows)
+
+
+def test_tool_reports_every_variant(tmp_path: Path) -> None:
+    trace = tmp_path / "tiny.tsev"
+    n = _tiny_trace(trace)
+    out = tmp_path / "out.json"
+    done = subprocess.run(
+        [str(TOOL), "--rounds", "2", "--rates", "0,2000000", "--variants", ",".join(VARIANTS),
+         "--json", str(out), str(trace)],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(out.read_text())
+    assert data["rounds"] == 2
+    cells = data["cells"]
+    assert {(c["rate"], c["variant"]) for c in cells} == {
+        (r, v) for r in (0, 2000000) for v in VARIANTS}
+    for c in cells:
+        assert c["trace"] == "tiny"
+        assert c["events"] == n
+        assert c["allocs"] == n // 2
+        assert len(c["ns_per_pair"]) == 2 and all(x > 0 for x in c["ns_per_pair"])
+        assert c["ooms"] == 0
+
+
+def test_tool_rejects_bad_variant(tmp_path: Path) -> None:
+    trace = tmp_path / "tiny.tsev"
+    _tiny_trace(trace)
+    done = subprocess.run([str(TOOL), "--variants", "torch+hybrid", str(trace)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "torch takes no predictor" in done.stderr
+
+
+def test_driver_writes_one_section_and_replaces_it(tmp_path: Path) -> None:
+    trace = tmp_path / "tiny.tsev"
+    n = _tiny_trace(trace)
+    doc = tmp_path / "predictor.md"
+    doc.write_text("# Predictor\n\n## Hot path\n\nProse that stays.\n\n## Rerun\n\nmore\n")
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, str(SCRIPT), "--build", str(BUILD), "--rounds", "1", "--rates",
+             "max", "--doc", str(doc), str(trace)],
+            capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    text = doc.read_text()
+    mod = _bench_module()
+    assert text.count(mod.MARK_BEGIN) == 1 and text.count(mod.MARK_END) == 1
+    assert text.index("## Hot path") < text.index(mod.MARK_BEGIN) < text.index("## Rerun")
+    assert "Prose that stays." in text
+    section = text[text.index(mod.MARK_BEGIN):text.index(mod.MARK_END)]
+    assert f"| tiny | {n} |" in section
+    for v in VARIANTS:
+        assert f"`{v}`" in section
+
+
+def test_driver_needs_the_tool(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(SCRIPT), "--build", str(tmp_path), "--no-doc"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "bench_hotpath" in done.stderr and "not found" in done.stderr
+
+
+def test_summary_ratios_pair_rounds() -> None:
+    mod = _bench_module()
+    data = {"rounds": 2, "burst_events": 64, "cells": [
+        {"trace": "a", "rate": 0, "variant": "torch", "events": 4, "allocs": 2,
+         "ns_per_pair": [100.0, 200.0], "ooms": 0, "max_retrains": 0},
+        {"trace": "a", "rate": 0, "variant": "temporal+constant", "events": 4, "allocs": 2,
+         "ns_per_pair": [150.0, 300.0], "ooms": 0, "max_retrains": 0},
+    ]}
+    s = mod.summarize(data)
+    row = next(r for r in s["rows"] if r["variant"] == "temporal+constant")
+    assert row["ratio"] == pytest.approx(1.5)   # per-round ratio, not a ratio of medians only
+    assert row["ns"] == pytest.approx(225.0)
+    assert s["totals"][(0, "temporal+constant")]["ratio"] == pytest.approx(1.5)
