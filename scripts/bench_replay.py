@@ -150,6 +150,9 @@ def render_markdown(doc: dict[str, Any], plot_name: str) -> str:
     return "\n".join(lines)
 
 
+KEEP_FROM = "<!-- bench_"
+
+
 def main(argv: list[str]) -> int:
     """Run the benchmark; returns the exit status."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -163,7 +166,12 @@ def main(argv: list[str]) -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot_replay(doc, out / "replay.png")
-    (out / "benchmarks.md").write_text(render_markdown(doc, "replay.png") + "\n")
+    md = out / "benchmarks.md"
+    # Sections other scripts generate (bench_spill.py, bench_hotpath.py) start with an HTML
+    # comment naming their script; they are kept as they are.
+    old = md.read_text() if md.exists() else ""
+    keep = old[old.index(KEEP_FROM):] if KEEP_FROM in old else ""
+    md.write_text(render_markdown(doc, "replay.png") + "\n" + (f"\n{keep}" if keep else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {out / 'benchmarks.md'} and {out / 'replay.png'}")

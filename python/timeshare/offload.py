@@ -13,8 +13,11 @@ their pack, the earliest possible moment, so the copies overlap compute. Without
 first iteration, or when the sequence changed) they act reactively: when the projected device
 memory (live bytes plus this tensor) would pass the budget, the resident packed tensors needed
 furthest in the future are spilled first. Never spilled: parameters (``nn.Parameter``, or leaves
-that require grad), views of them, tensors smaller than ``min_spill``, and layouts the engine
-cannot copy as one byte range (sparse, quantized, non-dense strides).
+that require grad), views of them, tensors whose storage is smaller than ``min_spill``, small
+slices of much larger storages, and layouts that are not plain strided memory (sparse,
+quantized, conjugate or negative views). What moves is a whole storage: several saved views of
+one buffer (q, k and v of one projection) or one tensor saved twice are one spill and one
+restore, and every view comes back with its own shape, strides and offset.
 
 Data moves only through pack and unpack: the hooks own the saved tensor between the two, so
 nothing else can read it while it moves. A spilled tensor's device memory is released only
@@ -63,20 +66,24 @@ def _bytes(name: str, value: int | str | None, default: int) -> int:
 
 
 class _Packed:
-    """What autograd holds for one saved tensor between pack and unpack."""
+    """The unit that moves: one storage (as a flat uint8 tensor) behind one or more saved
+    tensors. Spilling whole storages is what frees memory when autograd saves several views of
+    one buffer (q, k, v of a fused projection; the halves of a chunk), and what deduplicates a
+    tensor saved twice; restoring the storage gives every view back with its own strides."""
 
-    __slots__ = ("tensor", "handle", "pos", "nbytes", "shape", "stride", "dtype", "device",
-                 "restored", "prefetch_dst", "owner", "spilling", "__weakref__")
+    __slots__ = ("tensor", "handle", "pos", "nbytes", "device", "version", "origin", "restored",
+                 "prefetch_dst", "owner", "spilling", "__weakref__")
 
-    def __init__(self, tensor: Any, pos: int, owner: offload) -> None:
-        self.tensor = tensor
+    def __init__(self, flat: Any, pos: int, owner: offload, origin: Any) -> None:
+        self.tensor = flat
         self.handle = 0
         self.pos = pos
-        self.nbytes = tensor.numel() * tensor.element_size()
-        self.shape = tuple(tensor.shape)
-        self.stride = tuple(tensor.stride())
-        self.dtype = tensor.dtype
-        self.device = tensor.device
+        self.nbytes = flat.numel()
+        self.device = flat.device
+        self.version = origin._version
+        # The first tensor saved from this storage, weakly: while it lives, so does the storage,
+        # so the storage's key still names it even after the unit dropped its device copy.
+        self.origin = weakref.ref(origin)
         self.restored: Any = None
         self.prefetch_dst: Any = None
         self.owner = owner
@@ -88,6 +95,33 @@ class _Packed:
             if engine is not None:
                 engine.release(self.handle)
             self.handle = 0
+
+
+class _SavedView:
+    """What autograd holds for one saved tensor between pack and unpack: its unit and where in
+    the unit's storage it lives."""
+
+    __slots__ = ("unit", "shape", "stride", "offset", "dtype")
+
+    def __init__(self, unit: _Packed, t: Any) -> None:
+        self.unit = unit
+        self.shape = tuple(t.shape)
+        self.stride = tuple(t.stride())
+        self.offset = t.storage_offset()
+        self.dtype = t.dtype
+
+    def rebuild(self, flat: Any) -> Any:
+        """This view of ``flat`` (the unit's storage, resident or restored): same dtype, shape,
+        strides and storage offset as the saved tensor."""
+        import torch
+
+        return torch.empty(0, dtype=self.dtype, device=flat.device).set_(
+            flat.untyped_storage(), self.offset, self.shape, self.stride)
+
+
+# A view is spilled with its whole storage only when the storage is at most this many times
+# the view's bytes (q, k and v of one projection: 3x); a small slice of a big buffer stays.
+_MAX_SPAN = 4
 
 
 class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
@@ -132,6 +166,8 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
         self._resident: weakref.WeakValueDictionary[int, _Packed] = weakref.WeakValueDictionary()
         self._pending: weakref.WeakValueDictionary[int, _Packed] = weakref.WeakValueDictionary()
         self._by_handle: weakref.WeakValueDictionary[int, _Packed] = weakref.WeakValueDictionary()
+        # storage (its StorageImpl address) -> the unit that still holds it on the device
+        self._units: weakref.WeakValueDictionary[int, _Packed] = weakref.WeakValueDictionary()
         self._next_id = 0
         self._resident_bytes = 0
         self._peak_resident = 0
@@ -238,14 +274,18 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
                                  (base.is_leaf and base.requires_grad)):
             self._counters["parameters"] += 1
             return False
-        if t.numel() * t.element_size() < max(self.min_spill, 1):
+        storage_bytes = t.untyped_storage().nbytes()
+        if storage_bytes < max(self.min_spill, 1):
             self._counters["small"] += 1
             return False
-        if not (t.is_contiguous() or (t.dim() == 4 and
-                                      t.is_contiguous(memory_format=torch.channels_last))):
-            self._counters["ineligible"] += 1
+        if storage_bytes > _MAX_SPAN * max(t.numel() * t.element_size(), 1):
+            self._counters["sparse_views"] += 1
             return False
         return True
+
+    @staticmethod
+    def _unit_key(t: Any) -> int:
+        return int(t.untyped_storage()._cdata)
 
     def _need_ns(self, rec: _Packed) -> int:
         """Predicted time of unpack, relative to the iteration (larger = needed later)."""
@@ -334,7 +374,21 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
             if not self._eligible(t):
                 self._cur[pos] = [nbytes, now, -1, 0, 0]
                 return t
-            rec = _Packed(t, pos, self)
+            import torch
+
+            key = self._unit_key(t)
+            unit = self._units.get(key)
+            if (unit is not None and unit.restored is None and unit.version == t._version
+                    and unit.device == t.device
+                    and (unit.tensor is not None or unit.origin() is not None)):
+                # another view of a storage already packed (or the same tensor saved twice)
+                self._counters["deduplicated"] += 1
+                self._cur[pos] = [0, now, -1, 0, 0]
+                return _SavedView(unit, t)
+            flat = torch.empty(0, dtype=torch.uint8, device=t.device).set_(t.untyped_storage())
+            rec = _Packed(flat, pos, self, t)
+            self._units[key] = rec
+            nbytes = rec.nbytes
             self._cur[pos] = [nbytes, now, -1, 0, 1]
             if self._engine is not None:
                 self._reap()
@@ -351,7 +405,7 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
             if projected > self.budget:
                 self._make_room_locked(projected - self.budget, device, "spilled_reactive")
             self._peak_resident = max(self._peak_resident, self._resident_bytes)
-            return rec
+            return _SavedView(rec, t)
 
     def _make_room_locked(self, need: int, device: Any, why: str) -> int:
         freed = 0
@@ -385,9 +439,14 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
         finally:
             self._lock.release()
 
-    def _unpack(self, rec: Any) -> Any:
-        if not isinstance(rec, _Packed):
-            return rec
+    def _unpack(self, saved: Any) -> Any:
+        if not isinstance(saved, _SavedView):
+            return saved
+        return saved.rebuild(self._unpack_unit(saved.unit))
+
+    def _unpack_unit(self, rec: _Packed) -> Any:
+        """The unit's storage on the device as a flat uint8 tensor: the resident one, or
+        restored (waiting on a prefetch already running, or starting the copy now)."""
         import torch
 
         with self._lock:
@@ -415,7 +474,7 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
             engine = self._engine
             dst = rec.prefetch_dst
         if dst is None:
-            dst = torch.empty_strided(rec.shape, rec.stride, dtype=rec.dtype, device=rec.device)
+            dst = torch.empty(rec.nbytes, dtype=torch.uint8, device=rec.device)
             if not engine.start_restore(rec.handle, dst.data_ptr(), self._stream(rec.device)):
                 dst = self._fallback_restore(rec, dst)
                 return self._finish(rec, dst, engine)
@@ -434,12 +493,7 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
             raise RuntimeError(
                 f"timeshare.offload: saved tensor {rec.pos} ({rec.nbytes} bytes) could not be "
                 "read back from the spill tiers; see the logged warning")
-        flat = dst.view(torch.uint8) if dst.is_contiguous() else None
-        if flat is not None and flat.numel() == rec.nbytes:
-            flat.reshape(-1).copy_(host.to(rec.device))
-        else:
-            src = host.view(rec.dtype).as_strided(rec.shape, rec.stride)
-            dst.copy_(src)
+        dst.copy_(host.to(rec.device))
         with self._lock:
             self._counters["fallback_restores"] += 1
         return dst
@@ -463,7 +517,7 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
         for rec in recs:
             if rec.prefetch_dst is not None or not rec.handle:
                 continue
-            dst = torch.empty_strided(rec.shape, rec.stride, dtype=rec.dtype, device=rec.device)
+            dst = torch.empty(rec.nbytes, dtype=torch.uint8, device=rec.device)
             with self._lock:
                 if rec.prefetch_dst is not None or not rec.handle:
                     continue

@@ -198,19 +198,76 @@ def test_unwritable_spill_dir_keeps_data(tmp_path: Path) -> None:
     lambda: torch.randn(512, 64).to(torch.bfloat16),
     lambda: torch.randint(-5, 5, (4096, 3), dtype=torch.int64),
     lambda: torch.randn(40, 200)[5:],          # storage offset
-    lambda: torch.randn(200, 40).t(),          # not dense in memory order: stays resident
+    lambda: torch.randn(200, 40).t(),          # transposed
+    lambda: torch.randn(64, 3, 300).unbind(1)[1],  # strided view with gaps
 ])
 def test_pack_unpack_round_trip_layouts(make: Any) -> None:
     t = make()
-    expect = t.clone()
+    expect, stride = t.clone(), t.stride()
     ctx = offload.offload(budget=1, min_spill=1024, pinned=PINNED)
     with ctx:
         packed = ctx._pack(t)
         del t
         out = ctx._unpack(packed)
     assert out.dtype == expect.dtype and out.shape == expect.shape
-    assert out.stride() == expect.stride() and out.device == expect.device
+    assert out.stride() == stride and out.device == expect.device
     assert torch.equal(out, expect)
+    ctx.close()
+
+
+def test_views_of_one_storage_are_one_unit() -> None:
+    """q, k, v of a fused projection: one spill of their storage, three exact views back."""
+    qkv = torch.randn(4, 32, 3, 2, 64)
+    q, k, v = qkv.unbind(2)
+    expect = [(t.clone(), t.stride(), t.storage_offset()) for t in (q, k, v)]
+    ctx = offload.offload(budget=1, min_spill=1024, pinned=PINNED)
+    with ctx:
+        packed = [ctx._pack(t) for t in (q, k, v)]
+        del qkv, q, k, v
+        stats = ctx.stats()
+        assert stats["timeshare.spill.hooks.deduplicated"] == 2
+        assert stats["timeshare.spill.spills"] == 1
+        assert stats["timeshare.spill.spilled_bytes.pinned"] == 4 * 32 * 3 * 2 * 64 * 4
+        outs = [ctx._unpack(p) for p in reversed(packed)][::-1]
+    for out, (want, stride, offset) in zip(outs, expect):
+        assert out.stride() == stride and out.storage_offset() == offset
+        assert torch.equal(out, want)
+    stats = ctx.stats()  # one unit brought back once, whether its spill had completed or not
+    assert (stats.get("timeshare.spill.hooks.unpacked_resident", 0) +
+            stats.get("timeshare.spill.hooks.unpacked_restored", 0)) == 1
+    ctx.close()
+
+
+def test_saved_twice_deduplicated_and_modified_storage_is_not() -> None:
+    x = torch.randn(256, 256, requires_grad=True)
+    ctx = offload.offload(budget=1, min_spill=1024, pinned=PINNED)
+    with ctx:
+        y = x.exp()
+        (y * y).sum().backward()  # mul saves y twice
+    assert ctx.stats()["timeshare.spill.hooks.deduplicated"] >= 1
+    assert torch.equal(x.grad, 2 * x.detach().exp() ** 2)
+    t = torch.randn(512, 512)
+    ctx2 = offload.offload(budget=1 << 40, min_spill=1024, pinned=PINNED)
+    with ctx2:
+        first = ctx2._pack(t)
+        before = t.clone()
+        t.add_(1)  # a new version of the storage: packed again, not shared
+        second = ctx2._pack(t)
+        assert ctx2.stats().get("timeshare.spill.hooks.deduplicated", 0) == 0
+        assert torch.equal(ctx2._unpack(second), t) and torch.equal(ctx2._unpack(first), t)
+    del before
+    ctx.close()
+    ctx2.close()
+
+
+def test_small_slice_of_large_storage_stays() -> None:
+    big = torch.randn(1024, 1024)
+    ctx = offload.offload(budget=1, min_spill=1024, pinned=PINNED)
+    with ctx:
+        assert ctx._pack(big[:16]) is not None
+    stats = ctx.stats()
+    assert stats["timeshare.spill.hooks.sparse_views"] == 1
+    assert stats.get("timeshare.spill.spills", 0) == 0
     ctx.close()
 
 
