@@ -97,6 +97,40 @@ class _Packed:
             self.handle = 0
 
 
+class _OwnedLock:
+    """A lock that knows which thread holds it (the allocator's conflict callback must not wait
+    on a lock its own thread holds)."""
+
+    __slots__ = ("_lock", "_owner")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner = 0
+
+    def acquire(self, timeout: float = -1) -> bool:
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        self._owner = threading.get_ident()
+        return True
+
+    def release(self) -> None:
+        self._owner = 0
+        self._lock.release()
+
+    def owned(self) -> bool:
+        return self._owner == threading.get_ident()
+
+    def __enter__(self) -> _OwnedLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+MAKE_ROOM_WAIT_S = 2.0
+
+
 class _SavedView:
     """What autograd holds for one saved tensor between pack and unpack: its unit and where in
     the unit's storage it lives."""
@@ -158,7 +192,7 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
         self.memory_fn = memory_fn
         self._engine: Any = None
         self._engine_device: Any = None
-        self._lock = threading.Lock()
+        self._lock = _OwnedLock()
         self._hooks: Any = None
         self._make_room_token = 0
         self._counters: Counter[str] = Counter()
@@ -419,8 +453,12 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
 
     def _make_room(self, device_index: int, nbytes: int) -> int:
         """The allocator's conflict callback: spill resident packed activations, wait for their
-        copies, drop the device copies. Never blocks on the hooks' lock (returns 0 instead)."""
-        if not self._lock.acquire(blocking=False):
+        copies, drop the device copies. Reached from the thread that holds the hooks' lock (an
+        allocation inside pack or unpack), it returns 0 at once; from another thread it waits
+        for that lock at most MAKE_ROOM_WAIT_S (the holder never waits on the allocator's lock,
+        which the allocator released before calling here), then returns 0."""
+        if self._lock.owned() or not self._lock.acquire(timeout=MAKE_ROOM_WAIT_S):
+            self._counters["make_room_busy"] += 1
             return 0
         try:
             dev = self._engine_device or next((r.device for r in self._resident.values()), None)

@@ -306,6 +306,31 @@ def test_make_room_spills_packed_activations() -> None:
     ctx.close()
 
 
+def test_make_room_waits_for_another_thread_not_its_own() -> None:
+    import threading
+    import time
+
+    ctx = offload.offload(budget=1 << 40, min_spill=1024, pinned=PINNED)
+    ts = [torch.randn(256, 256) for _ in range(2)]
+    with ctx:
+        packed = [ctx._pack(t) for t in ts]
+        with ctx._lock:  # an allocation inside pack/unpack: the same thread must not wait
+            t0 = time.monotonic()
+            assert _C.make_room(0, 1) == 0
+            assert time.monotonic() - t0 < 0.5
+        got: list[int] = []
+        with ctx._lock:  # another thread's conflict waits until the hooks let go
+            worker = threading.Thread(target=lambda: got.append(_C.make_room(0, 1)))
+            worker.start()
+            time.sleep(0.2)
+            assert not got
+        worker.join(10)
+        assert got and got[0] >= 256 * 256 * 4
+        assert ctx.stats()["timeshare.spill.hooks.make_room_busy"] == 1
+        del packed
+    ctx.close()
+
+
 def test_install_global_and_stats() -> None:
     assert offload.install_global("budget:0") is None
     ctx = offload.install_global("budget:1MiB,spill:host,pinned:64MiB,min_spill:16KiB")
