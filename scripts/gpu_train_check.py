@@ -1,7 +1,11 @@
 """Train a small real model for a few steps on the GPU and report losses, peak memory, step time.
 
-    python scripts/gpu_train_check.py --mode default|timeshare --steps 20 --json out.json
-    python scripts/gpu_train_check.py --compare default.json timeshare.json
+    python scripts/gpu_train_check.py --mode default|save_on_cpu|timeshare --json out.json
+    python scripts/gpu_train_check.py --mode timeshare --conf budget:3GiB --label ts-3GiB ...
+    python scripts/gpu_train_check.py --compare default.json timeshare.json ...
+
+save_on_cpu is PyTorch's torch.autograd.graph.save_on_cpu(pin_memory=True) around the step
+with the default allocator; timeshare with a budget in --conf also spills saved activations.
 
 Run each mode in its own process: timeshare must be enabled before CUDA initialises.
 """
@@ -14,7 +18,7 @@ import sys
 import time
 
 
-def train(mode: str, steps: int, conf: str) -> dict:
+def train(mode: str, steps: int, conf: str, label: str) -> dict:
     if mode == "timeshare":
         import timeshare
 
@@ -51,11 +55,16 @@ def train(mode: str, steps: int, conf: str) -> dict:
     data = [(torch.randn(64, 3, 64, 64, generator=gen), torch.randint(0, 100, (64,), generator=gen))
             for _ in range(4)]
     losses, times = [], []
+    import contextlib
+
     for step in range(steps):
         x, y = (t.to(dev, non_blocking=True) for t in data[step % len(data)])
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss = nn.functional.cross_entropy(model(x), y)
+        saving = (torch.autograd.graph.save_on_cpu(pin_memory=True) if mode == "save_on_cpu"
+                  else contextlib.nullcontext())
+        with saving:
+            loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -63,8 +72,15 @@ def train(mode: str, steps: int, conf: str) -> dict:
         times.append(time.perf_counter() - t0)
         losses.append(loss.item())
     times.sort()
+    spill = {}
+    if mode == "timeshare":
+        import timeshare
+
+        spill = {k: v for k, v in timeshare.memory_stats().items()
+                 if k.startswith("timeshare.spill.") and "bytes" in k}
     return {
-        "mode": mode,
+        "mode": label or mode,
+        "spill": spill,
         "losses": losses,
         "median_step_ms": 1e3 * times[len(times) // 2],
         "peak_allocated_bytes": torch.cuda.max_memory_allocated(),
@@ -75,17 +91,21 @@ def train(mode: str, steps: int, conf: str) -> dict:
 def compare(paths: list[str]) -> int:
     runs = [json.load(open(p)) for p in paths]
     base = runs[0]
-    print(f"{'mode':<12}{'step ms':>10}{'peak alloc MiB':>16}{'peak reserved MiB':>19}  losses")
+    print(f"{'mode':<22}{'step ms':>10}{'x default':>10}{'peak alloc MiB':>16}"
+          f"{'peak reserved MiB':>19}  losses")
     for r in runs:
         same = "identical" if r["losses"] == base["losses"] else "DIFFERENT"
-        print(f"{r['mode']:<12}{r['median_step_ms']:>10.2f}{r['peak_allocated_bytes'] / 2**20:>16.1f}"
+        print(f"{r['mode']:<22}{r['median_step_ms']:>10.2f}"
+              f"{r['median_step_ms'] / base['median_step_ms']:>10.2f}"
+              f"{r['peak_allocated_bytes'] / 2**20:>16.1f}"
               f"{r['peak_reserved_bytes'] / 2**20:>19.1f}  {same} (last {r['losses'][-1]:.6f})")
     return 0 if all(r["losses"] == base["losses"] for r in runs) else 1
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--mode", choices=["default", "timeshare"])
+    ap.add_argument("--mode", choices=["default", "save_on_cpu", "timeshare"])
+    ap.add_argument("--label", default="", help="name of this run in the table")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--conf", default="", help="TIMESHARE_CONF-style options for timeshare")
     ap.add_argument("--json")
@@ -93,7 +113,7 @@ def main() -> int:
     a = ap.parse_args()
     if a.compare:
         return compare(a.compare)
-    result = train(a.mode, a.steps, a.conf)
+    result = train(a.mode, a.steps, a.conf, a.label)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f)
