@@ -26,8 +26,9 @@ asynchronous save-everything strategies, from real pack/unpack sequences.
      waits for that copy.
    - timeshare: the offload hooks' furthest-need-first plan (the real code,
      timeshare.offload.offload._build_plan) against budget - look-ahead, spills at pack on the
-     side stream, restores prefetched in need order within the look-ahead (PREFETCH_SHARE of
-     the reference peak); compute waits only for a restore not yet complete; an allocation
+     side stream; at every unpack, restores of the next needed start in need order within the
+     look-ahead (PREFETCH_SHARE of the reference peak) or, when more, the room left under the
+     budget; compute waits only for a restore not yet complete; an allocation
      that would pass the budget waits for spill copies to complete (the make_room path).
    *bound*: no strategy that lowers the peak from P0 (no offload) to P can beat
    max(1, 2 (P0 - P) / bandwidth / reference time): at the moment of the peak P0 - P bytes are
@@ -155,6 +156,10 @@ def models() -> dict[str, tuple[Any, Any, Any]]:
             lambda: Decoder(4, 4096, 32, 11008, 0, gated=True),
             lambda: torch.randn(2, 4096, 4096, dtype=bf, requires_grad=True),
             lambda out: out.float().square().mean()),
+        "7B-class slice (4 x d4096, SwiGLU), 1 x 32768 tokens": (
+            lambda: Decoder(4, 4096, 32, 11008, 0, gated=True),
+            lambda: torch.randn(1, 32768, 4096, dtype=bf, requires_grad=True),
+            lambda out: out.float().square().mean()),
     }
 
 
@@ -272,33 +277,39 @@ def simulate(recs: list[dict[str, Any]], total: float, base: int, bw: float,
         if i not in spill:
             mem.append((c, -n))
             live -= n
-            continue
-        if strategy == "sync-all":
+        elif strategy == "sync-all":
             mem.append((c, n))
             c += cp(n)
+            mem.append((c, -n))
         elif i in ready:
             c = max(c, ready.pop(i))
             inflight -= n
+            mem.append((c, -n))
         else:
             start = max(c, h2d, d2h if recs[i]["pack"] >= 0 else 0)
             mem.append((start, n))
             h2d = start + cp(n)
             c = h2d
-        mem.append((c, -n))
-        if strategy == "timeshare":
+            mem.append((c, -n))
+        if strategy == "timeshare":  # every unpack starts restores of the next needed
             while next_need < len(need) and need[next_need] != i and need[next_need] in ready:
                 next_need += 1
             if next_need < len(need) and need[next_need] == i:
                 next_need += 1
             j = next_need
-            while j < len(need) and inflight + recs[need[j]]["bytes"] <= max(lookahead, 1):
+            while j < len(need):
                 k = need[j]
+                nb = recs[k]["bytes"]
                 if k not in ready:
+                    # within the look-ahead, or within the room left under the budget
+                    held = base + sum(d for when, d in mem if when <= c or d > 0)
+                    if inflight + nb > max(lookahead, 1) and held + nb > budget + lookahead:
+                        break
                     start = max(c, h2d)
-                    h2d = start + cp(recs[k]["bytes"])
+                    h2d = start + cp(nb)
                     ready[k] = h2d
-                    inflight += recs[k]["bytes"]
-                    mem.append((start, recs[k]["bytes"]))
+                    inflight += nb
+                    mem.append((start, nb))
                 j += 1
     c += total - last
     cur = peak = 0

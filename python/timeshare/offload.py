@@ -480,7 +480,21 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
     def _unpack(self, saved: Any) -> Any:
         if not isinstance(saved, _SavedView):
             return saved
-        return saved.rebuild(self._unpack_unit(saved.unit))
+        out = saved.rebuild(self._unpack_unit(saved.unit))
+        self._prefetch_next(saved.unit.device)
+        return out
+
+    def _prefetch_next(self, device: Any) -> None:
+        """At every unpack (backward has reached this point): start restores of the next
+        entries in predicted order, within the look-ahead or, when larger, the room left under
+        the budget."""
+        if self._engine is None:
+            return
+        with self._lock:
+            window = max(self.prefetch, self.budget - self._device_bytes(device))
+            todo = [self._by_handle.get(h) for h in self._engine.prefetch_candidates(window)]
+        self._start_prefetches(
+            [r for r in todo if r is not None and r.tensor is None and r.restored is None])
 
     def _unpack_unit(self, rec: _Packed) -> Any:
         """The unit's storage on the device as a flat uint8 tensor: the resident one, or
@@ -544,9 +558,6 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
             rec.restored = dst
             rec.prefetch_dst = None
             self._counters["unpacked_restored"] += 1
-            todo = [self._by_handle.get(h) for h in engine.prefetch_candidates(self.prefetch)]
-        self._start_prefetches(
-            [r for r in todo if r is not None and r.tensor is None and r.restored is None])
         return dst
 
     def _start_prefetches(self, recs: list[_Packed]) -> None:
