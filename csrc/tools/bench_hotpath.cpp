@@ -10,6 +10,11 @@
 //   temporal                 TemporalPool without predictions (hint 0: the "unknown" region)
 //   temporal+KIND            TemporalPool, predictor KIND answering every allocation
 //   KIND                     the predictor alone (no pool)
+//   ...@warm                 (any variant with a predictor) the predictor first sees the whole
+//                            trace once, untimed, and the run waits (up to --warm-wait seconds)
+//                            until a learning predictor has published a model; then the timed
+//                            replay continues its clock and ids on a fresh pool: the steady
+//                            state of a long job (LSTM head evaluated, retrainings running)
 //
 // KIND is a predict::make_predictor kind (constant, table, hybrid_nolstm, hybrid, ...). Predictors
 // run in REAL-TIME mode (deterministic = false): `hybrid` has its background trainer thread, as
@@ -27,7 +32,8 @@
 // wall time at rate R is over. Only the bursts are timed. At low rates a background trainer has
 // more time between events; at the maximum rate it competes with every event.
 //
-//   bench_hotpath [--rounds N] [--rates R1,R2] [--burst N] [--variants a,b] [--json PATH]
+//   bench_hotpath [--rounds N] [--rates R1,R2] [--burst N] [--variants a,b] [--warm-wait S]
+//                 [--trainer-nice N (default: PredictorOptions' default)] [--json PATH]
 //                 trace.tsev ...
 #include <algorithm>
 #include <chrono>
@@ -35,6 +41,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "timeshare/device/sim/sim_backend.h"
@@ -57,19 +64,24 @@ constexpr std::size_t kReplayCapacityBytes = std::size_t{1} << 40;  // never run
 
 const std::vector<std::string> kDefaultVariants = {
     "torch", "temporal+constant", "temporal+hybrid_nolstm", "temporal+hybrid",
-    "hybrid_nolstm", "hybrid"};
+    "temporal+hybrid@warm", "hybrid_nolstm", "hybrid@warm"};
+
+constexpr double kDefaultWarmWaitSeconds = 30.0;
+constexpr auto kWarmPoll = std::chrono::milliseconds(5);
 
 struct Variant {
   std::string name;
   std::string pool;   // "torch", "temporal" or "" (predictor alone)
   std::string kind;   // predictor kind, "" for none
+  bool warm = false;
 };
 
 struct Run {
   double ns_per_pair = 0.0;
   std::uint64_t ooms = 0;
-  std::uint64_t retrains = 0;
-  std::uint64_t lstm_answers = 0;
+  std::uint64_t retrains = 0;        // by the end of the timed loop
+  std::uint64_t lstm_evaluations = 0;  // in the timed loop
+  bool model_active = false;         // a model answered in the timed loop
 };
 
 struct Cell {
@@ -93,13 +105,22 @@ std::vector<std::string> split(const std::string& s, char sep) {
   return out;
 }
 
-bool parse_variant(const std::string& spec, Variant* v, std::string* why) {
-  v->name = spec;
+bool parse_variant(const std::string& full, Variant* v, std::string* why) {
+  v->name = full;
+  std::string spec = full;
+  if (spec.size() > 5 && spec.ends_with("@warm")) {
+    v->warm = true;
+    spec.resize(spec.size() - 5);
+  }
   const std::size_t plus = spec.find('+');
   const std::string head = spec.substr(0, plus);
   if (head == "torch") {
     if (plus != std::string::npos) {
       *why = "torch takes no predictor";
+      return false;
+    }
+    if (v->warm) {
+      *why = "@warm needs a predictor";
       return false;
     }
     v->pool = "torch";
@@ -112,6 +133,10 @@ bool parse_variant(const std::string& spec, Variant* v, std::string* why) {
     v->kind = spec;
   } else {
     *why = "expected torch, temporal, temporal+KIND or KIND";
+    return false;
+  }
+  if (v->warm && v->kind.empty()) {
+    *why = "@warm needs a predictor";
     return false;
   }
   if (!v->kind.empty()) {
@@ -131,7 +156,32 @@ void spin_until(Clock::time_point t) {
   }
 }
 
-Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t burst) {
+// Feeds the whole trace to the predictor (untimed), then waits until a learning predictor has
+// a model (or the wait is over).
+void warm_up(predict::LifespanPredictor& p, const trace::Trace& t, double wait_s) {
+  for (std::size_t i = 0; i < t.events.size(); ++i) {
+    const trace::Event& e = t.events[i];
+    if (e.op == trace::Op::kAlloc) {
+      predict::AllocEvent a;
+      a.alloc_id = e.id;
+      a.bytes = e.bytes;
+      a.stream = e.stream;
+      a.now_events = i;
+      a.now_us = e.time_us;
+      p.on_alloc(a);
+    } else {
+      p.on_free({e.id, i, e.time_us});
+    }
+  }
+  if (dynamic_cast<const predict::HybridPredictor*>(&p) == nullptr) return;
+  const auto deadline = Clock::now() + std::chrono::duration<double>(wait_s);
+  while (p.stats().retrains == 0 && Clock::now() < deadline) std::this_thread::sleep_for(kWarmPoll);
+}
+
+int g_trainer_nice = predict::kDefaultTrainerNice;
+
+Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t burst,
+             double warm_wait_s) {
   device::SimOptions so;
   so.capacity_bytes = kReplayCapacityBytes;
   so.backing = false;
@@ -146,8 +196,18 @@ Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t b
     predict::PredictorOptions o;
     o.kind = v.kind;
     o.deterministic = false;  // as in production: trainer thread for the LSTM kinds
+    o.trainer_nice = g_trainer_nice;
     predictor = predict::make_predictor(o);
   }
+  // With @warm the timed replay continues the warm-up pass's clock and ids.
+  std::uint64_t clock0 = 0, id0 = 0;
+  if (v.warm) {
+    warm_up(*predictor, t, warm_wait_s);
+    clock0 = t.events.size();
+    id0 = t.allocs;
+  }
+  const auto* hybrid = dynamic_cast<const predict::HybridPredictor*>(predictor.get());
+  const std::uint64_t evals0 = hybrid ? hybrid->lstm_evaluations() : 0;
   std::vector<void*> ptrs(t.allocs, nullptr);
   Run r;
   const std::size_t n = t.events.size();
@@ -162,14 +222,14 @@ Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t b
       const trace::Event& e = t.events[i];
       if (e.op == trace::Op::kAlloc) {
         pool::AllocHint hint;
-        hint.now_events = i;
-        hint.alloc_id = e.id;
+        hint.now_events = clock0 + i;
+        hint.alloc_id = id0 + e.id;
         if (predictor) {
           predict::AllocEvent a;
-          a.alloc_id = e.id;
+          a.alloc_id = id0 + e.id;
           a.bytes = e.bytes;
           a.stream = e.stream;
-          a.now_events = i;
+          a.now_events = clock0 + i;
           a.now_us = e.time_us;
           hint.predicted_lifespan = predictor->on_alloc(a);
         }
@@ -179,8 +239,8 @@ Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t b
           ptrs[e.id] = p;
         }
       } else {
-        if (pool && ptrs[e.id] != nullptr) pool->deallocate(ptrs[e.id], i);
-        if (predictor) predictor->on_free({e.id, i, e.time_us});
+        if (pool && ptrs[e.id] != nullptr) pool->deallocate(ptrs[e.id], clock0 + i);
+        if (predictor) predictor->on_free({id0 + e.id, clock0 + i, e.time_us});
       }
     }
     const Clock::time_point t1 = Clock::now();
@@ -192,10 +252,9 @@ Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t b
   r.ns_per_pair = t.allocs ? timed_ns / double(t.allocs) : 0.0;
   if (predictor) {
     r.retrains = predictor->stats().retrains;
-    if (const auto* h = dynamic_cast<const predict::HybridPredictor*>(predictor.get())) {
-      r.lstm_answers = h->lstm_answers();
-    }
+    r.model_active = predictor->stats().model_active;
   }
+  if (hybrid) r.lstm_evaluations = hybrid->lstm_evaluations() - evals0;
   return r;
 }
 
@@ -228,16 +287,20 @@ bool write_json(const std::string& path, int rounds, std::size_t burst,
                  "\"allocs\": %zu, \"ns_per_pair\": [",
                  json_escape(x.trace).c_str(), x.rate, json_escape(x.variant).c_str(), x.events,
                  x.allocs);
-    std::uint64_t ooms = 0, retrains = 0, lstm = 0;
+    std::uint64_t ooms = 0, retrains = 0, evals = 0, active = 0;
     for (std::size_t r = 0; r < x.runs.size(); ++r) {
       std::fprintf(f, "%s%.2f", r ? ", " : "", x.runs[r].ns_per_pair);
       ooms += x.runs[r].ooms;
       retrains = std::max(retrains, x.runs[r].retrains);
-      lstm = std::max(lstm, x.runs[r].lstm_answers);
+      evals = std::max(evals, x.runs[r].lstm_evaluations);
+      active += x.runs[r].model_active;
     }
-    std::fprintf(f, "], \"ooms\": %llu, \"max_retrains\": %llu, \"max_lstm_answers\": %llu}%s\n",
+    std::fprintf(f,
+                 "], \"ooms\": %llu, \"max_retrains\": %llu, \"max_lstm_evaluations\": %llu, "
+                 "\"model_active_runs\": %llu}%s\n",
                  (unsigned long long)ooms, (unsigned long long)retrains,
-                 (unsigned long long)lstm, c + 1 < cells.size() ? "," : "");
+                 (unsigned long long)evals, (unsigned long long)active,
+                 c + 1 < cells.size() ? "," : "");
   }
   std::fprintf(f, "  ]\n}\n");
   return std::fclose(f) == 0;
@@ -251,6 +314,7 @@ int main(int argc, char** argv) {
   std::vector<double> rates = {0.0};
   std::vector<std::string> variant_specs = kDefaultVariants;
   std::string json_path;
+  double warm_wait_s = kDefaultWarmWaitSeconds;
   std::vector<trace::Trace> traces;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -272,10 +336,14 @@ int main(int argc, char** argv) {
       variant_specs = split(next(), ',');
     } else if (a == "--json") {
       json_path = next();
+    } else if (a == "--trainer-nice") {
+      g_trainer_nice = std::atoi(next().c_str());
+    } else if (a == "--warm-wait") {
+      warm_wait_s = std::max(0.0, std::atof(next().c_str()));
     } else if (a == "--help" || a == "-h") {
       std::printf("usage: bench_hotpath [--rounds N] [--rates R1,R2 (events/s, 0 = max)] "
-                  "[--burst N] [--variants torch,temporal+KIND,KIND,...] [--json PATH] "
-                  "trace.tsev ...\n");
+                  "[--burst N] [--variants torch,temporal+KIND,KIND,...,VARIANT@warm] "
+                  "[--warm-wait SECONDS] [--trainer-nice N] [--json PATH] trace.tsev ...\n");
       return 0;
     } else {
       trace::Trace t;
@@ -331,7 +399,9 @@ int main(int argc, char** argv) {
     std::size_t k = 0;
     for (double rate : rates) {
       for (const trace::Trace& t : traces) {
-        for (const Variant& v : variants) cells[k++].runs.push_back(run_once(v, t, rate, burst));
+        for (const Variant& v : variants) {
+          cells[k++].runs.push_back(run_once(v, t, rate, burst, warm_wait_s));
+        }
       }
     }
     std::fprintf(stderr, "bench_hotpath: round %d/%d done\n", r + 1, rounds);

@@ -10,6 +10,8 @@
 //     --explain KIND       bucket KIND's warm misses (lifespan, size, aligned twin in the previous
 //                          marked iteration, detector vs marks); marks from NAME.iters beside
 //                          NAME.tsev (event indices of iteration starts, one a line)
+//     --checksum           also print a hash of every prediction (to check that a change of the
+//                          predictor's code leaves its deterministic answers bit for bit the same)
 //     --hidden N --context-k K --retrain-events N --seed S --lag N --train-steps N
 #include <algorithm>
 #include <chrono>
@@ -20,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "timeshare/predict/hashing.h"
 #include "timeshare/predict/hybrid_predictor.h"
 #include "timeshare/predict/online_predictor.h"
 #include "timeshare/predict/period_detector.h"
@@ -233,6 +236,7 @@ int main(int argc, char** argv) {
   bool synthetic = false;
   int synthetic_iterations = SyntheticTraceOptions{}.iterations;
   std::string explain_kind;
+  bool checksum = false;
   std::vector<std::vector<std::uint64_t>> marks;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -248,6 +252,7 @@ int main(int argc, char** argv) {
     else if (a == "--kinds") kinds = split(next(), ',');
     else if (a == "--realtime") base.deterministic = false;
     else if (a == "--explain") explain_kind = next();
+    else if (a == "--checksum") checksum = true;
     else if (a == "--hidden") base.hidden = std::atoi(next().c_str());
     else if (a == "--context-k") base.context_k = std::atoi(next().c_str());
     else if (a == "--retrain-events") base.retrain_interval_events = std::strtoull(next().c_str(), nullptr, 10);
@@ -298,8 +303,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "predict_eval: no traces (give .tsev files or --synthetic)\n");
     return 2;
   }
-  std::printf("%-28s %-10s %8s %8s %8s %9s %8s %7s %6s %9s\n", "trace", "kind", "within2x",
-              "med_err", "warm2x", "ns/event", "events", "retrain", "drift", "lstm_ans");
+  std::printf("%-28s %-10s %8s %8s %8s %9s %8s %7s %6s %9s %9s\n", "trace", "kind", "within2x",
+              "med_err", "warm2x", "ns/event", "events", "retrain", "drift", "lstm_ans",
+              "lstm_eval");
   marks.resize(traces.size());
   for (std::size_t ti = 0; ti < traces.size(); ++ti) {
     const trace::Trace& t = traces[ti];
@@ -317,15 +323,22 @@ int main(int argc, char** argv) {
       std::vector<std::uint64_t> pred;
       const Figures f = replay(t.events, truth, warm_from, p.get(), &pred);
       const PredictorStats s = p->stats();
-      double lstm_share = 0.0;
+      double lstm_share = 0.0, eval_share = 0.0;
       if (auto* h = dynamic_cast<HybridPredictor*>(p.get())) {
         lstm_share = s.predictions ? double(h->lstm_answers()) / double(s.predictions) : 0.0;
+        eval_share = s.predictions ? double(h->lstm_evaluations()) / double(s.predictions) : 0.0;
       }
-      std::printf("%-28s %-10s %8.4f %8.3f %8.4f %9.1f %8zu %7llu %6llu %9.4f\n",
+      std::printf("%-28s %-10s %8.4f %8.3f %8.4f %9.1f %8zu %7llu %6llu %9.4f %9.4f\n",
                   t.name.c_str(), kind.c_str(), f.within_2x, f.median_abs_log2,
                   f.warm_within_2x, f.ns_per_event, t.events.size(),
                   (unsigned long long)s.retrains, (unsigned long long)s.drift_triggers,
-                  lstm_share);
+                  lstm_share, eval_share);
+      if (checksum) {
+        std::uint64_t h = 0;
+        for (std::uint64_t v : pred) h = hash_combine(h, v);
+        std::printf("  checksum %s %s %016llx\n", t.name.c_str(), kind.c_str(),
+                    (unsigned long long)h);
+      }
       if (kind == explain_kind) explain(t, marks[ti], truth, pred, warm_from);
       std::fflush(stdout);
     }

@@ -173,6 +173,7 @@ TEST_CASE("predict/trainer: weights publish while the hot path predicts", "[pred
   o.deterministic = false;              // background trainer thread
   o.retrain_interval_events = 500;      // publish often
   o.train_steps = 10;
+  o.trainer_nice = 0;                   // this test is about publication, not scheduling
   HybridPredictor p(o, /*lstm_only=*/true);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   std::uint64_t base_id = 0, rounds = 0;

@@ -43,6 +43,18 @@ class AlignedHistory {
   // given the detected period in allocations (0: none). Then records the allocation.
   AlignedAnswer on_alloc(std::uint64_t seq, std::uint64_t size_key, std::uint64_t now_tick,
                          std::uint64_t period) noexcept;
+  // Starts loading the record on_alloc(seq, ..., period) will read first, and the one
+  // learn(seq) will write (no effect on any result).
+  void prefetch(std::uint64_t seq, std::uint64_t period) const noexcept {
+    if (period != 0 && period == period_) {
+      const std::int64_t b = std::int64_t(period) + shift_;
+      if (b > 0 && std::uint64_t(b) <= seq) __builtin_prefetch(&ring_[(seq - std::uint64_t(b)) & (kMaxPeriodAllocs - 1)]);
+    }
+    __builtin_prefetch(&ring_[seq & (kMaxPeriodAllocs - 1)]);
+  }
+  void prefetch_learn(std::uint64_t seq) const noexcept {
+    __builtin_prefetch(&ring_[seq & (kMaxPeriodAllocs - 1)]);
+  }
   // The lifespan of allocation `seq` became known.
   void learn(std::uint64_t seq, float log2_life) noexcept;
 

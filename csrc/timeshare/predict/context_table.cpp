@@ -100,6 +100,7 @@ ContextAnswer ContextTable::lookup(const ContextKeys& keys) noexcept {
 }
 
 void ContextTable::learn(const ContextKeys& keys, float log2_life) noexcept {
+  prefetch(keys);
   for (int k = 0; k < keys.levels; ++k) {
     ContextEntry* e = slot_for(keys.key[k]);
     e->prev_log2 = e->count ? e->last_log2 : log2_life;

@@ -26,11 +26,37 @@ namespace timeshare::predict {
 inline constexpr int kFeatureCount = 21;
 inline constexpr int kSizeSignatureDims = 8;
 
+// Everything the features of one allocation are computed from, captured on the hot path (a few
+// stores); the floats are computed from it later, off the hot path (compute_features), except
+// when the hot path itself runs the LSTM head.
+struct RawAlloc {
+  std::uint64_t bytes = 0;
+  std::uint64_t prev_bytes = 0;        // 0: no previous allocation
+  std::uint64_t dt_us = 0;             // since the previous allocation
+  std::uint64_t period = 0;            // detector's period before this allocation (0: none)
+  std::uint64_t position = 0;          // this allocation's position in the period
+  std::uint64_t live = 0;              // live allocations before this one
+  std::uint64_t frees_since_alloc = 0;
+  float table_log2 = 0.0f;
+  std::int16_t table_level = -1;
+  std::int16_t table_levels = 0;
+  std::uint32_t occurrence = 0;
+  bool other_stream = false;           // not the first stream seen
+  bool have_prev = false;
+};
+
+// The features of one allocation (out[kFeatureCount]); a pure function of `r`.
+void compute_features(const RawAlloc& r, float* out) noexcept;
+
 class FeatureExtractor {
  public:
   // Call on each allocation before the detector sees it; fills out[kFeatureCount].
   void extract(const AllocEvent& e, float table_log2, int table_level, int table_levels,
                std::uint32_t occurrence, float* out);
+  // The same without computing the floats and without pushing to the detector (the caller
+  // does): extract() == capture() + compute_features() + detector().push(e.bytes).
+  RawAlloc capture(const AllocEvent& e, float table_log2, int table_level, int table_levels,
+                   std::uint32_t occurrence) noexcept;
   void on_free() noexcept { ++frees_since_alloc_; --live_; }
 
   PeriodDetector& detector() noexcept { return detector_; }

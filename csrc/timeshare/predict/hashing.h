@@ -26,19 +26,29 @@ class IdMap {
  public:
   IdMap() { rehash(kInitialCapacity); }
 
-  V* insert(std::uint64_t id) {
+  V* insert(std::uint64_t id) { return emplace(id, V{}); }
+
+  // insert(id) with `value` written once (not value-initialised first); an existing entry
+  // is overwritten.
+  V* emplace(std::uint64_t id, const V& value) {
     if ((size_ + 1) * 2 > slots_.size()) rehash(slots_.size() * 2);
     std::size_t i = mix64(id) & mask_;
     while (slots_[i].used) {
-      if (slots_[i].id == id) return &slots_[i].value;
+      if (slots_[i].id == id) {
+        slots_[i].value = value;
+        return &slots_[i].value;
+      }
       i = (i + 1) & mask_;
     }
     slots_[i].used = true;
     slots_[i].id = id;
-    slots_[i].value = V{};
+    slots_[i].value = value;
     ++size_;
     return &slots_[i].value;
   }
+
+  // Starts loading the home slot of `id` (no effect on any result).
+  void prefetch(std::uint64_t id) const noexcept { __builtin_prefetch(&slots_[mix64(id) & mask_]); }
 
   V* find(std::uint64_t id) {
     std::size_t i = mix64(id) & mask_;
@@ -97,7 +107,7 @@ class IdMap {
     mask_ = capacity - 1;
     size_ = 0;
     for (const Slot& s : old) {
-      if (s.used) *insert(s.id) = s.value;
+      if (s.used) emplace(s.id, s.value);
     }
   }
 

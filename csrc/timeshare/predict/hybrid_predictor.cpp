@@ -24,7 +24,7 @@ HybridPredictor::HybridPredictor(const PredictorOptions& opt, bool lstm_only)
       trainer_(opt, kFeatureCount),
       h_(std::max(opt.hidden, 1), 0.0f),
       head_scratch_(std::max(opt.head_hidden, 1), 0.0f) {
-  staging_.x.reserve(std::size_t(std::max(opt.lag_allocs, 1)) * kFeatureCount * 2);
+  staging_.allocs.reserve(std::size_t(std::max(opt.lag_allocs, 1)) * 2);
   if (!opt_.deterministic && use_lstm_) trainer_.start_thread();
 }
 
@@ -49,57 +49,69 @@ float HybridPredictor::run_head(const float* x) {
 
 std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
   const std::uint64_t seq = seq_++;
-  const ContextKeys keys = table_.keys(e.bytes, e.stream, features_.detector().cycle());
+  PeriodDetector& detector = features_.detector();
+  const ContextKeys keys = table_.keys(e.bytes, e.stream, detector.cycle());
+  // What the detector says before it sees this allocation (the features and the twin use it).
+  const std::uint64_t period = detector.period();
+  // Every structure this allocation touches, loaded in parallel before the first probe.
+  table_.prefetch(keys);
+  aligned_.prefetch(seq, period);
+  detector.prefetch_next(e.bytes);
+  pending_.prefetch(e.alloc_id);
+  RawAlloc raw;
+  if (use_lstm_) raw = features_.capture(e, 0.0f, -1, keys.levels, table_.last_occurrence());
+  // The detector's own work (scoring its candidates) overlaps the loads started above; nothing
+  // below reads the detector.
+  detector.push(e.bytes);
+
   ContextAnswer ans = table_.lookup(keys);
   // The occurrence level (keys.levels == K + 2) against the plain contexts: a global counter of
   // which was within 2x more often decides whether the occurrence level may answer.
   // The plain contexts are looked up again only when the occurrence level answered.
   const bool occ_answer = ans.level == keys.levels - 1 && keys.levels > table_.context_k() + 1;
   ContextAnswer plain = ans;
+  float occ_log2 = 0.0f;
   if (occ_answer) {
+    occ_log2 = ans.full->last_log2;   // the occurrence-level entry that answered
     ContextKeys plain_keys = keys;
     plain_keys.levels = table_.context_k() + 1;
     plain = table_.lookup(plain_keys);
     if (occurrence_gate_ < 0 && plain.level >= 0) ans = plain;
   }
-  // Before the detector sees this allocation (features_.extract pushes it).
-  const AlignedAnswer al = aligned_.on_alloc(seq, keys.key[0], e.now_events,
-                                             features_.detector().period());
+  const AlignedAnswer al = aligned_.on_alloc(seq, keys.key[0], e.now_events, period);
 
-  if (!use_lstm_) return finish_alloc_without_lstm(e, seq, keys, ans, plain, occ_answer, al);
-  if (staging_.count >= kMaxStagedAllocs) {  // trainer held the ring too long: drop, gap
-    staging_.count = 0;
-    staging_.x.clear();
-    staging_.first_seq = seq;
-  }
-  if (staging_.count == 0) staging_.first_seq = seq;
-  const std::size_t off = staging_.x.size();
-  staging_.x.resize(off + kFeatureCount);
-  features_.extract(e, ans.log2_life, ans.level, keys.levels, table_.last_occurrence(),
-                     &staging_.x[off]);
-  ++staging_.count;
-  const float* x = &staging_.x[off];
-
-  refresh_model();
   Pending p;
   p.seq = seq;
   p.alloc_tick = e.now_events;
   p.keys = keys;
   p.table_log2 = ans.log2_life;
   p.table_level = std::int8_t(ans.level);
-  p.full_known = ans.level == keys.levels - 1;
   p.occ_compared = occ_answer && plain.level >= 0;
-  p.occ_log2 = occ_answer ? table_.find(keys.key[keys.levels - 1])->last_log2 : 0.0f;
+  p.occ_log2 = p.occ_compared ? occ_log2 : 0.0f;
   p.plain_log2 = plain.log2_life;
   p.aligned_log2 = al.log2_life;
   p.aligned_compared = al.found && !al.from_live && ans.level >= 0;
+  if (!use_lstm_) return finish_alloc_without_lstm(e, al, ans, &p);
+
+  if (staging_.allocs.size() >= kMaxStagedAllocs) {  // trainer held the inbox too long: drop
+    staging_.allocs.clear();
+  }
+  raw.table_log2 = ans.log2_life;
+  raw.table_level = std::int16_t(ans.level);
+  staging_.allocs.push_back({seq, raw});
+
+  refresh_model();
+  p.full_known = ans.level == keys.levels - 1;
   const bool use_aligned = !lstm_only_ && prefer_aligned(al, ans);
 
   bool use_lstm = false;
   if (!use_aligned && model_ &&
       (lstm_only_ || !(p.full_known && ans.stable && ans.full->gate <= 0))) {
+    float x[kFeatureCount];   // computed here only when the head runs
+    compute_features(raw, x);
     p.lstm_log2 = run_head(x);
     p.lstm_evaluated = true;
+    ++lstm_evaluations_;
     if (lstm_only_) {
       use_lstm = true;
     } else if (p.full_known) {
@@ -120,7 +132,7 @@ std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
   } else {
     p.answer_log2 = float(mean_log2_);
   }
-  *pending_.insert(e.alloc_id) = p;
+  pending_.emplace(e.alloc_id, p);
   table_.push_size(e.bytes);
   ++predictions_;
   after_alloc_housekeeping(e.now_events);
@@ -136,36 +148,22 @@ bool HybridPredictor::prefer_aligned(const AlignedAnswer& al, const ContextAnswe
   return !al.from_live || ans.log2_life < al.log2_life - kWithin2xLog2;
 }
 
-std::uint64_t HybridPredictor::finish_alloc_without_lstm(const AllocEvent& e, std::uint64_t seq,
-                                                         const ContextKeys& keys,
-                                                         const ContextAnswer& ans,
-                                                         const ContextAnswer& plain,
-                                                         bool occ_answer, const AlignedAnswer& al) {
-  features_.detector().push(e.bytes);
-  Pending& p = *pending_.insert(e.alloc_id);
-  p = Pending{};
-  p.seq = seq;
-  p.alloc_tick = e.now_events;
-  p.keys = keys;
-  p.table_log2 = ans.log2_life;
-  p.table_level = std::int8_t(ans.level);
-  p.occ_compared = occ_answer && plain.level >= 0;
-  p.occ_log2 = p.occ_compared ? table_.find(keys.key[keys.levels - 1])->last_log2 : 0.0f;
-  p.plain_log2 = plain.log2_life;
-  p.aligned_log2 = al.log2_life;
-  p.aligned_compared = al.found && !al.from_live && ans.level >= 0;
+std::uint64_t HybridPredictor::finish_alloc_without_lstm(const AllocEvent& e,
+                                                         const AlignedAnswer& al,
+                                                         const ContextAnswer& ans, Pending* p) {
   if (prefer_aligned(al, ans)) {
-    p.answer_log2 = al.log2_life;
+    p->answer_log2 = al.log2_life;
     ++aligned_answers_;
   } else if (ans.level >= 0) {
-    p.answer_log2 = ans.log2_life;
+    p->answer_log2 = ans.log2_life;
     ++table_answers_;
   } else {
-    p.answer_log2 = float(mean_log2_);
+    p->answer_log2 = float(mean_log2_);
   }
+  pending_.emplace(e.alloc_id, *p);
   table_.push_size(e.bytes);
   ++predictions_;
-  return to_ticks(p.answer_log2);
+  return to_ticks(p->answer_log2);
 }
 
 void HybridPredictor::after_alloc_housekeeping(std::uint64_t now_events) {
@@ -199,6 +197,8 @@ void HybridPredictor::after_alloc_housekeeping(std::uint64_t now_events) {
 void HybridPredictor::on_free(const FreeEvent& e) {
   Pending p;
   if (!pending_.take(e.alloc_id, &p)) return;
+  table_.prefetch(p.keys);
+  aligned_.prefetch_learn(p.seq);
   features_.on_free();
   const std::uint64_t life = e.now_events > p.alloc_tick ? e.now_events - p.alloc_tick : 1;
   const float l2 = float(std::log2(double(life)));

@@ -48,6 +48,8 @@ class HybridPredictor final : public LifespanPredictor {
   PredictorStats stats() const override;
 
   std::uint64_t lstm_answers() const noexcept { return lstm_answers_; }
+  // Allocations on which the hot path ran the LSTM head (answering or not).
+  std::uint64_t lstm_evaluations() const noexcept { return lstm_evaluations_; }
   std::uint64_t table_answers() const noexcept { return table_answers_; }
   std::uint64_t aligned_answers() const noexcept { return aligned_answers_; }
   const PeriodDetector& detector() const noexcept { return features_.detector(); }
@@ -75,10 +77,8 @@ class HybridPredictor final : public LifespanPredictor {
 
   void refresh_model();
   bool prefer_aligned(const AlignedAnswer& al, const ContextAnswer& ans) const;
-  std::uint64_t finish_alloc_without_lstm(const AllocEvent& e, std::uint64_t seq,
-                                          const ContextKeys& keys, const ContextAnswer& ans,
-                                          const ContextAnswer& plain, bool occ_answer,
-                                          const AlignedAnswer& al);
+  std::uint64_t finish_alloc_without_lstm(const AllocEvent& e, const AlignedAnswer& al,
+                                          const ContextAnswer& ans, Pending* p);
   float run_head(const float* x);
   void after_alloc_housekeeping(std::uint64_t now_events);
   void update_drift(bool within);
@@ -110,6 +110,7 @@ class HybridPredictor final : public LifespanPredictor {
   // Stats and drift.
   std::uint64_t predictions_ = 0, observed_ = 0;
   std::uint64_t lstm_answers_ = 0, table_answers_ = 0, aligned_answers_ = 0;
+  std::uint64_t lstm_evaluations_ = 0;
   double rolling_ = 0.0;
   double reference_ = -1.0;           // best rolling share since the last training
   std::uint64_t since_publish_ = 0;   // frees since the hot path saw new weights

@@ -12,6 +12,42 @@ inline Real sigmoid(Real v) {
   return Real(1) / (Real(1) + std::exp(-v));
 }
 
+// out[r] = bias[r] + sum_k W[r][k] v1[k] (k < n1) + sum_k W[r][n1 + k] v2[k] (k < n2), for
+// r < rows, W row-major with `cols` columns. Each row is summed in exactly that order (so the
+// result is bit for bit the plain loop's), but kRowBlock rows at a time: their sums are
+// independent chains the CPU overlaps, where one row at a time waits on every addition.
+constexpr int kRowBlock = 8;
+
+template <typename Real>
+inline void matvec_rows(const Real* W, int rows, int cols, const Real* bias, const Real* v1,
+                        int n1, const Real* v2, int n2, Real* out) {
+  int r0 = 0;
+  for (; r0 + kRowBlock <= rows; r0 += kRowBlock) {
+    Real acc[kRowBlock];
+    const Real* w[kRowBlock];
+    for (int j = 0; j < kRowBlock; ++j) {
+      acc[j] = bias[r0 + j];
+      w[j] = W + std::size_t(r0 + j) * cols;
+    }
+    for (int k = 0; k < n1; ++k) {
+      const Real v = v1[k];
+      for (int j = 0; j < kRowBlock; ++j) acc[j] += w[j][k] * v;
+    }
+    for (int k = 0; k < n2; ++k) {
+      const Real v = v2[k];
+      for (int j = 0; j < kRowBlock; ++j) acc[j] += w[j][n1 + k] * v;
+    }
+    for (int j = 0; j < kRowBlock; ++j) out[r0 + j] = acc[j];
+  }
+  for (int r = r0; r < rows; ++r) {
+    const Real* row = W + std::size_t(r) * cols;
+    Real acc = bias[r];
+    for (int k = 0; k < n1; ++k) acc += row[k] * v1[k];
+    for (int k = 0; k < n2; ++k) acc += row[n1 + k] * v2[k];
+    out[r] = acc;
+  }
+}
+
 template <typename Real>
 inline double huber(Real r, Real* dr) {
   const Real delta = Real(kHuberDeltaLog2);
@@ -58,16 +94,7 @@ double forward_window(const LstmParams<Real>& m, const Real* xs, const Real* tar
     const Real* cp = &tape->c[std::size_t(t) * H];
     Real* hn = &tape->h[std::size_t(t + 1) * H];
     Real* cn = &tape->c[std::size_t(t + 1) * H];
-    const int cols = s.gate_cols();
-    const Real* W = &m.p[s.off_w()];
-    const Real* b = &m.p[s.off_b()];
-    for (int r = 0; r < 4 * H; ++r) {
-      const Real* row = W + std::size_t(r) * cols;
-      Real acc = b[r];
-      for (int k = 0; k < F; ++k) acc += row[k] * x[k];
-      for (int k = 0; k < H; ++k) acc += row[F + k] * hp[k];
-      z[r] = acc;
-    }
+    matvec_rows(&m.p[s.off_w()], 4 * H, s.gate_cols(), &m.p[s.off_b()], x, F, hp, H, z);
     for (int k = 0; k < H; ++k) {
       const Real i = sigmoid(z[k]), f = sigmoid(z[H + k]);
       const Real g = std::tanh(z[2 * H + k]), o = sigmoid(z[3 * H + k]);
@@ -115,15 +142,7 @@ template <typename Real>
 void lstm_step(const LstmParams<Real>& m, const Real* x, Real* h, Real* c, Real* z) {
   const LstmShape& s = m.shape;
   const int H = s.hidden, F = s.input, cols = s.gate_cols();
-  const Real* W = &m.p[s.off_w()];
-  const Real* b = &m.p[s.off_b()];
-  for (int r = 0; r < 4 * H; ++r) {
-    const Real* row = W + std::size_t(r) * cols;
-    Real acc = b[r];
-    for (int k = 0; k < F; ++k) acc += row[k] * x[k];
-    for (int k = 0; k < H; ++k) acc += row[F + k] * h[k];
-    z[r] = acc;
-  }
+  matvec_rows(&m.p[s.off_w()], 4 * H, cols, &m.p[s.off_b()], x, F, h, H, z);
   for (int k = 0; k < H; ++k) {
     const Real i = sigmoid(z[k]), f = sigmoid(z[H + k]);
     const Real g = std::tanh(z[2 * H + k]), o = sigmoid(z[3 * H + k]);
@@ -140,12 +159,9 @@ Real lstm_head(const LstmParams<Real>& m, const Real* h_lag, const Real* x, Real
   const Real* ab = &m.p[s.off_ab()];
   const Real* wy = &m.p[s.off_wy()];
   Real y = m.p[s.off_by()];
+  matvec_rows(A, G, cols, ab, h_lag, H, x, F, a);
   for (int r = 0; r < G; ++r) {
-    const Real* row = A + std::size_t(r) * cols;
-    Real acc = ab[r];
-    for (int k = 0; k < H; ++k) acc += row[k] * h_lag[k];
-    for (int k = 0; k < F; ++k) acc += row[H + k] * x[k];
-    a[r] = acc > Real(0) ? acc : Real(0);
+    a[r] = a[r] > Real(0) ? a[r] : Real(0);
     y += wy[r] * a[r];
   }
   return y;

@@ -3,6 +3,12 @@
 #include <algorithm>
 #include <cmath>
 
+#ifdef __linux__
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace timeshare::predict {
 
 namespace {
@@ -38,34 +44,69 @@ void LstmTrainer::start_thread() {
 }
 
 void LstmTrainer::thread_main() {
+#ifdef __linux__
+  // Lowest priority: when cores are scarce the allocating threads run, not the trainer.
+  // (Best effort; an error leaves the default priority.)
+  if (opt_.trainer_nice != 0) {
+    setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), opt_.trainer_nice);
+  }
+#endif
   while (!stop_.load()) {
     {
       std::unique_lock<std::mutex> lk(cv_mu_);
       cv_.wait_for(lk, kStatePoll, [&] { return stop_.load() || train_requested_.load(); });
     }
     if (stop_.load()) break;
-    if (train_requested_.exchange(false)) train_now();
+    // A request waits (stays set) while the trainer owes idle time for its last training.
+    if (train_requested_.load() && std::chrono::steady_clock::now() >= next_train_at_) {
+      train_requested_.store(false);
+      const auto t0 = std::chrono::steady_clock::now();
+      train_now();
+      const auto t1 = std::chrono::steady_clock::now();
+      next_train_at_ = t1 + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                (t1 - t0) * kTrainIdleFactor);
+    }
     advance_state();
   }
 }
 
 bool LstmTrainer::flush(HistoryStaging* st, bool may_block) {
-  std::unique_lock<std::mutex> lk(ring_mu_, std::defer_lock);
-  if (may_block) {
-    lk.lock();
-  } else if (!lk.try_lock()) {
-    return false;
+  {
+    std::unique_lock<std::mutex> lk(inbox_mu_, std::defer_lock);
+    if (may_block) {
+      lk.lock();
+    } else if (!lk.try_lock()) {
+      return false;
+    }
+    if (inbox_.allocs.size() + st->allocs.size() > kMaxStagedAllocs) {
+      inbox_.allocs.clear();   // the trainer fell far behind: drop, the ring sees a gap
+      inbox_.labels.clear();
+    }
+    inbox_.allocs.insert(inbox_.allocs.end(), st->allocs.begin(), st->allocs.end());
+    inbox_.labels.insert(inbox_.labels.end(), st->labels.begin(), st->labels.end());
   }
-  const int F = shape_.input;
-  for (std::size_t i = 0; i < st->count; ++i) ring_.append(st->first_seq + i, &st->x[i * F]);
-  for (const auto& [seq, l2] : st->labels) ring_.set_label(seq, l2);
-  labels_seen_.store(ring_.labels_set(), std::memory_order_relaxed);
-  lk.unlock();
-  st->first_seq += st->count;
-  st->count = 0;
-  st->x.clear();
+  st->allocs.clear();
   st->labels.clear();
+  if (may_block) drain();
   return true;
+}
+
+void LstmTrainer::drain() {
+  {
+    std::lock_guard<std::mutex> lk(inbox_mu_);
+    if (inbox_.allocs.empty() && inbox_.labels.empty()) return;
+    std::swap(inbox_.allocs, draining_.allocs);
+    std::swap(inbox_.labels, draining_.labels);
+  }
+  drain_x_.resize(std::size_t(shape_.input));
+  for (const StagedAlloc& a : draining_.allocs) {
+    compute_features(a.raw, drain_x_.data());
+    ring_.append(a.seq, drain_x_.data());
+  }
+  for (const auto& [seq, l2] : draining_.labels) ring_.set_label(seq, l2);
+  labels_seen_.store(ring_.labels_set(), std::memory_order_relaxed);
+  draining_.allocs.clear();
+  draining_.labels.clear();
 }
 
 void LstmTrainer::request_training() {
@@ -100,14 +141,16 @@ void LstmTrainer::run_state(const LstmModel& m, const HistorySlice& s, std::size
 }
 
 void LstmTrainer::advance_state() {
+  if (!opt_.deterministic) drain();
   if (!current_) return;
-  HistorySlice s;
-  {
-    std::lock_guard<std::mutex> lk(ring_mu_);
-    ring_.copy_from(state_next_seq_, &s);
-  }
+  std::uint64_t from = state_next_seq_;
+  // Real time, far behind: restart from zero over the last burn-in's worth of allocations.
+  const std::uint64_t burn = 2 * std::uint64_t(std::max(opt_.lag_allocs, 1));
+  if (!opt_.deterministic && ring_.end_seq() > from + burn) from = ring_.end_seq() - burn;
+  HistorySlice& s = state_slice_;
+  ring_.copy_from(from, &s);
   if (s.count == 0) return;
-  if (s.first_seq != state_next_seq_) {  // fell behind the ring: start over
+  if (s.first_seq != state_next_seq_) {  // fell behind the ring (or skipped): start over
     std::fill(h_.begin(), h_.end(), 0.0f);
     std::fill(c_.begin(), c_.end(), 0.0f);
   }
@@ -118,10 +161,7 @@ void LstmTrainer::advance_state() {
 bool LstmTrainer::train_now() {
   const auto t0 = std::chrono::steady_clock::now();
   HistorySlice s;
-  {
-    std::lock_guard<std::mutex> lk(ring_mu_);
-    ring_.copy_from(0, &s);
-  }
+  ring_.copy_from(0, &s);
   std::size_t labelled = 0;
   double sum = 0.0;
   std::vector<std::uint8_t> has(s.count, 0);
@@ -190,7 +230,6 @@ bool LstmTrainer::train_now() {
   // Re-run the recent allocations through the new weights so the state matches them.
   {
     HistorySlice recent;
-    std::lock_guard<std::mutex> lk(ring_mu_);
     const std::uint64_t end = ring_.end_seq();
     ring_.copy_from(end > kStateWarmupAllocs ? end - kStateWarmupAllocs : 0, &recent);
     std::fill(h_.begin(), h_.end(), 0.0f);

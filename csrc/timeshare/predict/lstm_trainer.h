@@ -9,6 +9,18 @@
 // Real-time mode: a background thread advances the state every kStatePoll and retrains when
 // asked (request_training). Deterministic mode: no thread; the predictor calls advance_state()
 // and train_now() itself at fixed allocation counts, so a replay is reproducible bit for bit.
+//
+// The hot path stages raw allocation records (RawAlloc: a few integers), not features: flush()
+// moves them into an inbox under a mutex it only try-locks, and the trainer side turns them
+// into features and ring entries (drain). Deterministic mode drains inside flush.
+// Real-time budget, so the trainer never takes a whole core from the allocating threads:
+//   * state: when more than 2 * lag_allocs new allocations are waiting, the state restarts
+//     from zero over the last 2 * lag_allocs of them (the burn-in the head is trained with)
+//     instead of stepping through all of them;
+//   * training: a requested (re)training waits until the trainer has been idle for
+//     kTrainIdleFactor times the previous training's duration;
+//   * the thread runs at nice PredictorOptions::trainer_nice (Linux): on a loaded machine the
+//     scheduler gives the cores to the allocating threads first.
 #pragma once
 
 #include <atomic>
@@ -22,6 +34,7 @@
 #include <utility>
 #include <vector>
 
+#include "timeshare/predict/features.h"
 #include "timeshare/predict/history_ring.h"
 #include "timeshare/predict/lstm.h"
 #include "timeshare/predict/predictor_options.h"
@@ -31,6 +44,7 @@ namespace timeshare::predict {
 inline constexpr auto kStatePoll = std::chrono::microseconds(500);
 inline constexpr std::size_t kStateWarmupAllocs = 256;   // replayed with new weights
 inline constexpr std::size_t kMaxStagedAllocs = 1 << 16;
+inline constexpr double kTrainIdleFactor = 3.0;   // training: at most 1/4 of one core
 
 struct LstmModel {
   LstmParams<float> params;
@@ -38,11 +52,15 @@ struct LstmModel {
   double train_loss = 0.0;   // mean Huber loss of the last training steps
 };
 
-// What the hot path accumulates between flushes into the ring.
+// One allocation as staged by the hot path.
+struct StagedAlloc {
+  std::uint64_t seq = 0;
+  RawAlloc raw;
+};
+
+// What the hot path accumulates between flushes into the trainer's inbox.
 struct HistoryStaging {
-  std::uint64_t first_seq = 0;
-  std::size_t count = 0;
-  std::vector<float> x;                                   // count * features
+  std::vector<StagedAlloc> allocs;
   std::vector<std::pair<std::uint64_t, float>> labels;    // (seq, log2 lifespan)
 };
 
@@ -55,8 +73,8 @@ class LstmTrainer {
 
   void start_thread();   // real-time mode only
 
-  // Moves staged entries into the ring. Real-time: try-lock (returns false and keeps the
-  // staging when the trainer holds the ring). Deterministic: always succeeds.
+  // Moves staged entries into the inbox (deterministic: and on into the ring). Real-time:
+  // try-lock (returns false and keeps the staging when the trainer holds the inbox).
   bool flush(HistoryStaging* staging, bool may_block);
 
   void request_training();   // real-time: wakes the thread
@@ -78,15 +96,24 @@ class LstmTrainer {
 
  private:
   void thread_main();
+  // Inbox -> features -> ring (trainer side).
+  void drain();
   void run_state(const LstmModel& m, const HistorySlice& s, std::size_t from);
   void publish_state();
 
   const PredictorOptions opt_;
   const LstmShape shape_;
 
-  mutable std::mutex ring_mu_;
+  // The inbox: the only thing the hot path and the trainer share besides the publications.
+  std::mutex inbox_mu_;
+  HistoryStaging inbox_;
+  HistoryStaging draining_;   // trainer side: the inbox swapped out
+  std::vector<float> drain_x_;
+
+  // Trainer side only (thread, or the deterministic caller).
   HistoryRing ring_;
   std::size_t ring_bytes_;
+  std::chrono::steady_clock::time_point next_train_at_{};
 
   std::mutex model_mu_;
   std::shared_ptr<const LstmModel> published_;
@@ -97,6 +124,7 @@ class LstmTrainer {
   std::vector<float> params_;
   std::unique_ptr<Adam> adam_;
   std::vector<float> h_, c_, z_;
+  HistorySlice state_slice_;   // reused by advance_state
   std::uint64_t state_next_seq_ = 0;
   std::uint64_t train_count_ = 0;
 

@@ -8,9 +8,22 @@ namespace {
 constexpr std::size_t kGramTableEntries = std::size_t{1} << 16;
 }
 
-PeriodDetector::PeriodDetector()
-    : sizes_(kMaxPeriodAllocs, 0), gram_keys_(kGramTableEntries, 0),
-      gram_at_(kGramTableEntries, 0) {}
+PeriodDetector::PeriodDetector() : sizes_(kMaxPeriodAllocs, 0), grams_(kGramTableEntries) {}
+
+std::uint64_t PeriodDetector::gram_hash(const std::array<std::uint64_t, kNgram>& gram,
+                                        std::uint64_t size_key) noexcept {
+  std::uint64_t h = 0x51ed270b27e5a6c1ull;
+  h = hash_combine(h, size_key);
+  for (int k = 0; k < kNgram - 1; ++k) h = hash_combine(h, gram[k]);
+  return h;
+}
+
+void PeriodDetector::prefetch_next(std::uint64_t size_key) const noexcept {
+  next_size_ = size_key;
+  next_hash_ = gram_hash(gram_, size_key);
+  next_valid_ = true;
+  __builtin_prefetch(&grams_[next_hash_ & (kGramTableEntries - 1)]);
+}
 
 std::uint64_t PeriodDetector::size_ago(std::uint64_t back) const noexcept {
   if (back == 0 || back > count_ || back > kMaxPeriodAllocs) return 0;
@@ -19,6 +32,12 @@ std::uint64_t PeriodDetector::size_ago(std::uint64_t back) const noexcept {
 
 void PeriodDetector::push(std::uint64_t size_key) {
   const std::uint64_t i = count_;
+  // The n-gram slot first: its (likely) cache miss overlaps the candidate scoring below.
+  const std::uint64_t h =
+      next_valid_ && next_size_ == size_key ? next_hash_ : gram_hash(gram_, size_key);
+  next_valid_ = false;
+  GramSlot& slot = grams_[h & (kGramTableEntries - 1)];
+  __builtin_prefetch(&slot);
   sizes_[i & (kMaxPeriodAllocs - 1)] = size_key;
   for (int k = kNgram - 1; k > 0; --k) gram_[k] = gram_[k - 1];
   gram_[0] = size_key;
@@ -56,16 +75,13 @@ void PeriodDetector::push(std::uint64_t size_key) {
   std::uint64_t gram = 0;
   std::uint64_t distance = 0;
   if (count_ >= kNgram) {
-    std::uint64_t h = 0x51ed270b27e5a6c1ull;
-    for (std::uint64_t s : gram_) h = hash_combine(h, s);
     gram = h | 1;
-    const std::size_t slot = h & (kGramTableEntries - 1);
-    if (gram_keys_[slot] == gram) {
-      distance = i - gram_at_[slot];
+    if (slot.key == gram) {
+      distance = i - slot.at;
       if (distance >= 2 && distance < kMaxPeriodAllocs) consider(distance);
     }
-    gram_keys_[slot] = gram;
-    gram_at_[slot] = i;
+    slot.key = gram;
+    slot.at = i;
   }
   const std::uint64_t before = period_;
   choose();

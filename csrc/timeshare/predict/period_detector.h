@@ -40,6 +40,9 @@ class PeriodDetector {
  public:
   PeriodDetector();
   void push(std::uint64_t size_key);
+  // Hint: `size_key` is the next push. Starts loading the n-gram slot it will read, so the
+  // cache miss overlaps the caller's own work (the table lookups). No effect on any result.
+  void prefetch_next(std::uint64_t size_key) const noexcept;
 
   std::uint64_t period() const noexcept { return period_; }  // 0: none yet
   // Allocation index within the current cycle (0 .. period-1); valid when period() > 0.
@@ -63,13 +66,24 @@ class PeriodDetector {
     double score() const noexcept { return decayed_matches / (decayed_checks + kPriorChecks); }
   };
 
+  struct GramSlot {
+    std::uint64_t key = 0;   // n-gram hash | 1 (0: empty)
+    std::uint64_t at = 0;    // index of its last occurrence
+  };
+
   void consider(std::uint64_t p);
   void choose();
+  // Hash of the last kNgram sizes after `size_key` is pushed onto `gram` (oldest dropped).
+  static std::uint64_t gram_hash(const std::array<std::uint64_t, kNgram>& gram,
+                                 std::uint64_t size_key) noexcept;
 
   std::vector<std::uint64_t> sizes_;            // ring, kMaxPeriodAllocs
   std::array<std::uint64_t, kNgram> gram_{};    // last kNgram sizes
-  std::vector<std::uint64_t> gram_keys_;        // n-gram hash table: key
-  std::vector<std::uint64_t> gram_at_;          // ... and last index
+  std::vector<GramSlot> grams_;                 // n-gram hash table (one cache line a probe)
+  // prefetch_next's hash, reused by the push of the same size.
+  mutable std::uint64_t next_size_ = 0;
+  mutable std::uint64_t next_hash_ = 0;
+  mutable bool next_valid_ = false;
   std::array<Candidate, kPeriodCandidates> cand_{};
   std::uint64_t count_ = 0;
   std::uint64_t period_ = 0;

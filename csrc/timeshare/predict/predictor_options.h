@@ -23,6 +23,7 @@ inline constexpr int kDefaultTrainBatchWindows = 4;       // windows averaged pe
 inline constexpr float kDefaultLearningRate = 3e-3f;
 inline constexpr float kDefaultClipNorm = 1.0f;
 inline constexpr std::size_t kDefaultTableEntries = std::size_t{1} << 16;
+inline constexpr int kDefaultTrainerNice = 19;            // lowest priority (Linux)
 
 struct PredictorOptions {
   // "hybrid" (default), "hybrid_nolstm" (the same with use_lstm = false), "lstm", "table", "last_size", "size_mean", "prev_iter", "constant",
@@ -48,6 +49,9 @@ struct PredictorOptions {
   // Replays: training runs synchronously at the allocation where it is due, and the LSTM state
   // advances synchronously every lag_allocs allocations, so one trace gives one set of figures.
   bool deterministic = false;
+  // Real time: the trainer thread's nice value (Linux; 0 = the process's own priority). High
+  // by default so that on a loaded machine the allocating threads get the cores first.
+  int trainer_nice = kDefaultTrainerNice;
   // false: the hybrid without its LSTM (no features, no history, no trainer thread): the table
   // and the aligned twin only. The ablation in docs/predictor.md; also the cheap hot path.
   bool use_lstm = true;
