@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: the C++ suite (Catch2, sim backend) and the Python suite (pytest).
+# The whole test suite: the C++ suite (Catch2, sim backend; plain, then under ASan+UBSan and
+# TSan) and the Python suite (pytest).
 # Run scripts/setup.sh first on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,3 +17,11 @@ echo "== C++: Catch2 suite =="
 
 echo "== Python: pytest =="
 $PY -m pytest -q tests/python
+
+# The same suite under AddressSanitizer+UndefinedBehaviorSanitizer (with LeakSanitizer) and,
+# separately, ThreadSanitizer: -O1 builds, the stress tool at a tenth of its long run.
+# TIMESHARE_SANITIZERS=0 skips this (a quick local run); scripts/sanitize.sh alone is the long run.
+if [[ ${TIMESHARE_SANITIZERS:-1} != 0 ]]; then
+  echo "== C++: sanitizers =="
+  SAN_QUICK=1 JOBS="$JOBS" bash scripts/sanitize.sh
+fi

@@ -62,7 +62,7 @@ inline constexpr std::uint64_t kEvictWaitMs = 30'000;    // longest a spill wait
 struct SpillConfig {
   std::size_t pinned_bytes = 2 * kGiB;
   bool ssd = false;
-  std::string spill_dir;                         // empty = a temporary directory
+  std::string spill_dir{};                       // empty = a temporary directory
   std::size_t ssd_capacity_bytes = SIZE_MAX;
   std::size_t prefetch_bytes = 512 * kMiB;
   double ssd_high_water = kDefaultSsdHighWater;
