@@ -93,8 +93,8 @@ bool TemporalPool::commit(Arena& arena, std::size_t region, const ArenaFreeRange
 bool TemporalPool::place_promised(Arena& arena, std::size_t region, std::size_t bytes,
                                   std::uintptr_t* addr) {
   reassign_.advance(now_events_, [this](const TemporalPromise& p) {
-    auto it = live_.find(p.addr);
-    return it == live_.end() || it->second.alloc_id != p.alloc_id;
+    const Block* b = live_.find(p.addr);
+    return b == nullptr || b->alloc_id != p.alloc_id;
   });
   TemporalPromise p;
   if (reassign_.empty() ||
@@ -218,12 +218,10 @@ void* TemporalPool::allocate(std::size_t bytes, device::Stream stream, const All
 
 FreeResult TemporalPool::deallocate(void* ptr, std::uint64_t now_events) {
   if (fallback_) return fallback_->deallocate(ptr, now_events);
-  auto it = live_.find(reinterpret_cast<std::uintptr_t>(ptr));
-  if (it == live_.end()) return FreeResult::kUnknownPointer;
+  Block b;
+  if (!live_.take(reinterpret_cast<std::uintptr_t>(ptr), &b)) return FreeResult::kUnknownPointer;
   now_events_ = now_events;
   granules_.tick(now_events_);
-  Block b = std::move(it->second);
-  live_.erase(it);
   count_block(b, /*add=*/false);
   if (!b.other_streams.empty()) {
     Pending p;
@@ -293,9 +291,9 @@ device::Event TemporalPool::take_event() {
 
 void TemporalPool::record_stream(void* ptr, device::Stream stream) {
   if (fallback_) return fallback_->record_stream(ptr, stream);
-  auto it = live_.find(reinterpret_cast<std::uintptr_t>(ptr));
-  if (it == live_.end()) return;
-  Block& b = it->second;
+  Block* found = live_.find(reinterpret_cast<std::uintptr_t>(ptr));
+  if (found == nullptr) return;
+  Block& b = *found;
   if (stream == arenas_[b.arena]->stream) return;
   if (std::find(b.other_streams.begin(), b.other_streams.end(), stream) == b.other_streams.end()) {
     b.other_streams.push_back(stream);
@@ -311,8 +309,8 @@ void TemporalPool::empty_cache() {
 
 std::size_t TemporalPool::block_size(void* ptr) const {
   if (fallback_) return fallback_->block_size(ptr);
-  auto it = live_.find(reinterpret_cast<std::uintptr_t>(ptr));
-  return it == live_.end() ? 0 : it->second.bytes;
+  const Block* b = live_.find(reinterpret_cast<std::uintptr_t>(ptr));
+  return b == nullptr ? 0 : b->bytes;
 }
 
 void TemporalPool::count_block(const Block& b, bool add) noexcept {
@@ -363,11 +361,11 @@ std::vector<TemporalPool::RegionUsage> TemporalPool::region_usage() const {
   std::vector<RegionUsage> out(num_regions(options_));
   std::vector<std::set<std::uintptr_t>> touched(out.size());
   const std::size_t g = granules_.granule_bytes();
-  for (const auto& [addr, b] : live_) {
+  live_.for_each([&](std::uintptr_t addr, const Block& b) {
     out[b.region].blocks += 1;
     out[b.region].bytes += b.bytes;
     for (std::uintptr_t a = addr / g; a <= (addr + b.bytes - 1) / g; ++a) touched[b.region].insert(a);
-  }
+  });
   for (std::size_t r = 0; r < out.size(); ++r) out[r].granules = touched[r].size();
   return out;
 }
@@ -394,7 +392,9 @@ void TemporalPool::set_limit_bytes(std::size_t bytes) noexcept {
 std::vector<TemporalPool::LiveBlockInfo> TemporalPool::live_blocks() const {
   std::vector<LiveBlockInfo> out;
   out.reserve(live_.size());
-  for (const auto& [addr, b] : live_) out.push_back({addr, b.bytes, b.region, b.alloc_id});
+  live_.for_each([&](std::uintptr_t addr, const Block& b) {
+    out.push_back({addr, b.bytes, b.region, b.alloc_id});
+  });
   return out;
 }
 

@@ -59,12 +59,12 @@
 #include <deque>
 #include <memory>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "timeshare/pool/arena_free_ranges.h"
 #include "timeshare/pool/pool.h"
 #include "timeshare/pool/temporal_granules.h"
+#include "timeshare/pool/temporal_live_map.h"
 #include "timeshare/pool/temporal_options.h"
 #include "timeshare/pool/temporal_reassign.h"
 
@@ -169,7 +169,7 @@ class TemporalPool final : public Pool {
   std::size_t region_va_bytes_ = 0;
   TemporalGranules granules_;
   std::vector<std::unique_ptr<Arena>> arenas_;
-  std::unordered_map<std::uintptr_t, Block> live_;
+  TemporalLiveMap<Block> live_;
   std::deque<Pending> pending_;
   TemporalReassignQueue reassign_;
   std::vector<device::Event> spare_events_;

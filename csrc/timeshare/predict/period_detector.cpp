@@ -1,5 +1,7 @@
 #include "timeshare/predict/period_detector.h"
 
+#include <algorithm>
+
 #include "timeshare/predict/hashing.h"
 
 namespace timeshare::predict {
@@ -136,23 +138,34 @@ void PeriodDetector::consider(std::uint64_t p) {
 }
 
 void PeriodDetector::choose() {
+  // Each score (a division) is computed once, and the multiple test (an integer division)
+  // only for near ties; the choice is the same as comparing c.score() values directly.
   const Candidate* best = nullptr;
+  double bs = 0.0;
   for (const Candidate& c : cand_) {
-    if (!c.confirmed || c.score() < kActiveScore) continue;
+    if (!c.confirmed) continue;
+    const double cs = c.score();
+    if (cs < kActiveScore) continue;
     if (!best) {
       best = &c;
+      bs = cs;
       continue;
     }
-    const double cs = c.score(), bs = best->score();
     const bool near = cs > bs - kScoreTieTolerance && cs < bs + kScoreTieTolerance;
-    const std::uint64_t lo = std::min(c.period, best->period), hi = std::max(c.period, best->period);
-    const std::uint64_t rem = hi % lo;
-    const bool multiple = rem <= std::uint64_t(kShiftTolerance) ||
-                          lo - rem <= std::uint64_t(kShiftTolerance);
+    bool multiple = false;
+    if (near) {
+      const std::uint64_t lo = std::min(c.period, best->period), hi = std::max(c.period, best->period);
+      const std::uint64_t rem = hi % lo;
+      multiple = rem <= std::uint64_t(kShiftTolerance) || lo - rem <= std::uint64_t(kShiftTolerance);
+    }
     if (near && multiple) {
-      if (c.period < best->period) best = &c;
+      if (c.period < best->period) {
+        best = &c;
+        bs = cs;
+      }
     } else if (cs > bs) {
       best = &c;
+      bs = cs;
     }
   }
   const std::uint64_t p = best ? best->period : 0;
