@@ -174,6 +174,8 @@ void warm_up(predict::LifespanPredictor& p, const trace::Trace& t, double wait_s
     }
   }
   if (dynamic_cast<const predict::HybridPredictor*>(&p) == nullptr) return;
+  // Too few labels for a first training: nothing to wait for.
+  if (p.stats().observed < predict::PredictorOptions{}.min_train_samples) return;
   const auto deadline = Clock::now() + std::chrono::duration<double>(wait_s);
   while (p.stats().retrains == 0 && Clock::now() < deadline) std::this_thread::sleep_for(kWarmPoll);
 }

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("TIMESHARE_BUILD_DIR", ROOT / "build"))
 TOOL = BUILD / "bench_hotpath"
 SCRIPT = ROOT / "scripts/bench_hotpath.py"
-VARIANTS = ["torch", "temporal+constant", "temporal+hybrid_nolstm", "temporal+hybrid",
-            "hybrid_nolstm", "hybrid"]
+VARIANTS = ["torch", "temporal", "temporal+constant", "temporal+hybrid_nolstm", "temporal+hybrid",
+            "temporal+hybrid@warm", "hybrid_nolstm", "hybrid", "hybrid@warm"]
 
 pytestmark = pytest.mark.skipif(
     not TOOL.exists(), reason=f"{TOOL} not built (cmake --build {BUILD} --target bench_hotpath)"
@@ -81,13 +81,19 @@ def test_tool_reports_every_variant(tmp_path: Path) -> None:
         assert c["ooms"] == 0
 
 
-def test_tool_rejects_bad_variant(tmp_path: Path) -> None:
+@pytest.mark.parametrize("variant,why", [
+    ("torch+hybrid", "torch takes no predictor"),
+    ("torch@warm", "@warm needs a predictor"),
+    ("temporal@warm", "@warm needs a predictor"),
+    ("temporal+nosuchkind", "unknown predictor kind"),
+])
+def test_tool_rejects_bad_variant(tmp_path: Path, variant: str, why: str) -> None:
     trace = tmp_path / "tiny.tsev"
     _tiny_trace(trace)
-    done = subprocess.run([str(TOOL), "--variants", "torch+hybrid", str(trace)],
+    done = subprocess.run([str(TOOL), "--variants", variant, str(trace)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert "torch takes no predictor" in done.stderr
+    assert why in done.stderr
 
 
 def test_driver_writes_one_section_and_replaces_it(tmp_path: Path) -> None:
@@ -108,7 +114,8 @@ def test_driver_writes_one_section_and_replaces_it(tmp_path: Path) -> None:
     assert "Prose that stays." in text
     section = text[text.index(mod.MARK_BEGIN):text.index(mod.MARK_END)]
     assert f"| tiny | {n} |" in section
-    for v in VARIANTS:
+    for v in ("torch", "temporal", "temporal+constant", "temporal+hybrid_nolstm",
+              "temporal+hybrid", "temporal+hybrid@warm", "hybrid_nolstm", "hybrid@warm"):
         assert f"`{v}`" in section
 
 

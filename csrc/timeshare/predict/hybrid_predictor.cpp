@@ -107,17 +107,21 @@ std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
   bool use_lstm = false;
   if (!use_aligned && model_ &&
       (lstm_only_ || !(p.full_known && ans.stable && ans.full->gate <= 0))) {
-    float x[kFeatureCount];   // computed here only when the head runs
-    compute_features(raw, x);
-    p.lstm_log2 = run_head(x);
-    p.lstm_evaluated = true;
-    ++lstm_evaluations_;
+    // Would the gate take the LSTM's answer? Otherwise the head runs only so that the gate
+    // learns, and in real time only on every kGateSampleEvery-th such allocation.
     if (lstm_only_) {
       use_lstm = true;
     } else if (p.full_known) {
       use_lstm = ans.full->gate > 0;
     } else {
       use_lstm = ans.level < 0 || global_gate_ > 0;
+    }
+    if (use_lstm || opt_.deterministic || ++gate_sample_ % kGateSampleEvery == 0) {
+      float x[kFeatureCount];   // computed here only when the head runs
+      compute_features(raw, x);
+      p.lstm_log2 = run_head(x);
+      p.lstm_evaluated = true;
+      ++lstm_evaluations_;
     }
   }
   if (use_aligned) {

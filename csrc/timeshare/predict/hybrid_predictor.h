@@ -5,7 +5,9 @@
 // steady training, and the cheap one. Otherwise (a new context, or one whose lifespan moves),
 // the LSTM head runs on the lagged recurrent state and the current features, and a gate picks
 // the answer: per known context a saturating counter of which of the two was within 2x more
-// often; for unknown contexts one global counter of the same. With kind "lstm" the LSTM answers
+// often; for unknown contexts one global counter of the same. In real time the head runs for
+// the gate's learning alone on a sample (kGateSampleEvery) of the allocations it would not
+// answer, so that it is rarely on the hot path. With kind "lstm" the LSTM answers
 // every allocation once it has weights (the table answers until then).
 //
 // Every allocation's features go to the trainer's history ring (staged, flushed every
@@ -30,6 +32,9 @@
 namespace timeshare::predict {
 
 inline constexpr int kGlobalGateMax = 64;
+// Real time: where the gate would not take the LSTM's answer, the head still runs so that the
+// gate can learn, but only on one such allocation in this many (deterministic mode: all).
+inline constexpr std::uint64_t kGateSampleEvery = 8;
 inline constexpr float kDefaultLifespanLog2 = 6.0f;   // 64 ticks before anything is known
 
 // Where an answer came from (exposed for evaluation).
@@ -99,6 +104,7 @@ class HybridPredictor final : public LifespanPredictor {
   int global_gate_ = 0;
   int occurrence_gate_ = 0;   // > 0: the occurrence-in-iteration level beats plain contexts
   int aligned_gate_ = 0;      // >= 0: the aligned twin answers before the table
+  std::uint64_t gate_sample_ = 0;   // learning-only head evaluations considered (real time)
 
   std::uint64_t seq_ = 0;
   std::uint64_t last_train_tick_ = 0;
