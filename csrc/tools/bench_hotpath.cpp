@@ -44,6 +44,8 @@
 #include <thread>
 #include <vector>
 
+#include <sys/resource.h>
+
 #include "timeshare/device/sim/sim_backend.h"
 #include "timeshare/pool/caching_pool.h"
 #include "timeshare/pool/pool.h"
@@ -82,7 +84,14 @@ struct Run {
   std::uint64_t retrains = 0;        // by the end of the timed loop
   std::uint64_t lstm_evaluations = 0;  // in the timed loop
   bool model_active = false;         // a model answered in the timed loop
+  std::uint64_t page_faults = 0;     // minor faults during the timed loop (whole process)
 };
+
+std::uint64_t minor_faults() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<std::uint64_t>(u.ru_minflt);
+}
 
 struct Cell {
   std::string trace;
@@ -216,6 +225,7 @@ Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t b
   const std::size_t step = rate > 0.0 ? std::max<std::size_t>(burst, 1) : n;
   const auto burst_period = std::chrono::duration<double>(double(step) / std::max(rate, 1e-9));
   double timed_ns = 0.0;
+  const std::uint64_t faults0 = minor_faults();
   const Clock::time_point begin = Clock::now();
   for (std::size_t from = 0, b = 0; from < n; from += step, ++b) {
     const std::size_t to = std::min(n, from + step);
@@ -251,6 +261,7 @@ Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t b
       spin_until(begin + std::chrono::duration_cast<Clock::duration>(burst_period * double(b + 1)));
     }
   }
+  r.page_faults = minor_faults() - faults0;
   r.ns_per_pair = t.allocs ? timed_ns / double(t.allocs) : 0.0;
   if (predictor) {
     r.retrains = predictor->stats().retrains;
@@ -289,19 +300,21 @@ bool write_json(const std::string& path, int rounds, std::size_t burst,
                  "\"allocs\": %zu, \"ns_per_pair\": [",
                  json_escape(x.trace).c_str(), x.rate, json_escape(x.variant).c_str(), x.events,
                  x.allocs);
-    std::uint64_t ooms = 0, retrains = 0, evals = 0, active = 0;
+    std::uint64_t ooms = 0, retrains = 0, evals = 0, active = 0, faults = 0;
     for (std::size_t r = 0; r < x.runs.size(); ++r) {
       std::fprintf(f, "%s%.2f", r ? ", " : "", x.runs[r].ns_per_pair);
       ooms += x.runs[r].ooms;
       retrains = std::max(retrains, x.runs[r].retrains);
       evals = std::max(evals, x.runs[r].lstm_evaluations);
       active += x.runs[r].model_active;
+      faults = std::max(faults, x.runs[r].page_faults);
     }
     std::fprintf(f,
                  "], \"ooms\": %llu, \"max_retrains\": %llu, \"max_lstm_evaluations\": %llu, "
-                 "\"model_active_runs\": %llu}%s\n",
+                 "\"model_active_runs\": %llu, \"max_page_faults\": %llu}%s\n",
                  (unsigned long long)ooms, (unsigned long long)retrains,
                  (unsigned long long)evals, (unsigned long long)active,
+                 (unsigned long long)faults,
                  c + 1 < cells.size() ? "," : "");
   }
   std::fprintf(f, "  ]\n}\n");

@@ -3,7 +3,41 @@
 #include <algorithm>
 #include <bit>
 
+#if defined(__unix__)
+#include <sys/mman.h>
+#endif
+
 namespace timeshare::pool {
+
+namespace {
+// Below this, calloc (its memset, if any, is cheap); from here on, an anonymous mapping.
+constexpr std::size_t kMapZeroedFromBytes = std::size_t{1} << 20;
+}  // namespace
+
+ZeroedBytes::ZeroedBytes(std::size_t bytes) : bytes_(bytes) {
+#if defined(__unix__)
+  if (bytes >= kMapZeroedFromBytes) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    data_ = p;
+    mapped_ = true;
+    return;
+  }
+#endif
+  data_ = std::calloc(bytes == 0 ? 1 : bytes, 1);
+  if (!data_) throw std::bad_alloc();
+}
+
+ZeroedBytes::~ZeroedBytes() {
+  if (!data_) return;
+#if defined(__unix__)
+  if (mapped_) {
+    munmap(data_, bytes_);
+    return;
+  }
+#endif
+  std::free(data_);
+}
 
 TemporalGranules::TemporalGranules(device::Backend* backend, std::size_t granule_bytes,
                                    std::uint64_t peak_window_events, std::size_t slack_granules,
@@ -23,8 +57,8 @@ std::size_t TemporalGranules::add_arena(std::uintptr_t base, std::size_t granule
   ArenaGranules ar;
   ar.base = base;
   ar.offset = cache_.capacity();
-  ar.occupancy.assign(granules, 0);
-  ar.mapped.assign(granules, 0);
+  ar.occupancy = ZeroedArray<std::uint32_t>(granules);
+  ar.mapped = ZeroedArray<std::uint8_t>(granules);
   cache_.resize(ar.offset + granules);
   if (trim_oldest_first_) cache_stamp_.resize(ar.offset + granules, 0);
   arenas_.push_back(std::move(ar));
