@@ -19,6 +19,31 @@ inline std::uint64_t hash_combine(std::uint64_t h, std::uint64_t v) noexcept {
   return mix64(h ^ (v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2)));
 }
 
+// A direct-mapped memo of an exact function of K (N a power of two): get(k, f) returns the
+// remembered f() for k, calling f only when k's slot holds another key. The hot path's libm
+// calls on values that repeat.
+template <typename K, typename V, std::size_t N>
+class DirectMemo {
+  static_assert((N & (N - 1)) == 0, "N must be a power of two");
+
+ public:
+  template <typename F>
+  V get(K k, F&& f) {
+    const std::size_t i = std::size_t(mix64(std::uint64_t(k))) & (N - 1);
+    if (!used_[i] || key_[i] != k) {
+      key_[i] = k;
+      value_[i] = f();
+      used_[i] = true;
+    }
+    return value_[i];
+  }
+
+ private:
+  K key_[N]{};
+  V value_[N]{};
+  bool used_[N] = {};
+};
+
 // Open-addressing map from a 64-bit id to V, linear probing with backward-shift deletion
 // (no tombstones), grows at half load. The hot path's id -> pending-allocation lookup.
 template <typename V>

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 namespace timeshare::predict {
 
@@ -13,6 +14,14 @@ constexpr std::uint64_t kMeanWindowFrees = 1024;
 inline std::uint64_t to_ticks(float log2_life) {
   const double v = std::exp2(double(std::clamp(log2_life, 0.0f, kMaxAnswerLog2)));
   return std::max<std::uint64_t>(1, std::uint64_t(std::llround(v)));
+}
+
+// Answers and lifespans repeat (a periodic program): exp2/llround of the same float and log2 of
+// the same tick count come back again and again; memoised exactly (DirectMemo).
+inline std::uint32_t float_bits(float f) noexcept {
+  std::uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  return bits;
 }
 }  // namespace
 
@@ -140,7 +149,7 @@ std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
   table_.push_size(e.bytes);
   ++predictions_;
   after_alloc_housekeeping(e.now_events);
-  return to_ticks(p.answer_log2);
+  return ticks_memo_.get(float_bits(p.answer_log2), [&] { return to_ticks(p.answer_log2); });
 }
 
 // The twin one period back answers when it has been right more often than the table where they
@@ -167,7 +176,7 @@ std::uint64_t HybridPredictor::finish_alloc_without_lstm(const AllocEvent& e,
   pending_.emplace(e.alloc_id, *p);
   table_.push_size(e.bytes);
   ++predictions_;
-  return to_ticks(p->answer_log2);
+  return ticks_memo_.get(float_bits(p->answer_log2), [&] { return to_ticks(p->answer_log2); });
 }
 
 void HybridPredictor::after_alloc_housekeeping(std::uint64_t now_events) {
@@ -205,7 +214,7 @@ void HybridPredictor::on_free(const FreeEvent& e) {
   aligned_.prefetch_learn(p.seq);
   features_.on_free();
   const std::uint64_t life = e.now_events > p.alloc_tick ? e.now_events - p.alloc_tick : 1;
-  const float l2 = float(std::log2(double(life)));
+  const float l2 = log2_memo_.get(life, [&] { return float(std::log2(double(life))); });
   const bool within = std::fabs(p.answer_log2 - l2) <= kWithin2xLog2;
 
   if (p.lstm_evaluated && p.table_level >= 0) {

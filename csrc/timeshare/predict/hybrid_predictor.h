@@ -105,6 +105,8 @@ class HybridPredictor final : public LifespanPredictor {
   int occurrence_gate_ = 0;   // > 0: the occurrence-in-iteration level beats plain contexts
   int aligned_gate_ = 0;      // >= 0: the aligned twin answers before the table
   std::uint64_t gate_sample_ = 0;   // learning-only head evaluations considered (real time)
+  DirectMemo<std::uint32_t, std::uint64_t, 256> ticks_memo_;   // answer (float bits) -> ticks
+  DirectMemo<std::uint64_t, float, 256> log2_memo_;            // lifespan -> log2
 
   std::uint64_t seq_ = 0;
   std::uint64_t last_train_tick_ = 0;

@@ -126,10 +126,16 @@ void PeriodDetector::consider(std::uint64_t p) {
   }
   if (!slot) {
     // Replace only a confirmed candidate that has decayed below the active score; trials run
-    // their full first cycle undisturbed.
+    // their full first cycle undisturbed. (Each score computed once.)
+    double slot_score = 0.0;
     for (Candidate& c : cand_) {
-      if (c.period == period_ || !c.confirmed || c.score() >= kActiveScore) continue;
-      if (!slot || c.score() < slot->score()) slot = &c;
+      if (c.period == period_ || !c.confirmed) continue;
+      const double cs = c.score();
+      if (cs >= kActiveScore) continue;
+      if (!slot || cs < slot_score) {
+        slot = &c;
+        slot_score = cs;
+      }
     }
     if (!slot) return;
   }
