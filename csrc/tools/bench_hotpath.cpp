@@ -363,18 +363,10 @@ int main(int argc, char** argv) {
     } else {
       trace::Trace t;
       std::string error;
-      if (!trace::read_tsev(a, &t.events, &error)) {
+      if (!trace::load_trace(a, &t, &error)) {
         std::fprintf(stderr, "bench_hotpath: %s\n", error.c_str());
         return 1;
       }
-      const std::string problem = trace::validate(t.events.data(), t.events.size(), &t.allocs);
-      if (!problem.empty()) {
-        std::fprintf(stderr, "bench_hotpath: %s: %s\n", a.c_str(), problem.c_str());
-        return 1;
-      }
-      std::string name = a.substr(a.find_last_of('/') == std::string::npos ? 0 : a.find_last_of('/') + 1);
-      if (name.size() > 5 && name.ends_with(".tsev")) name.resize(name.size() - 5);
-      t.name = name;
       traces.push_back(std::move(t));
     }
   }

@@ -267,17 +267,10 @@ int main(int argc, char** argv) {
     } else {
       trace::Trace t;
       std::string error;
-      if (!trace::read_tsev(a, &t.events, &error)) {
+      if (!trace::load_trace(a, &t, &error)) {
         std::fprintf(stderr, "predict_eval: %s\n", error.c_str());
         return 1;
       }
-      const std::string problem = trace::validate(t.events.data(), t.events.size(), &t.allocs);
-      if (!problem.empty()) {
-        std::fprintf(stderr, "predict_eval: %s: %s\n", a.c_str(), problem.c_str());
-        return 1;
-      }
-      const std::size_t slash = a.find_last_of('/');
-      t.name = slash == std::string::npos ? a : a.substr(slash + 1);
       traces.push_back(std::move(t));
       marks.push_back(read_marks(a));
     }

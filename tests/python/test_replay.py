@@ -115,6 +115,27 @@ def test_replay_is_deterministic(tmp_path: Path) -> None:
         assert a["peak_reserved_bytes"] >= a["peak_live_bytes"] == trace.peak_live_bytes
 
 
+def test_predictor_baseline_policies(tmp_path: Path) -> None:
+    """timeshare+KIND: the same pool with another predictor, scored in the same replay."""
+    from timeshare.snapshot import load_trace
+
+    kinds = [p for p in _C.policies() if p.startswith("timeshare+")]
+    assert {"timeshare+table", "timeshare+last_size", "timeshare+lstm"} <= set(kinds)
+    trace = load_trace(_write_snapshot(tmp_path / "tiny.pkl.gz", iterations=8))
+    scores = {}
+    for policy in ("timeshare", *kinds):
+        r = replay.replay_events(trace.events, policy, trace.iteration_starts)
+        assert 0.0 <= r["lifespan_within_2x"] <= 1.0, policy
+        assert r["peak_reserved_bytes"] >= r["peak_live_bytes"], policy
+        scores[policy] = r["lifespan_within_2x_warm"]
+    # A strictly periodic trace: after the first iteration, the same position in the previous
+    # iteration is exact, and so is the default predictor.
+    assert scores["timeshare+prev_iter"] == pytest.approx(1.0)
+    assert scores["timeshare"] >= 0.99
+    with pytest.raises(ValueError, match="unknown policy 'timeshare\\+bogus'"):
+        _C.replay(_events([("a", 512)]), "timeshare+bogus")
+
+
 def test_bad_input_raises_one_line() -> None:
     with pytest.raises(TypeError, match="expected EVENT_DTYPE"):
         _C.replay(np.zeros(4), "torch")

@@ -93,4 +93,21 @@ bool read_tsev(const std::string& path, std::vector<Event>* events, std::string*
   return true;
 }
 
+bool load_trace(const std::string& path, Trace* out, std::string* error) {
+  std::string why;
+  if (!read_tsev(path, &out->events, &why)) {
+    if (error) *error = why;
+    return false;
+  }
+  why = validate(out->events.data(), out->events.size(), &out->allocs);
+  if (!why.empty()) {
+    if (error) *error = path + ": " + why;
+    return false;
+  }
+  const std::size_t slash = path.find_last_of('/');
+  out->name = slash == std::string::npos ? path : path.substr(slash + 1);
+  if (out->name.size() > 5 && out->name.ends_with(".tsev")) out->name.resize(out->name.size() - 5);
+  return true;
+}
+
 }  // namespace timeshare::trace

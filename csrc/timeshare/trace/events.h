@@ -41,4 +41,8 @@ std::string validate(const Event* events, std::size_t n, std::size_t* allocs_out
 bool write_tsev(const std::string& path, const std::vector<Event>& events, std::string* error);
 bool read_tsev(const std::string& path, std::vector<Event>* events, std::string* error);
 
+// read_tsev + validate, and the name (the file name without directory and ".tsev"). On failure
+// *error is one line naming the file.
+bool load_trace(const std::string& path, Trace* out, std::string* error);
+
 }  // namespace timeshare::trace

@@ -24,6 +24,12 @@ constexpr std::string_view kTimeshare = "timeshare";
 constexpr std::string_view kOracle = "oracle";
 constexpr std::string_view kTimeshareTrue = "timeshare-true";
 constexpr std::string_view kTimeshareConst = "timeshare-const";
+// "timeshare+KIND": the temporal pool with predictor KIND instead of the default, trained online
+// in the same deterministic replay (the baselines and ablations the predictor is measured against).
+constexpr std::string_view kWithPredictor = "timeshare+";
+constexpr std::string_view kBaselineKinds[] = {"hybrid_nolstm", "lstm", "aligned", "table",
+                                               "table_cycle", "prev_iter", "last_size",
+                                               "size_mean"};
 
 // A perfect predictor for the `timeshare-true` ablation: answers with the exact lifespan the
 // trace really has, and marks allocations never freed as permanent (predict/'s "oracle" kind
@@ -126,9 +132,16 @@ std::vector<std::string> ablation_policies() {
   return {std::string(kTimeshareTrue), std::string(kTimeshareConst)};
 }
 
+std::vector<std::string> predictor_policies() {
+  std::vector<std::string> out;
+  for (std::string_view k : kBaselineKinds) out.push_back(std::string(kWithPredictor) + std::string(k));
+  return out;
+}
+
 std::vector<std::string> policy_names() {
   std::vector<std::string> all = default_policies();
   for (std::string& a : ablation_policies()) all.push_back(std::move(a));
+  for (std::string& a : predictor_policies()) all.push_back(std::move(a));
   return all;
 }
 
@@ -140,7 +153,8 @@ bool is_policy(std::string_view name) {
 }
 
 bool policy_predicts(std::string_view name) {
-  return name == kTimeshare || name == kTimeshareTrue || name == kTimeshareConst;
+  return name == kTimeshare || name == kTimeshareTrue || name == kTimeshareConst ||
+         name.starts_with(kWithPredictor);
 }
 
 ReplayResult run_policy(std::string_view policy, const Event* events, std::size_t n,
@@ -168,7 +182,10 @@ ReplayResult run_policy(std::string_view policy, const Event* events, std::size_
   predict::PredictorOptions options;
   options.deterministic = true;  // training happens at fixed events: one trace, one answer
   options.seed = policy_options.seed;
-  options.kind = policy == kTimeshareConst ? "constant" : "hybrid";
+  options.kind = policy == kTimeshareConst ? "constant"
+                 : policy.starts_with(kWithPredictor)
+                     ? std::string(policy.substr(kWithPredictor.size()))
+                     : "hybrid";
   options.constant_lifespan_events = policy_options.constant_lifespan_events;
   std::unique_ptr<predict::LifespanPredictor> predictor = predict::make_predictor(options);
   if (!predictor) {

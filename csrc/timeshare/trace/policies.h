@@ -41,6 +41,9 @@ struct PolicyOptions {
 std::vector<std::string> default_policies();
 // The ablation policies.
 std::vector<std::string> ablation_policies();
+// "timeshare+KIND" for every other predictor kind: the same pool and replay with that predictor
+// (the online baselines of docs/benchmarks.md).
+std::vector<std::string> predictor_policies();
 // Every policy `run_policy` accepts.
 std::vector<std::string> policy_names();
 bool is_policy(std::string_view name);
