@@ -29,8 +29,10 @@ constexpr std::array<OptionInfo, 22> kOptionTable{{
     {"pinned", "bytes", "2GiB", "size of the pinned host arena for spills"},
     {"prefetch", "bytes", "512MiB", "look-ahead in bytes of restores started before need"},
     {"min_spill", "bytes", "1MiB", "tensors smaller than this are never spilled"},
-    {"predictor", "choice", "hybrid", "lifespan predictor: hybrid, lstm, table, last_size, "
-                                      "size_mean, prev_iter, constant"},
+    {"predictor", "choice", "hybrid", "lifespan predictor: hybrid, hybrid_nolstm (no LSTM: "
+                                      "same figures on the shipped traces, ~10% cheaper), lstm, "
+                                      "aligned, table, table_cycle, last_size, size_mean, "
+                                      "prev_iter, constant (cheapest)"},
     {"history", "bytes", "8MiB", "bytes of the rolling history ring the LSTM trains on"},
     {"hidden", "int", "32", "LSTM hidden units (8..256)"},
     {"retrain_interval", "int", "40000", "allocator events between scheduled retrainings"},
@@ -215,8 +217,9 @@ std::optional<Setter> setter_for(std::string_view key) {
   if (key == "min_spill") return [](Options& o, std::string_view v) { return set_bytes(o.min_spill_bytes, v); };
   if (key == "predictor") {
     return [](Options& o, std::string_view v) {
-      return set_choice(o.predictor, v, {"hybrid", "lstm", "table", "last_size", "size_mean",
-                                         "prev_iter", "constant"});
+      return set_choice(o.predictor, v, {"hybrid", "hybrid_nolstm", "lstm", "aligned", "table",
+                                         "table_cycle", "last_size", "size_mean", "prev_iter",
+                                         "constant"});
     };
   }
   if (key == "history") return [](Options& o, std::string_view v) { return set_bytes(o.history_bytes, v); };
