@@ -53,6 +53,7 @@
 #include "timeshare/predict/hybrid_predictor.h"
 #include "timeshare/predict/online_predictor.h"
 #include "timeshare/trace/events.h"
+#include "tool_common.h"
 
 using namespace timeshare;
 
@@ -102,17 +103,7 @@ struct Cell {
   std::vector<Run> runs;
 };
 
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::size_t start = 0;
-  while (start <= s.size()) {
-    const std::size_t end = s.find(sep, start);
-    out.push_back(s.substr(start, end == std::string::npos ? std::string::npos : end - start));
-    if (end == std::string::npos) break;
-    start = end + 1;
-  }
-  return out;
-}
+using tools::split;
 
 bool parse_variant(const std::string& full, Variant* v, std::string* why) {
   v->name = full;
@@ -171,13 +162,7 @@ void warm_up(predict::LifespanPredictor& p, const trace::Trace& t, double wait_s
   for (std::size_t i = 0; i < t.events.size(); ++i) {
     const trace::Event& e = t.events[i];
     if (e.op == trace::Op::kAlloc) {
-      predict::AllocEvent a;
-      a.alloc_id = e.id;
-      a.bytes = e.bytes;
-      a.stream = e.stream;
-      a.now_events = i;
-      a.now_us = e.time_us;
-      p.on_alloc(a);
+      p.on_alloc(tools::alloc_event(e, i));
     } else {
       p.on_free({e.id, i, e.time_us});
     }
@@ -237,13 +222,7 @@ Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t b
         hint.now_events = clock0 + i;
         hint.alloc_id = id0 + e.id;
         if (predictor) {
-          predict::AllocEvent a;
-          a.alloc_id = id0 + e.id;
-          a.bytes = e.bytes;
-          a.stream = e.stream;
-          a.now_events = clock0 + i;
-          a.now_us = e.time_us;
-          hint.predicted_lifespan = predictor->on_alloc(a);
+          hint.predicted_lifespan = predictor->on_alloc(tools::alloc_event(e, clock0 + i, id0));
         }
         if (pool) {
           void* p = pool->allocate(e.bytes, static_cast<device::Stream>(e.stream), hint);

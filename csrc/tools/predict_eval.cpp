@@ -28,6 +28,7 @@
 #include "timeshare/predict/period_detector.h"
 #include "timeshare/predict/synthetic_trace.h"
 #include "timeshare/trace/events.h"
+#include "tool_common.h"
 
 using namespace timeshare;
 using namespace timeshare::predict;
@@ -42,17 +43,7 @@ struct Figures {
   std::size_t scored = 0;
 };
 
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::size_t start = 0;
-  while (start <= s.size()) {
-    const std::size_t end = s.find(sep, start);
-    out.push_back(s.substr(start, end == std::string::npos ? std::string::npos : end - start));
-    if (end == std::string::npos) break;
-    start = end + 1;
-  }
-  return out;
-}
+using tools::split;
 
 // Allocation index after which the first iteration is over, by the same detector the
 // predictors use (SIZE_MAX when no period is ever found).
@@ -74,13 +65,7 @@ Figures replay(const std::vector<trace::Event>& events, const std::vector<std::u
   for (std::size_t i = 0; i < events.size(); ++i) {
     const trace::Event& e = events[i];
     if (e.op == trace::Op::kAlloc) {
-      AllocEvent a;
-      a.alloc_id = e.id;
-      a.bytes = e.bytes;
-      a.stream = e.stream;
-      a.now_events = i;
-      a.now_us = e.time_us;
-      pred[e.id] = p->on_alloc(a);
+      pred[e.id] = p->on_alloc(tools::alloc_event(e, i));
     } else {
       FreeEvent f;
       f.alloc_id = e.id;
