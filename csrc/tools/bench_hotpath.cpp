@@ -15,6 +15,9 @@
 //                            until a learning predictor has published a model; then the timed
 //                            replay continues its clock and ids on a fresh pool: the steady
 //                            state of a long job (LSTM head evaluated, retrainings running)
+//   ...@async                the predictor fed through predict::AsyncPredictor, as the
+//                            allocator does unless predict_sync: the timed loop pushes events
+//                            (hint 0, the pool does not wait); the predictor runs on its thread
 //
 // KIND is a predict::make_predictor kind (constant, table, hybrid_nolstm, hybrid, ...). Predictors
 // run in REAL-TIME mode (deterministic = false): `hybrid` has its background trainer thread, as
@@ -50,6 +53,7 @@
 #include "timeshare/pool/caching_pool.h"
 #include "timeshare/pool/pool.h"
 #include "timeshare/pool/temporal_pool.h"
+#include "timeshare/predict/async_predictor.h"
 #include "timeshare/predict/hybrid_predictor.h"
 #include "timeshare/predict/online_predictor.h"
 #include "timeshare/trace/events.h"
@@ -77,6 +81,7 @@ struct Variant {
   std::string pool;   // "torch", "temporal" or "" (predictor alone)
   std::string kind;   // predictor kind, "" for none
   bool warm = false;
+  bool async = false;  // fed through predict::AsyncPredictor (the allocator's default)
 };
 
 struct Run {
@@ -86,6 +91,7 @@ struct Run {
   std::uint64_t lstm_evaluations = 0;  // in the timed loop
   bool model_active = false;         // a model answered in the timed loop
   std::uint64_t page_faults = 0;     // minor faults during the timed loop (whole process)
+  std::uint64_t dropped = 0;         // @async: events the feed dropped (its thread fell behind)
 };
 
 std::uint64_t minor_faults() {
@@ -108,9 +114,16 @@ using tools::split;
 bool parse_variant(const std::string& full, Variant* v, std::string* why) {
   v->name = full;
   std::string spec = full;
-  if (spec.size() > 5 && spec.ends_with("@warm")) {
-    v->warm = true;
-    spec.resize(spec.size() - 5);
+  for (bool again = true; again;) {
+    again = false;
+    if (spec.size() > 5 && spec.ends_with("@warm")) {
+      v->warm = again = true;
+      spec.resize(spec.size() - 5);
+    }
+    if (spec.size() > 6 && spec.ends_with("@async")) {
+      v->async = again = true;
+      spec.resize(spec.size() - 6);
+    }
   }
   const std::size_t plus = spec.find('+');
   const std::string head = spec.substr(0, plus);
@@ -135,8 +148,8 @@ bool parse_variant(const std::string& full, Variant* v, std::string* why) {
     *why = "expected torch, temporal, temporal+KIND or KIND";
     return false;
   }
-  if (v->warm && v->kind.empty()) {
-    *why = "@warm needs a predictor";
+  if ((v->warm || v->async) && v->kind.empty()) {
+    *why = "@warm and @async need a predictor";
     return false;
   }
   if (!v->kind.empty()) {
@@ -203,6 +216,9 @@ Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t b
     id0 = t.allocs;
   }
   const auto* hybrid = dynamic_cast<const predict::HybridPredictor*>(predictor.get());
+  if (v.async) {  // after the warm-up: the timed loop only pushes events to the feed
+    predictor = std::make_unique<predict::AsyncPredictor>(std::move(predictor));
+  }
   const std::uint64_t evals0 = hybrid ? hybrid->lstm_evaluations() : 0;
   std::vector<void*> ptrs(t.allocs, nullptr);
   Run r;
@@ -246,7 +262,10 @@ Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t b
     r.retrains = predictor->stats().retrains;
     r.model_active = predictor->stats().model_active;
   }
-  if (hybrid) r.lstm_evaluations = hybrid->lstm_evaluations() - evals0;
+  if (hybrid) r.lstm_evaluations = hybrid->lstm_evaluations() - evals0;  // stats() drained it
+  if (const auto* a = dynamic_cast<const predict::AsyncPredictor*>(predictor.get())) {
+    r.dropped = a->dropped();
+  }
   return r;
 }
 
@@ -279,7 +298,7 @@ bool write_json(const std::string& path, int rounds, std::size_t burst,
                  "\"allocs\": %zu, \"ns_per_pair\": [",
                  json_escape(x.trace).c_str(), x.rate, json_escape(x.variant).c_str(), x.events,
                  x.allocs);
-    std::uint64_t ooms = 0, retrains = 0, evals = 0, active = 0, faults = 0;
+    std::uint64_t ooms = 0, retrains = 0, evals = 0, active = 0, faults = 0, dropped = 0;
     for (std::size_t r = 0; r < x.runs.size(); ++r) {
       std::fprintf(f, "%s%.2f", r ? ", " : "", x.runs[r].ns_per_pair);
       ooms += x.runs[r].ooms;
@@ -287,13 +306,14 @@ bool write_json(const std::string& path, int rounds, std::size_t burst,
       evals = std::max(evals, x.runs[r].lstm_evaluations);
       active += x.runs[r].model_active;
       faults = std::max(faults, x.runs[r].page_faults);
+      dropped += x.runs[r].dropped;
     }
     std::fprintf(f,
                  "], \"ooms\": %llu, \"max_retrains\": %llu, \"max_lstm_evaluations\": %llu, "
-                 "\"model_active_runs\": %llu, \"max_page_faults\": %llu}%s\n",
+                 "\"model_active_runs\": %llu, \"max_page_faults\": %llu, \"dropped\": %llu}%s\n",
                  (unsigned long long)ooms, (unsigned long long)retrains,
                  (unsigned long long)evals, (unsigned long long)active,
-                 (unsigned long long)faults,
+                 (unsigned long long)faults, (unsigned long long)dropped,
                  c + 1 < cells.size() ? "," : "");
   }
   std::fprintf(f, "  ]\n}\n");

@@ -202,6 +202,7 @@ std::vector<std::uint64_t> predict(const std::string& kind, const std::vector<Ev
                                    const std::vector<std::uint64_t>& truth, std::uint64_t seed) {
   std::vector<std::uint64_t> p(truth.size(), 0);
   if (kind == "oracle") return truth;
+  if (kind == "none") return p;  // no prediction: every block in the unpredicted region
   if (kind == "constant") {
     std::fill(p.begin(), p.end(), 1);
     return p;

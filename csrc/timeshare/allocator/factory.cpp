@@ -2,6 +2,7 @@
 #include "timeshare/allocator/allocator.h"
 #include "timeshare/pool/caching_pool.h"
 #include "timeshare/pool/temporal_pool.h"
+#include "timeshare/predict/async_predictor.h"
 #include "timeshare/predict/online_predictor.h"
 
 namespace timeshare {
@@ -28,7 +29,13 @@ std::unique_ptr<predict::LifespanPredictor> make_predictor_for(const Options& op
   p.drift_threshold = options.drift_threshold;
   p.seed = options.seed;
   p.deterministic = deterministic;
-  return predict::make_predictor(p);
+  std::unique_ptr<predict::LifespanPredictor> predictor = predict::make_predictor(p);
+  // Off the malloc path unless asked (predict_sync); a deterministic predictor (replays, tests)
+  // stays synchronous, since its answers must follow the events one by one.
+  if (predictor && !options.predict_sync && !deterministic) {
+    return std::make_unique<predict::AsyncPredictor>(std::move(predictor));
+  }
+  return predictor;
 }
 
 }  // namespace timeshare

@@ -37,6 +37,7 @@ struct Options {
   std::size_t min_spill_bytes = std::size_t{1} << 20;
   // Predictor
   std::string predictor = "hybrid";
+  bool predict_sync = false;  // ask the predictor on the malloc path (else: fed asynchronously)
   std::size_t history_bytes = std::size_t{8} << 20;
   int hidden = 32;
   std::uint64_t retrain_interval_events = 40'000;

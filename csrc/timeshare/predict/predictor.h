@@ -47,7 +47,8 @@ class LifespanPredictor {
  public:
   virtual ~LifespanPredictor() = default;
   virtual const char* name() const noexcept = 0;
-  // Returns the predicted lifespan in clock ticks (>= 1).
+  // Returns the predicted lifespan in clock ticks (>= 1), or 0 for "no prediction" (the
+  // asynchronous feed, async_predictor.h, answers 0 and predicts on its own thread).
   virtual std::uint64_t on_alloc(const AllocEvent& e) = 0;
   // Reports a free. Unknown ids are ignored.
   virtual void on_free(const FreeEvent& e) = 0;

@@ -1,0 +1,105 @@
+#include "timeshare/predict/async_predictor.h"
+
+#include <chrono>
+#include <utility>
+
+#include "timeshare/common/log.h"
+
+namespace timeshare::predict {
+
+namespace {
+constexpr std::size_t kWakeBatch = 256;                       // events that wake the worker
+constexpr auto kIdleWake = std::chrono::milliseconds(2);      // or this long, whichever first
+}  // namespace
+
+AsyncPredictor::AsyncPredictor(std::unique_ptr<LifespanPredictor> inner, std::size_t max_pending)
+    : inner_(std::move(inner)),
+      name_(std::string(inner_->name()) + " (async)"),
+      max_pending_(max_pending == 0 ? 1 : max_pending) {
+  inbox_.reserve(kWakeBatch * 4);
+  batch_.reserve(kWakeBatch * 4);
+  worker_ = std::thread([this] { run(); });
+}
+
+AsyncPredictor::~AsyncPredictor() {
+  {
+    std::lock_guard lock(in_mu_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  if (worker_.joinable()) worker_.join();
+  drain();
+}
+
+void AsyncPredictor::push(const Item& item) {
+  bool wake = false;
+  {
+    std::lock_guard lock(in_mu_);
+    if (inbox_.size() >= max_pending_) {
+      if (dropped_.fetch_add(1, std::memory_order_relaxed) == 0) {
+        log().warn("predictor {}: {} events queued, the predictor thread is behind; dropping "
+                   "events until it catches up (placement does not wait for it)",
+                   inner_->name(), inbox_.size());
+      }
+      return;
+    }
+    inbox_.push_back(item);
+    wake = inbox_.size() == kWakeBatch;
+  }
+  if (wake) wake_.notify_one();
+}
+
+std::uint64_t AsyncPredictor::on_alloc(const AllocEvent& e) {
+  Item item;
+  item.alloc = true;
+  item.a = e;
+  push(item);
+  return 0;
+}
+
+void AsyncPredictor::on_free(const FreeEvent& e) {
+  Item item;
+  item.f = e;
+  push(item);
+}
+
+void AsyncPredictor::feed_pending_locked() const {
+  {
+    std::lock_guard lock(in_mu_);
+    batch_.swap(inbox_);
+  }
+  for (const Item& item : batch_) {
+    if (item.alloc) {
+      inner_->on_alloc(item.a);
+    } else {
+      inner_->on_free(item.f);
+    }
+  }
+  batch_.clear();
+}
+
+void AsyncPredictor::drain() const {
+  std::lock_guard feed(feed_mu_);
+  feed_pending_locked();
+}
+
+PredictorStats AsyncPredictor::stats() const {
+  std::lock_guard feed(feed_mu_);
+  feed_pending_locked();
+  return inner_->stats();
+}
+
+void AsyncPredictor::run() {
+  for (;;) {
+    {
+      std::unique_lock lock(in_mu_);
+      wake_.wait_for(lock, kIdleWake, [this] { return stop_ || inbox_.size() >= kWakeBatch; });
+      if (stop_) return;
+      if (inbox_.empty()) continue;
+    }
+    std::lock_guard feed(feed_mu_);
+    feed_pending_locked();
+  }
+}
+
+}  // namespace timeshare::predict

@@ -1,0 +1,168 @@
+// AsyncPredictor: the wrapped predictor sees the same events in the same order as on the malloc
+// path; the malloc path never waits; the queue is bounded; the allocator uses it by default.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "timeshare/allocator/allocator.h"
+#include "timeshare/device/sim/sim_backend.h"
+#include "timeshare/predict/async_predictor.h"
+#include "timeshare/predict/online_predictor.h"
+#include "timeshare/predict/synthetic_trace.h"
+
+using namespace timeshare;
+using namespace timeshare::predict;
+
+namespace {
+
+std::unique_ptr<LifespanPredictor> table_predictor() {
+  PredictorOptions o;
+  o.kind = "table";
+  o.deterministic = true;
+  return make_predictor(o);
+}
+
+// Feeds a trace's events to `p` in order; returns what on_alloc answered.
+std::vector<std::uint64_t> feed(LifespanPredictor& p, const trace::Trace& t) {
+  std::vector<std::uint64_t> answers;
+  for (std::size_t i = 0; i < t.events.size(); ++i) {
+    const trace::Event& e = t.events[i];
+    if (e.op == trace::Op::kAlloc) {
+      AllocEvent a;
+      a.alloc_id = e.id;
+      a.bytes = e.bytes;
+      a.stream = e.stream;
+      a.now_events = i;
+      a.now_us = e.time_us;
+      answers.push_back(p.on_alloc(a));
+    } else {
+      p.on_free({e.id, i, e.time_us});
+    }
+  }
+  return answers;
+}
+
+// A predictor that blocks in on_alloc until released (a worker that has fallen behind).
+class GatedPredictor final : public LifespanPredictor {
+ public:
+  const char* name() const noexcept override { return "gated"; }
+  std::uint64_t on_alloc(const AllocEvent&) override {
+    std::unique_lock lock(mu_);
+    ++entered_;
+    entered_cv_.notify_all();
+    open_cv_.wait(lock, [this] { return open_; });
+    ++stats_.predictions;
+    return 1;
+  }
+  void on_free(const FreeEvent&) override {}
+  PredictorStats stats() const override {
+    std::lock_guard lock(mu_);
+    return stats_;
+  }
+  void wait_entered() {
+    std::unique_lock lock(mu_);
+    entered_cv_.wait(lock, [this] { return entered_ > 0; });
+  }
+  void open() {
+    std::lock_guard lock(mu_);
+    open_ = true;
+    open_cv_.notify_all();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable entered_cv_, open_cv_;
+  int entered_ = 0;
+  bool open_ = false;
+  PredictorStats stats_;
+};
+
+}  // namespace
+
+TEST_CASE("async predictor: same events, same order, same figures as synchronous", "[predict][async]") {
+  SyntheticTraceOptions so;
+  so.iterations = 12;
+  const trace::Trace t = make_synthetic_trace(so);
+  auto sync = table_predictor();
+  feed(*sync, t);
+  AsyncPredictor async(table_predictor());
+  const std::vector<std::uint64_t> answers = feed(async, t);
+  for (std::uint64_t a : answers) CHECK(a == 0);  // the malloc path is never answered
+  const PredictorStats s = sync->stats();
+  const PredictorStats a = async.stats();
+  CHECK(a.predictions == s.predictions);
+  CHECK(a.observed == s.observed);
+  CHECK(a.rolling_within_2x == s.rolling_within_2x);
+  CHECK(async.dropped() == 0);
+  CHECK(std::string(async.name()) == "table (async)");
+}
+
+TEST_CASE("async predictor: threads push while others read stats", "[predict][async][threads]") {
+  AsyncPredictor async(table_predictor());
+  constexpr int kThreads = 4, kPerThread = 20000;
+  std::atomic<bool> done{false};
+  std::thread reader([&] {
+    while (!done.load()) (void)async.stats();
+  });
+  std::vector<std::thread> ts;
+  for (int t = 0; t < kThreads; ++t) {
+    ts.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        const std::uint64_t id = static_cast<std::uint64_t>(t) * kPerThread + i;
+        AllocEvent e;
+        e.alloc_id = id;
+        e.bytes = 4096u * static_cast<std::size_t>(1 + i % 7);
+        async.on_alloc(e);
+        async.on_free({id, 0, 0});
+      }
+    });
+  }
+  for (auto& th : ts) th.join();
+  done = true;
+  reader.join();
+  CHECK(async.stats().predictions == std::uint64_t{kThreads} * kPerThread);
+}
+
+TEST_CASE("async predictor: a stuck predictor never blocks the caller; the queue is bounded",
+          "[predict][async]") {
+  auto gated = std::make_unique<GatedPredictor>();
+  GatedPredictor* g = gated.get();
+  {
+    AsyncPredictor async(std::move(gated), /*max_pending=*/64);
+    AllocEvent first;
+    async.on_alloc(first);
+    g->wait_entered();  // the worker holds the first event and is stuck in the predictor
+    for (int i = 1; i < 300; ++i) {
+      AllocEvent e;
+      e.alloc_id = static_cast<std::uint64_t>(i);
+      async.on_alloc(e);  // returns at once although the predictor is stuck
+    }
+    CHECK(async.dropped() == 299 - 64);  // 64 queued, the rest dropped and counted
+    g->open();
+    const PredictorStats s = async.stats();
+    CHECK(s.predictions == 1 + 64);
+  }
+}
+
+TEST_CASE("allocator: the predictor is fed asynchronously unless predict_sync", "[allocator][async]") {
+  for (const bool sync : {false, true}) {
+    auto r = parse_options(sync ? "policy:timeshare,predict_sync:true" : "policy:timeshare");
+    REQUIRE(r.options);
+    device::SimOptions so;
+    so.capacity_bytes = 1 * kGiB;
+    Allocator a(*r.options, std::make_unique<device::SimBackend>(so));
+    CHECK((std::string(a.predictor_name()).find("(async)") != std::string::npos) == !sync);
+    std::vector<void*> ps;
+    for (int i = 0; i < 100; ++i) ps.push_back(a.malloc(static_cast<std::size_t>(1 + i) * kKiB, 0));
+    for (void* p : ps) REQUIRE(a.free(p));
+    const PredictorStats s = a.predictor_stats();
+    CHECK(s.predictions == 100);
+    CHECK(s.observed == 100);
+  }
+}
