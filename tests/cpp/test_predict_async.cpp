@@ -134,7 +134,7 @@ TEST_CASE("async predictor: a stuck predictor never blocks the caller; the queue
   auto gated = std::make_unique<GatedPredictor>();
   GatedPredictor* g = gated.get();
   {
-    AsyncPredictor async(std::move(gated), /*max_pending=*/64);
+    AsyncPredictor async(std::move(gated), /*max_pending=*/64, /*local_batch=*/1);
     AllocEvent first;
     async.on_alloc(first);
     g->wait_entered();  // the worker holds the first event and is stuck in the predictor

@@ -1,6 +1,8 @@
 #include "timeshare/predict/async_predictor.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstddef>
 #include <utility>
 
 #include "timeshare/common/log.h"
@@ -12,10 +14,13 @@ constexpr std::size_t kWakeBatch = 256;                       // events that wak
 constexpr auto kIdleWake = std::chrono::milliseconds(2);      // or this long, whichever first
 }  // namespace
 
-AsyncPredictor::AsyncPredictor(std::unique_ptr<LifespanPredictor> inner, std::size_t max_pending)
+AsyncPredictor::AsyncPredictor(std::unique_ptr<LifespanPredictor> inner, std::size_t max_pending,
+                               std::size_t local_batch)
     : inner_(std::move(inner)),
       name_(std::string(inner_->name()) + " (async)"),
-      max_pending_(max_pending == 0 ? 1 : max_pending) {
+      max_pending_(max_pending == 0 ? 1 : max_pending),
+      local_batch_(local_batch == 0 ? 1 : local_batch) {
+  local_.reserve(local_batch_);
   inbox_.reserve(kWakeBatch * 4);
   batch_.reserve(kWakeBatch * 4);
   worker_ = std::thread([this] { run(); });
@@ -32,20 +37,29 @@ AsyncPredictor::~AsyncPredictor() {
 }
 
 void AsyncPredictor::push(const Item& item) {
+  std::lock_guard lock(local_mu_);
+  local_.push_back(item);
+  if (local_.size() >= local_batch_) flush_local_locked();
+}
+
+void AsyncPredictor::flush_local_locked() const {
+  if (local_.empty()) return;
   bool wake = false;
   {
     std::lock_guard lock(in_mu_);
-    if (inbox_.size() >= max_pending_) {
-      if (dropped_.fetch_add(1, std::memory_order_relaxed) == 0) {
+    const std::size_t room = max_pending_ > inbox_.size() ? max_pending_ - inbox_.size() : 0;
+    const std::size_t take = std::min(room, local_.size());
+    if (take < local_.size()) {
+      if (dropped_.fetch_add(local_.size() - take, std::memory_order_relaxed) == 0) {
         log().warn("predictor {}: {} events queued, the predictor thread is behind; dropping "
                    "events until it catches up (placement does not wait for it)",
                    inner_->name(), inbox_.size());
       }
-      return;
     }
-    inbox_.push_back(item);
-    wake = inbox_.size() == kWakeBatch;
+    inbox_.insert(inbox_.end(), local_.begin(), local_.begin() + static_cast<std::ptrdiff_t>(take));
+    wake = inbox_.size() >= kWakeBatch;
   }
+  local_.clear();
   if (wake) wake_.notify_one();
 }
 
@@ -80,12 +94,16 @@ void AsyncPredictor::feed_pending_locked() const {
 
 void AsyncPredictor::drain() const {
   std::lock_guard feed(feed_mu_);
+  {
+    std::lock_guard local(local_mu_);
+    flush_local_locked();
+  }
   feed_pending_locked();
 }
 
 PredictorStats AsyncPredictor::stats() const {
+  drain();
   std::lock_guard feed(feed_mu_);
-  feed_pending_locked();
   return inner_->stats();
 }
 

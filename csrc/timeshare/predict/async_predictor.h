@@ -1,7 +1,8 @@
 // AsyncPredictor — a LifespanPredictor that takes the predictor it wraps off the malloc path.
 //
-// on_alloc and on_free append the event to an inbox (one short mutex, no allocation once the
-// inbox has grown) and return at once; on_alloc answers 0, "no prediction", so the pool places
+// on_alloc and on_free append the event to a small local batch (a mutex only callers take, so
+// its cache line stays with them) and return at once; every `local_batch` events the batch is
+// moved to the worker's inbox in one step; on_alloc answers 0, "no prediction", so the pool places
 // the block without waiting (in the temporal pool: the unpredicted region). A worker thread
 // drains the inbox in order into the wrapped predictor, which therefore sees exactly the event
 // sequence it would see on the malloc path, and learns, retrains and tracks drift as before.
@@ -34,10 +35,12 @@ namespace timeshare::predict {
 
 class AsyncPredictor final : public LifespanPredictor {
  public:
-  static constexpr std::size_t kDefaultMaxPending = 1 << 20;  // events (~48 MiB at most)
+  static constexpr std::size_t kDefaultMaxPending = 1 << 20;  // events (~80 MiB at most)
+  static constexpr std::size_t kDefaultLocalBatch = 64;
 
   explicit AsyncPredictor(std::unique_ptr<LifespanPredictor> inner,
-                          std::size_t max_pending = kDefaultMaxPending);
+                          std::size_t max_pending = kDefaultMaxPending,
+                          std::size_t local_batch = kDefaultLocalBatch);
   ~AsyncPredictor() override;  // feeds what is queued, then stops the worker
   AsyncPredictor(const AsyncPredictor&) = delete;
   AsyncPredictor& operator=(const AsyncPredictor&) = delete;
@@ -58,19 +61,24 @@ class AsyncPredictor final : public LifespanPredictor {
     FreeEvent f;
   };
   void push(const Item& item);
+  void flush_local_locked() const;   // caller holds local_mu_
   void feed_pending_locked() const;  // caller holds feed_mu_
   void run();
 
   std::unique_ptr<LifespanPredictor> inner_;
   std::string name_;
   const std::size_t max_pending_;
-  mutable std::mutex feed_mu_;  // serialises feeding the wrapped predictor (taken before in_mu_)
+  const std::size_t local_batch_;
+  // Lock order: feed_mu_, then local_mu_, then in_mu_.
+  mutable std::mutex feed_mu_;   // serialises feeding the wrapped predictor
+  mutable std::mutex local_mu_;  // guards local_ (the callers' batch)
+  mutable std::vector<Item> local_;
   mutable std::mutex in_mu_;    // guards inbox_ and stop_
-  std::condition_variable wake_;
+  mutable std::condition_variable wake_;
   mutable std::vector<Item> inbox_;
   mutable std::vector<Item> batch_;  // the worker's (or drain's) batch, reused
   bool stop_ = false;
-  std::atomic<std::uint64_t> dropped_{0};
+  mutable std::atomic<std::uint64_t> dropped_{0};
   std::thread worker_;
 };
 
