@@ -64,8 +64,9 @@ every allocation is predicted before the pool places it, every free reveals a tr
 (allocator ticks = event indices) to the predictor. In deterministic mode, (re)training runs
 synchronously at the allocation where it is due and the LSTM state advances at fixed
 allocations, so one trace gives one set of figures (timings aside). `timeshare`'s ns/event comes
-from a second, timing pass with the trainer on its background thread, as in real use (the
-deterministic pass, training inside the loop, is `ns_per_event_deterministic` in the JSON);
+from a second, timing pass run as the allocator runs by default: the predictor fed through
+`AsyncPredictor` on its own thread (trainer on another), the pool placing without waiting for
+it (the deterministic pass, training inside the loop, is `ns_per_event_deterministic` in the JSON);
 `scripts/bench_hotpath.py` measures the hot path per malloc+free pair in detail.
 Prediction figures are computed after the run from the true lifespans: *within 2x* is the share
 of allocations with predicted/true in [1/2, 2], *log2 MAE* the median |log2(predicted/true)|

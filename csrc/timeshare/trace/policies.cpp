@@ -8,6 +8,7 @@
 #include "timeshare/pool/caching_pool.h"
 #include "timeshare/pool/temporal_options.h"
 #include "timeshare/pool/temporal_pool.h"
+#include "timeshare/predict/async_predictor.h"
 #include "timeshare/predict/hybrid_predictor.h"
 #include "timeshare/predict/online_predictor.h"
 #include "timeshare/predict/predictor.h"
@@ -199,10 +200,12 @@ ReplayResult run_policy(std::string_view policy, const Event* events, std::size_
   ReplayResult r = run_temporal(policy, *predictor, events, n, ro, policy_options);
   if (policy == kTimeshare) {
     // The deterministic pass trains synchronously inside the loop. Time the hot path as it runs
-    // in real use instead: a second pass whose trainer works on its background thread.
+    // in real use instead: a second pass as the allocator runs by default, the predictor fed
+    // through AsyncPredictor (its own thread; its trainer on another), the pool not waiting.
     predict::PredictorOptions realtime = options;
     realtime.deterministic = false;
-    std::unique_ptr<predict::LifespanPredictor> timed = predict::make_predictor(realtime);
+    std::unique_ptr<predict::LifespanPredictor> timed =
+        std::make_unique<predict::AsyncPredictor>(predict::make_predictor(realtime));
     ReplayOptions timing = replay_options;
     timing.detected_cycle_alloc = nullptr;
     const ReplayResult t = run_temporal(policy, *timed, events, n, timing, policy_options);
