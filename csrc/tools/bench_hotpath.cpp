@@ -132,8 +132,8 @@ bool parse_variant(const std::string& full, Variant* v, std::string* why) {
       *why = "torch takes no predictor";
       return false;
     }
-    if (v->warm) {
-      *why = "@warm needs a predictor";
+    if (v->warm || v->async) {
+      *why = v->warm ? "@warm needs a predictor" : "@async needs a predictor";
       return false;
     }
     v->pool = "torch";
@@ -149,7 +149,7 @@ bool parse_variant(const std::string& full, Variant* v, std::string* why) {
     return false;
   }
   if ((v->warm || v->async) && v->kind.empty()) {
-    *why = "@warm and @async need a predictor";
+    *why = v->warm ? "@warm needs a predictor" : "@async needs a predictor";
     return false;
   }
   if (!v->kind.empty()) {

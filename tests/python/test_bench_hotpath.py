@@ -85,6 +85,8 @@ def test_tool_reports_every_variant(tmp_path: Path) -> None:
     ("torch+hybrid", "torch takes no predictor"),
     ("torch@warm", "@warm needs a predictor"),
     ("temporal@warm", "@warm needs a predictor"),
+    ("temporal@async", "@async needs a predictor"),
+    ("torch@async", "@async needs a predictor"),
     ("temporal+nosuchkind", "unknown predictor kind"),
 ])
 def test_tool_rejects_bad_variant(tmp_path: Path, variant: str, why: str) -> None:
@@ -114,9 +116,9 @@ def test_driver_writes_one_section_and_replaces_it(tmp_path: Path) -> None:
     assert "Prose that stays." in text
     section = text[text.index(mod.MARK_BEGIN):text.index(mod.MARK_END)]
     assert f"| tiny | {n} |" in section
-    for v in ("torch", "temporal", "temporal+constant", "temporal+hybrid_nolstm",
-              "temporal+hybrid", "temporal+hybrid@warm", "hybrid_nolstm", "hybrid@warm"):
+    for v in mod.DEFAULT_VARIANTS.split(","):
         assert f"`{v}`" in section
+    assert "`temporal+hybrid@async`" in section
 
 
 def test_driver_needs_the_tool(tmp_path: Path) -> None:
