@@ -10,8 +10,9 @@
 namespace timeshare::predict {
 
 namespace {
-constexpr std::size_t kWakeBatch = 256;                       // events that wake the worker
-constexpr auto kIdleWake = std::chrono::milliseconds(2);      // or this long, whichever first
+constexpr auto kPoll = std::chrono::milliseconds(1);      // the worker looks at the inbox this often
+constexpr auto kIdlePoll = std::chrono::milliseconds(64); // backing off to this while it is empty
+constexpr std::size_t kInitialCapacity = 4096;        // events; vectors grow beyond as needed
 }  // namespace
 
 AsyncPredictor::AsyncPredictor(std::unique_ptr<LifespanPredictor> inner, std::size_t max_pending,
@@ -21,8 +22,8 @@ AsyncPredictor::AsyncPredictor(std::unique_ptr<LifespanPredictor> inner, std::si
       max_pending_(max_pending == 0 ? 1 : max_pending),
       local_batch_(local_batch == 0 ? 1 : local_batch) {
   local_.reserve(local_batch_);
-  inbox_.reserve(kWakeBatch * 4);
-  batch_.reserve(kWakeBatch * 4);
+  inbox_.reserve(kInitialCapacity);
+  batch_.reserve(kInitialCapacity);
   worker_ = std::thread([this] { run(); });
 }
 
@@ -57,7 +58,7 @@ void AsyncPredictor::flush_local_locked() const {
       }
     }
     inbox_.insert(inbox_.end(), local_.begin(), local_.begin() + static_cast<std::ptrdiff_t>(take));
-    wake = inbox_.size() >= kWakeBatch;
+    wake = inbox_.size() >= max_pending_ / 2;  // urgent only: the worker polls on its own
   }
   local_.clear();
   if (wake) wake_.notify_one();
@@ -66,14 +67,21 @@ void AsyncPredictor::flush_local_locked() const {
 std::uint64_t AsyncPredictor::on_alloc(const AllocEvent& e) {
   Item item;
   item.alloc = true;
-  item.a = e;
+  item.alloc_id = e.alloc_id;
+  item.bytes = e.bytes;
+  item.stream = e.stream;
+  item.device = e.device;
+  item.now_events = e.now_events;
+  item.now_us = e.now_us;
   push(item);
   return 0;
 }
 
 void AsyncPredictor::on_free(const FreeEvent& e) {
   Item item;
-  item.f = e;
+  item.alloc_id = e.alloc_id;
+  item.now_events = e.now_events;
+  item.now_us = e.now_us;
   push(item);
 }
 
@@ -84,9 +92,16 @@ void AsyncPredictor::feed_pending_locked() const {
   }
   for (const Item& item : batch_) {
     if (item.alloc) {
-      inner_->on_alloc(item.a);
+      AllocEvent a;
+      a.alloc_id = item.alloc_id;
+      a.bytes = static_cast<std::size_t>(item.bytes);
+      a.stream = item.stream;
+      a.device = item.device;
+      a.now_events = item.now_events;
+      a.now_us = item.now_us;
+      inner_->on_alloc(a);
     } else {
-      inner_->on_free(item.f);
+      inner_->on_free({item.alloc_id, item.now_events, item.now_us});
     }
   }
   batch_.clear();
@@ -108,13 +123,18 @@ PredictorStats AsyncPredictor::stats() const {
 }
 
 void AsyncPredictor::run() {
+  auto poll = kPoll;
   for (;;) {
     {
       std::unique_lock lock(in_mu_);
-      wake_.wait_for(lock, kIdleWake, [this] { return stop_ || inbox_.size() >= kWakeBatch; });
+      wake_.wait_for(lock, poll, [this] { return stop_ || inbox_.size() >= max_pending_ / 2; });
       if (stop_) return;
-      if (inbox_.empty()) continue;
+      if (inbox_.empty()) {  // an idle allocator: wake up less and less often
+        poll = std::min(poll * 2, std::chrono::duration_cast<decltype(poll)>(kIdlePoll));
+        continue;
+      }
     }
+    poll = kPoll;
     std::lock_guard feed(feed_mu_);
     feed_pending_locked();
   }
