@@ -102,6 +102,42 @@ TEST_CASE("predict/period: finds the iteration, not the repeated layer", "[predi
   CHECK(d.first_confirmed_at() < 3 * per_iteration);
 }
 
+TEST_CASE("predict/period: alignment runs ahead of confirmation; none without repetition",
+          "[predict]") {
+  SyntheticTraceOptions so;
+  so.noise_share = 0.0;
+  so.iterations = 6;
+  so.layers = 32;  // ~390 allocations an iteration; 8 of them would leave too short a trial
+  const trace::Trace t = make_synthetic_trace(so);
+  const std::uint64_t per_iteration = t.allocs / std::uint64_t(so.iterations);
+  REQUIRE(per_iteration > 4 * kProvisionalChecks);
+  PeriodDetector d;
+  std::uint64_t n = 0, first_aligned = UINT64_MAX, first_active = UINT64_MAX;
+  for (const auto& e : t.events) {
+    if (e.op != trace::Op::kAlloc) continue;
+    d.push(e.bytes);
+    ++n;
+    // Whatever it says is a period the detector has active or is trying with good matches.
+    if (d.alignment_period() != d.period()) CHECK(d.alignment_period() > d.period());
+    if (d.alignment_period() == per_iteration && first_aligned == UINT64_MAX) first_aligned = n;
+    if (d.period() == per_iteration && first_active == UINT64_MAX) first_active = n;
+  }
+  CHECK(d.alignment_period() == per_iteration);
+  CHECK(d.period() == per_iteration);
+  // Inside the second iteration, about kProvisionalChecks allocations after the candidate
+  // appears; confirmation comes a full iteration after that.
+  CHECK(first_aligned > per_iteration);
+  CHECK(first_aligned < per_iteration + per_iteration / 2);
+  CHECK(first_active > first_aligned + per_iteration / 2);
+
+  // A sequence with no repetition never gets an alignment period.
+  PeriodDetector r;
+  for (std::uint64_t i = 0; i < 5000; ++i) {
+    r.push(512 * (1 + (i * 2654435761u) % 100003));
+    CHECK(r.alignment_period() == 0);
+  }
+}
+
 TEST_CASE("predict/determinism: the same trace gives the same predictions", "[predict]") {
   SyntheticTraceOptions so;
   so.iterations = 25;

@@ -118,7 +118,7 @@ AlignedPredictor::AlignedPredictor(const PredictorOptions& opt)
 float AlignedPredictor::predict(const AllocEvent& e, Pending* p) {
   const ContextKeys k = table_.keys(e.bytes, e.stream, detector_.cycle());
   const AlignedAnswer al = aligned_.on_alloc(p->seq, hash_combine(mix64(e.bytes), e.stream),
-                                             e.now_events, detector_.period());
+                                             e.now_events, detector_.alignment_period());
   detector_.push(e.bytes);
   const ContextAnswer a = table_.lookup(k);
   *keys_.insert(p->seq) = k;

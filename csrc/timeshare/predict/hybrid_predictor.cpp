@@ -60,8 +60,8 @@ std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
   const std::uint64_t seq = seq_++;
   PeriodDetector& detector = features_.detector();
   const ContextKeys keys = table_.keys(e.bytes, e.stream, detector.cycle());
-  // What the detector says before it sees this allocation (the features and the twin use it).
-  const std::uint64_t period = detector.period();
+  // The period the twin is looked up with, before the detector sees this allocation.
+  const std::uint64_t period = detector.alignment_period();
   // Every structure this allocation touches, loaded in parallel before the first probe.
   table_.prefetch(keys);
   aligned_.prefetch(seq, period);

@@ -179,6 +179,14 @@ void PeriodDetector::choose() {
     period_ = p;
     if (p != 0 && first_confirmed_at_ == UINT64_MAX) first_confirmed_at_ = count_ - 1;
   }
+  // Alignment may run ahead of confirmation: the longest trial candidate that has matched well
+  // so far (its running share, not the decayed score, which starts low by design).
+  std::uint64_t align = p;
+  for (const Candidate& c : cand_) {
+    if (c.confirmed || c.period <= align || c.checked < kProvisionalChecks) continue;
+    if (double(c.matches) >= kConfirmShare * double(c.checked)) align = c.period;
+  }
+  align_period_ = align;
 }
 
 }  // namespace timeshare::predict

@@ -35,6 +35,9 @@ inline constexpr double kConfirmShare = 0.85;
 inline constexpr double kScoreTieTolerance = 0.02;
 inline constexpr double kScoreAlpha = 1.0 / 256.0;
 inline constexpr double kAnchorSlackShare = 0.125;
+// A trial candidate may serve alignment (alignment_period()) once it has matched this many
+// allocations at kConfirmShare or better, before its full first cycle confirms it.
+inline constexpr std::uint64_t kProvisionalChecks = 64;
 
 class PeriodDetector {
  public:
@@ -45,6 +48,12 @@ class PeriodDetector {
   void prefetch_next(std::uint64_t size_key) const noexcept;
 
   std::uint64_t period() const noexcept { return period_; }  // 0: none yet
+  // The period to align with one iteration back (AlignedHistory): period(), or, while the
+  // iteration's own candidate is still in its first (trial) cycle, that candidate once it has
+  // matched kProvisionalChecks allocations at kConfirmShare or better and is longer than
+  // period() (a shorter active period is then a repeated layer's, not the iteration's). Without
+  // it the twin could answer only from the end of the second iteration on. 0: none.
+  std::uint64_t alignment_period() const noexcept { return align_period_; }
   // Allocation index within the current cycle (0 .. period-1); valid when period() > 0.
   std::uint64_t position() const noexcept { return position_; }
   // Index of the allocation at which a period was first confirmed (UINT64_MAX: never).
@@ -87,6 +96,7 @@ class PeriodDetector {
   std::array<Candidate, kPeriodCandidates> cand_{};
   std::uint64_t count_ = 0;
   std::uint64_t period_ = 0;
+  std::uint64_t align_period_ = 0;
   std::uint64_t position_ = 0;
   std::uint64_t cycle_ = 0;
   std::uint64_t anchor_gram_ = 0;       // 0: none chosen
