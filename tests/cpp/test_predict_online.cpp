@@ -11,6 +11,7 @@
 #include "timeshare/predict/hybrid_predictor.h"
 #include "timeshare/predict/online_predictor.h"
 #include "timeshare/predict/period_detector.h"
+#include "timeshare/predict/shape_twin.h"
 #include "timeshare/predict/synthetic_trace.h"
 
 using namespace timeshare;
@@ -136,6 +137,52 @@ TEST_CASE("predict/period: alignment runs ahead of confirmation; none without re
     r.push(512 * (1 + (i * 2654435761u) % 100003));
     CHECK(r.alignment_period() == 0);
   }
+}
+
+TEST_CASE("predict/shape twin: one iteration back although the sizes change", "[predict]") {
+  SyntheticTraceOptions so;
+  so.noise_share = 0.0;
+  so.iterations = 12;
+  so.seq_len_min = 128;  // another sequence length every iteration: sizes do not repeat
+  so.seq_len_max = 512;
+  const trace::Trace t = make_synthetic_trace(so);
+  const std::uint64_t per_iteration = t.allocs / std::uint64_t(so.iterations);
+  ShapeTwin twin;
+  PeriodDetector by_size;
+  std::vector<std::uint64_t> seq_of(t.allocs, 0), tick_of(t.allocs, 0);
+  std::vector<float> answer(t.allocs, 0.0f);
+  std::vector<bool> answered(t.allocs, false);
+  std::uint64_t seq = 0;
+  for (std::size_t i = 0; i < t.events.size(); ++i) {
+    const trace::Event& e = t.events[i];
+    if (e.op == trace::Op::kAlloc) {
+      seq_of[e.id] = seq;
+      tick_of[e.id] = i;
+      const AlignedAnswer a = twin.on_alloc(seq, i, by_size.alignment_period());
+      by_size.push(e.bytes);
+      answered[e.id] = a.found && !a.from_live && seq >= 3 * per_iteration;
+      answer[e.id] = a.log2_life;
+      ++seq;
+    } else {
+      twin.learn(seq_of[e.id], float(std::log2(double(i - tick_of[e.id]))));
+      twin.on_free(seq_of[e.id], seq);
+    }
+  }
+  // The shape detector found the iteration (or a multiple of it); the sizes alone did not.
+  REQUIRE(twin.period() > 0);
+  CHECK(twin.period() % per_iteration == 0);
+  CHECK(by_size.period() % per_iteration != 0);
+  const std::vector<std::uint64_t> truth = true_lifespans(t.events);
+  std::size_t n = 0, ok = 0, scored = 0;
+  for (std::size_t id = 0; id < t.allocs; ++id) {
+    if (!truth[id] || seq_of[id] < 3 * per_iteration) continue;
+    ++scored;
+    if (!answered[id]) continue;
+    ++n;
+    ok += std::fabs(answer[id] - std::log2(double(truth[id]))) <= 1.0;
+  }
+  CHECK(double(n) >= 0.8 * double(scored));
+  CHECK(double(ok) >= 0.98 * double(n));
 }
 
 TEST_CASE("predict/determinism: the same trace gives the same predictions", "[predict]") {

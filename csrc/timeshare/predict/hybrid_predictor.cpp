@@ -88,6 +88,7 @@ std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
     if (occurrence_gate_ < 0 && plain.level >= 0) ans = plain;
   }
   const AlignedAnswer al = aligned_.on_alloc(seq, keys.key[0], e.now_events, period);
+  const AlignedAnswer sh = shape_.on_alloc(seq, e.now_events, period);
 
   Pending p;
   p.seq = seq;
@@ -100,7 +101,10 @@ std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
   p.plain_log2 = plain.log2_life;
   p.aligned_log2 = al.log2_life;
   p.aligned_compared = al.found && !al.from_live && ans.level >= 0;
-  if (!use_lstm_) return finish_alloc_without_lstm(e, al, ans, &p);
+  p.shape_log2 = sh.log2_life;
+  p.shape_compared = sh.found && !sh.from_live && ans.level >= 0 && !al.found;
+  const AlignedAnswer* twin = lstm_only_ ? nullptr : pick_twin(al, sh, ans);
+  if (!use_lstm_) return finish_alloc_without_lstm(e, twin, twin == &al, ans, &p);
 
   if (staging_.allocs.size() >= kMaxStagedAllocs) {  // trainer held the inbox too long: drop
     staging_.allocs.clear();
@@ -111,7 +115,7 @@ std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
 
   refresh_model();
   p.full_known = ans.level == keys.levels - 1;
-  const bool use_aligned = !lstm_only_ && prefer_aligned(al, ans);
+  const bool use_aligned = twin != nullptr;
 
   bool use_lstm = false;
   if (!use_aligned && model_ &&
@@ -134,8 +138,8 @@ std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
     }
   }
   if (use_aligned) {
-    p.answer_log2 = al.log2_life;
-    ++aligned_answers_;
+    p.answer_log2 = twin->log2_life;
+    ++(twin == &al ? aligned_answers_ : shape_answers_);
   } else if (use_lstm) {
     p.answer_log2 = p.lstm_log2;
     ++lstm_answers_;
@@ -161,12 +165,25 @@ bool HybridPredictor::prefer_aligned(const AlignedAnswer& al, const ContextAnswe
   return !al.from_live || ans.log2_life < al.log2_life - kWithin2xLog2;
 }
 
+// Without a size twin (the sizes changed: another sequence length), the shape twin answers when
+// it has been right more often than the table where both answered without a size twin; then
+// also where the table knows nothing. A live shape twin only raises a table answer below its age.
+const AlignedAnswer* HybridPredictor::pick_twin(const AlignedAnswer& al, const AlignedAnswer& sh,
+                                                const ContextAnswer& ans) const {
+  if (prefer_aligned(al, ans)) return &al;
+  if (al.found || !sh.found) return nullptr;
+  if (shape_gate_ <= 0) return nullptr;
+  if (ans.level < 0) return &sh;
+  return !sh.from_live || ans.log2_life < sh.log2_life - kWithin2xLog2 ? &sh : nullptr;
+}
+
 std::uint64_t HybridPredictor::finish_alloc_without_lstm(const AllocEvent& e,
-                                                         const AlignedAnswer& al,
+                                                         const AlignedAnswer* twin,
+                                                         bool size_twin,
                                                          const ContextAnswer& ans, Pending* p) {
-  if (prefer_aligned(al, ans)) {
-    p->answer_log2 = al.log2_life;
-    ++aligned_answers_;
+  if (twin) {
+    p->answer_log2 = twin->log2_life;
+    ++(size_twin ? aligned_answers_ : shape_answers_);
   } else if (ans.level >= 0) {
     p->answer_log2 = ans.log2_life;
     ++table_answers_;
@@ -238,7 +255,14 @@ void HybridPredictor::on_free(const FreeEvent& e) {
                       int(std::fabs(p.table_log2 - l2) <= kWithin2xLog2);
     aligned_gate_ = std::clamp(aligned_gate_ + delta, -kGlobalGateMax, kGlobalGateMax);
   }
+  if (p.shape_compared) {
+    const int delta = int(std::fabs(p.shape_log2 - l2) <= kWithin2xLog2) -
+                      int(std::fabs(p.table_log2 - l2) <= kWithin2xLog2);
+    shape_gate_ = std::clamp(shape_gate_ + delta, -kGlobalGateMax, kGlobalGateMax);
+  }
   aligned_.learn(p.seq, l2);
+  shape_.learn(p.seq, l2);
+  shape_.on_free(p.seq, seq_);
   table_.learn(p.keys, l2);
   if (use_lstm_) staging_.labels.emplace_back(p.seq, l2);
   ++frees_;

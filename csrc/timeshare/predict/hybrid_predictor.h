@@ -28,6 +28,7 @@
 #include "timeshare/predict/lstm_trainer.h"
 #include "timeshare/predict/predictor.h"
 #include "timeshare/predict/predictor_options.h"
+#include "timeshare/predict/shape_twin.h"
 
 namespace timeshare::predict {
 
@@ -57,6 +58,7 @@ class HybridPredictor final : public LifespanPredictor {
   std::uint64_t lstm_evaluations() const noexcept { return lstm_evaluations_; }
   std::uint64_t table_answers() const noexcept { return table_answers_; }
   std::uint64_t aligned_answers() const noexcept { return aligned_answers_; }
+  std::uint64_t shape_answers() const noexcept { return shape_answers_; }
   const PeriodDetector& detector() const noexcept { return features_.detector(); }
   std::size_t history_bytes_reserved() const noexcept { return trainer_.history_bytes_reserved(); }
   // Blocks until the background trainer has finished any training in flight (tests).
@@ -78,12 +80,17 @@ class HybridPredictor final : public LifespanPredictor {
     float plain_log2 = 0.0f;
     float aligned_log2 = 0.0f;
     bool aligned_compared = false;   // both the aligned twin and the table had an answer
+    float shape_log2 = 0.0f;
+    bool shape_compared = false;     // both the shape twin and the table had an answer
   };
 
   void refresh_model();
   bool prefer_aligned(const AlignedAnswer& al, const ContextAnswer& ans) const;
-  std::uint64_t finish_alloc_without_lstm(const AllocEvent& e, const AlignedAnswer& al,
-                                          const ContextAnswer& ans, Pending* p);
+  // The twin that answers (the size twin, else the shape twin), or nullptr: the table's turn.
+  const AlignedAnswer* pick_twin(const AlignedAnswer& al, const AlignedAnswer& sh,
+                                 const ContextAnswer& ans) const;
+  std::uint64_t finish_alloc_without_lstm(const AllocEvent& e, const AlignedAnswer* twin,
+                                          bool size_twin, const ContextAnswer& ans, Pending* p);
   float run_head(const float* x);
   void after_alloc_housekeeping(std::uint64_t now_events);
   void update_drift(bool within);
@@ -93,6 +100,7 @@ class HybridPredictor final : public LifespanPredictor {
   const bool use_lstm_;   // opt.use_lstm or lstm_only
   ContextTable table_;
   AlignedHistory aligned_;
+  ShapeTwin shape_;
   FeatureExtractor features_;
   LstmTrainer trainer_;
   IdMap<Pending> pending_;
@@ -104,6 +112,7 @@ class HybridPredictor final : public LifespanPredictor {
   int global_gate_ = 0;
   int occurrence_gate_ = 0;   // > 0: the occurrence-in-iteration level beats plain contexts
   int aligned_gate_ = 0;      // >= 0: the aligned twin answers before the table
+  int shape_gate_ = 0;        // > 0: the shape twin answers before the table (no size twin)
   std::uint64_t gate_sample_ = 0;   // learning-only head evaluations considered (real time)
   DirectMemo<std::uint32_t, std::uint64_t, 256> ticks_memo_;   // answer (float bits) -> ticks
   DirectMemo<std::uint64_t, float, 256> log2_memo_;            // lifespan -> log2
@@ -117,7 +126,7 @@ class HybridPredictor final : public LifespanPredictor {
 
   // Stats and drift.
   std::uint64_t predictions_ = 0, observed_ = 0;
-  std::uint64_t lstm_answers_ = 0, table_answers_ = 0, aligned_answers_ = 0;
+  std::uint64_t lstm_answers_ = 0, table_answers_ = 0, aligned_answers_ = 0, shape_answers_ = 0;
   std::uint64_t lstm_evaluations_ = 0;
   double rolling_ = 0.0;
   double reference_ = -1.0;           // best rolling share since the last training

@@ -10,7 +10,8 @@ namespace {
 constexpr std::size_t kGramTableEntries = std::size_t{1} << 16;
 }
 
-PeriodDetector::PeriodDetector() : sizes_(kMaxPeriodAllocs, 0), grams_(kGramTableEntries) {}
+PeriodDetector::PeriodDetector(bool prefer_longer)
+    : sizes_(kMaxPeriodAllocs, 0), grams_(kGramTableEntries), prefer_longer_(prefer_longer) {}
 
 std::uint64_t PeriodDetector::gram_hash(const std::array<std::uint64_t, kNgram>& gram,
                                         std::uint64_t size_key) noexcept {
@@ -165,7 +166,7 @@ void PeriodDetector::choose() {
       multiple = rem <= std::uint64_t(kShiftTolerance) || lo - rem <= std::uint64_t(kShiftTolerance);
     }
     if (near && multiple) {
-      if (c.period < best->period) {
+      if ((c.period < best->period) != prefer_longer_) {
         best = &c;
         bs = cs;
       }

@@ -41,7 +41,9 @@ inline constexpr std::uint64_t kProvisionalChecks = 64;
 
 class PeriodDetector {
  public:
-  PeriodDetector();
+  // prefer_longer: on a near tie between a period and a multiple of it, take the longer one (for
+  // keys that repeat per layer as exactly as per iteration, where the layer would win).
+  explicit PeriodDetector(bool prefer_longer = false);
   void push(std::uint64_t size_key);
   // Hint: `size_key` is the next push. Starts loading the n-gram slot it will read, so the
   // cache miss overlaps the caller's own work (the table lookups). No effect on any result.
@@ -95,6 +97,7 @@ class PeriodDetector {
   mutable bool next_valid_ = false;
   std::array<Candidate, kPeriodCandidates> cand_{};
   std::uint64_t count_ = 0;
+  bool prefer_longer_ = false;
   std::uint64_t period_ = 0;
   std::uint64_t align_period_ = 0;
   std::uint64_t position_ = 0;
