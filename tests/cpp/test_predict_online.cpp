@@ -183,6 +183,28 @@ TEST_CASE("predict/shape twin: one iteration back although the sizes change", "[
   }
   CHECK(double(n) >= 0.8 * double(scored));
   CHECK(double(ok) >= 0.98 * double(n));
+  // Either the size detector's period (trial or active) is the iteration as well, or the
+  // shape twin overrode it.
+  CHECK((twin.overrides_size_period() || by_size.alignment_period() % per_iteration == 0));
+
+  // Fixed shape: the size period is the iteration and the shape twin follows it.
+  so.seq_len_min = so.seq_len_max = 256;
+  const trace::Trace f = make_synthetic_trace(so);
+  ShapeTwin fixed_twin;
+  PeriodDetector fixed_size;
+  std::uint64_t fseq = 0;
+  std::vector<std::uint64_t> fseq_of(f.allocs, 0);
+  for (const trace::Event& e : f.events) {
+    if (e.op == trace::Op::kAlloc) {
+      fseq_of[e.id] = fseq;
+      fixed_twin.on_alloc(fseq++, 0, fixed_size.alignment_period());
+      fixed_size.push(e.bytes);
+    } else {
+      fixed_twin.on_free(fseq_of[e.id], fseq);
+    }
+  }
+  CHECK(fixed_size.period() == f.allocs / std::uint64_t(so.iterations));
+  CHECK_FALSE(fixed_twin.overrides_size_period());
 }
 
 TEST_CASE("predict/determinism: the same trace gives the same predictions", "[predict]") {

@@ -87,8 +87,12 @@ std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
     plain = table_.lookup(plain_keys);
     if (occurrence_gate_ < 0 && plain.level >= 0) ans = plain;
   }
-  const AlignedAnswer al = aligned_.on_alloc(seq, keys.key[0], e.now_events, period);
+  AlignedAnswer al = aligned_.on_alloc(seq, keys.key[0], e.now_events, period);
   const AlignedAnswer sh = shape_.on_alloc(seq, e.now_events, period);
+  // The shape detector's period overrides the size period (the sizes changed between
+  // iterations, so the size period is a repeated layer's): the size twin is not one iteration
+  // back, and the shape twin takes its place.
+  if (shape_.overrides_size_period()) al.found = false;
 
   Pending p;
   p.seq = seq;

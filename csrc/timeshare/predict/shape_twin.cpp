@@ -6,10 +6,24 @@
 
 namespace timeshare::predict {
 
+namespace {
+// A longer shape period counts as "the same iteration, repeated" only up to this many times the
+// size period: beyond, a near multiple of a short (layer) size period is a coincidence
+// (measured: syn_varlen's 99 against its layer period 10 fell within the tolerance).
+constexpr std::uint64_t kMaxMultiple = 8;
+}  // namespace
+
 AlignedAnswer ShapeTwin::on_alloc(std::uint64_t seq, std::uint64_t now_tick,
                                   std::uint64_t size_period) noexcept {
   const std::uint64_t key = hash_combine(acc_, frees_) | 1;  // never 0 (the rings' "empty")
-  const std::uint64_t period = std::max(size_period, detector_.alignment_period());
+  const std::uint64_t own = detector_.alignment_period();
+  bool multiple = false;
+  if (size_period != 0 && own > size_period && own <= kMaxMultiple * size_period) {
+    const std::uint64_t rem = own % size_period;
+    multiple = rem <= std::uint64_t(kShiftTolerance) || size_period - rem <= std::uint64_t(kShiftTolerance);
+  }
+  overrides_ = own > size_period && !multiple;
+  const std::uint64_t period = overrides_ ? own : size_period;
   for (int k = kShapeContext - 1; k > 0; --k) recent_[k] = recent_[k - 1];
   recent_[0] = key;
   std::uint64_t context = kSeed;

@@ -34,10 +34,15 @@ class ShapeTwin {
  public:
   // Allocation `seq` (0, 1, 2, ... in allocation order) at `now_tick`: the twin's answer, then
   // the allocation is recorded. Call before on_free of anything later. `size_period`: the
-  // size-based detector's alignment period (0: none); the longer of it and this detector's own
-  // is used, since a shape period shorter than the size period is a repeated layer's.
+  // size-based detector's alignment period (0: none). The twin is looked up with the size
+  // period unless this detector's own is longer and not a multiple of it (within the
+  // detector's shift tolerance): a shape period shorter than the size period is a repeated
+  // layer's, a multiple of it is the same iteration, and a longer other one means the sizes
+  // changed between iterations, so that the size period is a layer's.
   AlignedAnswer on_alloc(std::uint64_t seq, std::uint64_t now_tick,
                          std::uint64_t size_period) noexcept;
+  // The last on_alloc used this detector's own period instead of the size period.
+  bool overrides_size_period() const noexcept { return overrides_; }
   // Allocation `alloc_seq` was freed when `allocs_so_far` allocations had been made.
   void on_free(std::uint64_t alloc_seq, std::uint64_t allocs_so_far) noexcept;
   // The lifespan of allocation `seq` became known.
@@ -50,6 +55,7 @@ class ShapeTwin {
   static constexpr std::uint64_t kSeed = 0x6a09e667f3bcc909ull;
   std::uint64_t acc_ = kSeed;    // hash of the frees since the last allocation
   std::uint64_t frees_ = 0;      // their number
+  bool overrides_ = false;
   std::array<std::uint64_t, kShapeContext> recent_{};  // the last shape keys, newest first
   PeriodDetector detector_{/*prefer_longer=*/true};
   AlignedHistory aligned_;
