@@ -85,10 +85,11 @@ def _ratio(x: float, ref: float) -> str:
 BASELINES = """\
 Each column is the temporal pool replayed with another predictor kind (`timeshare+KIND`
 policies), trained online in the same deterministic replay from the first event; cells are
-*within 2x* online / *warm* (definitions below). `timeshare` is the default hybrid (period-aligned
-twin + context table + LSTM, a gate between them); `hybrid_nolstm` the same without the LSTM;
-`lstm` the LSTM alone (with the table's answer among its inputs); `aligned` the same position in
-the previous detected iteration; `table` the context table keyed by (size, stream, sizes of the
+*within 2x* online / *warm* (definitions below). `timeshare` is the default hybrid (the twin one
+detected iteration back, found by sizes or, when sizes change, by the pattern of frees; context
+table; LSTM; gates between them); `hybrid_nolstm` the same without the LSTM; `lstm` the LSTM
+alone (with the table's answer among its inputs); `aligned` the size twin alone (the same
+position in the previous detected iteration, same size) with `table_cycle` as fallback; `table` the context table keyed by (size, stream, sizes of the
 previous k allocations), falling back to shorter k; `table_cycle` that table with the occurrence
 of the size in the iteration; `prev_iter` the lifespan at the same position in the previous
 iteration; `last_size` the last lifespan seen for the same size; `size_mean` the running mean per
