@@ -9,11 +9,12 @@
 // before.
 //
 // The malloc path never wakes the worker: the worker polls the inbox every `kPoll` (1 ms) on its
-// own timer, backing off to 64 ms while the inbox stays empty (an idle process). Measured on bench_hotpath (2-vCPU VM, max event rate), waking it from the producer
-// every 256 events (a futex wake and an inter-processor interrupt each) cost more than the
-// predictor itself: 1.9-2.7x torch with a predictor that does nothing, against 1.4-1.6x for the
-// pool alone. Only when the inbox passes half of `max_pending` does the producer wake it, so that
-// a worker asleep never turns into dropped events.
+// own timer, backing off to 64 ms while the inbox stays empty (an idle process). Measured with
+// bench_hotpath (2-vCPU VM, maximum event rate, all 8 traces): waking it from the producer every
+// 256 events (a futex wake and an inter-processor interrupt each) cost more than the predictor
+// itself, 1.83-1.85x torch with a predictor that does nothing against 1.46-1.47x for the pool
+// alone. Only when the inbox passes half of `max_pending` does the producer wake it, so that a
+// worker asleep never turns into dropped events.
 //
 // Why: measured on the 8 shipped traces, the temporal pool's placement (peak reserved, device
 // calls) is the same with the true lifespans, a constant answer and no answer at all, while the

@@ -159,13 +159,7 @@ void PeriodDetector::choose() {
       continue;
     }
     const bool near = cs > bs - kScoreTieTolerance && cs < bs + kScoreTieTolerance;
-    bool multiple = false;
-    if (near) {
-      const std::uint64_t lo = std::min(c.period, best->period), hi = std::max(c.period, best->period);
-      const std::uint64_t rem = hi % lo;
-      multiple = rem <= std::uint64_t(kShiftTolerance) || lo - rem <= std::uint64_t(kShiftTolerance);
-    }
-    if (near && multiple) {
+    if (near && near_multiple(std::min(c.period, best->period), std::max(c.period, best->period))) {
       if ((c.period < best->period) != prefer_longer_) {
         best = &c;
         bs = cs;

@@ -39,6 +39,13 @@ inline constexpr double kAnchorSlackShare = 0.125;
 // allocations at kConfirmShare or better, before its full first cycle confirms it.
 inline constexpr std::uint64_t kProvisionalChecks = 64;
 
+// Whether period `hi` is a multiple of period `lo` (0 < lo <= hi) within kShiftTolerance
+// allocations: the same repetition counted over several cycles.
+inline bool near_multiple(std::uint64_t lo, std::uint64_t hi) noexcept {
+  const std::uint64_t rem = hi % lo;
+  return rem <= std::uint64_t(kShiftTolerance) || lo - rem <= std::uint64_t(kShiftTolerance);
+}
+
 class PeriodDetector {
  public:
   // prefer_longer: on a near tie between a period and a multiple of it, take the longer one (for

@@ -17,11 +17,8 @@ AlignedAnswer ShapeTwin::on_alloc(std::uint64_t seq, std::uint64_t now_tick,
                                   std::uint64_t size_period) noexcept {
   const std::uint64_t key = hash_combine(acc_, frees_) | 1;  // never 0 (the rings' "empty")
   const std::uint64_t own = detector_.alignment_period();
-  bool multiple = false;
-  if (size_period != 0 && own > size_period && own <= kMaxMultiple * size_period) {
-    const std::uint64_t rem = own % size_period;
-    multiple = rem <= std::uint64_t(kShiftTolerance) || size_period - rem <= std::uint64_t(kShiftTolerance);
-  }
+  const bool multiple = size_period != 0 && own <= kMaxMultiple * size_period &&
+                        near_multiple(size_period, own);
   overrides_ = own > size_period && !multiple;
   const std::uint64_t period = overrides_ ? own : size_period;
   for (int k = kShapeContext - 1; k > 0; --k) recent_[k] = recent_[k - 1];

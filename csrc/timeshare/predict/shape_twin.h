@@ -49,7 +49,6 @@ class ShapeTwin {
   void learn(std::uint64_t seq, float log2_life) noexcept { aligned_.learn(seq, log2_life); }
 
   std::uint64_t period() const noexcept { return detector_.alignment_period(); }
-  const PeriodDetector& detector() const noexcept { return detector_; }
 
  private:
   static constexpr std::uint64_t kSeed = 0x6a09e667f3bcc909ull;
