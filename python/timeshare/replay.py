@@ -44,7 +44,7 @@ ABLATION_POLICIES: tuple[str, ...] = ("timeshare-true", "timeshare-const")
 SHIPPED_TRACES = Path(__file__).resolve().parent / "traces"
 
 _PROG = "python -m timeshare replay"
-_TABLE_WIDTH = 150  # characters: the table stays one line per row in a narrow terminal or a pipe
+_TABLE_WIDTH = 170  # characters: the table stays one line per row in a narrow terminal or a pipe
 _PREDICTION_KEYS = ("lifespan_within_2x", "lifespan_within_2x_warm", "lifespan_log2_mae")
 
 
@@ -74,7 +74,7 @@ def replay_events(
     events: Any,
     policy: str,
     iteration_starts: Any = None,
-    options: dict[str, int] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Replay compact ``events`` (:data:`timeshare.snapshot.EVENT_DTYPE`) through ``policy``.
 
@@ -97,7 +97,7 @@ def _policy_record(result: dict[str, Any], peak_live: int) -> dict[str, Any]:
 def replay_trace(
     trace: Any,
     policies: Sequence[str],
-    options: dict[str, int] | None = None,
+    options: dict[str, Any] | None = None,
     on_policy_done: Any = None,
 ) -> dict[str, Any]:
     """Replay one :class:`timeshare.snapshot.Trace` through every policy.
@@ -164,7 +164,7 @@ def _check_policies(policies: Sequence[str]) -> None:
 def replay_paths(
     paths: Sequence[str],
     policies: Sequence[str] = DEFAULT_POLICIES,
-    options: dict[str, int] | None = None,
+    options: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Load every trace under ``paths`` (none: the shipped ones) and replay it.
@@ -229,6 +229,8 @@ def _print_table(doc: dict[str, Any]) -> None:
         ("peak reserved", "right"),
         ("frag", "right"),
         ("reserve calls", "right"),
+        ("waits", "right"),
+        ("faults", "right"),
         ("ns/event", "right"),
         ("Mevents/s", "right"),
         ("within 2x", "right"),
@@ -248,6 +250,8 @@ def _print_table(doc: dict[str, Any]) -> None:
                 format_bytes(r["peak_reserved_bytes"]),
                 f"{r['fragmentation']:.3f}",
                 str(r["device_reserve_calls"]),
+                str(r.get("device_waits", 0)),
+                str(r.get("device_faults", 0)),
                 f"{r['ns_per_event']:.0f}",
                 f"{r['mevents_per_second']:.2f}",
                 *pred,
@@ -294,6 +298,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="simulated device memory in bytes (default: 1 TiB, no OOM)",
     )
+    p.add_argument(
+        "--conf",
+        default="",
+        metavar="KEY:VALUE,...",
+        help="TIMESHARE_CONF options for the timeshare policies (predictor, budget, "
+        "unsafe_unmap, ...; `python -m timeshare options` lists them)",
+    )
+    p.add_argument(
+        "--gpu-lag-events",
+        type=int,
+        default=None,
+        metavar="N",
+        help="work in flight: the GPU finishes the work queued at a free N allocator events "
+        "later (default: 128; 0: no work in flight)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     return p
 
@@ -304,9 +323,23 @@ def main(argv: list[str]) -> int:
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
     if args.ablation:
         policies += [p for p in ABLATION_POLICIES if p not in policies]
-    options: dict[str, int] = {"timeline_points": max(1, args.timeline_points)}
+    options: dict[str, Any] = {"timeline_points": max(1, args.timeline_points)}
     if args.capacity is not None:
         options["capacity_bytes"] = args.capacity
+    if args.gpu_lag_events is not None:
+        if args.gpu_lag_events < 0:
+            print(f"{_PROG}: error: --gpu-lag-events must be >= 0", file=sys.stderr)
+            return 1
+        options["gpu_lag_events"] = args.gpu_lag_events
+    if args.conf:
+        from timeshare import _C
+
+        try:
+            _C.parse_conf(args.conf)
+        except ValueError as e:
+            print(f"{_PROG}: error: --conf: {e}", file=sys.stderr)
+            return 1
+        options["conf"] = args.conf
     try:
         doc = replay_paths(args.paths, policies, options, progress=not args.quiet)
         doc["command"] = " ".join([_PROG, *argv])

@@ -11,7 +11,7 @@ namespace timeshare {
 
 namespace {
 
-constexpr std::array<OptionInfo, 23> kOptionTable{{
+constexpr std::array<OptionInfo, 24> kOptionTable{{
     {"policy", "choice", "timeshare", "allocation policy: timeshare (predictor + temporal pool) "
                                       "or torch (model of PyTorch's caching allocator)"},
     {"backend", "choice", "auto", "device backend: auto (cuda where a GPU is present), cuda, sim"},
@@ -37,6 +37,10 @@ constexpr std::array<OptionInfo, 23> kOptionTable{{
                                        "by it; false: the predictor is fed on its own thread and "
                                        "placement does not wait (same placement on the shipped "
                                        "traces, a fraction of the malloc cost)"},
+    {"unsafe_unmap", "bool", "false", "TEST OF THE FAULT DETECTOR ONLY: the temporal pool unmaps "
+                                      "a granule as soon as it empties, without waiting for the "
+                                      "work its stream queued before the free (a GPU faults; the "
+                                      "sim backend counts device faults)"},
     {"history", "bytes", "8MiB", "bytes of the rolling history ring the LSTM trains on"},
     {"hidden", "int", "32", "LSTM hidden units (8..256)"},
     {"retrain_interval", "int", "40000", "allocator events between scheduled retrainings"},
@@ -227,6 +231,7 @@ std::optional<Setter> setter_for(std::string_view key) {
     };
   }
   if (key == "predict_sync") return [](Options& o, std::string_view v) { return set_bool(o.predict_sync, v); };
+  if (key == "unsafe_unmap") return [](Options& o, std::string_view v) { return set_bool(o.unsafe_unmap, v); };
   if (key == "history") return [](Options& o, std::string_view v) { return set_bytes(o.history_bytes, v); };
   if (key == "hidden") return [](Options& o, std::string_view v) { return set_int(o.hidden, v, 8, 256); };
   if (key == "retrain_interval") {
@@ -347,6 +352,7 @@ std::string to_conf_string(const Options& o) {
   add("min_spill", std::to_string(o.min_spill_bytes));
   add("predictor", o.predictor);
   add("predict_sync", o.predict_sync ? "true" : "false");
+  add("unsafe_unmap", o.unsafe_unmap ? "true" : "false");
   add("history", std::to_string(o.history_bytes));
   add("hidden", std::to_string(o.hidden));
   add("retrain_interval", std::to_string(o.retrain_interval_events));

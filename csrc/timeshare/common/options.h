@@ -38,6 +38,8 @@ struct Options {
   // Predictor
   std::string predictor = "hybrid";
   bool predict_sync = false;  // ask the predictor on the malloc path (else: fed asynchronously)
+  // Test of the sim's fault detector only: unmap granules without waiting for their streams.
+  bool unsafe_unmap = false;
   std::size_t history_bytes = std::size_t{8} << 20;
   int hidden = 32;
   std::uint64_t retrain_interval_events = 40'000;

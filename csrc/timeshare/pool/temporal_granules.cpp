@@ -12,6 +12,8 @@ namespace timeshare::pool {
 namespace {
 // Below this, calloc (its memset, if any, is cheap); from here on, an anonymous mapping.
 constexpr std::size_t kMapZeroedFromBytes = std::size_t{1} << 20;
+// Fences in flight per arena; past this, new quarantined granules wait for a later fence.
+constexpr std::size_t kMaxFencesPerArena = 8;
 }  // namespace
 
 ZeroedBytes::ZeroedBytes(std::size_t bytes) : bytes_(bytes) {
@@ -41,25 +43,38 @@ ZeroedBytes::~ZeroedBytes() {
 
 TemporalGranules::TemporalGranules(device::Backend* backend, std::size_t granule_bytes,
                                    std::uint64_t peak_window_events, std::size_t slack_granules,
-                                   std::size_t slack_permille, bool trim_oldest_first)
+                                   std::size_t slack_permille, bool trim_oldest_first,
+                                   bool unsafe_unmap)
     : backend_(backend),
       granule_bytes_(granule_bytes),
       peak_window_events_(peak_window_events),
       slack_granules_(slack_granules),
       slack_permille_(slack_permille),
-      trim_oldest_first_(trim_oldest_first) {
+      trim_oldest_first_(trim_oldest_first),
+      unsafe_unmap_(unsafe_unmap) {
   if (std::has_single_bit(granule_bytes_)) {
     granule_shift_ = static_cast<unsigned>(std::countr_zero(granule_bytes_));
   }
 }
 
-std::size_t TemporalGranules::add_arena(std::uintptr_t base, std::size_t granules) {
+TemporalGranules::~TemporalGranules() {
+  for (ArenaGranules& ar : arenas_) {
+    for (const Fence& f : ar.fences) backend_->destroy_event(f.event);
+  }
+  for (device::Event e : spare_events_) backend_->destroy_event(e);
+}
+
+std::size_t TemporalGranules::add_arena(std::uintptr_t base, std::size_t granules,
+                                        device::Stream stream) {
   ArenaGranules ar;
   ar.base = base;
   ar.offset = cache_.capacity();
+  ar.stream = stream;
   ar.occupancy = ZeroedArray<std::uint32_t>(granules);
   ar.mapped = ZeroedArray<std::uint8_t>(granules);
+  ar.cached_gen = ZeroedArray<std::uint32_t>(granules);
   cache_.resize(ar.offset + granules);
+  quarantined_.resize(ar.offset + granules);
   if (trim_oldest_first_) cache_stamp_.resize(ar.offset + granules, 0);
   arenas_.push_back(std::move(ar));
   return arenas_.size() - 1;
@@ -110,6 +125,123 @@ bool TemporalGranules::pick_oldest(std::size_t* key) {
     }
   }
   return false;
+}
+
+device::Event TemporalGranules::take_event() {
+  if (!spare_events_.empty()) {
+    const device::Event e = spare_events_.back();
+    spare_events_.pop_back();
+    return e;
+  }
+  device::Event e = device::kNoEvent;
+  if (backend_->create_event(&e) != device::Status::kOk) return device::kNoEvent;
+  return e;
+}
+
+void TemporalGranules::quarantine(std::size_t a, std::size_t first, std::size_t last) {
+  ArenaGranules& ar = arenas_[a];
+  if (unsafe_unmap_) {  // the detector test: trimmable at once, as before the fix
+    if (first == last) {
+      cache_.set(key(a, first));
+    } else {
+      cache_.set_range(key(a, first), key(a, last));
+    }
+    for (std::size_t g = first; trim_oldest_first_ && g <= last; ++g) cached_now(key(a, g));
+    return;
+  }
+  if (first == last) {
+    quarantined_.set(key(a, first));
+  } else {
+    quarantined_.set_range(key(a, first), key(a, last));
+  }
+  std::fill(ar.cached_gen.begin() + static_cast<std::ptrdiff_t>(first),
+            ar.cached_gen.begin() + static_cast<std::ptrdiff_t>(last + 1), ar.open_gen);
+  if (!ar.quarantine.empty()) {
+    Quarantined& back = ar.quarantine.back();
+    if (back.gen == ar.open_gen && back.last + 1 == first) {
+      back.last = last;
+      ar.dirty = true;
+      return;
+    }
+  }
+  ar.quarantine.push_back({first, last, ar.open_gen});
+  ar.dirty = true;
+}
+
+void TemporalGranules::release_quarantine(ArenaGranules& ar, std::uint32_t gen) {
+  while (!ar.quarantine.empty() && ar.quarantine.front().gen <= gen) {
+    const Quarantined q = ar.quarantine.front();
+    ar.quarantine.pop_front();
+    for (std::size_t g = q.first; g <= q.last; ++g) {
+      const std::size_t k = ar.offset + g;
+      // Stale when the granule was reused (and maybe quarantined again later) since.
+      if (!quarantined_.test(k) || ar.cached_gen[g] != q.gen) continue;
+      quarantined_.clear(k);
+      cache_.set(k);
+      cached_now(k);
+    }
+  }
+}
+
+void TemporalGranules::fence(std::size_t a) {
+  ArenaGranules& ar = arenas_[a];
+  if (!ar.dirty || ar.fences.size() >= kMaxFencesPerArena) return;
+  const device::Event e = take_event();
+  if (e == device::kNoEvent || backend_->record(e, ar.stream) != device::Status::kOk) {
+    // No fence to be had: wait for the stream here rather than ever unmap under its work.
+    if (e != device::kNoEvent) spare_events_.push_back(e);
+    ++waits_;
+    if (backend_->synchronize_stream(ar.stream) != device::Status::kOk) return;  // stays quarantined
+    release_quarantine(ar, ar.open_gen);
+  } else {
+    ar.fences.push_back({e, ar.open_gen});
+    ++fences_recorded_;
+  }
+  ++ar.open_gen;
+  ar.dirty = false;
+}
+
+void TemporalGranules::advance_fences(bool record) {
+  for (std::size_t a = 0; a < arenas_.size(); ++a) {
+    ArenaGranules& ar = arenas_[a];
+    if (record) fence(a);
+    std::uint32_t done = 0;
+    while (!ar.fences.empty() && backend_->query(ar.fences.front().event)) {
+      done = ar.fences.front().gen;
+      spare_events_.push_back(ar.fences.front().event);
+      ar.fences.pop_front();
+    }
+    if (done != 0) release_quarantine(ar, done);
+  }
+}
+
+void TemporalGranules::wait_for_quarantine(std::size_t granules) {
+  const std::size_t want = cache_.count() + granules;
+  advance_fences(/*record=*/true);
+  for (std::size_t a = 0; a < arenas_.size() && cache_.count() < want && !quarantined_.empty();
+       ++a) {
+    ArenaGranules& ar = arenas_[a];
+    if (ar.quarantine.empty()) continue;
+    ++waits_;
+    if (ar.dirty || ar.fences.empty()) {
+      // Granules not covered by a fence (the arena had its most in flight): the stream itself.
+      if (backend_->synchronize_stream(ar.stream) != device::Status::kOk) continue;
+      for (const Fence& f : ar.fences) spare_events_.push_back(f.event);
+      ar.fences.clear();
+      release_quarantine(ar, ar.open_gen);
+      ++ar.open_gen;
+      ar.dirty = false;
+      continue;
+    }
+    backend_->synchronize_event(ar.fences.back().event);
+    std::uint32_t done = 0;
+    while (!ar.fences.empty() && backend_->query(ar.fences.front().event)) {
+      done = ar.fences.front().gen;
+      spare_events_.push_back(ar.fences.front().event);
+      ar.fences.pop_front();
+    }
+    if (done != 0) release_quarantine(ar, done);
+  }
 }
 
 bool TemporalGranules::trim_to(std::size_t target, std::size_t incoming) {
@@ -179,16 +311,23 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
   if (limit_bytes != 0 && (mapped_ + to_map) * granule_bytes_ > limit_bytes) {
     // Cached granules outside this block may go to make room, but the limit decides.
     const std::size_t cached_inside = fresh - to_map;
-    if ((mapped_ - (cache_.count() - cached_inside) + to_map) * granule_bytes_ > limit_bytes) {
+    if ((mapped_ - (cached_granules() - cached_inside) + to_map) * granule_bytes_ > limit_bytes) {
       return false;
     }
   }
   // Claim the cached granules of this block so trimming cannot take them.
+  // Quarantined ones too: the same arena (stream) reuses them, which stream order makes safe.
   const auto claim = [&] {
     boundary([&](std::size_t g) {
-      if (ar.occupancy[g] == 0 && ar.mapped[g]) cache_.clear(key(a, g));
+      if (ar.occupancy[g] == 0 && ar.mapped[g]) {
+        cache_.clear(key(a, g));
+        quarantined_.clear(key(a, g));
+      }
     });
-    if (n_full != 0) cache_.clear_range(key(a, sp.full_begin), key(a, sp.full_end - 1));
+    if (n_full != 0) {
+      cache_.clear_range(key(a, sp.full_begin), key(a, sp.full_end - 1));
+      quarantined_.clear_range(key(a, sp.full_begin), key(a, sp.full_end - 1));
+    }
   };
   const auto count_in = [&] {
     boundary([&](std::size_t g) { ++ar.occupancy[g]; });
@@ -205,7 +344,16 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
   if (fresh != to_map) claim();
   std::size_t target = std::max(mark(), needed_ + fresh);
   if (limit_bytes != 0) target = std::min(target, limit_bytes / granule_bytes_);
+  if (mapped_ + to_map > target && cache_.count() < mapped_ + to_map - target &&
+      !quarantined_.empty()) {
+    advance_fences(/*record=*/true);  // quarantined granules whose streams are done may go
+  }
   trim_to(target, to_map);
+  if (limit_bytes != 0 && (mapped_ + to_map) * granule_bytes_ > limit_bytes) {
+    // At the limit, memory must go back now: wait for the quarantined granules' streams.
+    wait_for_quarantine(mapped_ + to_map - limit_bytes / granule_bytes_);
+    trim_to(target, to_map);
+  }
   // Map the missing runs; undo everything on a device failure.
   bool ok = true;
   std::size_t g = sp.first;
@@ -230,11 +378,9 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
       std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(first), n, std::uint8_t{0});
       mapped_ -= n;
     }
+    // The claimed granules go back to the cache; quarantined again, since some may have been.
     for (std::size_t h = sp.first; h <= sp.last; ++h) {
-      if (ar.occupancy[h] == 0 && ar.mapped[h]) {
-        cache_.set(key(a, h));
-        cached_now(key(a, h));
-      }
+      if (ar.occupancy[h] == 0 && ar.mapped[h]) quarantine(a, h, h);
     }
     return false;
   }
@@ -249,8 +395,7 @@ void TemporalGranules::release(std::size_t a, std::uintptr_t addr, std::size_t b
   const auto one = [&](std::size_t g) {
     if (--ar.occupancy[g] != 0) return;
     --needed_;
-    cache_.set(key(a, g));
-    cached_now(key(a, g));
+    quarantine(a, g, g);
     emptied = true;
   };
   if (!sp.full(sp.first)) one(sp.first);
@@ -260,19 +405,31 @@ void TemporalGranules::release(std::size_t a, std::uintptr_t addr, std::size_t b
     std::fill(ar.occupancy.begin() + static_cast<std::ptrdiff_t>(sp.full_begin),
               ar.occupancy.begin() + static_cast<std::ptrdiff_t>(sp.full_end), 0u);
     needed_ -= n_full;
-    cache_.set_range(key(a, sp.full_begin), key(a, sp.full_end - 1));
-    for (std::size_t g = sp.full_begin; trim_oldest_first_ && g < sp.full_end; ++g) {
-      cached_now(key(a, g));
-    }
+    quarantine(a, sp.full_begin, sp.full_end - 1);
     emptied = true;
   }
-  if (emptied) trim_to(mark(), 0);
+  if (!emptied) return;
+  const std::size_t m = mark();
+  if (mapped_ > m && cache_.count() < mapped_ - m && !quarantined_.empty()) {
+    advance_fences(/*record=*/true);
+  }
+  trim_to(m, 0);
 }
 
-void TemporalGranules::release_all_cached() { trim_to(0, 0); }
+void TemporalGranules::release_all_cached() {
+  if (!quarantined_.empty()) wait_for_quarantine(quarantined_.count());
+  trim_to(0, 0);
+}
 
 void TemporalGranules::unmap_arena(std::size_t a) {
   ArenaGranules& ar = arenas_[a];
+  if (!ar.fences.empty() || ar.dirty) {  // teardown: the stream's work must be done first
+    ++waits_;
+    backend_->synchronize_stream(ar.stream);
+    for (const Fence& f : ar.fences) spare_events_.push_back(f.event);
+    ar.fences.clear();
+    ar.dirty = false;
+  }
   for (std::size_t g = 0; g < ar.mapped.size(); ++g) {
     if (!ar.mapped[g]) continue;
     std::size_t n = 1;
@@ -282,7 +439,10 @@ void TemporalGranules::unmap_arena(std::size_t a) {
     granules_unmapped_total_ += n;
     std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(g), n, std::uint8_t{0});
     mapped_ -= n;
-    for (std::size_t h = g; h < g + n; ++h) cache_.clear(key(a, h));
+    for (std::size_t h = g; h < g + n; ++h) {
+      cache_.clear(key(a, h));
+      quarantined_.clear(key(a, h));
+    }
     g += n;
   }
 }

@@ -13,6 +13,20 @@
 // `acquire` unmaps before it maps, so the mapped count never passes the mark by more than the
 // granules a request itself needs. On a periodic trace whose placement repeats, the steady
 // state makes no device calls at all.
+//
+// Nothing is unmapped under running kernels. PyTorch frees a block as soon as the host drops
+// the tensor, while kernels that use it may still be queued on its stream, and cuMemUnmap does
+// not wait for them. A granule that a free empties is therefore *quarantined*: it may be
+// reused at once by its own arena (same stream: stream order makes that safe), but it may be
+// unmapped (given back to the device, or to another stream's arena through a later map) only
+// once its stream has passed the free. Each arena stamps the granules it quarantines with its
+// open *generation*; a fence (an event recorded on the arena's stream) closes a generation, and
+// when the fence completes every granule of that generation or older becomes an ordinary cached
+// granule, free to trim. Fences are recorded only where trimming is wanted (mapped above the
+// mark, a limit, empty_cache), i.e. where the unsafe policy would have made a device call, so
+// the steady state records none. A host wait (synchronize on a fence) happens only where memory
+// must go back now: a request at the limit, empty_cache, teardown; each is counted (waits()).
+// `unsafe_unmap` (a test of the sim's fault detector only) restores immediate unmapping.
 #pragma once
 
 #include <cstddef>
@@ -82,11 +96,16 @@ class TemporalGranules {
  public:
   TemporalGranules(device::Backend* backend, std::size_t granule_bytes,
                    std::uint64_t peak_window_events, std::size_t slack_granules,
-                   std::size_t slack_permille = 0, bool trim_oldest_first = false);
+                   std::size_t slack_permille = 0, bool trim_oldest_first = false,
+                   bool unsafe_unmap = false);
+  ~TemporalGranules();
+  TemporalGranules(const TemporalGranules&) = delete;
+  TemporalGranules& operator=(const TemporalGranules&) = delete;
 
-  // Registers an arena's virtual range [base, base + granules * granule_bytes); returns its
-  // index for the calls below.
-  std::size_t add_arena(std::uintptr_t base, std::size_t granules);
+  // Registers the virtual range [base, base + granules * granule_bytes) of the arena of
+  // `stream`; returns its index for the calls below.
+  std::size_t add_arena(std::uintptr_t base, std::size_t granules,
+                        device::Stream stream = device::kDefaultStream);
 
   // Makes [addr, addr+bytes) of arena `a` usable: marks its granules needed and maps those that
   // are not mapped, unmapping cached granules first to stay under the mark. With
@@ -101,15 +120,22 @@ class TemporalGranules {
   // Moves the hysteresis window forward to `now_events`.
   void tick(std::uint64_t now_events);
 
-  // Unmaps every cached granule (empty_cache, or before a retry at the limit).
+  // Unmaps every cached granule (empty_cache, or before a retry at the limit), waiting for the
+  // fences of quarantined ones.
   void release_all_cached();
 
-  // Unmaps every mapped granule of arena `a` (pool teardown; the arena must hold no block).
+  // Unmaps every mapped granule of arena `a` (pool teardown; the arena must hold no block),
+  // after its stream has finished.
   void unmap_arena(std::size_t a);
 
   std::size_t mapped_granules() const noexcept { return mapped_; }
   std::size_t needed_granules() const noexcept { return needed_; }
-  std::size_t cached_granules() const noexcept { return cache_.count(); }
+  // Mapped granules without a block: trimmable ones and quarantined ones.
+  std::size_t cached_granules() const noexcept { return cache_.count() + quarantined_.count(); }
+  std::size_t quarantined_granules() const noexcept { return quarantined_.count(); }
+  // Host waits made to give memory back (synchronize on a fence or a stream), and fences.
+  std::uint64_t waits() const noexcept { return waits_; }
+  std::uint64_t fences_recorded() const noexcept { return fences_recorded_; }
   std::uint64_t map_calls() const noexcept { return map_calls_; }
   std::uint64_t unmap_calls() const noexcept { return unmap_calls_; }
   // Granules mapped / unmapped over the pool's life (a call may cover a run of granules; the
@@ -134,11 +160,26 @@ class TemporalGranules {
   }
 
  private:
+  struct Fence {
+    device::Event event = device::kNoEvent;
+    std::uint32_t gen = 0;  // completes generation `gen` (and every older one)
+  };
+  struct Quarantined {  // granules [first, last] of an arena, quarantined in generation `gen`
+    std::size_t first = 0;
+    std::size_t last = 0;
+    std::uint32_t gen = 0;
+  };
   struct ArenaGranules {
     std::uintptr_t base = 0;
     std::size_t offset = 0;                 // of granule 0 in cache_
+    device::Stream stream = device::kDefaultStream;
     ZeroedArray<std::uint32_t> occupancy;  // blocks touching each granule
     ZeroedArray<std::uint8_t> mapped;
+    ZeroedArray<std::uint32_t> cached_gen;  // generation in which each granule was quarantined
+    std::uint32_t open_gen = 1;   // generation stamped on granules quarantined now
+    bool dirty = false;           // granules of open_gen exist (no fence covers them yet)
+    std::deque<Fence> fences;     // in flight, oldest first
+    std::deque<Quarantined> quarantine;  // oldest first; entries may be stale (reclaimed)
   };
   std::size_t key(std::size_t a, std::size_t g) const noexcept { return arenas_[a].offset + g; }
   // The granules under a block: [first, last], of which [full_begin, full_end) are fully
@@ -156,6 +197,17 @@ class TemporalGranules {
   // when the cache ran out first.
   bool trim_to(std::size_t target, std::size_t incoming);
   bool map_run(ArenaGranules& ar, std::size_t first, std::size_t n);
+  // Granules [first, last] of arena `a` have just lost their last block.
+  void quarantine(std::size_t a, std::size_t first, std::size_t last);
+  // Records a fence for arena `a`'s open generation (when it has quarantined granules).
+  void fence(std::size_t a);
+  // Completed fences make their generations trimmable; with `record`, dirty arenas get fences.
+  void advance_fences(bool record);
+  // Makes quarantined granules of an arena up to generation `gen` trimmable.
+  void release_quarantine(ArenaGranules& ar, std::uint32_t gen);
+  // Waits for fences (oldest first) until at least `granules` more are trimmable, or all are.
+  void wait_for_quarantine(std::size_t granules);
+  device::Event take_event();
 
   device::Backend* backend_;
   std::size_t granule_bytes_;
@@ -171,7 +223,12 @@ class TemporalGranules {
   void cached_now(std::size_t k);
   bool pick_oldest(std::size_t* key);
   std::vector<ArenaGranules> arenas_;
-  TemporalBitIndex cache_;  // key(arena, granule) of cached granules
+  TemporalBitIndex cache_;        // key(arena, granule) of trimmable cached granules
+  TemporalBitIndex quarantined_;  // key(arena, granule) of cached granules not yet fenced
+  bool unsafe_unmap_;
+  std::vector<device::Event> spare_events_;
+  std::uint64_t waits_ = 0;
+  std::uint64_t fences_recorded_ = 0;
   std::size_t mapped_ = 0;
   std::size_t needed_ = 0;
   std::size_t window_peak_ = 0;       // peak of needed_ in the current window

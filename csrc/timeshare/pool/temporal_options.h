@@ -82,6 +82,11 @@ struct TemporalPoolOptions {
   // Which cached granule goes first above the mark: the one cached longest ago (true) or the
   // one at the highest address (false).
   bool trim_oldest_first = false;
+
+  // A test of the sim backend's fault detector, never for use: unmap a granule as soon as its
+  // last block is freed, without waiting for the work its stream queued before the free (the
+  // behaviour before granules were quarantined; on a GPU an illegal-address fault).
+  bool unsafe_unmap = false;
 };
 
 // Index of the region a block with this predicted lifespan goes to. Regions 0 ..

@@ -41,7 +41,8 @@ TemporalPool::TemporalPool(device::Backend* backend, TemporalPoolOptions options
       options_(options),
       region_va_bytes_(resolve_region_va(backend, options)),
       granules_(backend, backend->granule_bytes(), options.peak_window_events,
-                options.slack_granules, options.slack_permille, options.trim_oldest_first),
+                options.slack_granules, options.slack_permille, options.trim_oldest_first,
+                options.unsafe_unmap),
       reassign_(options.reassign_min_bytes, options.reassign_horizon_events,
                 options.reassign_max_promises) {
   if (!backend->supports_virtual_memory()) fallback_ = std::make_unique<CachingPool>(*backend);
@@ -69,7 +70,8 @@ TemporalPool::Arena* TemporalPool::arena_for(device::Stream stream) {
   if (backend_->va_reserve(a->va_bytes, &base) != device::Status::kOk) return nullptr;
   ++stats_.num_device_alloc;
   a->base = reinterpret_cast<std::uintptr_t>(base);
-  a->granule_index = granules_.add_arena(a->base, a->va_bytes / granules_.granule_bytes());
+  a->granule_index =
+      granules_.add_arena(a->base, a->va_bytes / granules_.granule_bytes(), stream);
   a->regions.resize(n_regions);
   for (std::size_t r = 0; r < n_regions; ++r) {
     a->regions[r].insert(a->base + r * region_va_bytes_, region_va_bytes_);

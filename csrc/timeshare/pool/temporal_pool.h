@@ -102,6 +102,11 @@ class TemporalPool final : public Pool {
     return granules_.granules_unmapped_total();
   }
   std::size_t pending_blocks() const noexcept { return pending_.size(); }
+  // Granules emptied by a free whose stream may still be using them (not yet trimmable).
+  std::size_t quarantined_granules() const noexcept { return granules_.quarantined_granules(); }
+  // Host waits made to give memory back, and fences recorded (TemporalGranules).
+  std::uint64_t device_waits() const noexcept { return granules_.waits(); }
+  std::uint64_t fences_recorded() const noexcept { return granules_.fences_recorded(); }
   std::size_t granule_bytes() const noexcept { return granules_.granule_bytes(); }
   std::uint64_t promised_placements() const noexcept { return promised_placements_; }
   const TemporalReassignQueue& reassign_queue() const noexcept { return reassign_; }

@@ -98,10 +98,15 @@ void apply_options(const py::dict& options, trace::ReplayOptions* ro, trace::Pol
       po->constant_lifespan_events = as_count(v, key);
     } else if (key == "seed") {
       po->seed = as_count(v, key);
+    } else if (key == "gpu_lag_events") {
+      ro->gpu_lag_events = as_count(v, key);
+    } else if (key == "conf") {
+      if (!py::isinstance<py::str>(v)) throw py::value_error("option 'conf' must be a string");
+      po->conf = v.cast<std::string>();
     } else {
       throw py::value_error("unknown replay option '" + key +
                             "' (expected timeline_points, capacity_bytes, limit_bytes, "
-                            "constant_lifespan_events, seed)");
+                            "constant_lifespan_events, seed, gpu_lag_events, conf)");
     }
   }
 }
@@ -132,6 +137,9 @@ py::dict to_dict(const trace::ReplayResult& r, bool predicts) {
   d["ooms"] = r.ooms;
   d["skipped_frees"] = r.skipped_frees;
   d["alloc_retries"] = r.alloc_retries;
+  d["device_faults"] = r.device_faults;
+  d["device_waits"] = r.device_waits;
+  if (!r.first_fault.empty()) d["first_fault"] = r.first_fault;
   d["loop_ns"] = r.loop_ns;
   d["ns_per_event"] = r.ns_per_event;
   if (r.ns_per_event_deterministic > 0) d["ns_per_event_deterministic"] = r.ns_per_event_deterministic;
@@ -176,16 +184,19 @@ void register_trace(py::module_& m) {
           throw py::value_error("unknown policy '" + policy + "' (expected one of " + known + ")");
         }
         trace::ReplayResult r;
-        {
+        try {
           py::gil_scoped_release release;
           r = trace::run_policy(policy, view.data, view.size, ro, po);
+        } catch (const std::invalid_argument& e) {
+          throw py::value_error(e.what());
         }
         return to_dict(r, trace::policy_predicts(policy));
       },
       py::arg("events"), py::arg("policy"), py::arg("iteration_starts") = py::none(),
       py::arg("options") = py::none(),
       "Replay EVENT_DTYPE `events` through `policy`; returns the figures and a timeline.\n"
-      "options: timeline_points, capacity_bytes, limit_bytes, constant_lifespan_events, seed.");
+      "options: timeline_points, capacity_bytes, limit_bytes, constant_lifespan_events, seed,\n"
+      "gpu_lag_events (work in flight: 0 = none), conf (TIMESHARE_CONF for timeshare policies).");
   m.def("policies", &trace::policy_names, "Every replay policy, main ones first.");
   m.def("default_policies", &trace::default_policies, "The policies replayed by default.");
   m.def("ablation_policies", &trace::ablation_policies, "The ablation policies.");

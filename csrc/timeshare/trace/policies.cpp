@@ -4,6 +4,7 @@
 #include <memory>
 #include <stdexcept>
 
+#include "timeshare/common/options.h"
 #include "timeshare/device/sim/sim_backend.h"
 #include "timeshare/pool/caching_pool.h"
 #include "timeshare/pool/temporal_options.h"
@@ -61,7 +62,7 @@ device::SimOptions sim_options(const PolicyOptions& o) {
 }
 
 ReplayResult run_pool(std::string_view policy, pool::Pool& pool,
-                      predict::LifespanPredictor* predictor, const device::SimBackend& backend,
+                      predict::LifespanPredictor* predictor, device::SimBackend& backend,
                       const Event* events, std::size_t n, const ReplayOptions& ro,
                       const PolicyOptions& po) {
   if (po.limit_bytes) pool.set_limit_bytes(po.limit_bytes);
@@ -79,12 +80,24 @@ ReplayResult run_caching(std::string_view policy, bool expandable, const Event* 
   return run_pool(policy, pool, nullptr, backend, events, n, ro, po);
 }
 
+// The conf string of a replay, parsed (defaults when empty).
+Options parse_conf(const PolicyOptions& po) {
+  ParseResult r = parse_options(po.conf);
+  if (!r.options) throw std::invalid_argument("--conf: " + r.error);
+  return *r.options;
+}
+
 ReplayResult run_temporal(std::string_view policy, predict::LifespanPredictor& predictor,
                           const Event* events, std::size_t n, const ReplayOptions& ro,
                           const PolicyOptions& po) {
+  const Options conf = parse_conf(po);
   device::SimBackend backend(sim_options(po));
-  pool::TemporalPool pool(&backend, pool::TemporalPoolOptions{});
-  return run_pool(policy, pool, &predictor, backend, events, n, ro, po);
+  pool::TemporalPoolOptions to;
+  to.unsafe_unmap = conf.unsafe_unmap;
+  pool::TemporalPool pool(&backend, to);
+  PolicyOptions limited = po;
+  if (limited.limit_bytes == 0) limited.limit_bytes = conf.budget_bytes;
+  return run_pool(policy, pool, &predictor, backend, events, n, ro, limited);
 }
 
 ReplayResult run_oracle(const Event* events, std::size_t n, const ReplayOptions& ro) {
@@ -180,13 +193,19 @@ ReplayResult run_policy(std::string_view policy, const Event* events, std::size_
     TruthPredictor predictor(true_lifespans(events, n, allocs));
     return run_temporal(policy, predictor, events, n, replay_options, policy_options);
   }
+  const Options conf = parse_conf(policy_options);
   predict::PredictorOptions options;
   options.deterministic = true;  // training happens at fixed events: one trace, one answer
-  options.seed = policy_options.seed;
+  // An explicit replay seed wins; else the conf's (both default to kReplaySeed).
+  options.seed = policy_options.seed != kReplaySeed ? policy_options.seed : conf.seed;
+  options.history_bytes = conf.history_bytes;
+  options.hidden = conf.hidden;
+  options.retrain_interval_events = conf.retrain_interval_events;
+  options.drift_threshold = conf.drift_threshold;
   options.kind = policy == kTimeshareConst ? "constant"
                  : policy.starts_with(kWithPredictor)
                      ? std::string(policy.substr(kWithPredictor.size()))
-                     : "hybrid";
+                     : conf.predictor;
   options.constant_lifespan_events = policy_options.constant_lifespan_events;
   std::unique_ptr<predict::LifespanPredictor> predictor = predict::make_predictor(options);
   if (!predictor) {

@@ -35,6 +35,11 @@ struct PolicyOptions {
   std::size_t limit_bytes = 0;                        // pool cap (memory fraction); 0 = none
   std::uint64_t constant_lifespan_events = kConstantLifespanEvents;
   std::uint64_t seed = kReplaySeed;                   // predictor seed (deterministic mode)
+  // TIMESHARE_CONF options ("key:value,...") for the timeshare policies of the replay: the
+  // predictor's (predictor, hidden, history, retrain_interval, drift_threshold, seed; the kind
+  // of policies that name one stays theirs), unsafe_unmap, and budget (a limit, where
+  // limit_bytes is 0). Empty = defaults. A bad string throws std::invalid_argument.
+  std::string conf;
 };
 
 // The main policies, in table order.

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 
 #include "timeshare/common/stats.h"
 #include "timeshare/device/sim/sim_backend.h"
@@ -10,6 +11,17 @@
 #include "timeshare/predict/predictor.h"
 
 namespace timeshare::trace {
+
+namespace {
+// Work queued at a free ends strictly after the free, even where the trace's clock stands still.
+constexpr std::uint64_t kTouchSlackNs = 1000;
+
+std::string to_hex(std::uintptr_t v) {
+  char buf[2 * sizeof(v) + 1];
+  std::snprintf(buf, sizeof(buf), "%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+}  // namespace
 
 const char* to_string(WarmSource s) noexcept {
   switch (s) {
@@ -135,7 +147,7 @@ PredictionFigures score_predictions(const Event* events, std::size_t n,
 // ---- the replay loop ------------------------------------------------------------------------
 
 ReplayResult replay(const Event* events, std::size_t n, pool::Pool& pool,
-                    predict::LifespanPredictor* predictor, const device::SimBackend* backend,
+                    predict::LifespanPredictor* predictor, device::SimBackend* backend,
                     const ReplayOptions& options) {
   ReplayResult r;
   r.policy = pool.name();
@@ -151,11 +163,24 @@ ReplayResult replay(const Event* events, std::size_t n, pool::Pool& pool,
   const DeviceStats& stats = pool.stats();
   std::uint64_t live = 0;
   std::uint64_t peak_live = 0;
+  // Work in flight: trace times made monotonic, in ns; the host's delay from the pool's waits.
+  const bool in_flight = backend != nullptr && options.gpu_lag_events != 0;
+  std::vector<std::uint64_t> time_ns(in_flight ? n : 0);
+  for (std::size_t i = 0, t = 0; in_flight && i < n; ++i) {
+    t = std::max<std::uint64_t>(t, events[i].time_us * 1000);
+    time_ns[i] = t;
+  }
+  std::uint64_t host_delay_ns = 0;
 
   const auto start = std::chrono::steady_clock::now();
   for (std::size_t i = 0; i < n; ++i) {
     const Event& e = events[i];
     const auto stream = static_cast<device::Stream>(e.stream);
+    if (in_flight) {
+      const std::uint64_t now = backend->now_ns();
+      if (now > time_ns[i] + host_delay_ns) host_delay_ns = now - time_ns[i];
+      backend->set_now(time_ns[i] + host_delay_ns);
+    }
     if (e.op == Op::kAlloc) {
       pool::AllocHint hint;
       hint.now_events = i;
@@ -183,6 +208,11 @@ ReplayResult replay(const Event* events, std::size_t n, pool::Pool& pool,
       if (p == nullptr && e.bytes > 0) {
         ++r.skipped_frees;
       } else {
+        if (p && in_flight) {
+          // The work queued on its stream by now completes gpu_lag_events later.
+          const std::size_t j = std::min<std::size_t>(i + options.gpu_lag_events, n - 1);
+          backend->touch(stream, p, e.bytes, time_ns[j] + host_delay_ns + kTouchSlackNs);
+        }
         if (p) pool.deallocate(p, i);
         live -= e.bytes;
       }
@@ -207,6 +237,14 @@ ReplayResult replay(const Event* events, std::size_t n, pool::Pool& pool,
     const device::SimCounters c = backend->counters();
     r.backend_peak_reserved_bytes = c.peak_reserved_bytes;
     r.backend_reserve_calls = c.reserve_calls;
+    r.device_faults = c.device_faults;
+    r.device_waits = c.waits;
+    if (const auto faults = backend->faults(); !faults.empty()) {
+      const device::SimFault& f = faults.front();
+      r.first_fault = std::string(f.what) + " of granule 0x" + to_hex(f.addr) + " at " +
+                      std::to_string(f.at_ns) + " ns while stream " + std::to_string(f.stream) +
+                      " used it until " + std::to_string(f.busy_until_ns) + " ns";
+    }
   }
 
   if (predictor) {

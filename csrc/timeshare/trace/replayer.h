@@ -20,6 +20,16 @@
 // run): the share within 2x, the median |log2(predicted / true)|, and the share within 2x after
 // the first training iteration ("warm"). Allocations never freed have no true lifespan and are
 // not scored. The replay is deterministic when the pool and predictor are.
+//
+// Work in flight (the strict sim, device/sim/sim_backend.h). A GPU runs behind the host, so
+// when the host frees a block the kernels that used it may still be queued. The model: each
+// block is used by work on its stream from its allocation to its free, and the work the host
+// had queued by the time of the free completes when the host reaches the event
+// `gpu_lag_events` later in the trace (that event's time_us, plus 1 us), i.e. the GPU runs a
+// launch queue of that many allocator events behind. The sim clock follows the trace's
+// time_us (shifted later by the time the pool made the host wait). A pool that unmaps memory
+// before that work completed makes the sim count a device fault: `device_faults` must be 0.
+// `device_waits` counts the host synchronisations the pool made to give memory back.
 #pragma once
 
 #include <cstddef>
@@ -46,6 +56,9 @@ inline constexpr std::size_t kDefaultTimelinePoints = 1500;
 inline constexpr double kLifespanWithinFactor = 2.0;     // "within 2x"
 inline constexpr double kWarmFallbackFraction = 0.25;    // warm-up share when nothing is known
 inline constexpr std::uint64_t kNoIndex = ~std::uint64_t{0};  // "none" for indices and lifespans
+// The GPU's lag behind the host, in allocator events: at 2-4 kernels per allocator event, a
+// few hundred kernels, below CUDA's launch queue of about 1,024.
+inline constexpr std::uint64_t kDefaultGpuLagEvents = 128;
 
 struct ReplayOptions {
   // Downsampled timeline size; each point holds the maxima of its bucket, so peaks survive.
@@ -55,6 +68,8 @@ struct ReplayOptions {
   // When the starts are unknown: asked after the run for the allocation ordinal at which the
   // predictor detected the training cycle (kNoIndex: none). Empty = no such predictor.
   std::function<std::uint64_t()> detected_cycle_alloc;
+  // Work in flight: see above. 0 = no work in flight (the permissive model).
+  std::uint64_t gpu_lag_events = kDefaultGpuLagEvents;
 };
 
 struct TimelinePoint {
@@ -92,6 +107,9 @@ struct ReplayResult {
   std::uint64_t ooms = 0;                         // allocations the pool refused
   std::uint64_t skipped_frees = 0;                // frees of refused allocations
   std::uint64_t alloc_retries = 0;                // pool's num_alloc_retries
+  std::uint64_t device_faults = 0;                // sim: unmaps under work in flight (must be 0)
+  std::uint64_t device_waits = 0;                 // sim: host synchronisations by the pool
+  std::string first_fault;                        // what the first device fault was ("" = none)
   double loop_ns = 0.0;                           // event loop only
   double ns_per_event = 0.0;
   double events_per_second = 0.0;
@@ -120,7 +138,7 @@ std::uint64_t warm_start_from_iterations(const std::vector<std::uint64_t>& itera
 // Replays `events` (which must be valid) through `pool`. `backend` (may be null) is the sim
 // backend under the pool, for its counters; `predictor` may be null (no hints are given).
 ReplayResult replay(const Event* events, std::size_t n, pool::Pool& pool,
-                    predict::LifespanPredictor* predictor, const device::SimBackend* backend,
+                    predict::LifespanPredictor* predictor, device::SimBackend* backend,
                     const ReplayOptions& options);
 
 // Prediction figures from per-allocation predictions (0 = none) and true lifespans.

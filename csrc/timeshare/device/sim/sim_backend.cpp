@@ -82,8 +82,10 @@ Status SimBackend::reserve(std::size_t bytes, void** out) {
   *out = nullptr;
   if (bytes == 0) return fail(Status::kInvalid, "reserve of 0 bytes");
   if (Status s = charge(bytes); s != Status::kOk) return s;
+  // Fake reservations start on a granule so that work-in-flight tracking (per granule) never
+  // mixes two reservations.
   void* p = options_.backing ? std::aligned_alloc(kHostAlignment, round_up(bytes, kHostAlignment))
-                             : next_fake(bytes, kReserveAlignment);
+                             : next_fake(bytes, std::max(kReserveAlignment, options_.granule_bytes));
   if (!p) {
     uncharge(bytes);
     return fail(Status::kOutOfMemory, "host memory backing the sim device is exhausted");
@@ -98,6 +100,11 @@ Status SimBackend::release(void* ptr, std::size_t bytes) {
   auto it = reservations_.find(ptr);
   if (it == reservations_.end()) return fail(Status::kInvalid, "release of an unknown pointer");
   if (it->second != bytes) return fail(Status::kInvalid, "release with a size other than reserved");
+  // cudaFree synchronises the device before it frees: no queued work can still use the range.
+  ++counters_.waits;
+  for (auto& [s, t] : stream_tail_ns_) now_ns_ = std::max(now_ns_, t);
+  run_until(now_ns_);
+  check_unmap(reinterpret_cast<std::uintptr_t>(ptr), bytes);  // forgets the (finished) work
   if (options_.backing) std::free(ptr);
   uncharge(bytes);
   reservations_.erase(it);
@@ -191,7 +198,10 @@ Status SimBackend::unmap(void* addr, std::size_t bytes) {
   for (std::size_t i = first; i < first + n; ++i) {
     if (!r->mapped[i]) return fail(Status::kInvalid, "unmap of a granule that is not mapped");
   }
+  run_until(now_ns_);
+  check_unmap(reinterpret_cast<std::uintptr_t>(addr), bytes);
   if (options_.backing) {
+    drop_copies_into(reinterpret_cast<std::uintptr_t>(addr), bytes);
     madvise(addr, bytes, MADV_DONTNEED);
     mprotect(addr, bytes, PROT_NONE);
   }
@@ -259,6 +269,7 @@ Status SimBackend::stream_wait(Stream s, Event e) {
 
 Status SimBackend::synchronize_event(Event e) {
   std::lock_guard lock(mu_);
+  ++counters_.waits;
   auto it = events_.find(e);
   if (it == events_.end()) return fail(Status::kInvalid, "synchronize on an unknown event");
   now_ns_ = std::max(now_ns_, it->second);
@@ -268,6 +279,7 @@ Status SimBackend::synchronize_event(Event e) {
 
 Status SimBackend::synchronize_stream(Stream s) {
   std::lock_guard lock(mu_);
+  ++counters_.waits;
   now_ns_ = std::max(now_ns_, tail(s));
   run_until(now_ns_);
   return Status::kOk;
@@ -275,6 +287,7 @@ Status SimBackend::synchronize_stream(Stream s) {
 
 Status SimBackend::synchronize_device() {
   std::lock_guard lock(mu_);
+  ++counters_.waits;
   for (auto& [s, t] : stream_tail_ns_) now_ns_ = std::max(now_ns_, t);
   run_until(now_ns_);
   return Status::kOk;
@@ -290,6 +303,11 @@ Status SimBackend::copy_async(void* dst, const void* src, std::size_t bytes, Cop
   t += copy_duration_ns(options_, bytes, kind);
   ++counters_.copies;
   counters_.copied_bytes += bytes;
+  // The copy uses its device side(s) until it completes.
+  const auto d = reinterpret_cast<std::uintptr_t>(dst);
+  const auto h = reinterpret_cast<std::uintptr_t>(src);
+  if (kind != CopyKind::kHostToDevice) touch_locked(s, h, bytes, t);
+  if (kind != CopyKind::kDeviceToHost) touch_locked(s, d, bytes, t);
   // Bytes move at completion. Without backing, device pointers are fake: model the time only.
   if (options_.backing) copies_.push({t, copy_seq_++, dst, src, bytes});
   return Status::kOk;
@@ -339,6 +357,89 @@ std::string SimBackend::last_error() const { return t_last_error; }
 void SimBackend::enqueue_work(Stream s, std::uint64_t duration_ns) {
   std::lock_guard lock(mu_);
   tail(s) += duration_ns;
+}
+
+void SimBackend::touch(Stream s, const void* addr, std::size_t bytes, std::uint64_t until_ns) {
+  std::lock_guard lock(mu_);
+  touch_locked(s, reinterpret_cast<std::uintptr_t>(addr), bytes, until_ns);
+}
+
+void SimBackend::touch_locked(Stream s, std::uintptr_t addr, std::size_t bytes,
+                              std::uint64_t until_ns) {
+  std::uint64_t& t = tail(s);
+  t = std::max(t, until_ns);
+  if (bytes == 0 || until_ns <= now_ns_) return;
+  const std::size_t g = options_.granule_bytes;
+  for (std::uint64_t k = addr / g; k <= (addr + bytes - 1) / g; ++k) {
+    Busy& b = busy_[k];
+    int slot = -1;
+    for (int i = 0; i < 2 && slot < 0; ++i) {
+      if (b.until_ns[i] > now_ns_ && b.stream[i] == s) slot = i;
+    }
+    for (int i = 0; i < 2 && slot < 0; ++i) {
+      if (b.until_ns[i] <= now_ns_) {
+        slot = i;
+        b.stream[i] = s;
+        b.until_ns[i] = 0;
+      }
+    }
+    if (slot < 0) {  // a third stream at once: it shares the slot that ends first
+      slot = b.until_ns[0] <= b.until_ns[1] ? 0 : 1;
+      b.stream[slot] = s;
+    }
+    b.until_ns[slot] = std::max(b.until_ns[slot], until_ns);
+  }
+  if (busy_.size() >= busy_prune_at_) prune_busy();
+}
+
+void SimBackend::prune_busy() {
+  for (auto it = busy_.begin(); it != busy_.end();) {
+    const Busy& b = it->second;
+    it = b.until_ns[0] <= now_ns_ && b.until_ns[1] <= now_ns_ ? busy_.erase(it) : std::next(it);
+  }
+  busy_prune_at_ = std::max<std::size_t>(4096, 2 * busy_.size());
+}
+
+void SimBackend::fault(const char* what, std::uintptr_t granule_addr, Stream stream,
+                       std::uint64_t busy_until_ns) {
+  ++counters_.device_faults;
+  if (fault_log_.size() < kSimFaultLogEntries) {
+    fault_log_.push_back({granule_addr, stream, what, now_ns_, busy_until_ns});
+  }
+}
+
+void SimBackend::check_unmap(std::uintptr_t addr, std::size_t bytes) {
+  if (busy_.empty() || bytes == 0) return;
+  const std::size_t g = options_.granule_bytes;
+  for (std::uint64_t k = addr / g; k <= (addr + bytes - 1) / g; ++k) {
+    auto it = busy_.find(k);
+    if (it == busy_.end()) continue;
+    for (int i = 0; i < 2; ++i) {
+      if (it->second.until_ns[i] > now_ns_) {
+        fault("unmap", k * g, it->second.stream[i], it->second.until_ns[i]);
+      }
+    }
+    busy_.erase(it);
+  }
+}
+
+void SimBackend::drop_copies_into(std::uintptr_t addr, std::size_t bytes) {
+  if (copies_.empty()) return;
+  std::vector<PendingCopy> keep;
+  while (!copies_.empty()) {
+    const PendingCopy c = copies_.top();
+    copies_.pop();
+    const auto d = reinterpret_cast<std::uintptr_t>(c.dst);
+    const auto s = reinterpret_cast<std::uintptr_t>(c.src);
+    const bool hits = (d < addr + bytes && addr < d + c.bytes) || (s < addr + bytes && addr < s + c.bytes);
+    if (!hits) keep.push_back(c);
+  }
+  for (const PendingCopy& c : keep) copies_.push(c);
+}
+
+std::vector<SimFault> SimBackend::faults() const {
+  std::lock_guard lock(mu_);
+  return fault_log_;
 }
 
 void SimBackend::advance(std::uint64_t ns) {

@@ -14,6 +14,22 @@
 // waiting on it reads stale data here too. An event recorded on a stream completes when the
 // stream's work queued before it completes.
 //
+// Work in flight (the strict model). A GPU runs behind the host: when PyTorch frees a block, the
+// kernels that use it may still be queued on its stream (and on the streams it was
+// record_stream-ed to), and cuMemUnmap does not wait for them. The sim keeps, per granule of
+// device address space, until when queued work on which stream uses it: `touch` says that work
+// queued on a stream uses a range until a time on the virtual clock (the stream's queue then
+// ends no earlier, so an event recorded after it completes no earlier either); copies touch
+// their device ranges until they complete. Then, where a GPU would crash or corrupt data, the
+// sim counts a *device fault* (address, stream, what was done) and logs the first ones: an
+// `unmap` of a granule that queued work still uses (on a GPU, the illegal-address fault that
+// kills the context, or silent corruption once the range is mapped again). Physical memory
+// moves between streams' arenas only by unmap + map, so a hand-over to another stream before
+// the first one's work completed is caught at its unmap. Pending copies into an unmapped range
+// are dropped (their bytes never land), as the GPU's would fault.
+// `release` (cudaFree) synchronises the device first, as cudaFree does, and counts that wait.
+// Every host wait (synchronize_*, and release's implicit one) is counted in `waits`.
+//
 // Faults: fail the Nth reserve/map, the Nth copy, or the Nth pinned allocation from now.
 //
 // Thread-safe: one mutex guards all state.
@@ -51,7 +67,19 @@ struct SimCounters {
   std::size_t pinned_bytes = 0;
   std::uint64_t copies = 0;
   std::size_t copied_bytes = 0;
+  std::uint64_t device_faults = 0;      // see "Work in flight" above
+  std::uint64_t waits = 0;              // host synchronisations (incl. release's implicit one)
 };
+
+// One device fault: what was done to memory that queued work still used.
+struct SimFault {
+  std::uintptr_t addr = 0;           // the granule's address
+  Stream stream = kDefaultStream;    // the stream whose work still used it
+  const char* what = "";             // "unmap"
+  std::uint64_t at_ns = 0;           // virtual time of the fault
+  std::uint64_t busy_until_ns = 0;   // when that work completes
+};
+inline constexpr std::size_t kSimFaultLogEntries = 64;  // faults kept for inspection
 
 class SimBackend final : public Backend {
  public:
@@ -95,6 +123,10 @@ class SimBackend final : public Backend {
 
   // ---- simulation controls ------------------------------------------------------------------
   void enqueue_work(Stream s, std::uint64_t duration_ns);  // a kernel of that length on s
+  // Work queued on `s` uses [addr, addr+bytes) until `until_ns` (see "Work in flight").
+  void touch(Stream s, const void* addr, std::size_t bytes, std::uint64_t until_ns);
+  // The first kSimFaultLogEntries faults, oldest first.
+  std::vector<SimFault> faults() const;
   void advance(std::uint64_t ns);                          // move the clock forward
   void set_now(std::uint64_t ns);                          // never moves backwards
   std::uint64_t stream_tail_ns(Stream s);                  // when s's queued work completes
@@ -128,6 +160,18 @@ class SimBackend final : public Backend {
   void run_until(std::uint64_t ns);  // complete copies due by ns; lock held
   void* next_fake(std::size_t bytes, std::size_t align);
   Range* find_range(void* addr, std::size_t bytes, std::size_t* first_granule);
+  // Per granule of device address space: until when which streams' queued work uses it.
+  struct Busy {
+    std::uint64_t until_ns[2] = {0, 0};
+    Stream stream[2] = {kDefaultStream, kDefaultStream};
+  };
+  void touch_locked(Stream s, std::uintptr_t addr, std::size_t bytes, std::uint64_t until_ns);
+  void fault(const char* what, std::uintptr_t granule_addr, Stream stream,
+             std::uint64_t busy_until_ns);
+  // Faults for work still using [addr, addr+bytes); forgets that work (the memory is gone).
+  void check_unmap(std::uintptr_t addr, std::size_t bytes);
+  void drop_copies_into(std::uintptr_t addr, std::size_t bytes);
+  void prune_busy();
 
   const SimOptions options_;
   const int device_index_;
@@ -147,6 +191,9 @@ class SimBackend final : public Backend {
   std::uint64_t reserve_fault_ = 0;  // countdowns; 0 = none armed
   std::uint64_t copy_fault_ = 0;
   std::uint64_t pinned_fault_ = 0;
+  std::unordered_map<std::uint64_t, Busy> busy_;  // granule index -> work in flight
+  std::size_t busy_prune_at_ = 4096;
+  std::vector<SimFault> fault_log_;
 };
 
 }  // namespace timeshare::device
