@@ -4,6 +4,8 @@
 #include <dlfcn.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <map>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -13,6 +15,12 @@ namespace timeshare::device {
 namespace {
 
 thread_local std::string t_last_error;
+
+constexpr std::size_t kGranuleBytes = std::size_t{2} << 20;  // physical mapping unit (2 MiB)
+
+// The driver library: TIMESHARE_CUDA_DRIVER names another one (the test double) when set.
+constexpr const char* kDriverEnv = "TIMESHARE_CUDA_DRIVER";
+constexpr const char* kDefaultDriver = "libcuda.so.1";
 
 // The driver entry points we use, resolved once from libcuda.so.1.
 struct Driver {
@@ -24,6 +32,8 @@ struct Driver {
   TS_CU_FN(cuDeviceGet, CUdevice*, int)
   TS_CU_FN(cuDeviceGetAttribute, int*, CUdevice_attribute, CUdevice)
   TS_CU_FN(cuDevicePrimaryCtxRetain, CUcontext*, CUdevice)
+  TS_CU_FN(cuDevicePrimaryCtxRelease, CUdevice)
+  TS_CU_FN(cuDeviceCanAccessPeer, int*, CUdevice, CUdevice)
   TS_CU_FN(cuCtxGetCurrent, CUcontext*)
   TS_CU_FN(cuCtxSetCurrent, CUcontext)
   TS_CU_FN(cuCtxSynchronize)
@@ -66,9 +76,11 @@ bool resolve(void* lib, F*& fn, const char* name, std::string* missing) {
 const Driver& driver() {
   static Driver d = [] {
     Driver x;
-    void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    const char* path = std::getenv(kDriverEnv);
+    const std::string library = path && *path ? path : kDefaultDriver;
+    void* lib = dlopen(library.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
-      x.error = "the CUDA driver (libcuda.so.1) is not installed or cannot be loaded";
+      x.error = "the CUDA driver (" + library + ") is not installed or cannot be loaded";
       return x;
     }
     std::string missing;
@@ -78,6 +90,8 @@ const Driver& driver() {
     resolve(lib, x.cuDeviceGet, "cuDeviceGet", &missing);
     resolve(lib, x.cuDeviceGetAttribute, "cuDeviceGetAttribute", &missing);
     resolve(lib, x.cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain", &missing);
+    resolve(lib, x.cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2", &missing);
+    resolve(lib, x.cuDeviceCanAccessPeer, "cuDeviceCanAccessPeer", &missing);
     resolve(lib, x.cuCtxGetCurrent, "cuCtxGetCurrent", &missing);
     resolve(lib, x.cuCtxSetCurrent, "cuCtxSetCurrent", &missing);
     resolve(lib, x.cuCtxSynchronize, "cuCtxSynchronize", &missing);
@@ -119,33 +133,54 @@ const Driver& driver() {
   return d;
 }
 
+// The Status a failed driver call is reported as: out of memory only when the driver said so,
+// a bad argument when it named one, a device error otherwise (see last_error for the text).
+Status status_of(CUresult r) {
+  switch (r) {
+    case CUDA_SUCCESS: return Status::kOk;
+    case CUDA_ERROR_OUT_OF_MEMORY: return Status::kOutOfMemory;
+    case CUDA_ERROR_INVALID_VALUE:
+    case CUDA_ERROR_INVALID_HANDLE: return Status::kInvalid;
+    default: return Status::kError;
+  }
+}
+
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(int index, CUdevice dev, CUcontext ctx, bool vmm, std::size_t granule)
-      : index_(index), dev_(dev), ctx_(ctx), vmm_(vmm), granule_(granule) {}
+  CudaBackend(int index, CUdevice dev, CUcontext ctx, bool vmm, std::size_t granule,
+              std::vector<CUdevice> peers)
+      : index_(index), dev_(dev), ctx_(ctx), vmm_(vmm), granule_(granule),
+        peers_(std::move(peers)) {}
+  ~CudaBackend() override { d().cuDevicePrimaryCtxRelease(dev_); }
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
 
   const char* name() const noexcept override { return "cuda"; }
   int device_index() const noexcept override { return index_; }
 
   Status reserve(std::size_t bytes, void** out) override {
     *out = nullptr;
-    if (!enter()) return Status::kError;
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
     CUdeviceptr p = 0;
-    CUresult r = d().cuMemAlloc(&p, bytes);
-    if (r == CUDA_ERROR_OUT_OF_MEMORY) return fail(Status::kOutOfMemory, "cuMemAlloc", r);
-    if (r != CUDA_SUCCESS) return fail(Status::kError, "cuMemAlloc", r);
+    if (Status s = check(d().cuMemAlloc(&p, bytes), "cuMemAlloc"); s != Status::kOk) return s;
     *out = reinterpret_cast<void*>(p);
     return Status::kOk;
   }
 
   Status release(void* ptr, std::size_t) override {
-    if (!enter()) return Status::kError;
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
     return check(d().cuMemFree(reinterpret_cast<CUdeviceptr>(ptr)), "cuMemFree");
   }
 
   MemInfo mem_info() override {
     MemInfo m;
-    if (enter()) d().cuMemGetInfo(&m.free_bytes, &m.total_bytes);
+    Guard g(*this);
+    if (!g.ok()) return m;
+    if (check(d().cuMemGetInfo(&m.free_bytes, &m.total_bytes), "cuMemGetInfo") != Status::kOk) {
+      return {};
+    }
     return m;
   }
 
@@ -155,130 +190,161 @@ class CudaBackend final : public Backend {
   Status va_reserve(std::size_t bytes, void** base) override {
     *base = nullptr;
     if (!vmm_) return fail(Status::kInvalid, "virtual memory is not supported on this device");
-    if (!enter()) return Status::kError;
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
+    if (bytes == 0 || bytes % granule_ != 0) {
+      return fail(Status::kInvalid, "va_reserve size must be a non-zero multiple of the granule");
+    }
     CUdeviceptr p = 0;
     if (Status s = check(d().cuMemAddressReserve(&p, bytes, granule_, 0, 0), "cuMemAddressReserve");
         s != Status::kOk) {
       return s;
     }
+    std::lock_guard lock(mu_);
+    ranges_[p] = bytes;
     *base = reinterpret_cast<void*>(p);
     return Status::kOk;
   }
 
   Status va_release(void* base, std::size_t bytes) override {
-    if (!enter()) return Status::kError;
-    return check(d().cuMemAddressFree(reinterpret_cast<CUdeviceptr>(base), bytes),
-                 "cuMemAddressFree");
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
+    const auto p = reinterpret_cast<CUdeviceptr>(base);
+    std::lock_guard lock(mu_);
+    auto it = ranges_.find(p);
+    if (it == ranges_.end() || it->second != bytes) {
+      return fail(Status::kInvalid, "va_release of an unknown range");
+    }
+    auto h = handles_.lower_bound(p);
+    if (h != handles_.end() && h->first < p + bytes) {
+      return fail(Status::kInvalid, "va_release of a range with mapped granules");
+    }
+    if (Status s = check(d().cuMemAddressFree(p, bytes), "cuMemAddressFree"); s != Status::kOk) {
+      return s;
+    }
+    ranges_.erase(it);
+    return Status::kOk;
   }
 
+  // Create + map + set access, one physical handle per granule; all or nothing.
   Status map(void* addr, std::size_t bytes) override {
-    if (!enter()) return Status::kError;
-    if (bytes == 0 || bytes % granule_ != 0) return fail(Status::kInvalid, "map size not granular");
-    CUmemAllocationProp prop = allocation_prop();
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
     const auto base = reinterpret_cast<CUdeviceptr>(addr);
+    std::lock_guard lock(mu_);
+    if (Status s = check_range(base, bytes, /*mapped=*/false, "map"); s != Status::kOk) return s;
+    CUmemAllocationProp prop = allocation_prop();
     std::size_t done = 0;
     Status status = Status::kOk;
     for (; done < bytes; done += granule_) {
       CUmemGenericAllocationHandle h = 0;
-      CUresult r = d().cuMemCreate(&h, granule_, &prop, 0);
-      if (r != CUDA_SUCCESS) {
-        status = fail(r == CUDA_ERROR_OUT_OF_MEMORY ? Status::kOutOfMemory : Status::kError,
-                      "cuMemCreate", r);
+      if (status = check(d().cuMemCreate(&h, granule_, &prop, 0), "cuMemCreate");
+          status != Status::kOk) {
         break;
       }
-      r = d().cuMemMap(base + done, granule_, 0, h, 0);
-      if (r != CUDA_SUCCESS) {
+      if (status = check(d().cuMemMap(base + done, granule_, 0, h, 0), "cuMemMap");
+          status != Status::kOk) {
         d().cuMemRelease(h);
-        status = fail(Status::kError, "cuMemMap", r);
         break;
       }
-      std::lock_guard lock(mu_);
       handles_[base + done] = h;
     }
     if (status == Status::kOk) {
-      CUmemAccessDesc access{};
-      access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-      access.location.id = dev_;
-      access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-      status = check(d().cuMemSetAccess(base, bytes, &access, 1), "cuMemSetAccess");
+      // The owner and every peer that can reach this device read and write the range.
+      std::vector<CUmemAccessDesc> access(1 + peers_.size());
+      for (std::size_t i = 0; i < access.size(); ++i) {
+        access[i].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+        access[i].location.id = i == 0 ? dev_ : peers_[i - 1];
+        access[i].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+      }
+      status = check(d().cuMemSetAccess(base, bytes, access.data(), access.size()),
+                     "cuMemSetAccess");
     }
-    if (status != Status::kOk && done > 0) unmap(addr, done);  // leave nothing half-mapped
+    if (status != Status::kOk && done > 0) {
+      const std::string why = t_last_error;  // the cause, not the clean-up
+      unmap_locked(base, done);
+      t_last_error = why;
+    }
     return status;
   }
 
   Status unmap(void* addr, std::size_t bytes) override {
-    if (!enter()) return Status::kError;
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
     const auto base = reinterpret_cast<CUdeviceptr>(addr);
-    Status status = Status::kOk;
-    for (std::size_t off = 0; off < bytes; off += granule_) {
-      CUmemGenericAllocationHandle h = 0;
-      {
-        std::lock_guard lock(mu_);
-        auto it = handles_.find(base + off);
-        if (it == handles_.end()) return fail(Status::kInvalid, "unmap of an unmapped granule");
-        h = it->second;
-        handles_.erase(it);
-      }
-      if (Status s = check(d().cuMemUnmap(base + off, granule_), "cuMemUnmap"); s != Status::kOk) {
-        status = s;
-      }
-      d().cuMemRelease(h);
-    }
-    return status;
+    std::lock_guard lock(mu_);
+    // Every granule must be mapped before any is unmapped: a refused unmap changes nothing.
+    if (Status s = check_range(base, bytes, /*mapped=*/true, "unmap"); s != Status::kOk) return s;
+    return unmap_locked(base, bytes);
   }
 
   Status create_stream(Stream* out) override {
-    if (!enter()) return Status::kError;
+    *out = kDefaultStream;
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
     CUstream s = nullptr;
     Status st = check(d().cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
     *out = reinterpret_cast<Stream>(s);
     return st;
   }
   Status destroy_stream(Stream s) override {
-    if (!enter()) return Status::kError;
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
     return check(d().cuStreamDestroy(stream(s)), "cuStreamDestroy");
   }
   Status create_event(Event* out) override {
-    if (!enter()) return Status::kError;
+    *out = kNoEvent;
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
     CUevent e = nullptr;
     Status st = check(d().cuEventCreate(&e, CU_EVENT_DISABLE_TIMING), "cuEventCreate");
     *out = reinterpret_cast<Event>(e);
     return st;
   }
   Status destroy_event(Event e) override {
-    if (!enter()) return Status::kError;
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
     return check(d().cuEventDestroy(event(e)), "cuEventDestroy");
   }
   Status record(Event e, Stream s) override {
-    if (!enter()) return Status::kError;
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
     return check(d().cuEventRecord(event(e), stream(s)), "cuEventRecord");
   }
+  // Complete only when the driver says so: an error (sticky or not) or a context that cannot be
+  // entered is "not complete", with last_error() saying why.
   bool query(Event e) override {
-    if (!enter()) return true;
+    Guard g(*this);
+    if (!g.ok()) return false;
     const CUresult r = d().cuEventQuery(event(e));
-    if (r == CUDA_ERROR_NOT_READY) return false;
-    if (r != CUDA_SUCCESS) fail(Status::kError, "cuEventQuery", r);
-    return true;
+    if (r == CUDA_SUCCESS) return true;
+    if (r != CUDA_ERROR_NOT_READY) fail(Status::kError, "cuEventQuery", r);
+    return false;
   }
   Status stream_wait(Stream s, Event e) override {
-    if (!enter()) return Status::kError;
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
     return check(d().cuStreamWaitEvent(stream(s), event(e), 0), "cuStreamWaitEvent");
   }
   Status synchronize_event(Event e) override {
-    if (!enter()) return Status::kError;
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
     return check(d().cuEventSynchronize(event(e)), "cuEventSynchronize");
   }
   Status synchronize_stream(Stream s) override {
-    if (!enter()) return Status::kError;
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
     return check(d().cuStreamSynchronize(stream(s)), "cuStreamSynchronize");
   }
   Status synchronize_device() override {
-    if (!enter()) return Status::kError;
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
     return check(d().cuCtxSynchronize(), "cuCtxSynchronize");
   }
 
   Status copy_async(void* dst, const void* src, std::size_t bytes, CopyKind, Stream s) override {
-    if (!enter()) return Status::kError;
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
     // Unified addressing: the driver infers the direction from the pointers.
     return check(d().cuMemcpyAsync(reinterpret_cast<CUdeviceptr>(dst),
                                    reinterpret_cast<CUdeviceptr>(src), bytes, stream(s)),
@@ -286,13 +352,13 @@ class CudaBackend final : public Backend {
   }
   Status host_alloc_pinned(std::size_t bytes, void** out) override {
     *out = nullptr;
-    if (!enter()) return Status::kError;
-    CUresult r = d().cuMemHostAlloc(out, bytes, CU_MEMHOSTALLOC_PORTABLE);
-    if (r == CUDA_ERROR_OUT_OF_MEMORY) return fail(Status::kOutOfMemory, "cuMemHostAlloc", r);
-    return check(r, "cuMemHostAlloc");
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
+    return check(d().cuMemHostAlloc(out, bytes, CU_MEMHOSTALLOC_PORTABLE), "cuMemHostAlloc");
   }
   Status host_free_pinned(void* ptr) override {
-    if (!enter()) return Status::kError;
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
     return check(d().cuMemFreeHost(ptr), "cuMemFreeHost");
   }
 
@@ -304,6 +370,34 @@ class CudaBackend final : public Backend {
   std::string last_error() const override { return t_last_error; }
 
  private:
+  // Makes this device's primary context current for one backend call and gives the calling
+  // thread back the context it had (PyTorch's current device, or none) when the call returns.
+  class Guard {
+   public:
+    explicit Guard(const CudaBackend& b) {
+      if (d().cuCtxGetCurrent(&saved_) != CUDA_SUCCESS) saved_ = nullptr;
+      if (saved_ == b.ctx_) return;
+      if (d().cuCtxSetCurrent(b.ctx_) != CUDA_SUCCESS) {
+        t_last_error =
+            "cannot make the CUDA context of device " + std::to_string(b.index_) + " current";
+        ok_ = false;
+        return;
+      }
+      switched_ = true;
+    }
+    ~Guard() {
+      if (switched_) d().cuCtxSetCurrent(saved_);
+    }
+    Guard(const Guard&) = delete;
+    Guard& operator=(const Guard&) = delete;
+    bool ok() const noexcept { return ok_; }
+
+   private:
+    CUcontext saved_ = nullptr;
+    bool switched_ = false;
+    bool ok_ = true;
+  };
+
   static const Driver& d() { return driver(); }
   static CUstream stream(Stream s) { return reinterpret_cast<CUstream>(s); }
   static CUevent event(Event e) { return reinterpret_cast<CUevent>(e); }
@@ -316,21 +410,48 @@ class CudaBackend final : public Backend {
     return prop;
   }
 
-  // Makes this device's primary context current on the calling thread when none is.
-  bool enter() {
-    CUcontext cur = nullptr;
-    if (d().cuCtxGetCurrent(&cur) == CUDA_SUCCESS && cur == ctx_) return true;
-    if (d().cuCtxSetCurrent(ctx_) != CUDA_SUCCESS) {
-      t_last_error = "cannot make the CUDA context of device " + std::to_string(index_) + " current";
-      return false;
+  // kOk when [base, base+bytes) is granular, inside one reserved range, and each of its granules
+  // is mapped (`mapped`) or not (`!mapped`); mu_ held.
+  Status check_range(CUdeviceptr base, std::size_t bytes, bool mapped, const char* what) const {
+    if (bytes == 0 || bytes % granule_ != 0 || base % granule_ != 0) {
+      return fail(Status::kInvalid, std::string(what) + " of a range that is not whole granules");
     }
-    return true;
+    auto r = ranges_.upper_bound(base);
+    if (r == ranges_.begin() || base + bytes > std::prev(r)->first + std::prev(r)->second) {
+      return fail(Status::kInvalid, std::string(what) + " outside a reserved range");
+    }
+    for (std::size_t off = 0; off < bytes; off += granule_) {
+      if (handles_.count(base + off) != (mapped ? 1u : 0u)) {
+        return fail(Status::kInvalid, std::string(what) + (mapped ? " of an unmapped granule"
+                                                                  : " of a mapped granule"));
+      }
+    }
+    return Status::kOk;
   }
 
-  static Status fail(Status s, const char* what, CUresult r = CUDA_SUCCESS) {
+  // Unmaps and releases each granule of a checked range; a granule the driver fails to unmap
+  // stays mapped and known, so that a later unmap can retry it. mu_ held.
+  Status unmap_locked(CUdeviceptr base, std::size_t bytes) {
+    Status status = Status::kOk;
+    for (std::size_t off = 0; off < bytes; off += granule_) {
+      auto it = handles_.find(base + off);
+      if (Status s = check(d().cuMemUnmap(base + off, granule_), "cuMemUnmap"); s != Status::kOk) {
+        status = s;
+        continue;
+      }
+      if (Status s = check(d().cuMemRelease(it->second), "cuMemRelease"); s != Status::kOk) {
+        status = s;
+      }
+      handles_.erase(it);
+    }
+    return status;
+  }
+
+  static Status fail(Status s, const char* what, CUresult r) {
     const char* text = nullptr;
     if (r != CUDA_SUCCESS && d().cuGetErrorString) d().cuGetErrorString(r, &text);
-    t_last_error = std::string(what) + (text ? std::string(": ") + text : std::string());
+    t_last_error = std::string(what) + ": " +
+                   (text ? std::string(text) : "CUDA error " + std::to_string(static_cast<int>(r)));
     return s;
   }
   static Status fail(Status s, const std::string& what) {
@@ -339,7 +460,7 @@ class CudaBackend final : public Backend {
   }
   static Status check(CUresult r, const char* what) {
     if (r == CUDA_SUCCESS) return Status::kOk;
-    return fail(r == CUDA_ERROR_OUT_OF_MEMORY ? Status::kOutOfMemory : Status::kError, what, r);
+    return fail(status_of(r), what, r);
   }
 
   const int index_;
@@ -347,8 +468,10 @@ class CudaBackend final : public Backend {
   const CUcontext ctx_;
   const bool vmm_;
   const std::size_t granule_;
+  const std::vector<CUdevice> peers_;  // devices that can access this one's memory
   std::mutex mu_;
-  std::unordered_map<CUdeviceptr, CUmemGenericAllocationHandle> handles_;
+  std::map<CUdeviceptr, std::size_t> ranges_;                     // va_reserve'd: base -> bytes
+  std::map<CUdeviceptr, CUmemGenericAllocationHandle> handles_;  // mapped granule -> handle
 };
 
 }  // namespace
@@ -393,7 +516,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device, std::string* error) {
   }
   int vmm = 0;
   x.cuDeviceGetAttribute(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, dev);
-  std::size_t granule = std::size_t{2} << 20;
+  std::size_t granule = kGranuleBytes;
   if (vmm) {
     CUmemAllocationProp prop{};
     prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
@@ -405,7 +528,16 @@ std::unique_ptr<Backend> make_cuda_backend(int device, std::string* error) {
       granule = (granule + g - 1) / g * g;  // keep 2 MiB unless the device needs more
     }
   }
-  return std::make_unique<CudaBackend>(device, dev, ctx, vmm != 0, granule);
+  // Memory this device maps is made accessible to every device that can reach it (as PyTorch's
+  // expandable segments do): a peer's kernels and copies may read a tensor of this device.
+  std::vector<CUdevice> peers;
+  for (int i = 0; i < cuda_device_count(); ++i) {
+    CUdevice other = 0;
+    int can = 0;
+    if (i == device || x.cuDeviceGet(&other, i) != CUDA_SUCCESS) continue;
+    if (x.cuDeviceCanAccessPeer(&can, other, dev) == CUDA_SUCCESS && can) peers.push_back(other);
+  }
+  return std::make_unique<CudaBackend>(device, dev, ctx, vmm != 0, granule, std::move(peers));
 }
 
 }  // namespace timeshare::device

@@ -7,6 +7,10 @@
 // which are the same objects as the runtime's cudaStream_t/cudaEvent_t: PyTorch's streams pass
 // straight through. Virtual memory uses cuMemAddressReserve/cuMemCreate/cuMemMap/cuMemSetAccess
 // with one physical handle per granule, so any granule can be unmapped independently.
+//
+// TIMESHARE_CUDA_DRIVER=/path/to/libfakecuda.so loads another library exporting the same driver
+// entry points instead of libcuda.so.1 (the default): the tests point it at the driver test
+// double in tests/cuda_double/. It is read once, at the first use of the backend in the process.
 #pragma once
 
 #include <memory>
