@@ -13,17 +13,30 @@ extern "C" {
 
 // alloc_fn: never returns null for a non-zero size; out of memory throws PyTorch's
 // c10::OutOfMemoryError (through libtimeshare_torch_oom.so when it loads), else std::bad_alloc's
-// cousin std::runtime_error carrying the same "CUDA out of memory" message.
+// cousin std::runtime_error carrying the same "CUDA out of memory" message. A device PyTorch
+// did not report (timeshare_init) or whose backend cannot start throws std::runtime_error.
+// The only entry point that throws.
 TIMESHARE_API void* timeshare_malloc(size_t size, int device, void* stream);
+// free_fn runs inside PyTorch's noexcept deleters: nothing escapes it, nor the hooks below. A
+// failure inside one is caught, logged the first time per entry point, and counted
+// (timeshare_c_api_errors, "timeshare.c_api_errors" in timeshare.memory_stats()).
 TIMESHARE_API void timeshare_free(void* ptr, size_t size, int device, void* stream);
 // Optional hooks (set_init_fn, set_reset_fn, set_memory_fraction_fn, set_record_stream_fn).
-TIMESHARE_API void timeshare_init(int device);
+// init receives the number of CUDA devices (torch's CUDAPluggableAllocator::init(device_count)),
+// not an index: it creates nothing; a later malloc on a device >= the count is refused.
+TIMESHARE_API void timeshare_init(int device_count);
 TIMESHARE_API void timeshare_empty_cache(void);
 TIMESHARE_API void timeshare_memory_fraction(double fraction, int device);
 TIMESHARE_API void timeshare_record_stream(void* ptr, void* stream);
 // Sets the options (TIMESHARE_CONF syntax). Returns 0, or -1 with one line in `error`.
 TIMESHARE_API int timeshare_configure(const char* conf, char* error, size_t error_bytes);
 TIMESHARE_API const char* timeshare_version(void);
+// Failures caught inside the non-throwing entry points since the process started.
+TIMESHARE_API unsigned long long timeshare_c_api_errors(void);
+// Test hook: the `nth` call from now of the named non-throwing entry point ("free",
+// "record_stream", "empty_cache", "init", "memory_fraction") throws std::bad_alloc inside its
+// body, as failing bookkeeping or logging would. 0 disarms. Returns 0, or -1 for another name.
+TIMESHARE_API int timeshare_debug_fail_at(const char* entry, unsigned long long nth);
 
 #ifdef __cplusplus
 }

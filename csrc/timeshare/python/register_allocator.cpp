@@ -12,8 +12,10 @@
 
 #include "timeshare/allocator/registry.h"
 #include "timeshare/api/c_api.h"
+#include "timeshare/common/log.h"
 #include "timeshare/device/sim/sim_backend.h"
 #include "timeshare/python/bindings.h"
+#include "timeshare/spill/make_room.h"
 #ifdef TIMESHARE_WITH_CUDA
 #include "timeshare/device/cuda/cuda_backend.h"
 #endif
@@ -66,6 +68,7 @@ py::dict stats_dict(const Allocator& a) {
   d["timeshare.record_streams"] = c.record_streams;
   d["timeshare.empty_cache_calls"] = c.empty_cache_calls;
   d["timeshare.spill_retries"] = c.spill_retries;
+  d["timeshare.c_api_errors"] = timeshare_c_api_errors();  // process-wide (api/c_api.h)
   const predict::PredictorStats p = a.predictor_stats();
   d["timeshare.predictor.predictions"] = p.predictions;
   d["timeshare.predictor.observed"] = p.observed;
@@ -113,6 +116,35 @@ class SimAllocator {
   device::SimBackend* sim_ = nullptr;
   std::unique_ptr<Allocator> allocator_;
 };
+
+// The file holding the code at `addr`, as this module's linker resolved it.
+std::string file_of(const void* addr, const char* what) {
+  Dl_info info{};
+  if (!dladdr(addr, &info) || !info.dli_fname) {
+    throw std::runtime_error(std::string("timeshare: dladdr cannot locate ") + what);
+  }
+  return info.dli_fname;
+}
+
+// Where the core's code lives as _C sees it: the registry, the make_room list and the logger
+// must all resolve into libtimeshare.so (one core per process, docs/design.md).
+std::string core_library_path() {
+  const std::string registry_file =
+      file_of(reinterpret_cast<const void*>(&registry::get), "timeshare::registry::get");
+  const std::pair<const void*, const char*> others[] = {
+      {reinterpret_cast<const void*>(&spill::make_room), "timeshare::spill::make_room"},
+      {reinterpret_cast<const void*>(&timeshare::log), "timeshare::log"},
+      {reinterpret_cast<const void*>(&timeshare_malloc), "timeshare_malloc"},
+  };
+  for (const auto& [addr, what] : others) {
+    if (std::string f = file_of(addr, what); f != registry_file) {
+      throw std::runtime_error("timeshare: two allocator cores in this process: " +
+                               std::string(what) + " is in " + f +
+                               ", timeshare::registry::get in " + registry_file);
+    }
+  }
+  return registry_file;
+}
 
 std::string demangle(const char* name) {
   int status = 0;
@@ -166,6 +198,9 @@ void register_allocator(py::module_& m) {
     }
     return std::string(info.dli_fname);
   }, "Path of the allocator shared library that PyTorch loads.");
+  m.def("core_library_path", &core_library_path,
+        "File holding the allocator core (registry, options, make_room, logger) as this module "
+        "links it: libtimeshare.so, the library PyTorch loads. RuntimeError if they differ.");
   m.def("cuda_backend_built", [] {
 #ifdef TIMESHARE_WITH_CUDA
     return true;
