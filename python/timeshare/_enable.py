@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import warnings
 from typing import Any
 
@@ -96,7 +97,7 @@ def _guard_cudnn_benchmark(torch: Any) -> None:
     if prop.getter():
         warnings.warn(_CUDNN_BENCHMARK_MSG, TimeshareWarning, stacklevel=4)
         setter(False)
-    setattr(cls, "benchmark", type(prop)(prop.getter, guarded))
+    cls.benchmark = type(prop)(prop.getter, guarded)
 
 
 def _gap_warnings(torch: Any) -> None:
@@ -107,6 +108,20 @@ def _gap_warnings(torch: Any) -> None:
              "allocator; see docs/usage.md#known-gaps")
 
 
+def _check_one_core(path: str) -> None:
+    """The options, statistics and make_room callbacks of this module must be those of the
+    library PyTorch is about to load (one core per process, docs/design.md)."""
+    try:
+        core = _C.core_library_path()
+    except RuntimeError as e:
+        raise TimeshareError(f"timeshare.enable(): broken installation: {e}") from None
+    if os.path.realpath(core) != os.path.realpath(path):
+        raise TimeshareError(
+            f"timeshare.enable(): broken installation: timeshare._C uses the allocator core in "
+            f"{core}, not {path}, the library PyTorch would load; reinstall timeshare"
+        )
+
+
 def _install(conf: str, require_device: bool = True) -> None:
     """Registers libtimeshare.so with PyTorch. `require_device=False` lets tests exercise every
     step that needs no GPU against a CUDA build of torch on a machine without one."""
@@ -114,6 +129,7 @@ def _install(conf: str, require_device: bool = True) -> None:
 
     _check_torch_ready(torch, require_device)
     path = library_path()
+    _check_one_core(path)
     lib = ctypes.CDLL(path)
     _C.configure(conf)
     alloc = torch.cuda.memory.CUDAPluggableAllocator(path, "timeshare_malloc", "timeshare_free")

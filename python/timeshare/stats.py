@@ -126,13 +126,16 @@ def format_summary(stats: dict[str, Any], title: str, abbreviated: bool = False)
     pools = [("all", "")] if abbreviated else [("all", ""), ("large_pool", "  from large pool"),
                                                 ("small_pool", "  from small pool")]
     out = ["=" * width, f" {title}".ljust(width), "-" * width,
-           f"{'Metric':<27}| {'Cur Usage':>10} | {'Peak Usage':>10} | {'Tot Alloc':>10} | {'Tot Freed':>10}",
+           f"{'Metric':<27}| {'Cur Usage':>10} | {'Peak Usage':>10} | {'Tot Alloc':>10} | "
+           f"{'Tot Freed':>10}",
            "-" * width]
     for label, key, is_bytes in rows:
         for pool, suffix in pools:
-            vals = [stats.get(f"{key}.{pool}.{k}", 0) for k in ("current", "peak", "allocated", "freed")]
+            vals = [stats.get(f"{key}.{pool}.{k}", 0)
+                    for k in ("current", "peak", "allocated", "freed")]
             text = [(_fmt_bytes(v) if is_bytes else f"{v:>10d}") for v in vals]
-            out.append(f"{(label if not suffix else suffix):<27}| " + " | ".join(f"{t:>10}" for t in text))
+            out.append(f"{(label if not suffix else suffix):<27}| "
+                       + " | ".join(f"{t:>10}" for t in text))
         out.append("-" * width)
     out.append(f"{'Device allocs / frees':<27}| {stats.get('num_device_alloc', 0):>10} | "
                f"{stats.get('num_device_free', 0):>10} |")
@@ -175,7 +178,8 @@ def patch_torch(torch: Any) -> None:
         for mod in (torch.cuda, torch.cuda.memory):
             if hasattr(mod, name):
                 setattr(mod, name, fn)
-    for legacy, fn in (("memory_cached", memory_reserved), ("max_memory_cached", max_memory_reserved),
+    for legacy, fn in (("memory_cached", memory_reserved),
+                       ("max_memory_cached", max_memory_reserved),
                        ("reset_max_memory_allocated", reset_peak_memory_stats),
                        ("reset_max_memory_cached", reset_peak_memory_stats)):
         for mod in (torch.cuda, torch.cuda.memory):

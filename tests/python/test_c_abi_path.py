@@ -304,3 +304,20 @@ def test_patched_torch_cuda_stats_report_the_c_abi(python_env: dict[str, str]) -
         """, python_env, python=CUDA_PY))
     assert f"torch {48 * MiB} {48 * MiB} 3" in out
     assert f"after free {32 * MiB} {48 * MiB} True" in out
+
+
+def test_enable_refuses_a_module_whose_core_is_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    from timeshare import _C, _enable
+
+    path = _enable.library_path()
+    _enable._check_one_core(path)  # the installed build: one core, in the library itself
+    monkeypatch.setattr(_C, "core_library_path", lambda: "/elsewhere/_C.so")
+    with pytest.raises(_enable.TimeshareError, match="uses the allocator core in /elsewhere"):
+        _enable._check_one_core(path)
+
+    def split() -> str:
+        raise RuntimeError("timeshare: two allocator cores in this process: ...")
+
+    monkeypatch.setattr(_C, "core_library_path", split)
+    with pytest.raises(_enable.TimeshareError, match="broken installation: timeshare: two"):
+        _enable._check_one_core(path)

@@ -49,7 +49,8 @@ def test_library_loads_and_hooks_are_set(python_env: dict[str, str]) -> None:
         python_env,
     )
     assert r.returncode == 0, r.stderr
-    assert "hooks ['set_init_fn', 'set_memory_fraction_fn', 'set_record_stream_fn', 'set_reset_fn']" in r.stdout
+    hooks = "['set_init_fn', 'set_memory_fraction_fn', 'set_record_stream_fn', 'set_reset_fn']"
+    assert f"hooks {hooks}" in r.stdout
     assert "allocated 0 0" in r.stdout
     assert r.stdout.strip().endswith("ok")
 

@@ -76,7 +76,8 @@ void enable(const std::string& conf) {
     throw EnableError("timeshare::enable(): LibTorch's createCustomAllocator did not return a "
                       "CUDAPluggableAllocator; this LibTorch is not supported");
   }
-  raw->set_init_fn([](int device) { timeshare_init(device); });
+  // torch calls init(device_count): the number of devices, not an index (api/c_api.h).
+  raw->set_init_fn([](int device_count) { timeshare_init(device_count); });
   raw->set_reset_fn([] { timeshare_empty_cache(); });
   raw->set_memory_fraction_fn(
       [](double fraction, int device) { timeshare_memory_fraction(fraction, device); });
