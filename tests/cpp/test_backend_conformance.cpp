@@ -77,13 +77,17 @@ class CudaFixture {
     REQUIRE(fakecuda_launch(0, reinterpret_cast<CUstream>(s), nullptr, 0, 0, CUDA_SUCCESS) ==
             CUDA_SUCCESS);
   }
-  void fail_next_map_out_of_memory() { fakecuda_fail_next("cuMemCreate", CUDA_ERROR_OUT_OF_MEMORY); }
+  void fail_next_map_out_of_memory() {
+    fakecuda_fail_next("cuMemCreate", CUDA_ERROR_OUT_OF_MEMORY);
+  }
   void fail_next_reserve_out_of_memory() {
     fakecuda_fail_next("cuMemAlloc_v2", CUDA_ERROR_OUT_OF_MEMORY);
   }
   void allow_driver_violations(unsigned long long n) { allowed_ += n; }
   void check_clean() {
-    for (unsigned long long i = 0; i < fakecuda_violations(); ++i) UNSCOPED_INFO(fakecuda_violation(i));
+    for (unsigned long long i = 0; i < fakecuda_violations(); ++i) {
+      UNSCOPED_INFO(fakecuda_violation(i));
+    }
     CHECK(fakecuda_violations() == allowed_);
   }
 

@@ -57,7 +57,9 @@ void set_current_device(int device) {
 }
 
 void check_violations(unsigned long long allowed = 0) {
-  for (unsigned long long i = 0; i < fakecuda_violations(); ++i) UNSCOPED_INFO(fakecuda_violation(i));
+  for (unsigned long long i = 0; i < fakecuda_violations(); ++i) {
+    UNSCOPED_INFO(fakecuda_violation(i));
+  }
   CHECK(fakecuda_violations() == allowed);
 }
 
@@ -404,5 +406,184 @@ TEST_CASE("cuda: the allocator over the CUDA backend keeps data and gives memory
   CHECK(fakecuda_used_bytes(0) == 0);
   CHECK(fakecuda_live_handles() == 0);
   CHECK(fakecuda_reservations() == 0);
+  check_violations();
+}
+
+// ---- the double itself: it must refuse what the real driver refuses ---------------------------
+
+namespace {
+
+// `r` is the driver's error `want`, and the double counted exactly one more violation.
+void check_refused(CUresult r, CUresult want, unsigned long long* violations) {
+  CHECK(r == want);
+  CHECK(fakecuda_violations() == *violations + 1);
+  *violations = fakecuda_violations();
+}
+
+}  // namespace
+
+TEST_CASE("double: virtual memory rules fail loudly", "[cuda][double]") {
+  FakeDriver fake(2);
+  unsigned long long v = 0;
+  CUdeviceptr base = 0;
+  CUmemGenericAllocationHandle h = 0;
+  CUmemAllocationProp prop{};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = 0;
+  // No current context on this thread.
+  check_refused(cuMemAddressReserve(&base, 8 * kMiB, 0, 0, 0), CUDA_ERROR_INVALID_CONTEXT, &v);
+  set_current_device(0);
+  check_refused(cuMemAddressReserve(&base, 3 * kMiB, 0, 0, 0), CUDA_ERROR_INVALID_VALUE, &v);
+  REQUIRE(cuMemAddressReserve(&base, 8 * kMiB, 0, 0, 0) == CUDA_SUCCESS);
+  check_refused(cuMemCreate(&h, kMiB, &prop, 0), CUDA_ERROR_INVALID_VALUE, &v);
+  REQUIRE(cuMemCreate(&h, 4 * kMiB, &prop, 0) == CUDA_SUCCESS);
+  CHECK(fakecuda_used_bytes(0) == 4 * kMiB);
+  check_refused(cuMemMap(base, 3 * kMiB, 0, h, 0), CUDA_ERROR_INVALID_VALUE, &v);       // size
+  check_refused(cuMemMap(base + 6 * kMiB, 4 * kMiB, 0, h, 0), CUDA_ERROR_INVALID_VALUE, &v);  // out
+  REQUIRE(cuMemMap(base, 4 * kMiB, 0, h, 0) == CUDA_SUCCESS);
+  // Over an existing mapping:
+  check_refused(cuMemMap(base + 2 * kMiB, 2 * kMiB, 0, h, 0), CUDA_ERROR_INVALID_VALUE, &v);
+  // Access before cuMemSetAccess: a copy touching the mapping is refused.
+  std::vector<unsigned char> host(4096, 1);
+  const auto host_ptr = reinterpret_cast<CUdeviceptr>(host.data());
+  check_refused(cuMemcpyAsync(base, host_ptr, host.size(), nullptr), CUDA_ERROR_INVALID_VALUE, &v);
+  CUmemAccessDesc access{};
+  access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  access.location.id = 0;
+  access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+  // Access to a range that is not all mapped:
+  check_refused(cuMemSetAccess(base, 6 * kMiB, &access, 1), CUDA_ERROR_INVALID_VALUE, &v);
+  REQUIRE(cuMemSetAccess(base, 4 * kMiB, &access, 1) == CUDA_SUCCESS);
+  REQUIRE(cuMemcpyAsync(base, reinterpret_cast<CUdeviceptr>(host.data()), host.size(), nullptr) ==
+          CUDA_SUCCESS);
+  // A copy that runs past the mapping is refused too.
+  check_refused(cuMemcpyAsync(base + 4 * kMiB - 16, reinterpret_cast<CUdeviceptr>(host.data()),
+                              host.size(), nullptr),
+                CUDA_ERROR_INVALID_VALUE, &v);
+  // Device 1 was not granted access.
+  set_current_device(1);
+  check_refused(cuMemcpyAsync(host_ptr, base, host.size(), nullptr), CUDA_ERROR_INVALID_VALUE, &v);
+  set_current_device(0);
+  REQUIRE(cuCtxSynchronize() == CUDA_SUCCESS);
+  // Releasing a mapped handle is legal: the memory lives until its last unmap.
+  REQUIRE(cuMemRelease(h) == CUDA_SUCCESS);
+  CHECK(fakecuda_live_handles() == 1);
+  check_refused(cuMemRelease(h), CUDA_ERROR_INVALID_VALUE, &v);  // released twice
+  check_refused(cuMemUnmap(base, 2 * kMiB), CUDA_ERROR_INVALID_VALUE, &v);  // half a mapping
+  check_refused(cuMemAddressFree(base, 8 * kMiB), CUDA_ERROR_INVALID_VALUE, &v);  // still mapped
+  REQUIRE(cuMemUnmap(base, 4 * kMiB) == CUDA_SUCCESS);
+  CHECK(fakecuda_live_handles() == 0);
+  CHECK(fakecuda_used_bytes(0) == 0);
+  check_refused(cuMemAddressFree(base, 4 * kMiB), CUDA_ERROR_INVALID_VALUE, &v);  // not the range
+  REQUIRE(cuMemAddressFree(base, 8 * kMiB) == CUDA_SUCCESS);
+  set_current_device(-1);
+}
+
+TEST_CASE("double: streams run in order, only when the host waits, and frees under queued work "
+          "are caught", "[cuda][double]") {
+  FakeDriver fake(2);
+  fakecuda_set_lazy(1);
+  unsigned long long v = 0;
+  set_current_device(0);
+  CUstream s = nullptr;
+  CUevent e = nullptr;
+  REQUIRE(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING) == CUDA_SUCCESS);
+  REQUIRE(cuEventCreate(&e, CU_EVENT_DISABLE_TIMING) == CUDA_SUCCESS);
+  CUdeviceptr d = 0;
+  REQUIRE(cuMemAlloc(&d, 4096) == CUDA_SUCCESS);
+  std::vector<unsigned char> out(4096, 0);
+  REQUIRE(fakecuda_launch(0, s, reinterpret_cast<void*>(d), 4096, 0x11, CUDA_SUCCESS) ==
+          CUDA_SUCCESS);
+  REQUIRE(cuMemcpyAsync(reinterpret_cast<CUdeviceptr>(out.data()), d, 4096, s) == CUDA_SUCCESS);
+  REQUIRE(cuEventRecord(e, s) == CUDA_SUCCESS);
+  CHECK(cuEventQuery(e) == CUDA_ERROR_NOT_READY);
+  CHECK(out[0] == 0);
+  CHECK(fakecuda_pending_ops() == 3);
+  // cuMemFree waits for the queued work (as cudaFree does): legal, and the work ran.
+  REQUIRE(cuMemFree(d) == CUDA_SUCCESS);
+  CHECK(fakecuda_violations() == v);
+  CHECK(out[4095] == 0x11);
+  // cuMemUnmap does not wait: unmapping under queued work is counted (the work runs first).
+  CUdeviceptr base = 0;
+  CUmemGenericAllocationHandle h = 0;
+  CUmemAllocationProp prop{};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  CUmemAccessDesc access{};
+  access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+  REQUIRE(cuMemAddressReserve(&base, 2 * kMiB, 0, 0, 0) == CUDA_SUCCESS);
+  REQUIRE(cuMemCreate(&h, 2 * kMiB, &prop, 0) == CUDA_SUCCESS);
+  REQUIRE(cuMemMap(base, 2 * kMiB, 0, h, 0) == CUDA_SUCCESS);
+  REQUIRE(cuMemSetAccess(base, 2 * kMiB, &access, 1) == CUDA_SUCCESS);
+  REQUIRE(cuMemRelease(h) == CUDA_SUCCESS);
+  REQUIRE(fakecuda_launch(0, s, reinterpret_cast<void*>(base), 2 * kMiB, 0x22, CUDA_SUCCESS) ==
+          CUDA_SUCCESS);
+  REQUIRE(cuMemcpyAsync(reinterpret_cast<CUdeviceptr>(out.data()), base, 4096, s) == CUDA_SUCCESS);
+  REQUIRE(cuMemUnmap(base, 2 * kMiB) == CUDA_SUCCESS);
+  CHECK(fakecuda_violations() == ++v);
+  CHECK(out[0] == 0x22);
+  REQUIRE(cuMemAddressFree(base, 2 * kMiB) == CUDA_SUCCESS);
+  CHECK(cuEventQuery(e) == CUDA_SUCCESS);
+  // An event of device 0 cannot be recorded on a stream of device 1.
+  set_current_device(1);
+  CUstream s1 = nullptr;
+  REQUIRE(cuStreamCreate(&s1, 0) == CUDA_SUCCESS);
+  check_refused(cuEventRecord(e, s1), CUDA_ERROR_INVALID_HANDLE, &v);
+  // ...but a stream of device 1 may wait on it.
+  REQUIRE(cuStreamWaitEvent(s1, e, 0) == CUDA_SUCCESS);
+  REQUIRE(cuStreamDestroy(s1) == CUDA_SUCCESS);
+  check_refused(cuStreamDestroy(s1), CUDA_ERROR_INVALID_HANDLE, &v);
+  set_current_device(0);
+  // A faulting kernel leaves a sticky error that later calls report; cuGetErrorString names it.
+  REQUIRE(fakecuda_launch(0, nullptr, nullptr, 0, 0, CUDA_ERROR_LAUNCH_FAILED) == CUDA_SUCCESS);
+  CHECK(cuCtxSynchronize() == CUDA_ERROR_LAUNCH_FAILED);
+  CHECK(cuMemAlloc(&d, 4096) == CUDA_ERROR_LAUNCH_FAILED);
+  const char* text = nullptr;
+  REQUIRE(cuGetErrorString(CUDA_ERROR_LAUNCH_FAILED, &text) == CUDA_SUCCESS);
+  CHECK(std::string(text) == "unspecified launch failure");
+  CHECK(fakecuda_calls("cuMemAlloc_v2") == 2);
+  set_current_device(-1);
+}
+
+TEST_CASE("cuda: the pools never unmap or free memory that queued work still uses",
+          "[cuda][allocator]") {
+  const std::string conf = GENERATE(as<std::string>{}, "policy:timeshare",
+                                    "policy:torch,expandable_segments:true", "policy:torch");
+  INFO(conf);
+  FakeDriver fake(1);
+  fakecuda_set_lazy(1);  // queued work stays queued until the host waits
+  auto r = parse_options(conf);
+  REQUIRE(r.options);
+  {
+    Allocator a(*r.options, cuda(0));
+    Backend& b = a.backend();
+    Stream side = 0;
+    REQUIRE(b.create_stream(&side) == Status::kOk);
+    for (int round = 0; round < 4; ++round) {
+      std::vector<void*> blocks;
+      for (int i = 0; i < 8; ++i) {
+        const std::size_t n = (std::size_t{1} << (18 + (i + round) % 5)) + 512;
+        void* p = a.malloc(n, kDefaultStream);
+        REQUIRE(p);
+        // A kernel on the block's stream and one on a side stream (record_stream) still queued
+        // when the block is freed.
+        REQUIRE(fakecuda_launch(0, nullptr, p, n, i, CUDA_SUCCESS) == CUDA_SUCCESS);
+        REQUIRE(fakecuda_launch(0, reinterpret_cast<CUstream>(side), p, n / 2, i, CUDA_SUCCESS) ==
+                CUDA_SUCCESS);
+        REQUIRE(a.record_stream(p, side));
+        blocks.push_back(p);
+      }
+      for (void* p : blocks) CHECK(a.free(p));
+      a.empty_cache();  // must not unmap what the queued kernels still touch
+    }
+    REQUIRE(b.synchronize_device() == Status::kOk);
+    REQUIRE(b.synchronize_stream(side) == Status::kOk);
+    a.empty_cache();
+    REQUIRE(b.destroy_stream(side) == Status::kOk);
+  }
+  CHECK(fakecuda_used_bytes(0) == 0);
+  CHECK(fakecuda_live_handles() == 0);
   check_violations();
 }

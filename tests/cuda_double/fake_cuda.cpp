@@ -13,8 +13,9 @@
 // to memory outside any mapping; cuMemAddressFree only of a whole reservation with nothing
 // mapped in it; frees only of what was allocated; an event recorded only on a stream of its own
 // context. Releasing a mapped handle is legal and deferred to its last unmap, as in the driver.
-// Freeing or unmapping memory that queued work still touches is counted as a violation (the
-// driver would let the work fault or corrupt the next owner) and the work is run first.
+// Unmapping memory that queued work still touches is counted as a violation (cuMemUnmap does not
+// wait: the work would fault or corrupt the next owner) and the work is run first; cuMemFree and
+// cuMemFreeHost wait for queued work, as cudaFree and cudaFreeHost do, so they are legal then.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -48,7 +49,7 @@ constexpr ErrorText kErrorTexts[] = {
 
 }  // namespace
 
-// ---- initialisation, devices, contexts ------------------------------------------------------------
+// ---- initialisation, devices, contexts ---------------------------------------------------------
 
 FAKE_EXPORT CUresult cuInit(unsigned int flags) {
   State& s = state();
@@ -163,9 +164,10 @@ FAKE_EXPORT CUresult cuMemFree(CUdeviceptr ptr) {
   FAKE_ENTER_CTX("cuMemFree_v2");
   auto it = s.allocs.find(static_cast<std::uintptr_t>(ptr));
   if (it == s.allocs.end()) {
-    return violation(s, CUDA_ERROR_INVALID_VALUE, "cuMemFree of a pointer cuMemAlloc did not return");
+    return violation(s, CUDA_ERROR_INVALID_VALUE,
+                     "cuMemFree of a pointer cuMemAlloc did not return");
   }
-  check_no_pending(s, it->first, it->second.bytes, "cuMemFree");
+  run_all(s);  // like cudaFree, cuMemFree waits for the device's queued work
   munmap(reinterpret_cast<void*>(it->first), it->second.mmap_bytes);
   s.used_bytes[it->second.device] -= it->second.bytes;
   s.allocs.erase(it);
@@ -202,7 +204,7 @@ FAKE_EXPORT CUresult cuMemFreeHost(void* ptr) {
     return violation(s, CUDA_ERROR_INVALID_VALUE,
                      "cuMemFreeHost of a pointer cuMemHostAlloc did not return");
   }
-  check_no_pending(s, it->first, it->second.bytes, "cuMemFreeHost");
+  run_all(s);  // like cudaFreeHost, it waits for queued work
   munmap(ptr, it->second.mmap_bytes);
   s.pinned_used_bytes -= it->second.bytes;
   s.pinned.erase(it);

@@ -178,8 +178,8 @@ bool accessible(State& s, std::uintptr_t addr, std::size_t bytes, int device, st
     const std::uintptr_t base = r->first;
     Reservation& res = r->second;
     if (addr < base || addr + bytes > base + res.bytes) {
-      *why = "[" + hex(addr) + ", +" + std::to_string(bytes) + ") straddles the reserved range at " +
-             hex(base);
+      *why = std::string("[") + hex(addr) + ", +" + std::to_string(bytes) +
+             ") straddles the reserved range at " + hex(base);
       return false;
     }
     for (std::uintptr_t pos = addr; pos < addr + bytes;) {
@@ -201,8 +201,9 @@ bool accessible(State& s, std::uintptr_t addr, std::size_t bytes, int device, st
   for (auto* m : {&s.allocs, &s.pinned}) {
     if (auto* a = overlapping(*m, addr, bytes)) {
       if (addr < a->first || addr + bytes > a->first + a->second.bytes) {
-        *why = "[" + hex(addr) + ", +" + std::to_string(bytes) + ") runs past the allocation at " +
-               hex(a->first) + " of " + std::to_string(a->second.bytes) + " bytes";
+        *why = std::string("[") + hex(addr) + ", +" + std::to_string(bytes) +
+               ") runs past the allocation at " + hex(a->first) + " of " +
+               std::to_string(a->second.bytes) + " bytes";
         return false;
       }
       return true;
@@ -302,7 +303,7 @@ void free_handle(State& s, std::uint64_t id) {
 
 }  // namespace fakecuda
 
-// ---- control entry points (fake_cuda_control.h) --------------------------------------------------
+// ---- control entry points (fake_cuda_control.h) -----------------------------------------------
 
 using fakecuda::state;
 
