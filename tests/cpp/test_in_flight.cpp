@@ -251,3 +251,31 @@ TEST_CASE("replay: no policy faults; unsafe_unmap makes the detector fire", "[re
   CHECK_THROWS_AS(trace::run_policy("timeshare", ev.data(), ev.size(), {}, bad_conf),
                   std::invalid_argument);
 }
+
+TEST_CASE("temporal: memory moves to another region of the same stream without a wait",
+          "[temporal][in_flight]") {
+  SimBackend sim(sim_of(kGiB, /*backing=*/true));
+  TemporalPool pool(&sim);
+  // Activations (a finite lifespan) die; then a request of another region (permanent) needs
+  // as many granules while the stream still runs the kernels that used the activations.
+  void* act = pool.allocate(8 * kMiB, 1, {0, 10, 0});
+  REQUIRE(act);
+  free_in_flight(sim, pool, act, 8 * kMiB, 1, 100 * kUs, 1);
+  void* param = pool.allocate(8 * kMiB, 1, {2, kPermanentLifespanEvents, 1});
+  REQUIRE(param);
+  CHECK(param != act);                           // another region's addresses
+  CHECK(sim.counters().reserved_bytes == 8 * kMiB);  // the same physical memory, moved
+  CHECK(pool.mapped_granules() == 4);
+  CHECK(pool.device_waits() == 0);
+  CHECK(sim.counters().device_faults == 0);
+  std::memset(param, 0x5a, 8 * kMiB);            // usable at once
+  // The old addresses are unmapped only once the stream has passed the free.
+  sim.advance(200 * kUs);
+  void* scratch = pool.allocate(2 * kMiB, 1, {3, 10, 2});
+  REQUIRE(scratch);
+  REQUIRE(pool.deallocate(scratch, 4) == FreeResult::kOk);
+  pool.empty_cache();
+  CHECK(sim.counters().device_faults == 0);
+  CHECK(sim.counters().reserved_bytes == 8 * kMiB);
+  REQUIRE(pool.deallocate(param, 5) == FreeResult::kOk);
+}

@@ -61,7 +61,21 @@ class Backend {
   // Map (create + map + set access) physical memory for [addr, addr+bytes); both multiples
   // of granule_bytes() inside a range from va_reserve. Counts against device capacity.
   virtual Status map(void* addr, std::size_t bytes) = 0;
+  // Unmaps [addr, addr+bytes); the physical memory goes back to the device when this was its
+  // last mapping (see map_alias).
   virtual Status unmap(void* addr, std::size_t bytes) = 0;
+  // Maps at [addr, addr+bytes) (unmapped, granule-aligned, inside a range from va_reserve) the
+  // physical memory now mapped at [from, from+bytes): both ranges then reach the same memory,
+  // and it counts against capacity once. With it, the pool moves memory to another address
+  // of the same stream's arena while work queued on that stream still uses the old address
+  // (stream order makes the new use safe), and unmaps the old address only once that work is
+  // done. kInvalid where unsupported (the default).
+  virtual Status map_alias(void* addr, const void* from, std::size_t bytes) {
+    (void)addr;
+    (void)from;
+    (void)bytes;
+    return Status::kInvalid;
+  }
 
   // ---- streams and events -----------------------------------------------------------------
   virtual Status create_stream(Stream* out) = 0;

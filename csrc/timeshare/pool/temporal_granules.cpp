@@ -14,6 +14,14 @@ namespace {
 constexpr std::size_t kMapZeroedFromBytes = std::size_t{1} << 20;
 // Fences in flight per arena; past this, new quarantined granules wait for a later fence.
 constexpr std::size_t kMaxFencesPerArena = 8;
+// A free that quarantines granules records a fence when the arena's last one is at least this
+// many ticks old: granules become trimmable a GPU lag after their free, whether or not a trim
+// wanted them then, for one event record per this many ticks at most.
+constexpr std::uint64_t kFenceIntervalEvents = 16;
+// Values of ArenaGranules::mapped.
+constexpr std::uint8_t kUnmapped = 0;
+constexpr std::uint8_t kMapped = 1;
+constexpr std::uint8_t kRetiring = 2;  // still mapped, its physical memory moved to an alias
 }  // namespace
 
 ZeroedBytes::ZeroedBytes(std::size_t bytes) : bytes_(bytes) {
@@ -86,6 +94,7 @@ std::size_t TemporalGranules::mark() const noexcept {
 }
 
 void TemporalGranules::tick(std::uint64_t now_events) {
+  now_events_ = now_events;
   if (now_events - window_start_events_ < peak_window_events_) return;
   prev_window_peak_ = window_peak_;
   window_peak_ = needed_;
@@ -97,7 +106,7 @@ bool TemporalGranules::map_run(ArenaGranules& ar, std::size_t first, std::size_t
   if (backend_->map(addr, n * granule_bytes_) != device::Status::kOk) return false;
   ++map_calls_;
   granules_mapped_total_ += n;
-  std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(first), n, std::uint8_t{1});
+  std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(first), n, kMapped);
   mapped_ += n;
   return true;
 }
@@ -190,15 +199,101 @@ void TemporalGranules::fence(std::size_t a) {
   if (e == device::kNoEvent || backend_->record(e, ar.stream) != device::Status::kOk) {
     // No fence to be had: wait for the stream here rather than ever unmap under its work.
     if (e != device::kNoEvent) spare_events_.push_back(e);
-    ++waits_;
-    if (backend_->synchronize_stream(ar.stream) != device::Status::kOk) return;  // stays quarantined
-    release_quarantine(ar, ar.open_gen);
-  } else {
-    ar.fences.push_back({e, ar.open_gen});
-    ++fences_recorded_;
+    drain_arena(a);
+    return;
   }
+  ar.fences.push_back({e, ar.open_gen});
+  ++fences_recorded_;
   ++ar.open_gen;
   ar.dirty = false;
+}
+
+void TemporalGranules::drain_arena(std::size_t a) {
+  ArenaGranules& ar = arenas_[a];
+  ++waits_;
+  if (backend_->synchronize_stream(ar.stream) != device::Status::kOk) return;  // stays as is
+  for (const Fence& f : ar.fences) spare_events_.push_back(f.event);
+  ar.fences.clear();
+  fence_done(ar, ar.open_gen);
+  ++ar.open_gen;
+  ar.dirty = false;
+}
+
+void TemporalGranules::fence_done(ArenaGranules& ar, std::uint32_t gen) {
+  release_quarantine(ar, gen);
+  while (!ar.retiring.empty() && ar.retiring.front().gen <= gen) {
+    const Quarantined r = ar.retiring.front();
+    ar.retiring.pop_front();
+    const std::size_t n = r.last - r.first + 1;
+    // Its physical memory lives on at the alias: only the old address goes.
+    backend_->unmap(reinterpret_cast<void*>(ar.base + r.first * granule_bytes_),
+                    n * granule_bytes_);
+    ++unmap_calls_;
+    std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(r.first), n, kUnmapped);
+    retiring_changes_.push_back({static_cast<std::size_t>(&ar - arenas_.data()),
+                                 ar.base + r.first * granule_bytes_, n * granule_bytes_, false});
+  }
+}
+
+bool TemporalGranules::alias_run(std::size_t a, std::size_t g, std::size_t max_n, Alias* out) {
+  ArenaGranules& ar = arenas_[a];
+  // The donor: the highest run of this arena's quarantined granules (retiring addresses then
+  // sit high in the arena, away from the low addresses placement prefers).
+  const std::size_t end_key = ar.offset + ar.mapped.size();
+  const std::size_t last = quarantined_.find_prev(end_key);
+  if (last == TemporalBitIndex::npos || last < ar.offset) return false;
+  std::size_t first = last;
+  while (last - first + 1 < max_n && first > ar.offset && quarantined_.test(first - 1)) --first;
+  const std::size_t n = last - first + 1;
+  const std::size_t donor = first - ar.offset;
+  const device::Status st =
+      backend_->map_alias(reinterpret_cast<void*>(ar.base + g * granule_bytes_),
+                          reinterpret_cast<const void*>(ar.base + donor * granule_bytes_),
+                          n * granule_bytes_);
+  if (st != device::Status::kOk) {
+    if (st == device::Status::kInvalid) alias_ok_ = false;  // unsupported: map fresh memory
+    return false;
+  }
+  std::uint32_t gen = 0;
+  for (std::size_t d = donor; d < donor + n; ++d) gen = std::max(gen, ar.cached_gen[d]);
+  quarantined_.clear_range(first, last);  // their quarantine entries become stale
+  std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(donor), n, kRetiring);
+  std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(g), n, kMapped);
+  // Retiring addresses are unmapped in generation order: a donor older than the newest
+  // retiring entry waits for that entry's generation (later, never earlier).
+  const std::uint32_t retire_gen = ar.retiring.empty() ? gen : std::max(gen, ar.retiring.back().gen);
+  ar.retiring.push_back({donor, donor + n - 1, retire_gen});
+  retiring_changes_.push_back({a, ar.base + donor * granule_bytes_, n * granule_bytes_, true});
+  ++map_calls_;
+  ++aliases_;
+  granules_mapped_total_ += n;
+  *out = {g, donor, n, gen};
+  return true;
+}
+
+void TemporalGranules::undo_alias(std::size_t a, const Alias& al) {
+  ArenaGranules& ar = arenas_[a];
+  backend_->unmap(reinterpret_cast<void*>(ar.base + al.g * granule_bytes_),
+                  al.n * granule_bytes_);
+  ++unmap_calls_;
+  std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(al.g), al.n, kUnmapped);
+  // The donor holds its memory alone again: quarantined as before (its retiring entry is
+  // dropped by matching it).
+  for (auto it = ar.retiring.begin(); it != ar.retiring.end(); ++it) {
+    if (it->first == al.donor && it->last == al.donor + al.n - 1) {
+      ar.retiring.erase(it);
+      break;
+    }
+  }
+  const std::uintptr_t donor_addr = ar.base + al.donor * granule_bytes_;
+  for (auto it = retiring_changes_.rbegin(); it != retiring_changes_.rend(); ++it) {
+    if (it->retiring && it->arena == a && it->addr == donor_addr) {
+      retiring_changes_.erase(std::next(it).base());
+      break;
+    }
+  }
+  std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(al.donor), al.n, kMapped);
+  quarantine(a, al.donor, al.donor + al.n - 1);
 }
 
 void TemporalGranules::advance_fences(bool record) {
@@ -211,7 +306,7 @@ void TemporalGranules::advance_fences(bool record) {
       spare_events_.push_back(ar.fences.front().event);
       ar.fences.pop_front();
     }
-    if (done != 0) release_quarantine(ar, done);
+    if (done != 0) fence_done(ar, done);
   }
 }
 
@@ -222,17 +317,12 @@ void TemporalGranules::wait_for_quarantine(std::size_t granules) {
        ++a) {
     ArenaGranules& ar = arenas_[a];
     if (ar.quarantine.empty()) continue;
-    ++waits_;
     if (ar.dirty || ar.fences.empty()) {
       // Granules not covered by a fence (the arena had its most in flight): the stream itself.
-      if (backend_->synchronize_stream(ar.stream) != device::Status::kOk) continue;
-      for (const Fence& f : ar.fences) spare_events_.push_back(f.event);
-      ar.fences.clear();
-      release_quarantine(ar, ar.open_gen);
-      ++ar.open_gen;
-      ar.dirty = false;
+      drain_arena(a);
       continue;
     }
+    ++waits_;
     backend_->synchronize_event(ar.fences.back().event);
     std::uint32_t done = 0;
     while (!ar.fences.empty() && backend_->query(ar.fences.front().event)) {
@@ -240,7 +330,7 @@ void TemporalGranules::wait_for_quarantine(std::size_t granules) {
       spare_events_.push_back(ar.fences.front().event);
       ar.fences.pop_front();
     }
-    if (done != 0) release_quarantine(ar, done);
+    if (done != 0) fence_done(ar, done);
   }
 }
 
@@ -264,7 +354,7 @@ bool TemporalGranules::trim_to(std::size_t target, std::size_t incoming) {
     if (backend_->unmap(addr, n * granule_bytes_) != device::Status::kOk) return false;
     ++unmap_calls_;
     granules_unmapped_total_ += n;
-    std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(g_first), n, std::uint8_t{0});
+    std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(g_first), n, kUnmapped);
     mapped_ -= n;
     for (std::size_t i = first; i <= last; ++i) cache_.clear(i);
   }
@@ -300,13 +390,13 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
   };
   const std::size_t n_full = sp.full_end - sp.full_begin;
   std::size_t fresh = n_full;
-  std::size_t to_map = static_cast<std::size_t>(
+  std::size_t to_map = n_full - static_cast<std::size_t>(
       std::count(ar.mapped.begin() + static_cast<std::ptrdiff_t>(sp.full_begin),
-                 ar.mapped.begin() + static_cast<std::ptrdiff_t>(sp.full_end), std::uint8_t{0}));
+                 ar.mapped.begin() + static_cast<std::ptrdiff_t>(sp.full_end), kMapped));
   boundary([&](std::size_t g) {
     if (ar.occupancy[g] != 0) return;
     ++fresh;
-    if (!ar.mapped[g]) ++to_map;
+    if (ar.mapped[g] != kMapped) ++to_map;
   });
   if (limit_bytes != 0 && (mapped_ + to_map) * granule_bytes_ > limit_bytes) {
     // Cached granules outside this block may go to make room, but the limit decides.
@@ -319,7 +409,7 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
   // Quarantined ones too: the same arena (stream) reuses them, which stream order makes safe.
   const auto claim = [&] {
     boundary([&](std::size_t g) {
-      if (ar.occupancy[g] == 0 && ar.mapped[g]) {
+      if (ar.occupancy[g] == 0 && ar.mapped[g] == kMapped) {
         cache_.clear(key(a, g));
         quarantined_.clear(key(a, g));
       }
@@ -349,22 +439,54 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
     advance_fences(/*record=*/true);  // quarantined granules whose streams are done may go
   }
   trim_to(target, to_map);
-  if (limit_bytes != 0 && (mapped_ + to_map) * granule_bytes_ > limit_bytes) {
+  // Still above the target: the physical memory of this arena's quarantined granules can move
+  // here at once (same stream), their old addresses retiring until their fences complete.
+  std::size_t alias_budget =
+      alias_ok_ && !ar.quarantine.empty() && mapped_ + to_map > target
+          ? std::min(to_map, mapped_ + to_map - target)
+          : 0;
+  if (limit_bytes != 0 && (mapped_ + to_map - alias_budget) * granule_bytes_ > limit_bytes) {
     // At the limit, memory must go back now: wait for the quarantined granules' streams.
-    wait_for_quarantine(mapped_ + to_map - limit_bytes / granule_bytes_);
+    wait_for_quarantine(mapped_ + to_map - alias_budget - limit_bytes / granule_bytes_);
     trim_to(target, to_map);
   }
-  // Map the missing runs; undo everything on a device failure.
+  // An address still retiring cannot be mapped over: unmapped once its stream has passed it
+  // (a fence that completed), else after a wait.
+  const auto retiring_inside = [&] {
+    return std::any_of(ar.mapped.begin() + static_cast<std::ptrdiff_t>(sp.first),
+                       ar.mapped.begin() + static_cast<std::ptrdiff_t>(sp.last + 1),
+                       [](std::uint8_t m) { return m == kRetiring; });
+  };
+  if (!ar.retiring.empty() && retiring_inside()) {
+    advance_fences(/*record=*/true);
+    if (retiring_inside()) drain_arena(a);
+  }
+  // Map the missing runs (aliases first, within the budget); undo everything on a failure.
   bool ok = true;
   std::size_t g = sp.first;
   std::vector<std::pair<std::size_t, std::size_t>> mapped_runs;
+  std::vector<Alias> aliases;
   while (ok && g <= sp.last) {
-    if (ar.mapped[g]) {
+    if (ar.mapped[g] == kMapped) {
       ++g;
       continue;
     }
     std::size_t n = 1;
-    while (g + n <= sp.last && !ar.mapped[g + n]) ++n;
+    while (g + n <= sp.last && ar.mapped[g + n] != kMapped) ++n;
+    while (alias_budget != 0 && n != 0) {
+      Alias al;
+      if (!alias_run(a, g, std::min(n, alias_budget), &al)) break;
+      aliases.push_back(al);
+      alias_budget -= al.n;
+      g += al.n;
+      n -= al.n;
+    }
+    if (n == 0) continue;
+    if (limit_bytes != 0 && (mapped_ + n) * granule_bytes_ > limit_bytes) {
+      // Fewer aliases than hoped: the rest must fit under the limit by waiting.
+      wait_for_quarantine(mapped_ + n - limit_bytes / granule_bytes_);
+      trim_to(limit_bytes / granule_bytes_, n);
+    }
     ok = map_run(ar, g, n);
     if (ok) mapped_runs.emplace_back(g, n);
     g += n;
@@ -375,12 +497,13 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
                       n * granule_bytes_);
       ++unmap_calls_;
       granules_unmapped_total_ += n;
-      std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(first), n, std::uint8_t{0});
+      std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(first), n, kUnmapped);
       mapped_ -= n;
     }
+    for (const Alias& al : aliases) undo_alias(a, al);
     // The claimed granules go back to the cache; quarantined again, since some may have been.
     for (std::size_t h = sp.first; h <= sp.last; ++h) {
-      if (ar.occupancy[h] == 0 && ar.mapped[h]) quarantine(a, h, h);
+      if (ar.occupancy[h] == 0 && ar.mapped[h] == kMapped) quarantine(a, h, h);
     }
     return false;
   }
@@ -409,6 +532,10 @@ void TemporalGranules::release(std::size_t a, std::uintptr_t addr, std::size_t b
     emptied = true;
   }
   if (!emptied) return;
+  if (!unsafe_unmap_ && now_events_ - ar.last_fence_events >= kFenceIntervalEvents) {
+    fence(a);
+    ar.last_fence_events = now_events_;
+  }
   const std::size_t m = mark();
   if (mapped_ > m && cache_.count() < mapped_ - m && !quarantined_.empty()) {
     advance_fences(/*record=*/true);
@@ -423,22 +550,19 @@ void TemporalGranules::release_all_cached() {
 
 void TemporalGranules::unmap_arena(std::size_t a) {
   ArenaGranules& ar = arenas_[a];
-  if (!ar.fences.empty() || ar.dirty) {  // teardown: the stream's work must be done first
-    ++waits_;
-    backend_->synchronize_stream(ar.stream);
-    for (const Fence& f : ar.fences) spare_events_.push_back(f.event);
-    ar.fences.clear();
-    ar.dirty = false;
-  }
+  // Teardown: the stream's work must be done first (this unmaps retiring addresses too).
+  if (!ar.fences.empty() || ar.dirty || !ar.retiring.empty()) drain_arena(a);
   for (std::size_t g = 0; g < ar.mapped.size(); ++g) {
-    if (!ar.mapped[g]) continue;
+    if (ar.mapped[g] == kUnmapped) continue;
     std::size_t n = 1;
-    while (g + n < ar.mapped.size() && ar.mapped[g + n]) ++n;
+    while (g + n < ar.mapped.size() && ar.mapped[g + n] != kUnmapped) ++n;
     backend_->unmap(reinterpret_cast<void*>(ar.base + g * granule_bytes_), n * granule_bytes_);
     ++unmap_calls_;
     granules_unmapped_total_ += n;
-    std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(g), n, std::uint8_t{0});
-    mapped_ -= n;
+    mapped_ -= static_cast<std::size_t>(
+        std::count(ar.mapped.begin() + static_cast<std::ptrdiff_t>(g),
+                   ar.mapped.begin() + static_cast<std::ptrdiff_t>(g + n), kMapped));
+    std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(g), n, kUnmapped);
     for (std::size_t h = g; h < g + n; ++h) {
       cache_.clear(key(a, h));
       quarantined_.clear(key(a, h));

@@ -136,6 +136,23 @@ class TemporalGranules {
   // Host waits made to give memory back (synchronize on a fence or a stream), and fences.
   std::uint64_t waits() const noexcept { return waits_; }
   std::uint64_t fences_recorded() const noexcept { return fences_recorded_; }
+  // Runs of granules whose memory moved within an arena by map_alias instead of waiting.
+  std::uint64_t aliases() const noexcept { return aliases_; }
+  // Address ranges that started retiring (not to be placed on until unmapped) and retiring
+  // ranges since unmapped (free for placement again), since the last call: (arena, addr,
+  // bytes) each. The pool keeps its free ranges in step with them.
+  struct RetiringChange {
+    std::size_t arena = 0;
+    std::uintptr_t addr = 0;
+    std::size_t bytes = 0;
+    bool retiring = false;  // true: started retiring; false: unmapped
+  };
+  bool has_retiring_changes() const noexcept { return !retiring_changes_.empty(); }
+  std::vector<RetiringChange> take_retiring_changes() {
+    std::vector<RetiringChange> out;
+    out.swap(retiring_changes_);
+    return out;
+  }
   std::uint64_t map_calls() const noexcept { return map_calls_; }
   std::uint64_t unmap_calls() const noexcept { return unmap_calls_; }
   // Granules mapped / unmapped over the pool's life (a call may cover a run of granules; the
@@ -143,13 +160,16 @@ class TemporalGranules {
   std::uint64_t granules_mapped_total() const noexcept { return granules_mapped_total_; }
   std::uint64_t granules_unmapped_total() const noexcept { return granules_unmapped_total_; }
   std::size_t granule_bytes() const noexcept { return granule_bytes_; }
-  bool is_mapped(std::size_t a, std::size_t granule) const { return arenas_[a].mapped[granule]; }
+  // Mapped to memory of its own (not retiring).
+  bool is_mapped(std::size_t a, std::size_t granule) const {
+    return arenas_[a].mapped[granule] == 1;
+  }
   // Whether every granule under [addr, addr+bytes) of arena `a` is mapped.
   bool all_mapped(std::size_t a, std::uintptr_t addr, std::size_t bytes) const {
     const ArenaGranules& ar = arenas_[a];
     const std::size_t g1 = granule_of(addr + bytes - 1 - ar.base);
     for (std::size_t g = granule_of(addr - ar.base); g <= g1; ++g) {
-      if (!ar.mapped[g]) return false;
+      if (ar.mapped[g] != 1) return false;
     }
     return true;
   }
@@ -178,8 +198,18 @@ class TemporalGranules {
     ZeroedArray<std::uint32_t> cached_gen;  // generation in which each granule was quarantined
     std::uint32_t open_gen = 1;   // generation stamped on granules quarantined now
     bool dirty = false;           // granules of open_gen exist (no fence covers them yet)
+    std::uint64_t last_fence_events = 0;  // tick of the last fence a free recorded
     std::deque<Fence> fences;     // in flight, oldest first
     std::deque<Quarantined> quarantine;  // oldest first; entries may be stale (reclaimed)
+    // Addresses whose physical memory moved to an alias (map_alias), unmapped once the fence
+    // of `gen` completes; oldest first.
+    std::deque<Quarantined> retiring;
+  };
+  struct Alias {  // granules [g, g+n) now reach the memory of [donor, donor+n)
+    std::size_t g = 0;
+    std::size_t donor = 0;
+    std::size_t n = 0;
+    std::uint32_t gen = 0;
   };
   std::size_t key(std::size_t a, std::size_t g) const noexcept { return arenas_[a].offset + g; }
   // The granules under a block: [first, last], of which [full_begin, full_end) are fully
@@ -205,6 +235,15 @@ class TemporalGranules {
   void advance_fences(bool record);
   // Makes quarantined granules of an arena up to generation `gen` trimmable.
   void release_quarantine(ArenaGranules& ar, std::uint32_t gen);
+  // Generation `gen` of the arena is complete: its quarantine is trimmable, its retiring
+  // addresses are unmapped.
+  void fence_done(ArenaGranules& ar, std::uint32_t gen);
+  // Waits for arena `a`'s stream and completes all its generations (counted in waits_).
+  void drain_arena(std::size_t a);
+  // Maps at granules [g, g+n) of arena `a` (n <= max_n) the memory of quarantined granules of
+  // the same arena, which start retiring. False when none or the backend refuses.
+  bool alias_run(std::size_t a, std::size_t g, std::size_t max_n, Alias* out);
+  void undo_alias(std::size_t a, const Alias& al);
   // Waits for fences (oldest first) until at least `granules` more are trimmable, or all are.
   void wait_for_quarantine(std::size_t granules);
   device::Event take_event();
@@ -229,11 +268,15 @@ class TemporalGranules {
   std::vector<device::Event> spare_events_;
   std::uint64_t waits_ = 0;
   std::uint64_t fences_recorded_ = 0;
+  std::uint64_t aliases_ = 0;
+  bool alias_ok_ = true;  // the backend supports map_alias (until it says otherwise)
+  std::vector<RetiringChange> retiring_changes_;
   std::size_t mapped_ = 0;
   std::size_t needed_ = 0;
   std::size_t window_peak_ = 0;       // peak of needed_ in the current window
   std::size_t prev_window_peak_ = 0;  // and in the previous one
   std::uint64_t window_start_events_ = 0;
+  std::uint64_t now_events_ = 0;  // the last tick() seen
   std::uint64_t map_calls_ = 0;
   std::uint64_t unmap_calls_ = 0;
   std::uint64_t granules_mapped_total_ = 0;

@@ -186,13 +186,16 @@ void* TemporalPool::allocate(std::size_t bytes, device::Stream stream, const All
   bool ok = arena != nullptr &&
             ((options_.reassign && place_promised(*arena, region, rounded, &addr)) ||
              place(*arena, region, rounded, &addr, &placed_region));
+  if (granules_.has_retiring_changes()) sync_retiring();
   if (!ok) {
     // Free everything cached (waiting for pending blocks) and try once more.
     ++stats_.num_alloc_retries;
     process_pending(/*wait=*/true);
     granules_.release_all_cached();
+    if (granules_.has_retiring_changes()) sync_retiring();
     if (arena == nullptr) arena = arena_for(stream);
     ok = arena != nullptr && place(*arena, region, rounded, &addr, &placed_region);
+    if (granules_.has_retiring_changes()) sync_retiring();
   }
   if (!ok) {
     ++stats_.num_ooms;
@@ -249,10 +252,28 @@ FreeResult TemporalPool::deallocate(void* ptr, std::uint64_t now_events) {
   return FreeResult::kOk;
 }
 
+void TemporalPool::sync_retiring() {
+  for (const TemporalGranules::RetiringChange& c : granules_.take_retiring_changes()) {
+    Arena* arena = nullptr;
+    for (auto& a : arenas_) {
+      if (a->granule_index == c.arena) arena = a.get();
+    }
+    if (arena == nullptr) continue;
+    ArenaFreeRanges& free = arena->regions[(c.addr - arena->base) / region_va_bytes_];
+    if (!c.retiring) {
+      free.insert(c.addr, c.bytes);
+      continue;
+    }
+    ArenaFreeRanges::Range r;
+    if (free.containing(c.addr, c.bytes, &r)) free.carve_at(r, c.addr, c.bytes);
+  }
+}
+
 void TemporalPool::release_range(std::uintptr_t addr, const Block& b) {
   Arena& arena = *arenas_[b.arena];
   arena.regions[b.region].insert(addr, b.bytes);
   granules_.release(arena.granule_index, addr, b.bytes);
+  if (granules_.has_retiring_changes()) sync_retiring();
   stats_.active.front().decrease(1);
   stats_.active_bytes.front().decrease(static_cast<std::int64_t>(b.bytes));
 }
@@ -306,6 +327,7 @@ void TemporalPool::empty_cache() {
   if (fallback_) return fallback_->empty_cache();
   process_pending(/*wait=*/false);
   granules_.release_all_cached();
+  if (granules_.has_retiring_changes()) sync_retiring();
   sync_reserved();
 }
 

@@ -107,6 +107,7 @@ class TemporalPool final : public Pool {
   // Host waits made to give memory back, and fences recorded (TemporalGranules).
   std::uint64_t device_waits() const noexcept { return granules_.waits(); }
   std::uint64_t fences_recorded() const noexcept { return granules_.fences_recorded(); }
+  std::uint64_t aliases() const noexcept { return granules_.aliases(); }
   std::size_t granule_bytes() const noexcept { return granules_.granule_bytes(); }
   std::uint64_t promised_placements() const noexcept { return promised_placements_; }
   const TemporalReassignQueue& reassign_queue() const noexcept { return reassign_; }
@@ -163,6 +164,9 @@ class TemporalPool final : public Pool {
   // The slot promised by the re-assignment queue, when one fits and is still free and mapped.
   bool place_promised(Arena& arena, std::size_t region, std::size_t bytes, std::uintptr_t* addr);
   void release_range(std::uintptr_t addr, const Block& block);
+  // Keeps the regions' free ranges in step with retiring addresses (TemporalGranules): an
+  // address whose memory moved to an alias is not placed on until it is unmapped.
+  void sync_retiring();
   void process_pending(bool wait);
   device::Event take_event();
   void sync_reserved() noexcept;

@@ -206,7 +206,52 @@ Status SimBackend::unmap(void* addr, std::size_t bytes) {
     mprotect(addr, bytes, PROT_NONE);
   }
   std::fill(r->mapped.begin() + first, r->mapped.begin() + first + n, false);
-  uncharge(bytes);
+  // Physical memory goes back with its last mapping (map_alias shares it between addresses).
+  std::size_t freed = bytes;
+  const std::size_t g = options_.granule_bytes;
+  for (std::size_t i = 0; !aliased_.empty() && i < n; ++i) {
+    auto it = aliased_.find(reinterpret_cast<std::uintptr_t>(addr) + i * g);
+    if (it == aliased_.end()) continue;
+    auto ref = phys_refs_.find(it->second);
+    if (--ref->second != 0) {
+      freed -= g;
+    } else {
+      phys_refs_.erase(ref);
+    }
+    aliased_.erase(it);
+  }
+  uncharge(freed);
+  return Status::kOk;
+}
+
+Status SimBackend::map_alias(void* addr, const void* from, std::size_t bytes) {
+  std::lock_guard lock(mu_);
+  std::size_t first = 0;
+  std::size_t from_first = 0;
+  Range* r = find_range(addr, bytes, &first);
+  Range* fr = find_range(const_cast<void*>(from), bytes, &from_first);
+  if (!r || !fr) return fail(Status::kInvalid, "map_alias outside a reserved range or not granule-aligned");
+  const std::size_t n = bytes / options_.granule_bytes;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (r->mapped[first + i]) return fail(Status::kInvalid, "map_alias onto a mapped granule");
+    if (!fr->mapped[from_first + i]) return fail(Status::kInvalid, "map_alias from an unmapped granule");
+  }
+  if (take_fault(reserve_fault_)) return fail(Status::kOutOfMemory, "injected map failure");
+  if (options_.backing && mprotect(addr, bytes, PROT_READ | PROT_WRITE) != 0) {
+    return fail(Status::kError, "mprotect failed while mapping");
+  }
+  const std::size_t g = options_.granule_bytes;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uintptr_t src = reinterpret_cast<std::uintptr_t>(from) + i * g;
+    auto [it, inserted] = aliased_.try_emplace(src, next_phys_);
+    if (inserted) {
+      phys_refs_[next_phys_++] = 1;
+    }
+    ++phys_refs_[it->second];
+    aliased_[reinterpret_cast<std::uintptr_t>(addr) + i * g] = it->second;
+  }
+  std::fill(r->mapped.begin() + first, r->mapped.begin() + first + n, true);
+  ++counters_.reserve_calls;  // a device call (cuMemMap), but no new physical memory
   return Status::kOk;
 }
 

@@ -30,6 +30,9 @@
 // `release` (cudaFree) synchronises the device first, as cudaFree does, and counts that wait.
 // Every host wait (synchronize_*, and release's implicit one) is counted in `waits`.
 //
+// map_alias maps the physical memory of mapped granules at a second address (cuMemMap of the
+// same handle); it counts against capacity once and goes back with its last mapping.
+//
 // Faults: fail the Nth reserve/map, the Nth copy, or the Nth pinned allocation from now.
 //
 // Thread-safe: one mutex guards all state.
@@ -101,6 +104,7 @@ class SimBackend final : public Backend {
   Status va_release(void* base, std::size_t bytes) override;
   Status map(void* addr, std::size_t bytes) override;
   Status unmap(void* addr, std::size_t bytes) override;
+  Status map_alias(void* addr, const void* from, std::size_t bytes) override;
 
   Status create_stream(Stream* out) override;
   Status destroy_stream(Stream s) override;
@@ -192,6 +196,10 @@ class SimBackend final : public Backend {
   std::uint64_t copy_fault_ = 0;
   std::uint64_t pinned_fault_ = 0;
   std::unordered_map<std::uint64_t, Busy> busy_;  // granule index -> work in flight
+  // Granules whose physical memory map_alias shares: address -> physical id -> mappings.
+  std::unordered_map<std::uintptr_t, std::uint64_t> aliased_;
+  std::unordered_map<std::uint64_t, std::uint32_t> phys_refs_;
+  std::uint64_t next_phys_ = 1;
   std::size_t busy_prune_at_ = 4096;
   std::vector<SimFault> fault_log_;
 };
