@@ -19,7 +19,12 @@ if not hasattr(_C, "replay"):  # pragma: no cover
 from timeshare import replay  # noqa: E402
 from timeshare.snapshot import EVENT_DTYPE, OP_ALLOC, OP_FREE  # noqa: E402
 
-SHARED_TOOLS = Path("/work/shared/tools")
+# shared/ lies beside the repository (in CI beside the fresh clone).
+_ROOT = Path(__file__).resolve().parents[2]
+SHARED = next((p for p in (_ROOT.parent / "shared", Path("/work/shared")) if p.is_dir()), _ROOT)
+SHARED_TOOLS = SHARED / "tools"
+GPU_TRACES = SHARED / "traces-gpu"
+SHIPPED = _ROOT / "python" / "timeshare" / "traces"
 KIB = 1 << 10
 MIB = 1 << 20
 
@@ -203,3 +208,73 @@ def test_cli_unreadable_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert replay.main([str(bad)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot read trace" in err[0]
+
+
+def _gpu_traces() -> list[Path]:
+    found = sorted(GPU_TRACES.glob("*.pkl.gz"))
+    if not found:
+        pytest.skip("shared/traces-gpu not available")
+    return found
+
+
+@pytest.mark.parametrize("which", ["shipped", "gpu"])
+def test_no_policy_faults_on_real_traces(which: str) -> None:
+    """The strict sim: no policy unmaps memory that queued work still uses."""
+    paths = [SHIPPED / "resnet18.pkl.gz", SHIPPED / "bert_mlm.pkl.gz"]
+    doc = replay.replay_paths(
+        [str(p) for p in (paths if which == "shipped" else _gpu_traces())], replay.DEFAULT_POLICIES
+    )
+    for t in doc["traces"]:
+        for policy, r in t["policies"].items():
+            assert r["device_faults"] == 0, (t["name"], policy, r.get("first_fault"))
+            assert r["device_waits"] >= 0
+
+
+def test_unsafe_unmap_makes_the_detector_fire_on_real_traces() -> None:
+    """unsafe_unmap (immediate unmapping, the behaviour before the fix) faults on real traces;
+    without work in flight (the permissive model the sim had before) nothing is seen."""
+    paths = [str(p) for p in _gpu_traces()] + [str(SHIPPED / "bert_mlm.pkl.gz")]
+    unsafe = replay.replay_paths(paths, ["timeshare"], {"conf": "unsafe_unmap:true"})
+    faults = {t["name"]: t["policies"]["timeshare"]["device_faults"] for t in unsafe["traces"]}
+    assert all(n > 0 for n in faults.values()), faults
+    first = unsafe["traces"][0]["policies"]["timeshare"]["first_fault"]
+    assert first.startswith("unmap of granule 0x") and "while stream" in first
+    blind = replay.replay_paths(
+        paths, ["timeshare"], {"conf": "unsafe_unmap:true", "gpu_lag_events": 0}
+    )
+    assert all(t["policies"]["timeshare"]["device_faults"] == 0 for t in blind["traces"])
+
+
+def test_cli_conf_reaches_the_timeshare_policies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    snap = str(SHIPPED / "resnet18.pkl.gz")
+    out = tmp_path / "c.json"
+    argv = [snap, "--policy", "torch,timeshare", "--json", str(out), "--quiet"]
+    assert replay.main([*argv, "--conf", "predictor:constant"]) == 0
+    const = json.loads(out.read_text())["traces"][0]["policies"]
+    assert replay.main(argv) == 0
+    default = json.loads(out.read_text())["traces"][0]["policies"]
+    assert const["torch"]["peak_reserved_bytes"] == default["torch"]["peak_reserved_bytes"]
+    assert const["timeshare"]["lifespan_within_2x"] < default["timeshare"]["lifespan_within_2x"]
+    # A budget from the conf caps the timeshare pool.
+    assert replay.main([*argv, "--conf", "budget:160MiB"]) == 0
+    capped = json.loads(out.read_text())["traces"][0]["policies"]["timeshare"]
+    assert capped["peak_reserved_bytes"] <= 160 * MIB
+    assert capped["device_faults"] == 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--conf", "unsafe_unmap:maybe", "."], "--conf"),
+        (["--conf", "no_such_key:1", "."], "no_such_key"),
+        (["--gpu-lag-events", "-1", "."], "--gpu-lag-events"),
+    ],
+)
+def test_cli_bad_conf_is_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert replay.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
