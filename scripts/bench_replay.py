@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Replays every shipped trace through every policy and writes docs/benchmarks.md + docs/replay.png.
 
-usage: python scripts/bench_replay.py [--out-dir docs] [--json OUT.json] [PATH...]
+usage: python scripts/bench_replay.py [--out-dir docs] [--json OUT.json] [--gpu-traces DIR] [PATH...]
 
 Every replay figure in docs/benchmarks.md comes from this script (sections that other scripts
 write, marked by an HTML comment naming them, are kept): ratios are against the ``torch``
@@ -37,6 +37,8 @@ from timeshare.replay import (  # noqa: E402
 __all__ = ["main", "render_markdown"]
 
 RERUN = "python scripts/bench_replay.py"
+# The real GPU snapshots (held out), in shared/ beside the repository.
+GPU_TRACES = ROOT.parent / "shared" / "traces-gpu"
 
 TORCH_MODEL = """\
 The `torch` and `torch-expandable` policies are `timeshare::pool::CachingPool`
@@ -121,7 +123,9 @@ def render_baselines(doc: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(doc: dict[str, Any], plot_name: str,
-                    baselines: dict[str, Any] | None = None) -> str:
+                    baselines: dict[str, Any] | None = None,
+                    gpu_doc: dict[str, Any] | None = None,
+                    unsafe: dict[str, Any] | None = None) -> str:
     """The benchmark page for a replay document (see ``timeshare.replay.replay_paths``)."""
     lines = [
         "# Replay benchmarks",
@@ -132,11 +136,68 @@ def render_markdown(doc: dict[str, Any], plot_name: str,
         "Each shipped trace (`python/timeshare/traces/`) is replayed event by event through the",
         "real C++ pools on a simulated device with fake addresses. *frag* = peak reserved / peak",
         "live (1.0 is the physical limit); *vs torch* = peak reserved / the `torch` policy's, same",
-        "run; *calls* = device reserve/map calls; ns/event and Mevents/s time the event loop only.",
+        "run; *calls* = device reserve/map calls; *waits* = host synchronisations the pool made",
+        "to give memory back; *faults* = device faults the strict sim counted (unmapping memory",
+        "that queued work still used: must be 0; see *Work in flight* below); ns/event and",
+        "Mevents/s time the event loop only.",
         "",
-        "| trace | events | peak live | policy | peak reserved | frag | vs torch | calls "
-        "| ns/event | Mevents/s | within 2x | warm | log2 MAE |",
-        "| --- | ---: | ---: | --- |" + " ---: |" * 9,
+        *summary_lines(doc),
+        "",
+        *table_lines(doc),
+    ]
+    if gpu_doc:
+        lines += [
+            "",
+            "## Real GPU snapshots (held out)",
+            "",
+            "Two `torch.cuda.memory._snapshot()` pickles recorded by other people's GPU training",
+            "runs (`shared/traces-gpu/`, licences beside them): no choice of the policies was",
+            "tuned on them.",
+            "",
+            *summary_lines(gpu_doc),
+            "",
+            *table_lines(gpu_doc),
+        ]
+    if unsafe:
+        lines += ["", *render_safety(doc, gpu_doc, unsafe)]
+    lines += ["", "## Throughput (all traces together)", ""]
+    lines += ["| policy | events | Mevents/s |", "| --- | ---: | ---: |"]
+    for p in doc["policies"]:
+        ev = sum(t["events"] for t in doc["traces"])
+        ns = sum(t["policies"][p]["loop_ns"] for t in doc["traces"])
+        lines.append(f"| `{p}` | {ev:,} | {ev / ns * 1e3 if ns else 0:.2f} |")
+    lines += [
+        "",
+        "`oracle` is an offline planner, not an allocator: its time is planning time "
+        "(greedy by size over an interval index), shown per event for comparison only.",
+        "",
+        f"![reserved bytes per policy over each trace]({plot_name})",
+        "",
+        "## Rerun",
+        "",
+        "```",
+        RERUN,
+        "python -m timeshare replay --ablation --json out.json --plot out.png   # same figures",
+        "python -m timeshare replay --policy timeshare --conf unsafe_unmap:true  # the detector",
+        "```",
+        "",
+        *(render_baselines(baselines) if baselines else []),
+        "## What the `torch` policy models",
+        "",
+        TORCH_MODEL,
+        "## How the predictor is trained during replay",
+        "",
+        PREDICTOR_TRAINING,
+    ]
+    return "\n".join(lines)
+
+
+def table_lines(doc: dict[str, Any]) -> list[str]:
+    """The per-trace, per-policy table."""
+    lines = [
+        "| trace | events | peak live | policy | peak reserved | frag | vs torch | calls | waits "
+        "| faults | ns/event | Mevents/s | within 2x | warm | log2 MAE |",
+        "| --- | ---: | ---: | --- |" + " ---: |" * 11,
     ]
     for t in doc["traces"]:
         pols = t["policies"]
@@ -158,40 +219,76 @@ def render_markdown(doc: dict[str, Any], plot_name: str,
                 f"{r['fragmentation']:.3f}",
                 _ratio(r["peak_reserved_bytes"], ref),
                 str(r["device_reserve_calls"]),
+                str(r.get("device_waits", 0)),
+                str(r.get("device_faults", 0)),
                 f"{r['ns_per_event']:.0f}",
                 f"{r['mevents_per_second']:.2f}",
                 *pred,
             ]
             lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "## Throughput (all traces together)", ""]
-    lines += ["| policy | events | Mevents/s |", "| --- | ---: | ---: |"]
-    for p in doc["policies"]:
-        ev = sum(t["events"] for t in doc["traces"])
-        ns = sum(t["policies"][p]["loop_ns"] for t in doc["traces"])
-        lines.append(f"| `{p}` | {ev:,} | {ev / ns * 1e3 if ns else 0:.2f} |")
-    lines += [
-        "",
-        "`oracle` is an offline planner, not an allocator: its time is planning time "
-        "(greedy by size over an interval index), shown per event for comparison only.",
-        "",
-        f"![reserved bytes per policy over each trace]({plot_name})",
-        "",
-        "## Rerun",
-        "",
-        "```",
-        RERUN,
-        "python -m timeshare replay --ablation --json out.json --plot out.png   # same figures",
-        "```",
-        "",
-        *(render_baselines(baselines) if baselines else []),
-        "## What the `torch` policy models",
-        "",
-        TORCH_MODEL,
-        "## How the predictor is trained during replay",
-        "",
-        PREDICTOR_TRAINING,
+    return lines
+
+
+def summary_lines(doc: dict[str, Any]) -> list[str]:
+    """Computed verdicts: timeshare's fragmentation against torch's, the median, faults."""
+    frags, worse, faults = [], [], 0
+    for t in doc["traces"]:
+        pols = t["policies"]
+        faults += sum(r.get("device_faults", 0) for r in pols.values())
+        if "timeshare" not in pols:
+            continue
+        f = pols["timeshare"]["fragmentation"]
+        frags.append(f)
+        for ref in ("torch", "torch-expandable"):
+            if ref in pols and f >= pols[ref]["fragmentation"]:
+                worse.append(f"{t['name']} (`{ref}` {pols[ref]['fragmentation']:.3f})")
+    if not frags:
+        return []
+    frags.sort()
+    mid = len(frags) // 2
+    median = frags[mid] if len(frags) % 2 else (frags[mid - 1] + frags[mid]) / 2
+    return [
+        f"**timeshare** fragmentation: median {median:.3f} over {len(frags)} traces "
+        f"(min {frags[0]:.3f}, max {frags[-1]:.3f}); "
+        + ("below `torch` and `torch-expandable` on every trace" if not worse
+           else "not below on " + ", ".join(worse))
+        + f"; device faults, all policies: {faults}."
     ]
-    return "\n".join(lines)
+
+
+SAFETY = """The sim models work in flight (`device/sim/sim_backend.h`, `trace/replayer.h`): each block is
+used by work on its stream from its allocation to its free, and the work queued by the time of
+the free completes when the host reaches the event 128 allocator events later (that event's
+`time_us`): the GPU runs a launch queue behind the host. Unmapping memory before that work is
+done is a device fault (on a GPU, an illegal-address error that kills the context, or silent
+corruption). `unsafe_unmap:true` restores the temporal pool's behaviour before the fix (a
+granule unmapped as soon as its last block was freed) as a test of the detector. The fixed
+pool quarantines emptied granules until a fence on their stream completes, and moves memory
+between regions of one stream's arena with `map_alias` (same physical memory at the new
+address at once, the old address unmapped after its fence), so safety costs neither waits nor,
+mostly, memory; *frag* and *calls* side by side show what it costs.
+"""
+
+
+def render_safety(doc: dict[str, Any], gpu_doc: dict[str, Any] | None,
+                  unsafe: dict[str, Any]) -> list[str]:
+    """The detector and the cost of safety: timeshare with and without unsafe_unmap."""
+    lines = ["## Work in flight: the detector and the cost of safety", "", SAFETY,
+             "| trace | frag | frag, unsafe | calls | calls, unsafe | waits | faults, unsafe |",
+             "| --- |" + " ---: |" * 6]
+    safe = {t["name"]: t["policies"]["timeshare"]
+            for d in (doc, gpu_doc) if d for t in d["traces"] if "timeshare" in t["policies"]}
+    for t in unsafe["traces"]:
+        u = t["policies"]["timeshare"]
+        r = safe.get(t["name"])
+        if r is None:
+            continue
+        lines.append(
+            f"| {t['name']} | {r['fragmentation']:.3f} | {u['fragmentation']:.3f} "
+            f"| {r['device_reserve_calls']} | {u['device_reserve_calls']} "
+            f"| {r.get('device_waits', 0)} | {u.get('device_faults', 0)} |"
+        )
+    return lines + [""]
 
 
 KEEP_FROM = "<!-- bench_"
@@ -203,10 +300,20 @@ def main(argv: list[str]) -> int:
     p.add_argument("paths", nargs="*", help="traces (default: the shipped ones)")
     p.add_argument("--out-dir", default=str(ROOT / "docs"))
     p.add_argument("--json", help="also write the replay JSON here")
+    p.add_argument("--gpu-traces", default=str(GPU_TRACES),
+                   help="real GPU snapshots replayed as a held-out set (default: %(default)s)")
     args = p.parse_args(argv)
     known = set(_C.policies())
     policies = [x for x in (*DEFAULT_POLICIES, *ABLATION_POLICIES) if x in known]
     doc = replay_paths(args.paths, policies, {"timeline_points": 1500}, progress=True)
+    gpu = sorted(Path(args.gpu_traces).glob("*.pkl*")) if args.gpu_traces else []
+    gpu_doc = (replay_paths([str(x) for x in gpu], list(DEFAULT_POLICIES),
+                            {"timeline_points": 2}, progress=True) if gpu else None)
+    unsafe_options: dict[str, Any] = {"timeline_points": 2, "conf": "unsafe_unmap:true"}
+    unsafe = replay_paths(args.paths, ["timeshare"], unsafe_options, progress=True)
+    if gpu:
+        unsafe["traces"] += replay_paths([str(x) for x in gpu], ["timeshare"], unsafe_options,
+                                         progress=True)["traces"]
     others = ["timeshare", *(x for x in _C.policies() if x.startswith("timeshare+"))]
     baselines = replay_paths(args.paths, others, {"timeline_points": 2}, progress=True)
     out = Path(args.out_dir)
@@ -217,7 +324,7 @@ def main(argv: list[str]) -> int:
     # comment naming their script; they are kept as they are.
     old = md.read_text() if md.exists() else ""
     keep = old[old.index(KEEP_FROM):] if KEEP_FROM in old else ""
-    md.write_text(render_markdown(doc, "replay.png", baselines) + "\n" +
+    md.write_text(render_markdown(doc, "replay.png", baselines, gpu_doc, unsafe) + "\n" +
                   (f"\n{keep}" if keep else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
