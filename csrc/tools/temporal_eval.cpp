@@ -8,7 +8,8 @@
 //          (default all)  --seed N
 //          --iterations N (synthetic)  --window-events N  --slack-granules N  --slack-permille N  --trim-oldest  --classes N  --class-base N  --class-ratio N  --no-borrow  --fit-candidates N  --detail  --dump
 //          --borrow-distance N  --borrow-down N  --longer-first  --reassign  --lowest-of K
-//          --fit-max-ratio N (0 = any size)
+//          --fit-max-ratio N (0 = any size)  --unsafe-unmap (detector test)
+//          --gpu-lag-events N (work in flight, default 128; 0 = none)
 //          --repeat N (timing: best of N replays, default 3)
 //
 // Lifespans are computed offline: the number of ticks (allocs + frees) between an allocation
@@ -43,6 +44,7 @@
 #include "timeshare/pool/temporal_pool.h"
 #include "timeshare/trace/events.h"
 #include "timeshare/trace/oracle_planner.h"
+#include "timeshare/trace/replayer.h"
 
 namespace ts = timeshare;
 using ts::trace::Event;
@@ -56,6 +58,8 @@ constexpr std::size_t kAlignBytes = 512;
 bool g_detail = false;  // --detail: print region usage at the peak (slows the replay)
 bool g_dump = false;    // --dump: with --detail, every live block at the peak
 const std::vector<std::uint64_t>* g_truth = nullptr;
+// --gpu-lag-events N: the replay's work-in-flight model (0 = none)
+std::uint64_t g_gpu_lag_events = ts::trace::kDefaultGpuLagEvents;
 
 // ---- synthetic training-like traces ---------------------------------------------------------
 
@@ -261,6 +265,9 @@ class TimedBackend final : public ts::device::Backend {
   ts::device::Status unmap(void* a, std::size_t b) override {
     return timed([&] { return sim_.unmap(a, b); });
   }
+  ts::device::Status map_alias(void* a, const void* from, std::size_t b) override {
+    return timed([&] { return sim_.map_alias(a, from, b); });
+  }
   ts::device::Status create_stream(ts::device::Stream* s) override { return sim_.create_stream(s); }
   ts::device::Status destroy_stream(ts::device::Stream s) override { return sim_.destroy_stream(s); }
   ts::device::Status create_event(ts::device::Event* e) override { return sim_.create_event(e); }
@@ -315,6 +322,8 @@ struct Result {
   double ns_per_event = 0;
   double device_ns_per_event = 0;  // of which inside device calls (sim map/unmap/reserve)
   std::size_t ooms = 0;
+  std::uint64_t device_faults = 0;  // the strict sim's (trace/replayer.h: work in flight)
+  std::uint64_t device_waits = 0;
 };
 
 std::size_t peak_live(const std::vector<Event>& ev) {
@@ -351,14 +360,17 @@ Result replay(const std::vector<Event>& ev, std::size_t allocs, const std::strin
   std::vector<ts::pool::TemporalPool::RegionUsage> detail;
   std::vector<ts::pool::TemporalPool::LiveBlockInfo> dump;
   std::vector<void*> ptr(allocs, nullptr);
+  ts::trace::InFlightModel in_flight(ev.data(), ev.size(), g_gpu_lag_events, &sim);
   const auto t0 = std::chrono::steady_clock::now();
   for (std::size_t i = 0; i < ev.size(); ++i) {
     const Event& e = ev[i];
+    in_flight.before_event(i);
     if (e.op == Op::kAlloc) {
       const std::uint64_t p = prediction.empty() ? 0 : prediction[e.id];
       ptr[e.id] = pool.allocate(e.bytes, e.stream, {i, p, e.id});
       if (!ptr[e.id]) ++r.ooms;
     } else if (ptr[e.id]) {
+      in_flight.before_free(i, e.stream, ptr[e.id], e.bytes);
       pool.deallocate(ptr[e.id], i);
     }
     if (g_detail && policy == "temporal") {
@@ -390,6 +402,8 @@ Result replay(const std::vector<Event>& ev, std::size_t allocs, const std::strin
   r.peak_reserved_bytes = static_cast<std::size_t>(pool.stats().reserved_bytes[0].peak);
   r.device_alloc = pool.stats().num_device_alloc;
   r.device_free = pool.stats().num_device_free;
+  r.device_faults = sim.counters().device_faults;
+  r.device_waits = sim.counters().waits;
   if (policy == "temporal") {
     const auto& tp = static_cast<const ts::pool::TemporalPool&>(pool);
     r.granules_mapped = tp.granules_mapped_total();
@@ -475,6 +489,8 @@ int main(int argc, char** argv) {
     else if (a == "--borrow-down") o.borrow_down_max_distance = std::stoull(next());
     else if (a == "--longer-first") o.borrow_longer_first = true;
     else if (a == "--reassign") o.reassign = true;
+    else if (a == "--unsafe-unmap") o.unsafe_unmap = true;
+    else if (a == "--gpu-lag-events") g_gpu_lag_events = std::stoull(next());
     else if (a == "--lowest-of") o.lowest_of_fits = std::stoull(next());
     else if (a == "--borrow-distance") o.borrow_max_distance = std::stoull(next());
     else if (a == "--fit-candidates") o.mapped_fit_candidates = std::stoull(next());
@@ -515,9 +531,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "no traces: pass .tsev files or --synthetic\n");
     return 2;
   }
-  std::printf("%-24s %-16s %8s %12s %7s %8s %9s %8s %8s  %s\n", "trace", "predictor", "events",
-              "peak_live", "frag", "dev_map", "dev_unmap", "ns/event", "dev_ns/ev",
-              "granules map/unmap");
+  std::printf("%-24s %-16s %8s %12s %7s %8s %9s %8s %8s  %-20s %6s %6s\n", "trace", "predictor",
+              "events", "peak_live", "frag", "dev_map", "dev_unmap", "ns/event", "dev_ns/ev",
+              "granules map/unmap", "waits", "faults");
   for (const auto& t : traces) {
     std::size_t allocs = 0;
     const std::string bad = ts::trace::validate(t.events.data(), t.events.size(), &allocs);
@@ -548,7 +564,8 @@ int main(int argc, char** argv) {
           r.device_ns_per_event = again.device_ns_per_event;
         }
       }
-      std::printf("%-24s %-16s %8zu %8.1f MiB %7.4f %8lld %9lld %8.1f %8.1f  %s%s\n", t.name.c_str(),
+      std::printf("%-24s %-16s %8zu %8.1f MiB %7.4f %8lld %9lld %8.1f %8.1f  %-20s %6llu %6llu%s\n",
+                  t.name.c_str(),
                   kind.c_str(), t.events.size(),
                   static_cast<double>(r.peak_live_bytes) / static_cast<double>(ts::kMiB),
                   static_cast<double>(r.peak_reserved_bytes) /
@@ -559,7 +576,8 @@ int main(int argc, char** argv) {
                             : (std::to_string(r.granules_mapped) + "/" +
                                std::to_string(r.granules_unmapped))
                                   .c_str(),
-                  r.ooms ? " OOM!" : "");
+                  static_cast<unsigned long long>(r.device_waits),
+                  static_cast<unsigned long long>(r.device_faults), r.ooms ? " OOM!" : "");
     }
     double setfit_best = setfit_ns_per_event(t.events, allocs);
     for (int k = 1; k < repeat; ++k) {

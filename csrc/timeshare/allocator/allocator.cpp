@@ -145,6 +145,11 @@ AllocatorCounters Allocator::counters() const {
   return counters_;
 }
 
+pool::ReleaseStats Allocator::release_stats() const {
+  std::lock_guard lock(mu_);
+  return pool_->release_stats();
+}
+
 void Allocator::reset_peak_stats() {
   std::lock_guard lock(mu_);
   pool_->reset_peak_stats();

@@ -64,6 +64,7 @@ class Allocator {
   DeviceStats stats() const;
   predict::PredictorStats predictor_stats() const;
   AllocatorCounters counters() const;
+  pool::ReleaseStats release_stats() const;
   void reset_peak_stats();
   void reset_accumulated_stats();
   std::string last_oom_message() const;

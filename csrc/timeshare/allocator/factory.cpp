@@ -1,5 +1,8 @@
 // Maps the user-facing Options onto the parts' own option structs.
+#include <string_view>
+
 #include "timeshare/allocator/allocator.h"
+#include "timeshare/common/log.h"
 #include "timeshare/pool/caching_pool.h"
 #include "timeshare/pool/temporal_pool.h"
 #include "timeshare/predict/async_predictor.h"
@@ -15,7 +18,14 @@ std::unique_ptr<pool::Pool> make_pool(const Options& options, device::Backend& b
     o.garbage_collection_threshold = options.garbage_collection_threshold;
     return std::make_unique<pool::CachingPool>(backend, o);
   }
-  return std::make_unique<pool::TemporalPool>(&backend, pool::TemporalPoolOptions{});
+  pool::TemporalPoolOptions to;
+  // The detector test only ever runs on the sim: a GPU would fault (illegal address).
+  to.unsafe_unmap = options.unsafe_unmap && std::string_view(backend.name()) == "sim";
+  if (options.unsafe_unmap && !to.unsafe_unmap) {
+    log().warn("unsafe_unmap is a test of the sim's fault detector; ignored on the {} backend",
+               backend.name());
+  }
+  return std::make_unique<pool::TemporalPool>(&backend, to);
 }
 
 std::unique_ptr<predict::LifespanPredictor> make_predictor_for(const Options& options,

@@ -34,6 +34,16 @@ struct AllocHint {
 
 enum class FreeResult : std::uint8_t { kOk, kUnknownPointer };
 
+// How a pool gives memory back without unmapping it under running kernels (see
+// temporal_granules.h): host waits it made, fences recorded, runs of memory moved within a
+// stream's arena (map_alias), and bytes mapped but waiting for their stream (quarantined).
+struct ReleaseStats {
+  std::uint64_t device_waits = 0;
+  std::uint64_t fences = 0;
+  std::uint64_t aliases = 0;
+  std::size_t quarantined_bytes = 0;
+};
+
 class Pool {
  public:
   virtual ~Pool() = default;
@@ -60,6 +70,7 @@ class Pool {
   virtual std::size_t block_size(void* ptr) const = 0;
 
   virtual const DeviceStats& stats() const noexcept = 0;
+  virtual ReleaseStats release_stats() const noexcept { return {}; }
   virtual void reset_peak_stats() noexcept = 0;
   virtual void reset_accumulated_stats() noexcept = 0;
 

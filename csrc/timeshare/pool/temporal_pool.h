@@ -86,6 +86,10 @@ class TemporalPool final : public Pool {
   void empty_cache() override;
   std::size_t block_size(void* ptr) const override;
   const DeviceStats& stats() const noexcept override;
+  ReleaseStats release_stats() const noexcept override {
+    return {granules_.waits(), granules_.fences_recorded(), granules_.aliases(),
+            granules_.quarantined_granules() * granules_.granule_bytes()};
+  }
   void reset_peak_stats() noexcept override;
   void reset_accumulated_stats() noexcept override;
   void set_limit_bytes(std::size_t bytes) noexcept override;

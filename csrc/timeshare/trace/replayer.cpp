@@ -144,6 +144,36 @@ PredictionFigures score_predictions(const Event* events, std::size_t n,
   return f;
 }
 
+// ---- work in flight ---------------------------------------------------------------------------
+
+InFlightModel::InFlightModel(const Event* events, std::size_t n, std::uint64_t gpu_lag_events,
+                             device::SimBackend* backend)
+    : backend_(gpu_lag_events != 0 ? backend : nullptr), lag_events_(gpu_lag_events) {
+  if (backend_ == nullptr) return;
+  time_ns_.resize(n);
+  std::uint64_t t = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    t = std::max<std::uint64_t>(t, events[i].time_us * 1000);
+    time_ns_[i] = t;
+  }
+}
+
+void InFlightModel::before_event(std::size_t i) {
+  if (backend_ == nullptr) return;
+  const std::uint64_t now = backend_->now_ns();
+  if (now > time_ns_[i] + host_delay_ns_) host_delay_ns_ = now - time_ns_[i];
+  backend_->set_now(time_ns_[i] + host_delay_ns_);
+}
+
+void InFlightModel::before_free(std::size_t i, std::uint32_t stream, const void* ptr,
+                                std::size_t bytes) {
+  if (backend_ == nullptr) return;
+  // The work queued on its stream by now completes gpu_lag_events later.
+  const std::size_t j = std::min<std::size_t>(i + lag_events_, time_ns_.size() - 1);
+  backend_->touch(static_cast<device::Stream>(stream), ptr, bytes,
+                  time_ns_[j] + host_delay_ns_ + kTouchSlackNs);
+}
+
 // ---- the replay loop ------------------------------------------------------------------------
 
 ReplayResult replay(const Event* events, std::size_t n, pool::Pool& pool,
@@ -163,24 +193,13 @@ ReplayResult replay(const Event* events, std::size_t n, pool::Pool& pool,
   const DeviceStats& stats = pool.stats();
   std::uint64_t live = 0;
   std::uint64_t peak_live = 0;
-  // Work in flight: trace times made monotonic, in ns; the host's delay from the pool's waits.
-  const bool in_flight = backend != nullptr && options.gpu_lag_events != 0;
-  std::vector<std::uint64_t> time_ns(in_flight ? n : 0);
-  for (std::size_t i = 0, t = 0; in_flight && i < n; ++i) {
-    t = std::max<std::uint64_t>(t, events[i].time_us * 1000);
-    time_ns[i] = t;
-  }
-  std::uint64_t host_delay_ns = 0;
+  InFlightModel in_flight(events, n, options.gpu_lag_events, backend);
 
   const auto start = std::chrono::steady_clock::now();
   for (std::size_t i = 0; i < n; ++i) {
     const Event& e = events[i];
     const auto stream = static_cast<device::Stream>(e.stream);
-    if (in_flight) {
-      const std::uint64_t now = backend->now_ns();
-      if (now > time_ns[i] + host_delay_ns) host_delay_ns = now - time_ns[i];
-      backend->set_now(time_ns[i] + host_delay_ns);
-    }
+    in_flight.before_event(i);
     if (e.op == Op::kAlloc) {
       pool::AllocHint hint;
       hint.now_events = i;
@@ -208,12 +227,10 @@ ReplayResult replay(const Event* events, std::size_t n, pool::Pool& pool,
       if (p == nullptr && e.bytes > 0) {
         ++r.skipped_frees;
       } else {
-        if (p && in_flight) {
-          // The work queued on its stream by now completes gpu_lag_events later.
-          const std::size_t j = std::min<std::size_t>(i + options.gpu_lag_events, n - 1);
-          backend->touch(stream, p, e.bytes, time_ns[j] + host_delay_ns + kTouchSlackNs);
+        if (p) {
+          in_flight.before_free(i, e.stream, p, e.bytes);
+          pool.deallocate(p, i);
         }
-        if (p) pool.deallocate(p, i);
         live -= e.bytes;
       }
       if (predictor) predictor->on_free({e.id, i, e.time_us});

@@ -135,6 +135,23 @@ std::uint64_t peak_live_bytes(const Event* events, std::size_t n);
 std::uint64_t warm_start_from_iterations(const std::vector<std::uint64_t>& iteration_starts,
                                          std::size_t n);
 
+// The work-in-flight model above, over a trace and a sim backend (replays and tools share it).
+// Call before_event(i) at each event, then before_free(i, ...) just before a free reaches the
+// pool. Without a backend, or with gpu_lag_events == 0, it does nothing.
+class InFlightModel {
+ public:
+  InFlightModel(const Event* events, std::size_t n, std::uint64_t gpu_lag_events,
+                device::SimBackend* backend);
+  void before_event(std::size_t i);
+  void before_free(std::size_t i, std::uint32_t stream, const void* ptr, std::size_t bytes);
+
+ private:
+  device::SimBackend* backend_;
+  std::uint64_t lag_events_;
+  std::vector<std::uint64_t> time_ns_;  // trace times, monotonic, in ns
+  std::uint64_t host_delay_ns_ = 0;     // how far the pool's waits put the host behind
+};
+
 // Replays `events` (which must be valid) through `pool`. `backend` (may be null) is the sim
 // backend under the pool, for its counters; `predictor` may be null (no hints are given).
 ReplayResult replay(const Event* events, std::size_t n, pool::Pool& pool,
