@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "timeshare/device/sim/sim_backend.h"
@@ -278,4 +279,34 @@ TEST_CASE("temporal: memory moves to another region of the same stream without a
   CHECK(sim.counters().device_faults == 0);
   CHECK(sim.counters().reserved_bytes == 8 * kMiB);
   REQUIRE(pool.deallocate(param, 5) == FreeResult::kOk);
+}
+
+TEST_CASE("pools: a block used on another stream (record_stream) is released only after both",
+          "[temporal][caching_pool][in_flight]") {
+  for (int kind = 0; kind < 3; ++kind) {
+    SimBackend sim(sim_of(kGiB));
+    std::unique_ptr<Pool> pool;
+    if (kind == 0) {
+      pool = std::make_unique<TemporalPool>(&sim);
+    } else {
+      CachingPoolOptions o;
+      o.expandable_segments = kind == 2;
+      pool = std::make_unique<CachingPool>(sim, o);
+    }
+    INFO("pool " << pool->name() << " kind " << kind);
+    void* a = pool->allocate(24 * kMiB, 1, {0, 10, 0});
+    REQUIRE(a);
+    pool->record_stream(a, kSide);
+    sim.touch(kSide, a, 24 * kMiB, sim.now_ns() + 300 * kUs);  // the side stream reads it
+    free_in_flight(sim, *pool, a, 24 * kMiB, 1, 50 * kUs, 1);
+    // Pressure from a third stream, then everything cached goes back.
+    void* b = pool->allocate(24 * kMiB, 9, {2, 10, 1});
+    REQUIRE(b);
+    pool->empty_cache();
+    CHECK(sim.counters().device_faults == 0);
+    sim.advance(kGiB);
+    REQUIRE(pool->deallocate(b, 3) == FreeResult::kOk);
+    pool->empty_cache();
+    CHECK(sim.counters().device_faults == 0);
+  }
 }
