@@ -54,7 +54,7 @@ std::size_t caching_segment_size(std::size_t rounded_bytes) noexcept {
 }
 
 CachingPool::CachingPool(device::Backend& backend, CachingPoolOptions options)
-    : backend_(backend), options_(std::move(options)) {
+    : backend_(backend), options_(std::move(options)), events_(backend) {
   stats_.max_split_size = static_cast<std::int64_t>(options_.max_split_size_bytes);
   live_.reserve(4096);
 }
@@ -63,7 +63,6 @@ CachingPool::~CachingPool() {
   for (auto& [stream, queue] : pending_events_) {
     for (const PendingEvent& pe : queue) backend_.destroy_event(pe.event);
   }
-  for (device::Event e : spare_events_) backend_.destroy_event(e);
   // Give every plain segment back (whatever is still live: the pool is going away).
   for (const SegmentInfo& seg : snapshot()) {
     if (!seg.is_expandable) backend_.release(reinterpret_cast<void*>(seg.addr), seg.total_bytes);
@@ -288,29 +287,18 @@ std::size_t CachingPool::try_merge_blocks(Block* dst, Block* src, BlockPool& poo
 
 // ---- stream events ----------------------------------------------------------------------------
 
-device::Event CachingPool::take_event() {
-  if (!spare_events_.empty()) {
-    const device::Event e = spare_events_.back();
-    spare_events_.pop_back();
-    return e;
-  }
-  device::Event e = device::kNoEvent;
-  if (backend_.create_event(&e) != device::Status::kOk) return device::kNoEvent;
-  return e;
-}
-
 void CachingPool::insert_events(Block* block) {
   std::vector<device::Stream> streams = std::move(block->stream_uses);
   block->stream_uses.clear();
   for (device::Stream s : streams) {
-    const device::Event e = take_event();
+    const device::Event e = events_.take();
     if (e != device::kNoEvent && backend_.record(e, s) == device::Status::kOk) {
       ++block->event_count;
       pending_events_[s].push_back({e, block});
       continue;
     }
     // No event to be had: wait for the stream here rather than risk an early reuse.
-    if (e != device::kNoEvent) spare_events_.push_back(e);
+    events_.give(e);
     backend_.synchronize_stream(s);
   }
   if (block->event_count == 0) free_block(block);
@@ -323,7 +311,7 @@ void CachingPool::process_events() {
       const PendingEvent pe = queue.front();
       if (!backend_.query(pe.event)) break;  // later events on this stream are later still
       queue.pop_front();
-      spare_events_.push_back(pe.event);
+      events_.give(pe.event);
       if (--pe.block->event_count == 0) free_block(pe.block);
     }
     it = queue.empty() ? pending_events_.erase(it) : std::next(it);
@@ -335,7 +323,7 @@ void CachingPool::synchronize_and_free_events() {
   for (auto& [stream, queue] : pending_events_) {
     for (const PendingEvent& pe : queue) {
       backend_.synchronize_event(pe.event);
-      spare_events_.push_back(pe.event);
+      events_.give(pe.event);
       if (--pe.block->event_count == 0) free_block(pe.block);
     }
   }

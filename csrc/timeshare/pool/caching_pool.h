@@ -70,6 +70,7 @@
 #include "timeshare/device/backend.h"
 #include "timeshare/pool/block.h"
 #include "timeshare/pool/expandable_segment.h"
+#include "timeshare/pool/event_pool.h"
 #include "timeshare/pool/pool.h"
 
 namespace timeshare::pool {
@@ -187,7 +188,6 @@ class CachingPool final : public Pool {
   void insert_events(Block* block);
   void process_events();
   void synchronize_and_free_events();
-  device::Event take_event();
 
   // Segments: release whole plain segments; expandable map/unmap.
   void release_block(Block* block);
@@ -219,7 +219,7 @@ class CachingPool final : public Pool {
   BlockPool large_blocks_{false};
   std::unordered_map<std::uintptr_t, Block*> live_;  // allocated blocks by address
   std::map<device::Stream, std::deque<PendingEvent>> pending_events_;
-  std::vector<device::Event> spare_events_;
+  EventPool events_;
   std::vector<std::unique_ptr<ExpandableSegment>> expandable_segments_;
   DeviceStats stats_;
   std::size_t total_reserved_bytes_ = 0;  // torch's total_allocated_memory

@@ -59,7 +59,8 @@ TemporalGranules::TemporalGranules(device::Backend* backend, std::size_t granule
       slack_granules_(slack_granules),
       slack_permille_(slack_permille),
       trim_oldest_first_(trim_oldest_first),
-      unsafe_unmap_(unsafe_unmap) {
+      unsafe_unmap_(unsafe_unmap),
+      events_(*backend) {
   if (std::has_single_bit(granule_bytes_)) {
     granule_shift_ = static_cast<unsigned>(std::countr_zero(granule_bytes_));
   }
@@ -67,9 +68,8 @@ TemporalGranules::TemporalGranules(device::Backend* backend, std::size_t granule
 
 TemporalGranules::~TemporalGranules() {
   for (ArenaGranules& ar : arenas_) {
-    for (const Fence& f : ar.fences) backend_->destroy_event(f.event);
+    for (const Fence& f : ar.fences) events_.give(f.event);  // destroyed with events_
   }
-  for (device::Event e : spare_events_) backend_->destroy_event(e);
 }
 
 std::size_t TemporalGranules::add_arena(std::uintptr_t base, std::size_t granules,
@@ -136,15 +136,14 @@ bool TemporalGranules::pick_oldest(std::size_t* key) {
   return false;
 }
 
-device::Event TemporalGranules::take_event() {
-  if (!spare_events_.empty()) {
-    const device::Event e = spare_events_.back();
-    spare_events_.pop_back();
-    return e;
+std::uint32_t TemporalGranules::poll_fences(ArenaGranules& ar) {
+  std::uint32_t done = 0;
+  while (!ar.fences.empty() && backend_->query(ar.fences.front().event)) {
+    done = ar.fences.front().gen;
+    events_.give(ar.fences.front().event);
+    ar.fences.pop_front();
   }
-  device::Event e = device::kNoEvent;
-  if (backend_->create_event(&e) != device::Status::kOk) return device::kNoEvent;
-  return e;
+  return done;
 }
 
 void TemporalGranules::quarantine(std::size_t a, std::size_t first, std::size_t last) {
@@ -195,10 +194,10 @@ void TemporalGranules::release_quarantine(ArenaGranules& ar, std::uint32_t gen) 
 void TemporalGranules::fence(std::size_t a) {
   ArenaGranules& ar = arenas_[a];
   if (!ar.dirty || ar.fences.size() >= kMaxFencesPerArena) return;
-  const device::Event e = take_event();
+  const device::Event e = events_.take();
   if (e == device::kNoEvent || backend_->record(e, ar.stream) != device::Status::kOk) {
     // No fence to be had: wait for the stream here rather than ever unmap under its work.
-    if (e != device::kNoEvent) spare_events_.push_back(e);
+    events_.give(e);
     drain_arena(a);
     return;
   }
@@ -212,7 +211,7 @@ void TemporalGranules::drain_arena(std::size_t a) {
   ArenaGranules& ar = arenas_[a];
   ++waits_;
   if (backend_->synchronize_stream(ar.stream) != device::Status::kOk) return;  // stays as is
-  for (const Fence& f : ar.fences) spare_events_.push_back(f.event);
+  for (const Fence& f : ar.fences) events_.give(f.event);
   ar.fences.clear();
   fence_done(ar, ar.open_gen);
   ++ar.open_gen;
@@ -300,13 +299,7 @@ void TemporalGranules::advance_fences(bool record) {
   for (std::size_t a = 0; a < arenas_.size(); ++a) {
     ArenaGranules& ar = arenas_[a];
     if (record) fence(a);
-    std::uint32_t done = 0;
-    while (!ar.fences.empty() && backend_->query(ar.fences.front().event)) {
-      done = ar.fences.front().gen;
-      spare_events_.push_back(ar.fences.front().event);
-      ar.fences.pop_front();
-    }
-    if (done != 0) fence_done(ar, done);
+    if (const std::uint32_t done = poll_fences(ar); done != 0) fence_done(ar, done);
   }
 }
 
@@ -324,13 +317,7 @@ void TemporalGranules::wait_for_quarantine(std::size_t granules) {
     }
     ++waits_;
     backend_->synchronize_event(ar.fences.back().event);
-    std::uint32_t done = 0;
-    while (!ar.fences.empty() && backend_->query(ar.fences.front().event)) {
-      done = ar.fences.front().gen;
-      spare_events_.push_back(ar.fences.front().event);
-      ar.fences.pop_front();
-    }
-    if (done != 0) fence_done(ar, done);
+    if (const std::uint32_t done = poll_fences(ar); done != 0) fence_done(ar, done);
   }
 }
 

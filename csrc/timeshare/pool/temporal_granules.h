@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "timeshare/device/backend.h"
+#include "timeshare/pool/event_pool.h"
 #include "timeshare/pool/temporal_bit_index.h"
 
 namespace timeshare::pool {
@@ -246,7 +247,9 @@ class TemporalGranules {
   void undo_alias(std::size_t a, const Alias& al);
   // Waits for fences (oldest first) until at least `granules` more are trimmable, or all are.
   void wait_for_quarantine(std::size_t granules);
-  device::Event take_event();
+  // Pops the completed fences of an arena (oldest first); returns the newest generation they
+  // completed (0: none).
+  std::uint32_t poll_fences(ArenaGranules& ar);
 
   device::Backend* backend_;
   std::size_t granule_bytes_;
@@ -265,7 +268,7 @@ class TemporalGranules {
   TemporalBitIndex cache_;        // key(arena, granule) of trimmable cached granules
   TemporalBitIndex quarantined_;  // key(arena, granule) of cached granules not yet fenced
   bool unsafe_unmap_;
-  std::vector<device::Event> spare_events_;
+  EventPool events_;
   std::uint64_t waits_ = 0;
   std::uint64_t fences_recorded_ = 0;
   std::uint64_t aliases_ = 0;

@@ -44,7 +44,8 @@ TemporalPool::TemporalPool(device::Backend* backend, TemporalPoolOptions options
                 options.slack_granules, options.slack_permille, options.trim_oldest_first,
                 options.unsafe_unmap),
       reassign_(options.reassign_min_bytes, options.reassign_horizon_events,
-                options.reassign_max_promises) {
+                options.reassign_max_promises),
+      events_(*backend) {
   if (!backend->supports_virtual_memory()) fallback_ = std::make_unique<CachingPool>(*backend);
 }
 
@@ -54,7 +55,6 @@ TemporalPool::~TemporalPool() {
     granules_.unmap_arena(a->granule_index);
     backend_->va_release(reinterpret_cast<void*>(a->base), a->va_bytes);
   }
-  for (device::Event e : spare_events_) backend_->destroy_event(e);
 }
 
 TemporalPool::Arena* TemporalPool::arena_for(device::Stream stream) {
@@ -232,10 +232,10 @@ FreeResult TemporalPool::deallocate(void* ptr, std::uint64_t now_events) {
     Pending p;
     p.addr = reinterpret_cast<std::uintptr_t>(ptr);
     for (device::Stream s : b.other_streams) {
-      device::Event e = take_event();
+      device::Event e = events_.take();
       if (e == device::kNoEvent || backend_->record(e, s) != device::Status::kOk) {
         // Without an event the only safe choice is to wait for the stream now.
-        if (e != device::kNoEvent) spare_events_.push_back(e);
+        events_.give(e);
         backend_->synchronize_stream(s);
         continue;
       }
@@ -294,22 +294,11 @@ void TemporalPool::process_pending(bool wait) {
       if (!wait) return;
       continue;
     }
-    for (device::Event e : p.events) spare_events_.push_back(e);
+    for (device::Event e : p.events) events_.give(e);
     release_range(p.addr, p.block);
     pending_.pop_front();
   }
   sync_reserved();
-}
-
-device::Event TemporalPool::take_event() {
-  if (!spare_events_.empty()) {
-    device::Event e = spare_events_.back();
-    spare_events_.pop_back();
-    return e;
-  }
-  device::Event e = device::kNoEvent;
-  if (backend_->create_event(&e) != device::Status::kOk) return device::kNoEvent;
-  return e;
 }
 
 void TemporalPool::record_stream(void* ptr, device::Stream stream) {

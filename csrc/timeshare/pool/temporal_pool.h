@@ -62,6 +62,7 @@
 #include <vector>
 
 #include "timeshare/pool/arena_free_ranges.h"
+#include "timeshare/pool/event_pool.h"
 #include "timeshare/pool/pool.h"
 #include "timeshare/pool/temporal_granules.h"
 #include "timeshare/pool/temporal_live_map.h"
@@ -172,7 +173,6 @@ class TemporalPool final : public Pool {
   // address whose memory moved to an alias is not placed on until it is unmapped.
   void sync_retiring();
   void process_pending(bool wait);
-  device::Event take_event();
   void sync_reserved() noexcept;
   void count_block(const Block& b, bool add) noexcept;
 
@@ -185,7 +185,7 @@ class TemporalPool final : public Pool {
   TemporalLiveMap<Block> live_;
   std::deque<Pending> pending_;
   TemporalReassignQueue reassign_;
-  std::vector<device::Event> spare_events_;
+  EventPool events_;
   std::size_t limit_bytes_ = 0;
   std::uint64_t now_events_ = 0;
   std::uint64_t promised_placements_ = 0;
