@@ -171,8 +171,9 @@ def test_python_configure_sets_the_budget_the_library_enforces(python_env: dict[
 
 
 def test_make_room_callback_fires_from_the_library_malloc(python_env: dict[str, str]) -> None:
+    # Options through the C ABI, so that the only path under test is the callback's.
     out = ok(run("""
-        configure_like_enable(backend="sim", budget="64MiB", spill="none")
+        configure_through_c("backend:sim,budget:64MiB,spill:none")
         ptrs = in_threads(malloc, [(16 * MiB,)] * 3)
         calls = []
         def make_room(device, nbytes):
