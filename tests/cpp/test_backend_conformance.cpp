@@ -194,6 +194,28 @@ TEMPLATE_LIST_TEST_CASE("conformance: mapped memory holds data, and unmapping on
   f.check_clean();
 }
 
+TEMPLATE_LIST_TEST_CASE("conformance: map_alias shares physical memory, counted once",
+                        "[conformance]", Backends) {
+  TestType f(Capacity{.device_bytes = 8 * kMiB});
+  Backend& b = f.backend();
+  void* base = nullptr;
+  REQUIRE(b.va_reserve(16 * kMiB, &base) == Status::kOk);
+  auto* p = static_cast<char*>(base);
+  char* q = p + 8 * kMiB;
+  REQUIRE(b.map(p, 4 * kMiB) == Status::kOk);
+  REQUIRE(b.map_alias(q, p, 4 * kMiB) == Status::kOk);
+  CHECK(b.mem_info().free_bytes == 4 * kMiB);  // one physical copy
+  CHECK(b.map_alias(q, p, 2 * kMiB) == Status::kInvalid);                      // onto mapped
+  CHECK(b.map_alias(p + 12 * kMiB, p + 4 * kMiB, 2 * kMiB) == Status::kInvalid);  // from unmapped
+  CHECK(b.map_alias(p + 5 * kMiB, p, 2 * kMiB) == Status::kInvalid);           // misaligned
+  REQUIRE(b.unmap(p, 4 * kMiB) == Status::kOk);
+  CHECK(b.mem_info().free_bytes == 4 * kMiB);  // still mapped at q
+  REQUIRE(b.unmap(q, 4 * kMiB) == Status::kOk);
+  CHECK(b.mem_info().free_bytes == 8 * kMiB);  // gone with its last mapping
+  REQUIRE(b.va_release(base, 16 * kMiB) == Status::kOk);
+  f.check_clean();
+}
+
 TEMPLATE_LIST_TEST_CASE("conformance: out of memory at physical allocation", "[conformance]",
                         Backends) {
   TestType f;

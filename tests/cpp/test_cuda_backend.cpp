@@ -322,6 +322,47 @@ TEST_CASE("cuda: an unmap that cannot complete unmaps nothing", "[cuda]") {
   check_violations();
 }
 
+TEST_CASE("cuda: map_alias reaches the same memory at a second address", "[cuda]") {
+  FakeDriver fake(2);
+  auto b = cuda(0);
+  auto peer = cuda(1);
+  void* base = nullptr;
+  REQUIRE(b->va_reserve(16 * kMiB, &base) == Status::kOk);
+  auto* p = static_cast<char*>(base);
+  char* q = p + 8 * kMiB;
+  REQUIRE(b->map(p, 4 * kMiB) == Status::kOk);
+  std::vector<unsigned char> in(4 * kMiB, 0x3d);
+  std::vector<unsigned char> out(4 * kMiB, 0);
+  REQUIRE(b->copy_async(p, in.data(), in.size(), CopyKind::kHostToDevice, kDefaultStream) ==
+          Status::kOk);
+  REQUIRE(b->synchronize_device() == Status::kOk);
+  SECTION("a failed cuMemMap maps nothing at the new address and keeps the old") {
+    fakecuda_fail_after("cuMemMap", 1, CUDA_ERROR_UNKNOWN);
+    CHECK(b->map_alias(q, p, 4 * kMiB) == Status::kError);
+    CHECK(b->last_error().find("cuMemMap") != std::string::npos);
+    CHECK(fakecuda_mapped_bytes(0) == 4 * kMiB);
+    CHECK(fakecuda_live_handles() == 2);
+  }
+  SECTION("the alias holds the data, for the owner and its peers, after the old address goes") {
+    REQUIRE(b->map_alias(q, p, 4 * kMiB) == Status::kOk);
+    CHECK(fakecuda_access_mask(q) == 0b11u);
+    CHECK(fakecuda_used_bytes(0) == 4 * kMiB);
+    REQUIRE(b->unmap(p, 4 * kMiB) == Status::kOk);
+    CHECK(fakecuda_live_handles() == 2);  // still mapped at q
+    REQUIRE(peer->copy_async(out.data(), q, out.size(), CopyKind::kDeviceToHost, kDefaultStream) ==
+            Status::kOk);
+    REQUIRE(peer->synchronize_device() == Status::kOk);
+    CHECK(out == in);
+    REQUIRE(b->unmap(q, 4 * kMiB) == Status::kOk);
+    CHECK(fakecuda_live_handles() == 0);
+    CHECK(fakecuda_used_bytes(0) == 0);
+  }
+  if (fakecuda_mapped_bytes(0) > 0) REQUIRE(b->unmap(p, 4 * kMiB) == Status::kOk);
+  REQUIRE(b->va_release(base, 16 * kMiB) == Status::kOk);
+  CHECK(fakecuda_live_handles() == 0);
+  check_violations();
+}
+
 TEST_CASE("cuda: a backend releases the primary context it retained", "[cuda]") {
   FakeDriver fake(2);
   {

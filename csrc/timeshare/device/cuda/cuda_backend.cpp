@@ -248,21 +248,46 @@ class CudaBackend final : public Backend {
         break;
       }
       handles_[base + done] = h;
+      mappings_[h] = 1;
     }
-    if (status == Status::kOk) {
-      // The owner and every peer that can reach this device read and write the range.
-      std::vector<CUmemAccessDesc> access(1 + peers_.size());
-      for (std::size_t i = 0; i < access.size(); ++i) {
-        access[i].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-        access[i].location.id = i == 0 ? dev_ : peers_[i - 1];
-        access[i].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-      }
-      status = check(d().cuMemSetAccess(base, bytes, access.data(), access.size()),
-                     "cuMemSetAccess");
-    }
+    if (status == Status::kOk) status = set_access(base, bytes);
     if (status != Status::kOk && done > 0) {
       const std::string why = t_last_error;  // the cause, not the clean-up
       unmap_locked(base, done);
+      t_last_error = why;
+    }
+    return status;
+  }
+
+  // Maps the physical handles now mapped at [from, from+bytes) at [addr, addr+bytes) too; each
+  // handle is released when its last mapping goes. All or nothing.
+  Status map_alias(void* addr, const void* from, std::size_t bytes) override {
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
+    const auto base = reinterpret_cast<CUdeviceptr>(addr);
+    const auto source = reinterpret_cast<CUdeviceptr>(from);
+    std::lock_guard lock(mu_);
+    if (Status s = check_range(base, bytes, /*mapped=*/false, "map_alias"); s != Status::kOk) {
+      return s;
+    }
+    if (Status s = check_range(source, bytes, /*mapped=*/true, "map_alias"); s != Status::kOk) {
+      return s;
+    }
+    std::size_t done = 0;
+    Status status = Status::kOk;
+    for (; done < bytes; done += granule_) {
+      const CUmemGenericAllocationHandle h = handles_.at(source + done);
+      if (status = check(d().cuMemMap(base + done, granule_, 0, h, 0), "cuMemMap");
+          status != Status::kOk) {
+        break;
+      }
+      handles_[base + done] = h;
+      ++mappings_[h];
+    }
+    if (status == Status::kOk) status = set_access(base, bytes);
+    if (status != Status::kOk && done > 0) {
+      const std::string why = t_last_error;
+      unmap_locked(base, done);  // the source keeps its mappings: no handle is released
       t_last_error = why;
     }
     return status;
@@ -429,8 +454,20 @@ class CudaBackend final : public Backend {
     return Status::kOk;
   }
 
-  // Unmaps and releases each granule of a checked range; a granule the driver fails to unmap
-  // stays mapped and known, so that a later unmap can retry it. mu_ held.
+  // Read and write access to a mapped range for the owner and every peer that can reach it.
+  Status set_access(CUdeviceptr base, std::size_t bytes) {
+    std::vector<CUmemAccessDesc> access(1 + peers_.size());
+    for (std::size_t i = 0; i < access.size(); ++i) {
+      access[i].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+      access[i].location.id = i == 0 ? dev_ : peers_[i - 1];
+      access[i].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    }
+    return check(d().cuMemSetAccess(base, bytes, access.data(), access.size()), "cuMemSetAccess");
+  }
+
+  // Unmaps each granule of a checked range and releases each handle whose last mapping it was;
+  // a granule the driver fails to unmap stays mapped and known, so that a later unmap can retry
+  // it. mu_ held.
   Status unmap_locked(CUdeviceptr base, std::size_t bytes) {
     Status status = Status::kOk;
     for (std::size_t off = 0; off < bytes; off += granule_) {
@@ -439,10 +476,11 @@ class CudaBackend final : public Backend {
         status = s;
         continue;
       }
-      if (Status s = check(d().cuMemRelease(it->second), "cuMemRelease"); s != Status::kOk) {
-        status = s;
-      }
+      const CUmemGenericAllocationHandle h = it->second;
       handles_.erase(it);
+      if (--mappings_[h] > 0) continue;  // still mapped at another address (map_alias)
+      mappings_.erase(h);
+      if (Status s = check(d().cuMemRelease(h), "cuMemRelease"); s != Status::kOk) status = s;
     }
     return status;
   }
@@ -472,6 +510,7 @@ class CudaBackend final : public Backend {
   std::mutex mu_;
   std::map<CUdeviceptr, std::size_t> ranges_;                     // va_reserve'd: base -> bytes
   std::map<CUdeviceptr, CUmemGenericAllocationHandle> handles_;  // mapped granule -> handle
+  std::unordered_map<CUmemGenericAllocationHandle, int> mappings_;  // handle -> addresses mapped
 };
 
 }  // namespace

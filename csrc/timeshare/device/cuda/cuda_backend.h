@@ -8,7 +8,8 @@
 // straight through. Virtual memory uses cuMemAddressReserve/cuMemCreate/cuMemMap/cuMemSetAccess
 // with one physical handle per granule, so any granule can be unmapped independently; mapped
 // memory is made readable and writable by the owning device and by every device for which
-// cuDeviceCanAccessPeer says yes (as PyTorch's expandable segments do). Every call makes the
+// cuDeviceCanAccessPeer says yes (as PyTorch's expandable segments do); map_alias maps the same
+// handles at a second address, and a handle is released with its last mapping. Every call makes the
 // device's primary context current for its duration and gives the calling thread back the
 // context it had (PyTorch's current device), so a free of a cuda:1 tensor leaves a thread on
 // device 0 where it was. A driver error is kOutOfMemory only when the driver said out of memory,
