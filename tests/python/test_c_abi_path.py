@@ -276,6 +276,20 @@ def test_noexcept_entry_points_swallow_failures(python_env: dict[str, str], entr
     assert r.stderr.count(logged) == 1, r.stderr
 
 
+def test_unknown_pointers_are_ignored_and_logged_once(python_env: dict[str, str]) -> None:
+    r = run("""
+        configure_through_c("backend:sim")
+        p = malloc(MiB)
+        bogus = p + 64 * MiB  # never handed out
+        in_threads(free, [(bogus, MiB)] * 5)
+        in_threads(lambda: lib.timeshare_record_stream(bogus, 3), [()] * 5)
+        say("allocated", stat("allocated_bytes.all.current"), stat("timeshare.c_api_errors"))
+        """, python_env)
+    assert f"allocated {MiB} 0" in ok(r)
+    assert r.stderr.count("timeshare_free: pointer") == 1, r.stderr
+    assert r.stderr.count("record_stream: pointer") == 1, r.stderr
+
+
 def test_debug_fault_names_are_checked(python_env: dict[str, str]) -> None:
     out = ok(run("""
         lib.timeshare_debug_fail_at.restype = ctypes.c_int

@@ -98,6 +98,17 @@ void guarded(Entry e, Body&& body) noexcept {
   }
 }
 
+// Pointers PyTorch hands back that no allocator knows: logged on the first and then every
+// kUnknownLogEvery-th occurrence, so a misbehaving caller cannot flood the log from a deleter.
+constexpr unsigned long long kUnknownLogEvery = 1000;
+std::atomic<unsigned long long> g_unknown_frees{0};
+std::atomic<unsigned long long> g_unknown_record_streams{0};
+
+bool log_this_unknown(std::atomic<unsigned long long>& counter, unsigned long long* n) {
+  *n = counter.fetch_add(1, std::memory_order_relaxed) + 1;
+  return (*n - 1) % kUnknownLogEvery == 0;
+}
+
 // ---- devices -------------------------------------------------------------------------------
 // The device count torch passed to init; -1 until then (standalone ctypes users, LibTorch
 // before its first CUDA call), when only the registry's own range check applies.
@@ -133,7 +144,11 @@ void timeshare_free(void* ptr, size_t, int device, void*) {
     registry::for_each([&](int d, Allocator& a) {
       if (!found && d != device && a.free(ptr)) found = true;
     });
-    if (!found) log().warn("timeshare_free: pointer {} (device {}) is not a timeshare block", ptr, device);
+    unsigned long long n = 0;
+    if (!found && log_this_unknown(g_unknown_frees, &n)) {
+      log().warn("timeshare_free: pointer {} (device {}) is not a timeshare block: ignored ({} so "
+                 "far)", ptr, device, n);
+    }
   });
 }
 
@@ -174,7 +189,10 @@ void timeshare_record_stream(void* ptr, void* stream) {
     registry::for_each([&](int, Allocator& a) {
       if (!found) found = a.record_stream(ptr, to_stream(stream));
     });
-    if (!found) log().warn("record_stream: pointer {} is not a timeshare block: ignored", ptr);
+    unsigned long long n = 0;
+    if (!found && log_this_unknown(g_unknown_record_streams, &n)) {
+      log().warn("record_stream: pointer {} is not a timeshare block: ignored ({} so far)", ptr, n);
+    }
   });
 }
 
