@@ -218,6 +218,26 @@ TEST_CASE("cuda: driver failures map to the right status, never out of memory by
   check_violations();
 }
 
+TEST_CASE("cuda: a failed cuMemAddressFree keeps the range; a failed cuMemGetInfo reports nothing",
+          "[cuda][faults]") {
+  FakeDriver fake(1);
+  auto b = cuda(0);
+  void* base = nullptr;
+  REQUIRE(b->va_reserve(4 * kMiB, &base) == Status::kOk);
+  fakecuda_fail_next("cuMemAddressFree", CUDA_ERROR_UNKNOWN);
+  CHECK(b->va_release(base, 4 * kMiB) == Status::kError);
+  CHECK(b->last_error().find("cuMemAddressFree") != std::string::npos);
+  CHECK(fakecuda_reservations() == 1);
+  REQUIRE(b->va_release(base, 4 * kMiB) == Status::kOk);  // still known: the retry frees it
+  CHECK(fakecuda_reservations() == 0);
+  fakecuda_fail_next("cuMemGetInfo_v2", CUDA_ERROR_UNKNOWN);
+  const MemInfo m = b->mem_info();
+  CHECK(m.total_bytes == 0);
+  CHECK(m.free_bytes == 0);
+  CHECK(b->last_error().find("cuMemGetInfo") != std::string::npos);
+  check_violations();
+}
+
 TEST_CASE("cuda: a sticky error is reported by later calls, and an event is then never complete",
           "[cuda][faults]") {
   FakeDriver fake(1);
