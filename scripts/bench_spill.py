@@ -25,7 +25,7 @@ asynchronous save-everything strategies, from real pack/unpack sequences.
      tensor goes out on a side stream at pack; at unpack it is copied back on demand and compute
      waits for that copy.
    - timeshare: the offload hooks' furthest-need-first plan (the real code,
-     timeshare.offload.offload._build_plan) against budget - look-ahead, spills at pack on the
+     timeshare._offload.offload._build_plan) against budget - look-ahead, spills at pack on the
      side stream; at every unpack, restores of the next needed start in need order within the
      look-ahead (PREFETCH_SHARE of the reference peak) or, when more, the room left under the
      budget; compute waits only for a restore not yet complete; an allocation
@@ -54,7 +54,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python"))  # the checkout (with the built .so files)
+try:
+    import timeshare  # noqa: F401  (installed, or on PYTHONPATH)
+except ImportError:
+    sys.path.insert(0, str(ROOT / "python"))  # a checkout with the built .so files
+
+from timeshare._offload import offload  # noqa: E402
 
 # H100 SXM figures (NVIDIA's data sheet: 989 TFLOP/s dense BF16, 3.35 TB/s HBM3), derated to
 # what training kernels reach: half the matmul peak, 70% of the memory bandwidth.
@@ -196,8 +201,6 @@ def record(factory: Any, make_input: Any, loss_fn: Any) -> tuple[list[dict[str, 
                                                                   int, int]:
     """One forward+backward on meta: per saved tensor bytes, spillable, pack/unpack times (s,
     modelled); the step's modelled time; parameter bytes; FLOPs."""
-    from timeshare.offload import offload
-
     torch.manual_seed(0)
     with torch.device("meta"):
         model = factory().to(torch.bfloat16)
@@ -320,13 +323,13 @@ def simulate(recs: list[dict[str, Any]], total: float, base: int, bw: float,
 
 
 def plan(recs: list[dict[str, Any]], base: int, budget: int) -> set[int]:
-    from timeshare.offload import offload
-
     o = offload(budget=max(budget, 1), min_spill=MIN_SPILL)
     o._prev = {i: [r["bytes"], int(r["pack"] * 1e9), int(r["unpack"] * 1e9), base,
                    int(r["spill"])] for i, r in enumerate(recs)}
     o._build_plan()
-    return set(o._plan)
+    chosen = set(o._plan)
+    o.close()
+    return chosen
 
 
 def main() -> None:
