@@ -8,6 +8,8 @@
 // CUDA backend (TIMESHARE_WITH_CUDA); the double counts every broken rule as a violation.
 #include <catch2/catch.hpp>
 
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -647,4 +649,44 @@ TEST_CASE("cuda: the pools never unmap or free memory that queued work still use
   CHECK(fakecuda_used_bytes(0) == 0);
   CHECK(fakecuda_live_handles() == 0);
   check_violations();
+}
+
+TEST_CASE("cuda: after a sticky error, waiting pools give up instead of spinning",
+          "[cuda][allocator][faults]") {
+  // A block used on a side stream is pending when the context dies: the teardown's wait (and
+  // a retry's) can never see its event complete. It must stop, keeping the block unreused.
+  const std::string conf = GENERATE(as<std::string>{}, "policy:timeshare", "policy:torch");
+  INFO(conf);
+  FakeDriver fake(1);
+  fakecuda_set_lazy(1);
+  auto r = parse_options(conf);
+  REQUIRE(r.options);
+  std::atomic<bool> finished{false};
+  std::thread body([&] {
+    {
+      Allocator a(*r.options, cuda(0));
+      Stream side = 0;
+      void* p = a.malloc(4 * kMiB, kDefaultStream);
+      if (p != nullptr && a.backend().create_stream(&side) == Status::kOk) {
+        fakecuda_launch(0, reinterpret_cast<CUstream>(side), p, 4 * kMiB, 1, CUDA_SUCCESS);
+        a.record_stream(p, side);
+        a.free(p);
+        fakecuda_set_sticky(0, CUDA_ERROR_ILLEGAL_ADDRESS);
+        a.empty_cache();
+        a.malloc(std::size_t{1} << 40, kDefaultStream);  // fails placement: the retry waits
+      }
+    }  // ~Allocator waits for the pending block too
+    finished = true;
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!finished && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (!finished) {
+    FAIL_CHECK("the pool spins on an event that can never complete");
+    body.detach();
+    std::_Exit(1);  // the spinning thread cannot be stopped
+  }
+  body.join();  // the teardown after empty_cache must return too
+  SUCCEED();
 }

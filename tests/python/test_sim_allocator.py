@@ -115,3 +115,22 @@ def test_budget_caps_reserved() -> None:
 def test_zero_size_is_null_without_error() -> None:
     a = _C.SimAllocator("")
     assert a.malloc(0) == 0
+
+
+def test_release_stats_keys_count_fences_and_quarantine() -> None:
+    """memory_stats' timeshare.release.* keys: a freed 8 MiB block's granules wait behind a
+    fence on their stream (quarantined) until it completes; nothing is waited for."""
+    a = _C.SimAllocator("backend:sim,sim_capacity:1GiB")
+    for _ in range(10):  # fences are recorded at most once per 16 allocator events
+        ptrs = [a.malloc(8 << 20) for _ in range(4)]
+        for p in ptrs:
+            assert a.free(p)
+    s = a.stats()
+    for k in ("device_waits", "fences", "aliases", "quarantined_bytes"):
+        assert f"timeshare.release.{k}" in s
+    assert s["timeshare.release.fences"] >= 1
+    assert s["timeshare.release.device_waits"] == 0
+    a.empty_cache()
+    s = a.stats()
+    assert s["timeshare.release.quarantined_bytes"] == 0
+    assert s["reserved_bytes.all.current"] == 0

@@ -304,30 +304,28 @@ void CachingPool::insert_events(Block* block) {
   if (block->event_count == 0) free_block(block);
 }
 
-void CachingPool::process_events() {
+void CachingPool::process_events() { reap_events(/*wait=*/false); }
+
+void CachingPool::synchronize_and_free_events() {
+  ++stats_.num_sync_all_streams;
+  reap_events(/*wait=*/true);
+}
+
+void CachingPool::reap_events(bool wait) {
   for (auto it = pending_events_.begin(); it != pending_events_.end();) {
     auto& queue = it->second;
     while (!queue.empty()) {
       const PendingEvent pe = queue.front();
-      if (!backend_.query(pe.event)) break;  // later events on this stream are later still
+      // A failed wait (a sticky device error) proves nothing: the block stays pending. Later
+      // events on this stream are later still.
+      if (wait && backend_.synchronize_event(pe.event) != device::Status::kOk) break;
+      if (!backend_.query(pe.event)) break;
       queue.pop_front();
       events_.give(pe.event);
       if (--pe.block->event_count == 0) free_block(pe.block);
     }
     it = queue.empty() ? pending_events_.erase(it) : std::next(it);
   }
-}
-
-void CachingPool::synchronize_and_free_events() {
-  ++stats_.num_sync_all_streams;
-  for (auto& [stream, queue] : pending_events_) {
-    for (const PendingEvent& pe : queue) {
-      backend_.synchronize_event(pe.event);
-      events_.give(pe.event);
-      if (--pe.block->event_count == 0) free_block(pe.block);
-    }
-  }
-  pending_events_.clear();
 }
 
 // ---- introspection ------------------------------------------------------------------------------

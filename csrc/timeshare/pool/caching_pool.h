@@ -188,6 +188,8 @@ class CachingPool final : public Pool {
   void insert_events(Block* block);
   void process_events();
   void synchronize_and_free_events();
+  // Frees the blocks whose events completed (with `wait`, after waiting for each).
+  void reap_events(bool wait);
 
   // Segments: release whole plain segments; expandable map/unmap.
   void release_block(Block* block);

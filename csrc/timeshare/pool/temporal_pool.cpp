@@ -282,8 +282,11 @@ void TemporalPool::process_pending(bool wait) {
   while (!pending_.empty()) {
     Pending& p = pending_.front();
     bool done = true;
+    bool failed = false;
     for (device::Event e : p.events) {
-      if (wait) backend_->synchronize_event(e);
+      // A wait that fails (a sticky device error) will never see the event complete: the
+      // block stays pending, never reused, rather than the host spinning on it.
+      if (wait && backend_->synchronize_event(e) != device::Status::kOk) failed = true;
       if (!backend_->query(e)) {
         done = false;
         break;
@@ -291,7 +294,7 @@ void TemporalPool::process_pending(bool wait) {
     }
     if (!done) {
       // Pending blocks complete roughly in order; look further only when waiting.
-      if (!wait) return;
+      if (!wait || failed) break;
       continue;
     }
     for (device::Event e : p.events) events_.give(e);

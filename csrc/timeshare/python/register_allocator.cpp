@@ -48,6 +48,7 @@ py::dict options_dict(const Options& o) {
   d["prefetch"] = o.prefetch_bytes;
   d["min_spill"] = o.min_spill_bytes;
   d["predictor"] = o.predictor;
+  d["unsafe_unmap"] = o.unsafe_unmap;
   d["history"] = o.history_bytes;
   d["hidden"] = o.hidden;
   d["retrain_interval"] = o.retrain_interval_events;
@@ -69,6 +70,12 @@ py::dict stats_dict(const Allocator& a) {
   d["timeshare.empty_cache_calls"] = c.empty_cache_calls;
   d["timeshare.spill_retries"] = c.spill_retries;
   d["timeshare.c_api_errors"] = timeshare_c_api_errors();  // process-wide (api/c_api.h)
+  // Giving memory back without unmapping it under running kernels (pool/temporal_granules.h).
+  const pool::ReleaseStats rs = a.release_stats();
+  d["timeshare.release.device_waits"] = rs.device_waits;
+  d["timeshare.release.fences"] = rs.fences;
+  d["timeshare.release.aliases"] = rs.aliases;
+  d["timeshare.release.quarantined_bytes"] = rs.quarantined_bytes;
   const predict::PredictorStats p = a.predictor_stats();
   d["timeshare.predictor.predictions"] = p.predictions;
   d["timeshare.predictor.observed"] = p.observed;
