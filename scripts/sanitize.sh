@@ -6,7 +6,7 @@
 #   scripts/sanitize.sh address    ASan+UBSan only
 #   scripts/sanitize.sh thread     TSan only
 #
-# Build dirs: build-rel-asan/, build-rel-tsan/ (RelWithDebInfo, no Python, no CUDA); with
+# Build dirs: build-rel-asan/, build-rel-tsan/ (RelWithDebInfo, no Python; the CUDA backend and its driver double where the toolkit is found); with
 # SAN_QUICK=1 build-ci-asan/, build-ci-tsan/.
 # Env: JOBS (default 1), TSAN_FILTER (Catch2 test spec for the TSan run; default skips [bench],
 # which is hidden anyway, and nothing else), ASAN_FILTER likewise.
@@ -36,7 +36,7 @@ build() {  # $1 = sanitizer, $2 = build dir
   echo "== $1: configure and build ($2) =="
   local start=$SECONDS
   cmake -S . -B "$2" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTIMESHARE_SANITIZE="$1" \
-    -DTIMESHARE_BUILD_PYTHON=OFF -DTIMESHARE_CUDA=OFF -DTIMESHARE_BUILD_TOOLS=ON \
+    -DTIMESHARE_BUILD_PYTHON=OFF -DTIMESHARE_CUDA=AUTO -DTIMESHARE_BUILD_TOOLS=ON \
     "${OPT_FLAGS[@]}" >/dev/null
   cmake --build "$2" -j"$JOBS" --target timeshare_tests stress 2>&1 | grep -E "error|warning:" || true
   cmake --build "$2" -j"$JOBS" --target timeshare_tests stress >/dev/null  # fails on an error
