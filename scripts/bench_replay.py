@@ -136,10 +136,10 @@ def render_markdown(doc: dict[str, Any], plot_name: str,
         "Each shipped trace (`python/timeshare/traces/`) is replayed event by event through the",
         "real C++ pools on a simulated device with fake addresses. *frag* = peak reserved / peak",
         "live (1.0 is the physical limit); *vs torch* = peak reserved / the `torch` policy's, same",
-        "run; *calls* = device reserve/map calls; *waits* = host synchronisations the pool made",
-        "to give memory back; *faults* = device faults the strict sim counted (unmapping memory",
-        "that queued work still used: must be 0; see *Work in flight* below); ns/event and",
-        "Mevents/s time the event loop only.",
+        "run; *calls* = every device reserve, release, map and unmap call; *waits* = host",
+        "synchronisations the pool made to give memory back; *faults* = device faults the strict",
+        "sim counted (unmapping memory that queued work still used: must be 0; see *Work in",
+        "flight* below); ns/event and Mevents/s time the event loop only.",
         "",
         *summary_lines(doc),
         "",
@@ -218,7 +218,7 @@ def table_lines(doc: dict[str, Any]) -> list[str]:
                 format_bytes(r["peak_reserved_bytes"]),
                 f"{r['fragmentation']:.3f}",
                 _ratio(r["peak_reserved_bytes"], ref),
-                str(r["device_reserve_calls"]),
+                str(r.get("device_calls", r["device_reserve_calls"])),
                 str(r.get("device_waits", 0)),
                 str(r.get("device_faults", 0)),
                 f"{r['ns_per_event']:.0f}",
@@ -285,7 +285,7 @@ def render_safety(doc: dict[str, Any], gpu_doc: dict[str, Any] | None,
             continue
         lines.append(
             f"| {t['name']} | {r['fragmentation']:.3f} | {u['fragmentation']:.3f} "
-            f"| {r['device_reserve_calls']} | {u['device_reserve_calls']} "
+            f"| {r['device_calls']} | {u['device_calls']} "
             f"| {r.get('device_waits', 0)} | {u.get('device_faults', 0)} |"
         )
     return lines + [""]

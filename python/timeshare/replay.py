@@ -9,7 +9,7 @@ device with fake addresses (``timeshare._C.replay``): PyTorch's caching allocato
 prediction).
 
 Figures per trace and policy: peak reserved bytes, fragmentation (peak reserved / peak live),
-device reserve calls, nanoseconds per event, and for predicting policies the share of
+device calls (reserve, release, map, unmap), waits and faults, nanoseconds per event, and for predicting policies the share of
 lifespans predicted within 2x (overall and after the first iteration) and the median
 ``|log2(predicted / true)|``. Replays are deterministic: the same trace gives the same figures
 (timings aside).
@@ -228,7 +228,7 @@ def _print_table(doc: dict[str, Any]) -> None:
         ("policy", "left"),
         ("peak reserved", "right"),
         ("frag", "right"),
-        ("reserve calls", "right"),
+        ("device calls", "right"),
         ("waits", "right"),
         ("faults", "right"),
         ("ns/event", "right"),
@@ -249,7 +249,7 @@ def _print_table(doc: dict[str, Any]) -> None:
                 policy,
                 format_bytes(r["peak_reserved_bytes"]),
                 f"{r['fragmentation']:.3f}",
-                str(r["device_reserve_calls"]),
+                str(r.get("device_calls", r["device_reserve_calls"])),
                 str(r.get("device_waits", 0)),
                 str(r.get("device_faults", 0)),
                 f"{r['ns_per_event']:.0f}",

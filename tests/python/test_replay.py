@@ -228,6 +228,7 @@ def test_no_policy_faults_on_real_traces(which: str) -> None:
         for policy, r in t["policies"].items():
             assert r["device_faults"] == 0, (t["name"], policy, r.get("first_fault"))
             assert r["device_waits"] >= 0
+            assert r["device_calls"] >= r["device_reserve_calls"] >= 1
 
 
 def test_unsafe_unmap_makes_the_detector_fire_on_real_traces() -> None:

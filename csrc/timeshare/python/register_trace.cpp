@@ -137,6 +137,7 @@ py::dict to_dict(const trace::ReplayResult& r, bool predicts) {
   d["ooms"] = r.ooms;
   d["skipped_frees"] = r.skipped_frees;
   d["alloc_retries"] = r.alloc_retries;
+  d["device_calls"] = r.device_calls;
   d["device_faults"] = r.device_faults;
   d["device_waits"] = r.device_waits;
   if (!r.first_fault.empty()) d["first_fault"] = r.first_fault;

@@ -110,6 +110,7 @@ ReplayResult run_oracle(const Event* events, std::size_t n, const ReplayOptions&
   r.peak_reserved_bytes = plan.arena_bytes;
   r.backend_peak_reserved_bytes = plan.arena_bytes;
   r.device_reserve_calls = plan.arena_bytes ? 1 : 0;
+  r.device_calls = r.device_reserve_calls;
   r.backend_reserve_calls = r.device_reserve_calls;
   r.loop_ns = plan.plan_ns;
   r.ns_per_event = n ? plan.plan_ns / static_cast<double>(n) : 0.0;

@@ -254,6 +254,7 @@ ReplayResult replay(const Event* events, std::size_t n, pool::Pool& pool,
     const device::SimCounters c = backend->counters();
     r.backend_peak_reserved_bytes = c.peak_reserved_bytes;
     r.backend_reserve_calls = c.reserve_calls;
+    r.device_calls = c.reserve_calls + c.release_calls;
     r.device_faults = c.device_faults;
     r.device_waits = c.waits;
     if (const auto faults = backend->faults(); !faults.empty()) {

@@ -107,6 +107,7 @@ struct ReplayResult {
   std::uint64_t ooms = 0;                         // allocations the pool refused
   std::uint64_t skipped_frees = 0;                // frees of refused allocations
   std::uint64_t alloc_retries = 0;                // pool's num_alloc_retries
+  std::uint64_t device_calls = 0;                 // sim: every reserve, release, map and unmap
   std::uint64_t device_faults = 0;                // sim: unmaps under work in flight (must be 0)
   std::uint64_t device_waits = 0;                 // sim: host synchronisations by the pool
   std::string first_fault;                        // what the first device fault was ("" = none)
