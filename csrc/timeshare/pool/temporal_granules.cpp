@@ -298,7 +298,12 @@ void TemporalGranules::undo_alias(std::size_t a, const Alias& al) {
 void TemporalGranules::advance_fences(bool record) {
   for (std::size_t a = 0; a < arenas_.size(); ++a) {
     ArenaGranules& ar = arenas_[a];
-    if (record) fence(a);
+    if (ar.fences.empty() && !(record && ar.dirty)) continue;
+    // Completed fences first (they free slots for a new one), then the new fence, which an
+    // idle stream completes at once.
+    if (const std::uint32_t done = poll_fences(ar); done != 0) fence_done(ar, done);
+    if (!record || !ar.dirty) continue;
+    fence(a);
     if (const std::uint32_t done = poll_fences(ar); done != 0) fence_done(ar, done);
   }
 }
@@ -520,6 +525,7 @@ void TemporalGranules::release(std::size_t a, std::uintptr_t addr, std::size_t b
   }
   if (!emptied) return;
   if (!unsafe_unmap_ && now_events_ - ar.last_fence_events >= kFenceIntervalEvents) {
+    if (const std::uint32_t done = poll_fences(ar); done != 0) fence_done(ar, done);
     fence(a);
     ar.last_fence_events = now_events_;
   }
