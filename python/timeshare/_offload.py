@@ -49,15 +49,15 @@ spill fences on the stream current at its pack, the producer's).
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import weakref
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from timeshare import _C
+from timeshare._offload_saved import _Kept, _OwnedLock, _Packed, _SavedView
 
 __all__ = ["OffloadError", "install_global", "offload", "spill_stats", "uninstall_global"]
 
@@ -84,179 +84,9 @@ def _bytes(name: str, value: int | str | None, default: int) -> int:
     raise OffloadError(f"timeshare.offload: {name}={value!r} is not a size (e.g. 512MiB, 20GiB)")
 
 
-class _Packed:
-    """The unit that moves: one storage (as a flat uint8 tensor) behind one or more saved
-    tensors. Spilling whole storages is what frees memory when autograd saves several views of
-    one buffer (q, k, v of a fused projection; the halves of a chunk), and what deduplicates a
-    tensor saved twice; restoring the storage gives every view back with its own strides."""
-
-    __slots__ = ("tensor", "handle", "pos", "nbytes", "device", "version", "origin", "restored",
-                 "prefetch_dst", "prefetch_stream", "stream", "owner", "spilling", "__weakref__")
-
-    def __init__(self, flat: Any, pos: int, owner: offload, origin: Any, stream: int) -> None:
-        self.tensor = flat
-        self.handle = 0
-        self.pos = pos
-        self.nbytes = flat.numel()
-        self.device = flat.device
-        self.version = origin._version
-        # The first tensor saved from this storage, weakly: while it lives, so does the storage,
-        # so the storage's key still names it even after the unit dropped its device copy.
-        self.origin = weakref.ref(origin)
-        self.restored: Any = None
-        self.prefetch_dst: Any = None
-        self.prefetch_stream = 0
-        # The stream current at pack: the producer's, on which a spill's copy fences.
-        self.stream = stream
-        self.owner = owner
-        self.spilling = False
-
-    def __del__(self) -> None:
-        if self.handle and self.owner is not None:
-            engine = self.owner._engine
-            if engine is not None:
-                if self.prefetch_dst is not None:
-                    # Never unpacked with its restore in flight: the destination stays alive until
-                    # the copy into it is ordered before its reuse (the stream it was allocated on
-                    # waits on the copy's event; on the host, the copy completes).
-                    engine.finish_restore(self.handle, self.prefetch_stream,
-                                          host_wait=self.device.type != "cuda")
-                    self.owner._counters["prefetches_unused"] += 1
-                engine.release(self.handle)
-            self.handle = 0
-        self.prefetch_dst = None
-
-
-class _OwnedLock:
-    """A lock that knows which thread holds it (the allocator's conflict callback must not wait
-    on a lock its own thread holds)."""
-
-    __slots__ = ("_lock", "_owner")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._owner = 0
-
-    def acquire(self, timeout: float = -1) -> bool:
-        if not self._lock.acquire(timeout=timeout):
-            return False
-        self._owner = threading.get_ident()
-        return True
-
-    def release(self) -> None:
-        self._owner = 0
-        self._lock.release()
-
-    def owned(self) -> bool:
-        return self._owner == threading.get_ident()
-
-    def __enter__(self) -> _OwnedLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
 MAKE_ROOM_WAIT_S = 2.0
-_BACKWARD_SUFFIX = re.compile(r"Backward\d*$")
-
-
-class _Version:
-    """A saved tensor's version at pack and how autograd names it, to redo at unpack the check
-    autograd skips when hooks are set. ``counter`` shares the tensor's version counter but not
-    its storage (a detached alias moved to an empty storage), so it keeps no device memory."""
-
-    __slots__ = ("counter", "version", "kind", "shape", "producer", "tensor")
-
-    def __init__(self, t: Any, keep: bool) -> None:
-        import torch
-
-        self.version = t._version
-        if keep:
-            self.counter = t
-        else:
-            alias = t.detach()
-            with torch.autograd._unsafe_preserve_version_counter(alias):
-                alias.set_(torch.empty(0, dtype=t.dtype, device=t.device).untyped_storage())
-            self.counter = alias
-        self.tensor = weakref.ref(t)
-        self.kind = t.type()
-        self.shape = list(t.shape)
-        fn = t.grad_fn
-        self.producer = _node_of(t, fn) if fn is not None else None
-
-    def _named(self) -> str:
-        """Autograd's ", which is output N of X,": X is the node being run when the tensor is
-        that node's own output, else the tensor's grad_fn now (an in-place op moved it)."""
-        import torch
-
-        if self.producer is None:
-            return ""
-        cur = torch._C._current_autograd_node()
-        if cur is not None and (cur.name(), cur._sequence_nr()) == self.producer[2:]:
-            return f", which is output {self.producer[0]} of {self.producer[1]},"
-        t = self.tensor()
-        if t is not None and t.grad_fn is not None:
-            nr, name, _, _ = _node_of(t, t.grad_fn)
-            return f", which is output {nr} of {name},"
-        return f", which is output {self.producer[0]} of {self.producer[1]},"
-
-    def check(self) -> None:
-        """Raise autograd's error when the tensor was modified in place since its pack."""
-        now = self.counter._version
-        if now == self.version:
-            return
-        import torch
-
-        hint = ("Hint: the backtrace further above shows the operation that failed to compute "
-                "its gradient. The variable in question was changed in there or anywhere later. "
-                "Good luck!") if torch.is_anomaly_enabled() else (
-                "Hint: enable anomaly detection to find the operation that failed to compute its "
-                "gradient, with torch.autograd.set_detect_anomaly(True, check_nan=False).")
-        raise RuntimeError(
-            "one of the variables needed for gradient computation has been modified by an "
-            f"inplace operation: [{self.kind} {self.shape}]{self._named()} is at version {now}; "
-            f"expected version {self.version} instead. {hint}")
-
-
-def _node_of(t: Any, fn: Any) -> tuple[int, str, str, int]:
-    """(output_nr, name as autograd prints it, name, sequence number) of t's grad_fn."""
-    return (t.output_nr, _BACKWARD_SUFFIX.sub("", fn.name()), fn.name(), fn._sequence_nr())
-
-
-class _Kept:
-    """A saved tensor the hooks keep where it is (parameters, small, other layouts): itself,
-    with its version at pack."""
-
-    __slots__ = ("tensor", "version")
-
-    def __init__(self, t: Any) -> None:
-        self.tensor = t
-        self.version = _Version(t, keep=True)
-
-
-class _SavedView:
-    """What autograd holds for one saved tensor between pack and unpack: its unit and where in
-    the unit's storage it lives."""
-
-    __slots__ = ("unit", "shape", "stride", "offset", "dtype", "version")
-
-    def __init__(self, unit: _Packed, t: Any) -> None:
-        self.unit = unit
-        self.version = _Version(t, keep=False)
-        self.shape = tuple(t.shape)
-        self.stride = tuple(t.stride())
-        self.offset = t.storage_offset()
-        self.dtype = t.dtype
-
-    def rebuild(self, flat: Any) -> Any:
-        """This view of ``flat`` (the unit's storage, resident or restored): same dtype, shape,
-        strides and storage offset as the saved tensor."""
-        import torch
-
-        return torch.empty(0, dtype=self.dtype, device=flat.device).set_(
-            flat.untyped_storage(), self.offset, self.shape, self.stride)
+# Contexts a thread keeps for reuse by their arguments (each may hold a pinned arena).
+MAX_CONTEXTS_PER_THREAD = 8
 
 
 # A view is spilled with its whole storage only when the storage is at most this many times
@@ -291,11 +121,18 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
         key = cls._key(budget, spill, spill_dir, pinned, prefetch, min_spill, memory_fn)
         contexts = _contexts()
         ctx = contexts.get(key) if key is not None else None
-        if ctx is None:
-            ctx = super().__new__(cls)
-            ctx._key_ = key
-            if key is not None:
-                contexts[key] = ctx
+        if ctx is not None:
+            contexts.move_to_end(key)
+            return ctx
+        ctx = super().__new__(cls)
+        ctx._key_ = key
+        if key is not None:
+            contexts[key] = ctx
+            while len(contexts) > MAX_CONTEXTS_PER_THREAD:  # e.g. a new memory_fn every step
+                old = next(iter(contexts.values()))
+                if old._hooks:
+                    break
+                old.close()
         return ctx
 
     @staticmethod
@@ -454,6 +291,9 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
             return False
         if isinstance(t, torch.nn.Parameter) or (t.is_leaf and t.requires_grad):
             self._counters["parameters"] += 1
+            return False
+        if type(t) is not torch.Tensor:  # a subclass (DTensor, wrappers): its own storage rules
+            self._counters["ineligible"] += 1
             return False
         base = t._base
         if base is not None and (isinstance(base, torch.nn.Parameter) or
@@ -758,11 +598,12 @@ _GLOBAL: dict[str, Any] = {"offload": None}
 _THREAD = threading.local()
 
 
-def _contexts() -> dict[tuple[Any, ...], offload]:
-    """This thread's contexts by their arguments (they go with the thread)."""
+def _contexts() -> OrderedDict[tuple[Any, ...], offload]:
+    """This thread's contexts by their arguments, least recently made first (they go with the
+    thread; past MAX_CONTEXTS_PER_THREAD the oldest one not in a ``with`` is closed)."""
     contexts = getattr(_THREAD, "contexts", None)
     if contexts is None:
-        contexts = _THREAD.contexts = {}
+        contexts = _THREAD.contexts = OrderedDict()
     return contexts
 
 

@@ -244,6 +244,13 @@ def test_a_new_context_per_step_keeps_history_and_plan() -> None:
     assert ofl.offload(budget=40 * 1024, min_spill=16 * 1024, pinned=PINNED) is not ctx
 
 
+def test_contexts_kept_per_thread_are_bounded() -> None:
+    n = 3 * ofl.MAX_CONTEXTS_PER_THREAD
+    made = [ofl.offload(budget=1 << 20, memory_fn=lambda: 0) for _ in range(n)]
+    assert len({id(c) for c in made}) == len(made)  # a new memory_fn: a new context
+    assert len(ofl._contexts()) == ofl.MAX_CONTEXTS_PER_THREAD  # the oldest were closed
+
+
 # ---- defect 6: public names ------------------------------------------------------------------
 def test_public_names_resolve_and_memory_stats_has_spill_keys() -> None:
     for name in ("offload", "spill_stats", "install_global", "uninstall_global",
