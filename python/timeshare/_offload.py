@@ -479,11 +479,11 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
         if isinstance(saved, _Kept):
             with self._lock:
                 self._unpack_tasks.add(_graph_task_id())
-            saved.version.check()
+            saved.check()
             return saved.tensor
         if not isinstance(saved, _SavedView):
             return saved
-        saved.version.check()
+        saved.check()
         out = saved.rebuild(self._unpack_unit(saved.unit))
         self._prefetch_next(saved.unit.device)
         return out

@@ -92,109 +92,100 @@ class _OwnedLock:
 _BACKWARD_SUFFIX = re.compile(r"Backward\d*$")
 
 
-class _Version:
-    """A saved tensor's version at pack and how autograd names it, to redo at unpack the check
-    autograd skips when hooks are set. ``counter`` shares the tensor's version counter but not
-    its storage (a detached alias moved to an empty storage), so it keeps no device memory."""
+def _producer(t: Any) -> tuple[int, str, int] | None:
+    """(output_nr, grad_fn name, its sequence number) at pack: how autograd will name t."""
+    fn = t.grad_fn
+    return None if fn is None else (t.output_nr, fn.name(), fn._sequence_nr())
 
-    __slots__ = ("counter", "version", "dtype", "device", "shape", "producer", "tensor")
 
-    def __init__(self, t: Any, keep: bool) -> None:
-        import torch
+def _version_error(now: int, saved: int, dtype: Any, device: Any, shape: Any,
+                   producer: tuple[int, str, int] | None, tensor: Any) -> RuntimeError:
+    """Autograd's error for a saved tensor modified in place since its pack. It names the node
+    being run when the tensor is that node's own output, else the tensor's grad_fn now (``tensor``
+    when the hooks hold it; else its grad_fn at pack)."""
+    import torch
 
-        self.version = t._version
-        if keep:
-            self.counter = t
-        else:
-            alias = t.detach()
-            with torch.autograd._unsafe_preserve_version_counter(alias):
-                alias.set_(_empty_storage(t.device))
-            self.counter = alias
-        self.tensor = weakref.ref(t)
-        self.dtype = t.dtype
-        self.device = t.device
-        self.shape = list(t.shape)
-        fn = t.grad_fn
-        self.producer = _node_of(t, fn) if fn is not None else None
-
-    def _named(self) -> str:
-        """Autograd's ", which is output N of X,": X is the node being run when the tensor is
-        that node's own output, else the tensor's grad_fn now (an in-place op moved it)."""
-        import torch
-
-        if self.producer is None:
-            return ""
+    named = ""
+    if producer is not None:
+        nr, name, seq = producer
         cur = torch._C._current_autograd_node()
-        if cur is not None and (cur.name(), cur._sequence_nr()) == self.producer[2:]:
-            return f", which is output {self.producer[0]} of {self.producer[1]},"
-        t = self.tensor()
-        if t is not None and t.grad_fn is not None:
-            nr, name, _, _ = _node_of(t, t.grad_fn)
-            return f", which is output {nr} of {name},"
-        return f", which is output {self.producer[0]} of {self.producer[1]},"
-
-    def check(self) -> None:
-        """Raise autograd's error when the tensor was modified in place since its pack."""
-        now = self.counter._version
-        if now == self.version:
-            return
-        import torch
-
-        hint = ("Hint: the backtrace further above shows the operation that failed to compute "
-                "its gradient. The variable in question was changed in there or anywhere later. "
-                "Good luck!") if torch.is_anomaly_enabled() else (
-                "Hint: enable anomaly detection to find the operation that failed to compute its "
-                "gradient, with torch.autograd.set_detect_anomaly(True, check_nan=False).")
-        kind = torch.empty(0, dtype=self.dtype, device=self.device).type()
-        raise RuntimeError(
-            "one of the variables needed for gradient computation has been modified by an "
-            f"inplace operation: [{kind} {self.shape}]{self._named()} is at version {now}; "
-            f"expected version {self.version} instead. {hint}")
+        own = cur is not None and (cur.name(), cur._sequence_nr()) == (name, seq)
+        if not own and tensor is not None and tensor.grad_fn is not None:
+            nr, name = tensor.output_nr, tensor.grad_fn.name()
+        named = f", which is output {nr} of {_BACKWARD_SUFFIX.sub('', name)},"
+    hint = ("Hint: the backtrace further above shows the operation that failed to compute "
+            "its gradient. The variable in question was changed in there or anywhere later. "
+            "Good luck!") if torch.is_anomaly_enabled() else (
+            "Hint: enable anomaly detection to find the operation that failed to compute its "
+            "gradient, with torch.autograd.set_detect_anomaly(True, check_nan=False).")
+    kind = torch.empty(0, dtype=dtype, device=device).type()
+    return RuntimeError(
+        "one of the variables needed for gradient computation has been modified by an "
+        f"inplace operation: [{kind} {list(shape)}]{named} is at version {now}; "
+        f"expected version {saved} instead. {hint}")
 
 
 _EMPTY: dict[Any, Any] = {}
 
 
-def _empty_storage(device: Any) -> Any:
-    """One empty storage per device, what version-counter aliases point at."""
-    storage = _EMPTY.get(device)
+def _version_alias(t: Any) -> Any:
+    """A tensor sharing t's version counter but not its storage (a detached alias moved to an
+    empty storage, its version put back): it keeps no device memory alive."""
+    import torch
+
+    storage = _EMPTY.get(t.device)
     if storage is None:
-        import torch
-
-        storage = torch.empty(0, dtype=torch.uint8, device=device).untyped_storage()
-        _EMPTY[device] = storage
-    return storage
-
-
-def _node_of(t: Any, fn: Any) -> tuple[int, str, str, int]:
-    """(output_nr, name as autograd prints it, name, sequence number) of t's grad_fn."""
-    return (t.output_nr, _BACKWARD_SUFFIX.sub("", fn.name()), fn.name(), fn._sequence_nr())
+        storage = torch.empty(0, dtype=torch.uint8, device=t.device).untyped_storage()
+        _EMPTY[t.device] = storage
+    alias = t.detach()
+    with torch.autograd._unsafe_preserve_version_counter(alias):
+        alias.set_(storage)
+    return alias
 
 
 class _Kept:
     """A saved tensor the hooks keep where it is (parameters, small, other layouts): itself,
-    with its version at pack."""
+    with its version at pack, checked at unpack (autograd skips that check under hooks)."""
 
-    __slots__ = ("tensor", "version")
+    __slots__ = ("tensor", "version", "producer")
 
     def __init__(self, t: Any) -> None:
         self.tensor = t
-        self.version = _Version(t, keep=True)
+        self.version = t._version
+        self.producer = _producer(t)
+
+    def check(self) -> None:
+        t = self.tensor
+        if t._version != self.version:
+            raise _version_error(t._version, self.version, t.dtype, t.device, t.shape,
+                                 self.producer, t)
 
 
 class _SavedView:
-    """What autograd holds for one saved tensor between pack and unpack: its unit and where in
-    the unit's storage it lives."""
+    """What autograd holds for one saved tensor between pack and unpack: its unit, where in the
+    unit's storage it lives, and its version at pack (read at unpack through ``counter``, an
+    alias that shares the tensor's version counter and no memory)."""
 
-    __slots__ = ("unit", "shape", "stride", "offset", "dtype", "version")
+    __slots__ = ("unit", "shape", "stride", "offset", "dtype", "version", "counter", "producer")
 
     def __init__(self, unit: _Packed, t: Any) -> None:
         self.unit = unit
-        self.version = _Version(t, keep=False)
         self.shape = tuple(t.shape)
         self.stride = tuple(t.stride())
         self.offset = t.storage_offset()
         self.dtype = t.dtype
+        self.version = t._version
+        self.counter = _version_alias(t)
+        self.producer = _producer(t)
+
+    def check(self) -> None:
+        now = self.counter._version
+        if now != self.version:
+            t = self.unit.origin()  # the unit's first saved tensor, while it lives
+            same = t is not None and (tuple(t.shape), t.stride(), t.storage_offset(), t.dtype) == (
+                self.shape, self.stride, self.offset, self.dtype)
+            raise _version_error(now, self.version, self.dtype, self.unit.device, self.shape,
+                                 self.producer, t if same else None)
 
     def rebuild(self, flat: Any) -> Any:
         """This view of ``flat`` (the unit's storage, resident or restored): same dtype, shape,

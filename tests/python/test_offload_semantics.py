@@ -74,6 +74,10 @@ def test_inplace_on_saved_input_deduplicated_small_and_leaf_raise() -> None:
                 b = a + 1
                 c = b * b  # b saved twice: the second pack is a deduplicated view
                 b.add_(1)
+            elif case == "regraphed":  # an in-place op with grad gives b a new grad_fn
+                b = a.exp()
+                c = b.sin()
+                b.mul_(2)
             elif case == "small":
                 b = a[:2, :2] + 1
                 c = b.exp() * b
@@ -84,7 +88,7 @@ def test_inplace_on_saved_input_deduplicated_small_and_leaf_raise() -> None:
                     a.add_(1)
         return _error_of(lambda: c.sum().backward())
 
-    for case in ("dedup", "small", "leaf"):
+    for case in ("dedup", "regraphed", "small", "leaf"):
         want = run(contextlib.nullcontext(), case)
         for budget in (1, 1 << 40):
             ctx = ofl.offload(budget=budget, min_spill=1024, pinned=PINNED)
