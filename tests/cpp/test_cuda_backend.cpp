@@ -423,9 +423,7 @@ TEST_CASE("cuda: devices, availability and virtual memory support", "[cuda]") {
 
 TEST_CASE("cuda: the allocator over the CUDA backend keeps data and gives memory back",
           "[cuda][allocator]") {
-  // unsafe_unmap (the sim detector's test) is ignored on a real backend: it must not fault.
   const std::string conf = GENERATE(as<std::string>{}, "policy:timeshare",
-                                    "policy:timeshare,unsafe_unmap:true",
                                     "policy:torch,expandable_segments:true", "policy:torch");
   INFO(conf);
   FakeDriver fake(1);
@@ -614,9 +612,7 @@ TEST_CASE("double: streams run in order, only when the host waits, and frees und
 
 TEST_CASE("cuda: the pools never unmap or free memory that queued work still uses",
           "[cuda][allocator]") {
-  // unsafe_unmap (the sim detector's test) is ignored on a real backend: it must not fault.
   const std::string conf = GENERATE(as<std::string>{}, "policy:timeshare",
-                                    "policy:timeshare,unsafe_unmap:true",
                                     "policy:torch,expandable_segments:true", "policy:torch");
   INFO(conf);
   FakeDriver fake(1);
