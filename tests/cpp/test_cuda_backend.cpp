@@ -690,3 +690,24 @@ TEST_CASE("cuda: after a sticky error, waiting pools give up instead of spinning
   body.join();  // the teardown after empty_cache must return too
   SUCCEED();
 }
+
+TEST_CASE("cuda: unsafe_unmap (the sim detector's test) is ignored on the CUDA backend",
+          "[cuda][allocator]") {
+  FakeDriver fake(1);
+  fakecuda_set_lazy(1);  // queued work stays queued until the host waits
+  auto r = parse_options("policy:timeshare,unsafe_unmap:true");
+  REQUIRE(r.options);
+  {
+    Allocator a(*r.options, cuda(0));
+    std::vector<void*> blocks;
+    for (int i = 0; i < 4; ++i) {
+      void* p = a.malloc(6 * kMiB, kDefaultStream);
+      REQUIRE(p);
+      REQUIRE(fakecuda_launch(0, nullptr, p, 6 * kMiB, i, CUDA_SUCCESS) == CUDA_SUCCESS);
+      blocks.push_back(p);
+    }
+    for (void* p : blocks) CHECK(a.free(p));  // the kernels are still queued
+    a.empty_cache();                           // honoured, this would unmap under them
+  }
+  check_violations();
+}
