@@ -518,6 +518,9 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
                     self._pending.pop(id(rec), None)
                     self._pending_bytes -= rec.nbytes
                     self._by_handle.pop(rec.handle, None)
+                    if not self._engine.spill_complete(rec.handle):
+                        # its copy still reads t, which may be freed before the copy would end
+                        self._engine.wait_spill(rec.handle)
                     self._engine.release(rec.handle)
                     rec.handle = 0
                 else:

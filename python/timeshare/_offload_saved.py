@@ -53,6 +53,10 @@ class _Packed:
                     engine.finish_restore(self.handle, self.prefetch_stream,
                                           host_wait=self.device.type != "cuda")
                     self.owner._counters["prefetches_unused"] += 1
+                if self.tensor is not None and not engine.spill_complete(self.handle):
+                    # Dropped with its spill copy in flight: that copy still reads the device
+                    # memory this unit is about to free.
+                    engine.wait_spill(self.handle)
                 engine.release(self.handle)
             self.handle = 0
         self.prefetch_dst = None
