@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import os
 import socket
 from pathlib import Path
@@ -74,6 +75,9 @@ def _rank_main(rank: int, port: int, spill_dir: str, out_dir: str) -> None:
                     "spills": stats["timeshare.spill.spills"],
                     "ssd": stats["timeshare.spill.spilled_bytes.ssd"]},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        del ref, got
+        gc.collect()  # the engine (its I/O thread) goes now, not at interpreter exit
+        dist.barrier()  # no rank leaves while the other still talks to it
     finally:
         dist.destroy_process_group()
 
