@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Replays every shipped trace through every policy and writes docs/benchmarks.md + docs/replay.png.
 
-usage: python scripts/bench_replay.py [--out-dir docs] [--json OUT.json] [--gpu-traces DIR] [PATH...]
+usage: python scripts/bench_replay.py [--out-dir docs] [--json OUT.json] [--gpu-traces DIR]
+                                     [PATH...]
 
 Every replay figure in docs/benchmarks.md comes from this script (sections that other scripts
 write, marked by an HTML comment naming them, are kept): ratios are against the ``torch``
@@ -256,7 +257,8 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     ]
 
 
-SAFETY = """The sim models work in flight (`device/sim/sim_backend.h`, `trace/replayer.h`): each block is
+SAFETY = """\
+The sim models work in flight (`device/sim/sim_backend.h`, `trace/replayer.h`): each block is
 used by work on its stream from its allocation to its free, and the work queued by the time of
 the free completes when the host reaches the event 128 allocator events later (that event's
 `time_us`): the GPU runs a launch queue behind the host. Unmapping memory before that work is

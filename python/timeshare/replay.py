@@ -9,10 +9,10 @@ device with fake addresses (``timeshare._C.replay``): PyTorch's caching allocato
 prediction).
 
 Figures per trace and policy: peak reserved bytes, fragmentation (peak reserved / peak live),
-device calls (reserve, release, map, unmap), waits and faults, nanoseconds per event, and for predicting policies the share of
-lifespans predicted within 2x (overall and after the first iteration) and the median
-``|log2(predicted / true)|``. Replays are deterministic: the same trace gives the same figures
-(timings aside).
+device calls (reserve, release, map, unmap), waits and device faults (the strict sim's), nanoseconds
+per event, and for predicting policies the share of lifespans predicted within 2x (overall and
+after the first iteration) and the median ``|log2(predicted / true)|``. Replays are
+deterministic: the same trace gives the same figures (timings aside).
 """
 
 from __future__ import annotations
