@@ -13,7 +13,13 @@ from __future__ import annotations
 
 from timeshare._config import options_table, parse_conf
 from timeshare._enable import TimeshareError, enable, is_enabled, library_path
-from timeshare.offload import offload
+from timeshare._offload import (
+    OffloadError,
+    install_global,
+    offload,
+    spill_stats,
+    uninstall_global,
+)
 from timeshare.stats import (
     empty_cache,
     max_memory_allocated,
@@ -29,10 +35,12 @@ from timeshare.stats import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "OffloadError",
     "TimeshareError",
     "__version__",
     "empty_cache",
     "enable",
+    "install_global",
     "is_enabled",
     "library_path",
     "max_memory_allocated",
@@ -46,4 +54,6 @@ __all__ = [
     "parse_conf",
     "reset_accumulated_memory_stats",
     "reset_peak_memory_stats",
+    "spill_stats",
+    "uninstall_global",
 ]

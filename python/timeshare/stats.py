@@ -55,8 +55,8 @@ def memory_stats(device: Device = None) -> OrderedDict[str, Any]:
     spill engine. Empty before the device's first allocation, as torch's is.
     """
     stats = _C.device_stats(_device_index(device))
-    offload = sys.modules.get("timeshare.offload")
-    if stats and offload is not None:
+    offload = sys.modules.get("timeshare._offload")
+    if offload is not None:  # with or without the allocator enabled
         stats.update(offload.spill_stats())
     return OrderedDict(sorted(stats.items()))
 
