@@ -152,9 +152,9 @@ def _install(conf: str, require_device: bool = True) -> None:
     _state.update(enabled=True, conf=conf, allocator=alloc, lib=lib)
     opts = _C.parse_conf(conf)
     if opts["budget"] > 0 and opts["spill"] != "none":
-        from timeshare import offload
+        from timeshare._offload import install_global
 
-        offload.install_global(conf)  # saved-tensor hooks that spill above the budget
+        install_global(conf)  # saved-tensor hooks that spill above the budget
     _gap_warnings(torch)
 
 

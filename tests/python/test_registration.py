@@ -137,3 +137,22 @@ def test_cudnn_benchmark_is_guarded_with_one_warning(python_env: dict[str, str])
     assert "after set: False 2" in r.stdout
     assert "after unset: False 2" in r.stdout
     assert "torch.backends.cudnn.benchmark=True" in r.stdout
+
+
+def test_install_with_a_budget_and_spill_installs_the_global_hooks(
+    python_env: dict[str, str],
+) -> None:
+    """enable(budget=..., spill=...) installs offload's process-wide saved-tensor hooks."""
+    r = run(
+        """
+        import timeshare
+        from timeshare import _enable, _offload
+        conf = timeshare._config.build_conf(None, backend="sim", budget="1GiB", spill="host")
+        _enable._install(conf, require_device=False)
+        assert _offload._GLOBAL["offload"] is not None
+        print("ok")
+        """,
+        python_env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("ok")
