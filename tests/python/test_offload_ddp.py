@@ -26,22 +26,29 @@ WORLD = 2
 STEPS = 3
 
 
+def init_rank(rank: int, port: int) -> tuple[Any, list[Any]]:
+    """Joins the gloo group; returns the model every rank starts from and this rank's data."""
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(32, 128), torch.nn.GELU(),
+                               torch.nn.Linear(128, 128), torch.nn.GELU(),
+                               torch.nn.Linear(128, 8))
+    torch.manual_seed(100 + rank)  # each rank its own shard
+    return base, [torch.randn(64, 32) for _ in range(STEPS)]
+
+
 def _rank_main(rank: int, port: int, spill_dir: str, out_dir: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     import timeshare._offload as ofl
 
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    base, data = init_rank(rank, port)
     try:
-        torch.manual_seed(0)
-        base = torch.nn.Sequential(torch.nn.Linear(32, 128), torch.nn.GELU(),
-                                   torch.nn.Linear(128, 128), torch.nn.GELU(),
-                                   torch.nn.Linear(128, 8))
-        torch.manual_seed(100 + rank)  # each rank its own shard
-        data = [torch.randn(64, 32) for _ in range(STEPS)]
         files: list[str] = []
 
         def train(make_ctx: Any) -> list[list[Any]]:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 torch = pytest.importorskip("torch")
-from test_offload_ddp import WORLD, _free_port  # noqa: E402
+from test_offload_ddp import WORLD, _free_port, init_rank  # noqa: E402
 
 from timeshare import _C  # noqa: E402
 
@@ -28,7 +28,6 @@ try:
 except ImportError:  # pragma: no cover
     pytest.skip("this torch has no FSDP2 (fully_shard)", allow_module_level=True)
 
-STEPS = 3
 
 
 def _rank_main(rank: int, port: int, spill_dir: str, out_dir: str, broken_rank: int) -> None:
@@ -37,16 +36,8 @@ def _rank_main(rank: int, port: int, spill_dir: str, out_dir: str, broken_rank: 
 
     import timeshare._offload as ofl
 
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    base, data = init_rank(rank, port)
     try:
-        torch.manual_seed(0)
-        base = torch.nn.Sequential(torch.nn.Linear(32, 128), torch.nn.GELU(),
-                                   torch.nn.Linear(128, 128), torch.nn.GELU(),
-                                   torch.nn.Linear(128, 8))
-        torch.manual_seed(100 + rank)  # each rank its own shard of the data
-        data = [torch.randn(64, 32) for _ in range(STEPS)]
 
         def train(make_ctx: Any) -> list[list[Any]]:
             model = copy.deepcopy(base)
