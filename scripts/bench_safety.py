@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
     print("| trace | predictor | frag (safe) | frag, unsafe | calls (safe) | calls, unsafe "
           "| waits (safe) | faults, unsafe |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for key in sorted(safe, key=lambda k: (k[0].startswith("synth"), k)):
+    for key in sorted(safe, key=lambda k: (k[0].startswith("synth"), k[0], k[1] != "oracle")):
         if key[0].startswith("synth") and key[1] != "oracle":
             continue
         a, b = safe[key], unsafe[key]
