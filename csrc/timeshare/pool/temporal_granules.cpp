@@ -136,14 +136,14 @@ bool TemporalGranules::pick_oldest(std::size_t* key) {
   return false;
 }
 
-std::uint32_t TemporalGranules::poll_fences(ArenaGranules& ar) {
+void TemporalGranules::poll_fences(ArenaGranules& ar) {
   std::uint32_t done = 0;
   while (!ar.fences.empty() && backend_->query(ar.fences.front().event)) {
     done = ar.fences.front().gen;
     events_.give(ar.fences.front().event);
     ar.fences.pop_front();
   }
-  return done;
+  if (done != 0) fence_done(ar, done);
 }
 
 void TemporalGranules::quarantine(std::size_t a, std::size_t first, std::size_t last) {
@@ -301,10 +301,10 @@ void TemporalGranules::advance_fences(bool record) {
     if (ar.fences.empty() && !(record && ar.dirty)) continue;
     // Completed fences first (they free slots for a new one), then the new fence, which an
     // idle stream completes at once.
-    if (const std::uint32_t done = poll_fences(ar); done != 0) fence_done(ar, done);
+    poll_fences(ar);
     if (!record || !ar.dirty) continue;
     fence(a);
-    if (const std::uint32_t done = poll_fences(ar); done != 0) fence_done(ar, done);
+    poll_fences(ar);
   }
 }
 
@@ -322,7 +322,7 @@ void TemporalGranules::wait_for_quarantine(std::size_t granules) {
     }
     ++waits_;
     backend_->synchronize_event(ar.fences.back().event);
-    if (const std::uint32_t done = poll_fences(ar); done != 0) fence_done(ar, done);
+    poll_fences(ar);
   }
 }
 
@@ -525,7 +525,7 @@ void TemporalGranules::release(std::size_t a, std::uintptr_t addr, std::size_t b
   }
   if (!emptied) return;
   if (!unsafe_unmap_ && now_events_ - ar.last_fence_events >= kFenceIntervalEvents) {
-    if (const std::uint32_t done = poll_fences(ar); done != 0) fence_done(ar, done);
+    poll_fences(ar);
     fence(a);
     ar.last_fence_events = now_events_;
   }

@@ -247,9 +247,9 @@ class TemporalGranules {
   void undo_alias(std::size_t a, const Alias& al);
   // Waits for fences (oldest first) until at least `granules` more are trimmable, or all are.
   void wait_for_quarantine(std::size_t granules);
-  // Pops the completed fences of an arena (oldest first); returns the newest generation they
-  // completed (0: none).
-  std::uint32_t poll_fences(ArenaGranules& ar);
+  // Pops the completed fences of an arena (oldest first) and completes the newest generation
+  // among them (fence_done).
+  void poll_fences(ArenaGranules& ar);
 
   device::Backend* backend_;
   std::size_t granule_bytes_;
