@@ -89,8 +89,7 @@ Options parse_conf(const PolicyOptions& po) {
 
 ReplayResult run_temporal(std::string_view policy, predict::LifespanPredictor& predictor,
                           const Event* events, std::size_t n, const ReplayOptions& ro,
-                          const PolicyOptions& po) {
-  const Options conf = parse_conf(po);
+                          const PolicyOptions& po, const Options& conf) {
   device::SimBackend backend(sim_options(po));
   pool::TemporalPoolOptions to;
   to.unsafe_unmap = conf.unsafe_unmap;
@@ -190,11 +189,11 @@ ReplayResult run_policy(std::string_view policy, const Event* events, std::size_
                        policy_options);
   }
   if (policy == kOracle) return run_oracle(events, n, replay_options);
+  const Options conf = parse_conf(policy_options);
   if (policy == kTimeshareTrue) {
     TruthPredictor predictor(true_lifespans(events, n, allocs));
-    return run_temporal(policy, predictor, events, n, replay_options, policy_options);
+    return run_temporal(policy, predictor, events, n, replay_options, policy_options, conf);
   }
-  const Options conf = parse_conf(policy_options);
   predict::PredictorOptions options;
   options.deterministic = true;  // training happens at fixed events: one trace, one answer
   // An explicit replay seed wins; else the conf's (both default to kReplaySeed).
@@ -217,7 +216,7 @@ ReplayResult run_policy(std::string_view policy, const Event* events, std::size_
   if (const auto* hybrid = dynamic_cast<const predict::HybridPredictor*>(predictor.get())) {
     ro.detected_cycle_alloc = [hybrid] { return hybrid->detector().first_confirmed_at(); };
   }
-  ReplayResult r = run_temporal(policy, *predictor, events, n, ro, policy_options);
+  ReplayResult r = run_temporal(policy, *predictor, events, n, ro, policy_options, conf);
   if (policy == kTimeshare) {
     // The deterministic pass trains synchronously inside the loop. Time the hot path as it runs
     // in real use instead: a second pass as the allocator runs by default, the predictor fed
@@ -228,7 +227,8 @@ ReplayResult run_policy(std::string_view policy, const Event* events, std::size_
         std::make_unique<predict::AsyncPredictor>(predict::make_predictor(realtime));
     ReplayOptions timing = replay_options;
     timing.detected_cycle_alloc = nullptr;
-    const ReplayResult t = run_temporal(policy, *timed, events, n, timing, policy_options);
+    const ReplayResult t =
+        run_temporal(policy, *timed, events, n, timing, policy_options, conf);
     r.ns_per_event_deterministic = r.ns_per_event;
     r.loop_ns = t.loop_ns;
     r.ns_per_event = t.ns_per_event;
