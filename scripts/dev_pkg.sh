@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# A private copy of the package for development, without touching the installed one:
+#   bash scripts/dev_pkg.sh BUILD_DIR OUT_DIR   (defaults: build-py, /tmp/tspkg)
+# builds the Python module in BUILD_DIR and assembles OUT_DIR/timeshare (the Python sources,
+# _C, libtimeshare.so and the installed package's OOM shim); then
+#   PYTHONPATH=OUT_DIR python -m pytest tests/python/...
+# runs against it. Several people (or agents) working in one tree each use their own dirs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${1:-build-py}
+OUT=${2:-/tmp/tspkg}
+PY=${PYTHON:-python3}
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DTIMESHARE_BUILD_TESTS=OFF \
+  -DTIMESHARE_BUILD_TOOLS=OFF -DTIMESHARE_BUILD_PYTHON=ON >/dev/null
+cmake --build "$BUILD" -j"${JOBS:-2}" --target _C timeshare >/dev/null
+mkdir -p "$OUT/timeshare"
+cp -r python/timeshare/. "$OUT/timeshare/"
+cp "$BUILD"/_C*.so "$BUILD"/libtimeshare.so "$OUT/timeshare/"
+SHIM=$($PY -I -c "import os,timeshare;print(os.path.join(os.path.dirname(timeshare.__file__),'libtimeshare_torch_oom.so'))" 2>/dev/null || true)
+[[ -n $SHIM && -f $SHIM ]] && cp "$SHIM" "$OUT/timeshare/"
+echo "$OUT"
