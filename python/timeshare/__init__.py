@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from timeshare._config import options_table, parse_conf
 from timeshare._enable import TimeshareError, enable, is_enabled, library_path
+from timeshare._fit import fit, recompute_stats
 from timeshare._offload import (
     OffloadError,
     install_global,
@@ -40,6 +41,7 @@ __all__ = [
     "__version__",
     "empty_cache",
     "enable",
+    "fit",
     "install_global",
     "is_enabled",
     "library_path",
@@ -53,6 +55,7 @@ __all__ = [
     "options_table",
     "parse_conf",
     "reset_accumulated_memory_stats",
+    "recompute_stats",
     "reset_peak_memory_stats",
     "spill_stats",
     "uninstall_global",

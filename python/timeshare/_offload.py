@@ -57,6 +57,7 @@ from collections.abc import Callable
 from typing import Any
 
 from timeshare import _C
+from timeshare._fit_plan import spill_plan
 from timeshare._offload_saved import _Kept, _OwnedLock, _Packed, _SavedView
 
 __all__ = ["OffloadError", "install_global", "offload", "spill_stats", "uninstall_global"]
@@ -323,32 +324,7 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
     def _build_plan(self) -> None:
         """Positions the previous iteration had to evict, furthest need first, to stay under
         the budget; they are spilled at their pack next time."""
-        events: list[tuple[int, int, int]] = []  # (time, kind: 0 unpack 1 pack, pos)
-        for pos, (_nbytes, t_pack, t_unpack, _other, _eligible) in self._prev.items():
-            events.append((t_pack, 1, pos))
-            if t_unpack >= 0:
-                events.append((t_unpack, 0, pos))
-        events.sort()
-        resident: dict[int, int] = {}
-        used = 0
-        other = 0
-        plan: set[int] = set()
-        for _t, kind, pos in events:
-            nbytes, _tp, _tu, other_at_pack, eligible = self._prev[pos]
-            if kind == 0:
-                used -= resident.pop(pos, 0)
-                continue
-            if not eligible:
-                continue
-            other = other_at_pack
-            resident[pos] = nbytes
-            used += nbytes
-            while other + used > self.budget and resident:
-                far = max(resident, key=lambda p: self._prev[p][2] if self._prev[p][2] >= 0
-                          else 1 << 62)
-                used -= resident.pop(far)
-                plan.add(far)
-        self._plan = plan
+        self._plan = spill_plan(self._prev, self.budget)
 
     def _new_iteration(self) -> None:
         self._prev = self._cur

@@ -58,6 +58,9 @@ def memory_stats(device: Device = None) -> OrderedDict[str, Any]:
     offload = sys.modules.get("timeshare._offload")
     if offload is not None:  # with or without the allocator enabled
         stats.update(offload.spill_stats())
+    fit = sys.modules.get("timeshare._fit")
+    if fit is not None:  # models fitted with timeshare.fit
+        stats.update(fit.recompute_stats())
     return OrderedDict(sorted(stats.items()))
 
 

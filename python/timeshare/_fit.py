@@ -1,0 +1,533 @@
+"""Fit a model under a memory budget: keep, spill or recompute each saved activation.
+
+``model = timeshare.fit(model, budget="20GiB")`` finds the model's repeated blocks by structure
+(children of one module sharing a class: transformer layers, residual stages), and from then on
+every forward of ``model`` runs under ``timeshare.offload`` with the same budget, and each block
+either runs as written (its saved tensors kept or spilled by the offload hooks) or under
+non-reentrant ``torch.utils.checkpoint`` with a selective policy
+(``create_selective_checkpoint_contexts``) that recomputes its pointwise ops, everything but its
+matmuls / convolutions / attention, or everything. Recomputation is PyTorch's: checkpoint
+restores the RNG state, so dropout draws the same masks again; every random op of a
+checkpointed block is recomputed (none is replayed from a cache, which would shift the RNG
+stream of the ones after it); outputs written in place later in the block are recomputed too;
+and the block's buffers (batch-norm running statistics, ``num_batches_tracked``) are put back
+after its recomputation, so they are updated once per step, as without it.
+
+Plan: the first iteration runs every block as written (offload reactive, as today) while a
+profiler records each forward op (block, kind, time, bytes) and each saved tensor (bytes, pack
+and unpack time, producing op). The planner (``timeshare._fit_plan.choose``, the same code the
+benchmark runs) then picks per block the level with the shortest modelled step that holds the
+budget, given the link bandwidth and the copies the offload hooks will plan. When the measured
+step drifts from the modelled one by more than ``drift`` for two iterations in a row, the next
+iteration is profiled again and the plan remade.
+
+On CPU tensors the budget counts the bytes of saved activations: what the offload hooks hold
+plus what the checkpointed blocks hold (policy caches and block inputs); on CUDA it is device
+memory (``torch.cuda.memory_allocated``), as for offload.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import types
+import weakref
+from collections import Counter
+from typing import Any
+
+from timeshare import _fit_plan
+from timeshare._offload import OffloadError, _bytes, offload
+
+__all__ = ["Fit", "find_blocks", "fit", "recompute_stats"]
+
+DEFAULT_LINK_BPS = 25e9  # PCIe 4 x16 as reached by pinned copies
+DRIFT = 0.25
+# Iterations between two profiles made because the step drifted (noise must not re-plan often).
+MIN_ITERATIONS_BETWEEN_PROFILES = 8
+_COMPUTE_NAMES = ("attention", "conv", "mm", "linear")
+
+
+def find_blocks(model: Any) -> list[tuple[str, Any]]:
+    """Repeated blocks, outermost first: the children of a module that share their class with
+    another child of it and have submodules and parameters of their own. Blocks are not
+    searched inside."""
+    out: list[tuple[str, Any]] = []
+
+    def walk(m: Any, prefix: str) -> None:
+        children = list(m.named_children())
+        counts = Counter(type(c) for _n, c in children
+                         if next(c.children(), None) is not None
+                         and next(c.parameters(), None) is not None)
+        for name, c in children:
+            if counts.get(type(c), 0) >= 2 and next(c.children(), None) is not None \
+                    and next(c.parameters(), None) is not None:
+                out.append((prefix + name, c))
+            else:
+                walk(c, prefix + name + ".")
+
+    walk(model, "")
+    return out
+
+
+@functools.cache
+def _classify(func: Any) -> tuple[str, bool, bool]:
+    """(kind, random, view) of an aten op."""
+    import torch
+    from torch.utils.flop_counter import flop_registry
+
+    returns = func._schema.returns
+    view = bool(returns) and all(r.alias_info is not None and not r.alias_info.is_write
+                                 for r in returns)
+    tags = getattr(func, "tags", ())
+    random = torch.Tag.nondeterministic_seeded in tags
+    name = func._overloadpacket.__name__ if hasattr(func, "_overloadpacket") else str(func)
+    if func._overloadpacket in flop_registry or any(k in name for k in _COMPUTE_NAMES):
+        kind = "compute"
+    elif torch.Tag.pointwise in tags:
+        kind = "pointwise"
+    else:
+        kind = "other"
+    return kind, random, view
+
+
+def _storage_key(t: Any) -> int:
+    return int(t.untyped_storage()._cdata)
+
+
+def _tensors(x: Any) -> list[Any]:
+    import torch
+
+    return [t for t in torch.utils._pytree.tree_leaves(x) if isinstance(t, torch.Tensor)]
+
+
+class _Rule:
+    """offload's eligibility rule without a context (its counters go nowhere)."""
+
+    def __init__(self, min_spill: int) -> None:
+        self.min_spill = min_spill
+        self._counters: Counter[str] = Counter()
+
+    def eligible(self, t: Any) -> bool:
+        return offload._eligible(self, t)  # type: ignore[arg-type]
+
+
+class Recorder:
+    """One iteration's profile (the planner's input): a dispatch mode for the forward ops and
+    saved-tensor hooks for the saved storages. ``clock()`` gives seconds (wall time, or a
+    modelled GPU clock in the benchmark); ``block`` is the index of the block running (set by
+    the block wrappers); ``delegate``: the offload context whose hooks hold the tensors (None:
+    the tensor itself is held)."""
+
+    def __init__(self, clock: Any, min_spill: int, delegate: Any = None) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        rec = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func: Any, types: Any, args: Any = (),
+                                   kwargs: Any = None) -> Any:
+                return rec._op(func, args, kwargs or {})
+
+        self.mode = _Mode()
+        self.clock = clock
+        self.rule = _Rule(min_spill)
+        self.delegate = delegate
+        self.block = -1
+        self._in_hook = False  # ops of the offload hooks themselves are not the model's
+        self.spans: dict[int, list[float]] = {}
+        self.ops: list[dict[str, Any]] = []
+        self.units: list[dict[str, Any]] = []
+        self._producer: dict[int, int] = {}  # storage -> index of the op that made it
+        self._seen: dict[int, tuple[Any, int, int]] = {}  # storage -> (weakref, version, unit)
+        self.start = clock()
+        self.last_unpack = self.start
+
+    # ---- ops -----------------------------------------------------------------------------
+    def _op(self, func: Any, args: Any, kwargs: Any) -> Any:
+        kind, random, view = _classify(func)
+        if view or self._in_hook:
+            return func(*args, **kwargs)
+        t0 = self.clock()
+        out = func(*args, **kwargs)
+        dt = self.clock() - t0
+        ins = {_storage_key(t) for t in _tensors((args, kwargs))}
+        new: dict[int, int] = {}
+        for t in _tensors(out):
+            k = _storage_key(t)
+            if k not in ins:
+                new[k] = t.untyped_storage().nbytes()
+        idx = len(self.ops)
+        self.ops.append({"block": self.block, "kind": kind, "t": t0 - self.start, "dt": dt,
+                         "bytes": sum(new.values()), "forced": random,
+                         "name": str(func)})
+        if func._schema.is_mutable:  # a tensor written in place: its producer must rerun
+            for a, v in zip(func._schema.arguments, args):
+                if a.alias_info is not None and a.alias_info.is_write:
+                    for t in _tensors(v):
+                        p = self._producer.get(_storage_key(t))
+                        if p is not None and self.ops[p]["block"] == self.block:
+                            self.ops[p]["forced"] = True
+        for k in new:
+            self._producer[k] = idx
+        return out
+
+    # ---- saved tensors ---------------------------------------------------------------------
+    def pack(self, t: Any) -> Any:
+        import torch
+
+        self._in_hook = True
+        try:
+            held = self.delegate._pack(t) if self.delegate is not None else t
+        finally:
+            self._in_hook = False
+        if isinstance(t, torch.nn.Parameter) or isinstance(t._base, torch.nn.Parameter):
+            return (-1, held)
+        key = _storage_key(t)
+        prev = self._seen.get(key)
+        if prev is not None and prev[0]() is not None and prev[1] == t._version:
+            return (prev[2], held)  # another view of a storage already recorded: one unit
+        spill = self.rule.eligible(t)
+        nbytes = t.untyped_storage().nbytes() if spill else t.numel() * t.element_size()
+        self.units.append({"bytes": nbytes, "spill": int(spill), "pack": self.clock() - self.start,
+                           "unpack": -1.0, "op": self._producer.get(key, -1),
+                           "block": self.block})
+        self._seen[key] = (weakref.ref(t), t._version, len(self.units) - 1)
+        return (len(self.units) - 1, held)
+
+    def unpack(self, saved: Any) -> Any:
+        i, held = saved
+        now = self.clock()
+        self.last_unpack = max(self.last_unpack, now)
+        if i >= 0 and self.units[i]["unpack"] < 0:
+            self.units[i]["unpack"] = now - self.start
+        if self.delegate is None:
+            return held
+        self._in_hook = True
+        try:
+            return self.delegate._unpack(held)
+        finally:
+            self._in_hook = False
+
+    def enter_block(self, i: int) -> int:
+        prev, self.block = self.block, i
+        self.spans.setdefault(i, [self.clock() - self.start, 0.0])
+        return prev
+
+    def leave_block(self, i: int, prev: int) -> None:
+        self.spans[i][1] = self.clock() - self.start
+        self.block = prev
+
+    def profile(self, nblocks: int, base: int) -> dict[str, Any]:
+        spans = [tuple(self.spans.get(b, (0.0, 0.0))) for b in range(nblocks)]
+        return {"ops": self.ops, "units": self.units, "blocks": spans, "base": base,
+                "step": max(self.last_unpack - self.start, 1e-9)}
+
+
+class _Meter:
+    """Bytes of storages the checkpointed blocks hold (policy caches, block inputs), by weak
+    reference to each storage: what the offload hooks cannot see on CPU tensors."""
+
+    def __init__(self) -> None:
+        self._refs: dict[int, tuple[Any, int]] = {}
+
+    def add(self, t: Any) -> None:
+        from torch.multiprocessing.reductions import StorageWeakRef
+
+        s = t.untyped_storage()
+        k = int(s._cdata)
+        if k not in self._refs and s.nbytes():
+            self._refs[k] = (StorageWeakRef(s), s.nbytes())
+
+    def live(self) -> int:
+        dead = [k for k, (r, _n) in self._refs.items() if r.expired()]
+        for k in dead:
+            del self._refs[k]
+        return sum(n for _r, n in self._refs.values())
+
+
+class _Recompute:
+    """The recomputation context of a checkpointed block: the policy's cached-ops mode, the
+    block's buffers put back afterwards (updated once per step), and its time measured."""
+
+    def __init__(self, owner: Fit, block: Any, inner: Any) -> None:
+        self.owner, self.block, self.inner = owner, block, inner
+
+    def __enter__(self) -> _Recompute:
+        self.t0 = time.perf_counter_ns()
+        self.saved = [(b, b.detach().clone()) for b in self.block.buffers()]
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch
+
+        self.inner.__exit__(*exc)
+        with torch.no_grad():
+            for b, v in self.saved:
+                with torch.autograd._unsafe_preserve_version_counter(b):
+                    b.copy_(v)
+        self.saved = []
+        self.owner._counters["recompute_ns"] += time.perf_counter_ns() - self.t0
+        self.owner._counters["recomputations"] += 1
+
+
+class Fit:
+    """What ``timeshare.fit`` installs on a model: see the module's docstring."""
+
+    def __init__(self, model: Any, budget: int | str, spill: str = "host",
+                 link: float | str | None = None, pinned: int | str | None = None,
+                 prefetch: int | str | None = None, min_spill: int | str | None = None,
+                 spill_dir: str | None = None, drift: float = DRIFT,
+                 recompute: str = "auto") -> None:
+        self.budget = _bytes("budget", budget, 0)
+        if self.budget <= 0:
+            raise OffloadError("timeshare.fit: budget must be a positive size (e.g. '20GiB')")
+        if recompute != "auto" and recompute not in _fit_plan.LEVELS:
+            raise OffloadError(f"timeshare.fit: recompute must be 'auto' or one of "
+                               f"{', '.join(_fit_plan.LEVELS)}, not {recompute!r}")
+        self.recompute = recompute
+        self.link_bps = _link(link)
+        self.drift = float(drift)
+        self._ctx_args = dict(budget=self.budget, spill=spill, spill_dir=spill_dir,
+                              pinned=pinned, prefetch=prefetch, min_spill=min_spill)
+        from timeshare import _C
+
+        self._min_spill = _bytes("min_spill", min_spill, int(_C.parse_conf("")["min_spill"]))
+        self.blocks = find_blocks(model)
+        self.levels = [0] * len(self.blocks)  # the first iteration is profiled as written
+        self._meter = _Meter()
+        self._ctx: Any = None
+        self._recorder: Recorder | None = None
+        self._profile_next = True
+        self._depth = 0
+        self._stack: list[Any] = []
+        self._counters: Counter[str] = Counter()
+        self._choice: dict[str, Any] | None = None
+        self._profile: dict[str, Any] | None = None
+        self._base = 0
+        self._step_start = 0.0
+        self._last_unpack = 0.0
+        self._drifted = 0
+        self._since_profile = 0
+        self.iterations = 0
+        for i, (_name, m) in enumerate(self.blocks):
+            m.forward = types.MethodType(functools.partial(_block_forward, self, i, m.forward), m)
+        self._handles = [model.register_forward_pre_hook(self._pre),
+                         model.register_forward_hook(self._post, always_call=True)]
+        _FITS.add(self)
+
+    # ---- iterations ---------------------------------------------------------------------------
+    def _pre(self, _module: Any, args: Any) -> None:
+        import torch
+
+        self._depth += 1
+        if self._depth > 1 or not torch.is_grad_enabled():
+            return
+        self._finish_iteration()
+        dev = next((t.device for t in _tensors(args)), torch.device("cpu"))
+        if self._ctx is None:
+            mem = None if dev.type == "cuda" else self._cpu_bytes
+            self._ctx = offload(memory_fn=mem, **self._ctx_args)
+        self._step_start = time.perf_counter()
+        self._last_unpack = self._step_start
+        stack = [self._ctx]
+        if self._profile_next:
+            self.levels = [0] * len(self.blocks)
+            base = int(torch.cuda.memory_allocated(dev)) if dev.type == "cuda" else 0
+            self._recorder = Recorder(_wall_clock(dev), self._min_spill, self._ctx)
+            self._base = base
+            hooks = torch.autograd.graph.saved_tensors_hooks(self._recorder.pack,
+                                                            self._recorder.unpack)
+            stack += [hooks, self._recorder.mode]
+        else:
+            stack.append(torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack))
+        for c in stack:
+            c.__enter__()
+        self._stack = stack
+
+    def _post(self, _module: Any, _args: Any, _out: Any) -> None:
+        self._depth -= 1
+        if self._depth > 0 or not self._stack:
+            return
+        for c in reversed(self._stack):
+            c.__exit__(None, None, None)
+        self._stack = []
+
+    def _pack(self, t: Any) -> Any:
+        return self._ctx._pack(t)
+
+    def _unpack(self, saved: Any) -> Any:
+        self._last_unpack = time.perf_counter()
+        return self._ctx._unpack(saved)
+
+    def _finish_iteration(self) -> None:
+        """At the next forward: plan from a profile just taken, or check the step for drift."""
+        rec = self._recorder
+        if rec is None and self._choice is None:
+            return
+        self.iterations += 1
+        self._since_profile += 1
+        if rec is not None:
+            self._recorder = None
+            self._profile_next = False
+            self._profile = rec.profile(len(self.blocks), self._base)
+            if self.recompute == "auto":
+                self._choice = _fit_plan.choose(self._profile, self.budget, self.link_bps)
+            else:
+                fixed = [_fit_plan.LEVELS.index(self.recompute)] * len(self.blocks)
+                self._choice = _fit_plan.evaluate(self._profile, fixed, self.link_bps,
+                                                  self.budget, True)
+            self.levels = list(self._choice["levels"])
+            self._counters["plans"] += 1
+            self._since_profile = 0
+            self._drifted = 0
+            return
+        measured = self._last_unpack - self._step_start
+        predicted = self._choice["time"] if self._choice else 0.0
+        if predicted > 0 and abs(measured - predicted) > self.drift * predicted:
+            self._drifted += 1
+        else:
+            self._drifted = 0
+        self._counters["last_step_ns"] = int(measured * 1e9)
+        if (self.recompute == "auto" and self._drifted >= 2
+                and self._since_profile >= MIN_ITERATIONS_BETWEEN_PROFILES):
+            self._profile_next = True
+            self._counters["replans"] += 1
+
+    def _cpu_bytes(self) -> int:
+        """Device bytes for the offload hooks on CPU tensors: theirs plus the blocks'."""
+        ctx = self._ctx
+        return ctx._resident_bytes + ctx._pending_bytes + self._meter.live()
+
+    # ---- checkpointing -------------------------------------------------------------------------
+    def _contexts(self, i: int, level: int) -> tuple[Any, Any]:
+        from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+        ops = [op for op in self._profile["ops"] if op["block"] == i] if self._profile else None
+        counter = [0]
+        meter = self._meter
+
+        def policy(ctx: Any, func: Any, *args: Any, **kwargs: Any) -> Any:
+            kind, random, view = _classify(func)
+            if view:
+                return CheckpointPolicy.PREFER_RECOMPUTE
+            n = counter[0]
+            counter[0] += 1
+            prof = ops[n] if ops is not None and n < len(ops) else None
+            if prof is None or prof["name"] != str(func):
+                prof = {"kind": kind, "forced": True}  # not the profiled sequence: recompute
+            if _fit_plan.recomputed({"kind": kind, "forced": prof["forced"] or random}, level):
+                return CheckpointPolicy.PREFER_RECOMPUTE
+            for t in _tensors(ctx.op_output):
+                meter.add(t)
+            return CheckpointPolicy.MUST_SAVE
+
+        fwd, rec = create_selective_checkpoint_contexts(policy)
+        return fwd, _Recompute(self, self.blocks[i][1], rec)
+
+    # ---- statistics ----------------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """``timeshare.spill.*`` figures of the offload context and ``timeshare.recompute.*``."""
+        out: dict[str, int] = dict(self._ctx.stats()) if self._ctx is not None else {}
+        out.update(self.recompute_stats())
+        return out
+
+    def recompute_stats(self) -> dict[str, int]:
+        p = "timeshare.recompute."
+        out = {p + "blocks": len(self.blocks), p + "iterations": self.iterations,
+               p + "blocks_checkpointed": sum(1 for lv in self.levels if lv > 0)}
+        for lvl, name in enumerate(_fit_plan.LEVELS[1:], 1):
+            out[p + f"blocks_{name}"] = sum(1 for lv in self.levels if lv == lvl)
+        c = self._choice or {}
+        for k in ("kept", "spilled", "recomputed"):
+            out[p + f"bytes_{k}"] = int(c.get(f"{k}_bytes", 0))
+        out[p + "predicted_step_ns"] = int(c.get("time", 0.0) * 1e9)
+        out[p + "predicted_recompute_ns"] = int(c.get("recompute_s", 0.0) * 1e9)
+        out[p + "predicted_peak_bytes"] = int(c.get("peak", 0))
+        for k in ("plans", "replans", "recompute_ns", "recomputations", "last_step_ns"):
+            out[p + k] = int(self._counters.get(k, 0))
+        return out
+
+
+def _block_forward(owner: Fit, i: int, orig: Any, _self: Any, *args: Any, **kwargs: Any) -> Any:
+    import torch
+
+    rec = owner._recorder
+    level = owner.levels[i] if owner._stack else 0
+    if level == 0 or not torch.is_grad_enabled():
+        if rec is None or not owner._stack:
+            return orig(*args, **kwargs)
+        prev = rec.enter_block(i)
+        try:
+            return orig(*args, **kwargs)
+        finally:
+            rec.leave_block(i, prev)
+    for t in _tensors((args, kwargs)):
+        owner._meter.add(t)  # the checkpoint holds its inputs until the block's backward
+    return torch.utils.checkpoint.checkpoint(
+        orig, *args, use_reentrant=False,
+        context_fn=functools.partial(owner._contexts, i, level), **kwargs)
+
+
+def _wall_clock(dev: Any) -> Any:
+    if dev.type == "cuda":
+        import torch
+
+        def clock() -> float:
+            torch.cuda.synchronize(dev)
+            return time.perf_counter()
+        return clock
+    return time.perf_counter
+
+
+def _link(link: float | str | None) -> float:
+    if link is None:
+        return DEFAULT_LINK_BPS
+    if isinstance(link, (int, float)) and not isinstance(link, bool) and link > 0:
+        return float(link)
+    if isinstance(link, str) and link.endswith("/s"):
+        return float(_bytes("link", link[:-2], 0)) or _bad_link(link)
+    return _bad_link(link)
+
+
+def _bad_link(link: Any) -> float:
+    raise OffloadError(f"timeshare.fit: link={link!r} is not a bandwidth (e.g. 50GB/s or 5e10)")
+
+
+_FITS: weakref.WeakSet[Fit] = weakref.WeakSet()
+
+
+def fit(model: Any, budget: int | str | None = None, **kwargs: Any) -> Any:
+    """Fit ``model``'s training step under ``budget`` (device bytes; default: TIMESHARE_CONF's
+    ``budget``): each saved activation is kept, spilled to host memory (``timeshare.offload``)
+    or recomputed (``torch.utils.checkpoint`` with a selective policy on the model's repeated
+    blocks), whichever the planner finds cheapest. Returns ``model`` itself (its state dict is
+    unchanged); ``model.timeshare_fit`` is the :class:`Fit` (``.stats()``, ``.levels``).
+
+    Keyword arguments: ``spill`` ("host" or "host+ssd"), ``spill_dir``, ``pinned``,
+    ``prefetch``, ``min_spill`` (as for offload), ``link`` (host link bandwidth, bytes/s or
+    "50GB/s"; default 25GB/s), ``drift`` (re-plan when the step strays this share from the
+    modelled one; default 0.25), ``recompute`` ("auto": planned; "none", "pointwise",
+    "cheap" or "full": that level for every block, no planning)."""
+    import os
+
+    if getattr(model, "timeshare_fit", None) is not None:
+        raise OffloadError("timeshare.fit: this model is fitted already (model.timeshare_fit)")
+    if budget is None:
+        from timeshare import _C
+
+        budget = int(_C.parse_conf(os.environ.get("TIMESHARE_CONF", ""))["budget"])
+        if budget <= 0:
+            raise OffloadError("timeshare.fit: no budget given and none in TIMESHARE_CONF "
+                               "(e.g. TIMESHARE_CONF=budget:20GiB)")
+    f = Fit(model, budget, **kwargs)
+    model.timeshare_fit = f
+    return model
+
+
+def recompute_stats() -> dict[str, int]:
+    """``timeshare.recompute.*`` figures summed over every fitted model alive."""
+    total: Counter[str] = Counter()
+    for f in list(_FITS):
+        total.update(f.recompute_stats())
+    return dict(sorted(total.items()))

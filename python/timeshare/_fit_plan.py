@@ -1,0 +1,430 @@
+"""The keep / spill / recompute planner: pure Python, no torch. ``timeshare.fit`` runs it on the
+profile it measures in the first iteration; ``scripts/bench_spill.py`` runs it on a profile
+recorded with a modelled GPU clock. Both reach the same functions: ``spill_plan`` (the offload
+hooks' furthest-need-first plan, which ``timeshare.offload`` uses too), ``items_for`` (what a
+choice of recompute levels leaves on the device, and when), ``simulate`` (the step's time and
+peak with copies on a link) and ``choose`` (the search).
+
+A profile is one iteration as the hooks saw it:
+- ``ops``: every forward aten op that wrote new memory, in order: ``block`` (index of the
+  repeated block it ran in, -1 outside), ``kind`` ("compute": matmul, convolution, attention;
+  "pointwise"; "other": norms, reductions, softmax...), ``t`` and ``dt`` (start and duration,
+  seconds), ``bytes`` (its outputs' new storages), ``forced`` (always recomputed when its block
+  is checkpointed: random ops, which replay identically only if all of them rerun from the
+  block's RNG state, and outputs written in place later in the block, which a cache would hold
+  stale);
+- ``units``: every storage the saved-tensor hooks packed: ``bytes``, ``spill`` (eligible),
+  ``pack``/``unpack`` (seconds; unpack -1 when never), ``op`` (the op that made it, -1 when
+  unknown), ``block`` (the block running at its pack);
+- ``step`` (seconds, forward start to last unpack) and ``base`` (device bytes besides saved
+  activations: parameters, gradients, optimizer state).
+
+Recompute levels of a block (non-reentrant ``torch.utils.checkpoint`` with a selective policy):
+0 none (its saved tensors are kept or spilled by the offload hooks), 1 pointwise ops recomputed,
+2 everything but compute ops recomputed, 3 everything recomputed (full checkpointing). Under a
+level > 0 the outputs of the ops that are not recomputed stay in the policy's cache from their
+forward until the block's recomputation (and on as saved tensors until their unpack), the
+block's inputs stay with the checkpoint until its backward ends, the recomputed tensors appear
+at the block's first unpack, after the recomputation (the sum of the recomputed ops' forward
+times), and none of those can be spilled (the hooks never see them).
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+__all__: list[str] = []  # internal
+
+LEVELS = ("none", "pointwise", "cheap", "full")
+COPY_LATENCY_S = 5e-6
+# Restores started ahead of need: this share of the peak is kept free for them (the plan aims at
+# budget - look-ahead).
+PREFETCH_SHARE = 0.05
+# A peak within this share above the budget counts as holding it (copies complete in steps).
+BUDGET_TOLERANCE = 0.01
+# Prefix lengths of the greedy move list evaluated before refining around the best.
+COARSE_STEPS = 12
+_EPS = 1e-12
+
+
+def recomputed(op: dict[str, Any], level: int) -> bool:
+    """Whether ``op`` reruns in backward when its block is checkpointed at ``level``."""
+    if level <= 0:
+        return False
+    if level >= 3 or op["forced"]:
+        return True
+    if level == 2:
+        return op["kind"] != "compute"
+    return op["kind"] == "pointwise"
+
+
+def spill_plan(hist: dict[int, list[int]], budget: int) -> set[int]:
+    """Furthest-need-first: the positions one iteration had to evict to stay under ``budget``.
+    ``hist``: position -> [bytes, pack, unpack (-1: never), other bytes at pack, eligible]. The
+    offload hooks spill these positions at their pack in the next iteration."""
+    events: list[tuple[int, int, int]] = []  # (time, kind: 0 unpack 1 pack, pos)
+    for pos, (_nbytes, t_pack, t_unpack, _other, _eligible) in hist.items():
+        events.append((t_pack, 1, pos))
+        if t_unpack >= 0:
+            events.append((t_unpack, 0, pos))
+    events.sort()
+    resident: dict[int, int] = {}
+    far_key: list[tuple[int, int]] = []  # max-heap by need: (-unpack, pos)
+    used = 0
+    plan: set[int] = set()
+    for _t, kind, pos in events:
+        nbytes, _tp, t_unpack, other, eligible = hist[pos]
+        if kind == 0:
+            used -= resident.pop(pos, 0)
+            continue
+        if not eligible:
+            continue
+        resident[pos] = nbytes
+        used += nbytes
+        heapq.heappush(far_key, (-(t_unpack if t_unpack >= 0 else 1 << 62), pos))
+        while other + used > budget and resident:
+            _k, far = heapq.heappop(far_key)
+            if far not in resident:
+                continue
+            used -= resident.pop(far)
+            plan.add(far)
+    return plan
+
+
+def items_for(profile: dict[str, Any], levels: list[int]) -> tuple[list[dict[str, Any]],
+                                                                  list[tuple[float, float]]]:
+    """What a choice of levels (one per block) holds on the device: items (bytes, pack, unpack,
+    spill, category) and recomputation delays (time, seconds)."""
+    ops, units = profile["ops"], profile["units"]
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
+    for u in units:
+        b = u["block"]
+        if b >= 0 and u["unpack"] >= 0:
+            first[b] = min(first.get(b, u["unpack"]), u["unpack"])
+            last[b] = max(last.get(b, u["unpack"]), u["unpack"])
+    items: list[dict[str, Any]] = []
+    delays: list[tuple[float, float]] = []
+    op_unpack: dict[int, float] = {}
+    for u in units:
+        b = u["block"]
+        lvl = levels[b] if b >= 0 else 0
+        if lvl == 0 or b not in first:
+            items.append({"bytes": u["bytes"], "pack": u["pack"], "unpack": u["unpack"],
+                          "spill": u["spill"], "cat": "kept"})
+            continue
+        op = ops[u["op"]] if u["op"] >= 0 else None
+        if op is None or op["block"] != b:  # an input of the block: the checkpoint holds it
+            items.append({"bytes": u["bytes"], "pack": u["pack"], "unpack": last[b],
+                          "spill": 0, "cat": "kept"})
+        elif recomputed(op, lvl):
+            items.append({"bytes": u["bytes"], "pack": first[b] - _EPS, "unpack": u["unpack"],
+                          "spill": 0, "cat": "recomputed"})
+        else:
+            op_unpack[u["op"]] = max(op_unpack.get(u["op"], -1.0), u["unpack"])
+    cost: dict[int, float] = {}
+    for i, op in enumerate(ops):
+        b = op["block"]
+        lvl = levels[b] if b >= 0 else 0
+        if lvl == 0 or b not in first:
+            continue
+        if recomputed(op, lvl):
+            cost[b] = cost.get(b, 0.0) + op["dt"]
+        elif op["bytes"]:  # in the policy's cache until the recomputation, then saved
+            items.append({"bytes": op["bytes"], "pack": op["t"],
+                          "unpack": max(first[b], op_unpack.get(i, -1.0)), "spill": 0,
+                          "cat": "kept"})
+    for b, dt in cost.items():
+        delays.append((first[b] - 2 * _EPS, dt))
+    return items, delays
+
+
+def _other_at_pack(items: list[dict[str, Any]], base: int) -> list[int]:
+    """Per item, the device bytes at its pack besides spillable items: base + unspillable items
+    alive (what the offload hooks measure as 'other' at a pack)."""
+    ev = []
+    for i, it in enumerate(items):
+        ev.append((it["pack"], 1, i))
+        if it["unpack"] >= 0:
+            ev.append((it["unpack"], 0, i))
+    ev.sort()
+    cur = base
+    out = [base] * len(items)
+    for _t, kind, i in ev:
+        it = items[i]
+        if kind == 1:
+            out[i] = cur
+            if not it["spill"]:
+                cur += it["bytes"]
+        elif not it["spill"]:
+            cur -= it["bytes"]
+    return out
+
+
+def plan_spills(items: list[dict[str, Any]], base: int, budget: int) -> set[int]:
+    """The offload hooks' plan for these items (timeshare.offload's own spill_plan)."""
+    other = _other_at_pack(items, base)
+    hist = {i: [it["bytes"], int(it["pack"] * 1e9), int(it["unpack"] * 1e9)
+                if it["unpack"] >= 0 else -1, other[i], int(bool(it["spill"]))]
+            for i, it in enumerate(items)}
+    return spill_plan(hist, max(budget, 1))
+
+
+def simulate(items: list[dict[str, Any]], delays: list[tuple[float, float]], total: float,
+             base: int, bw: float, strategy: str, spill: set[int], lookahead: int,
+             budget: int = 0) -> tuple[float, int]:
+    """Step time (s) and peak device bytes. Compute runs the recorded timeline, plus the
+    recomputation delays; copies take COPY_LATENCY_S + bytes / bw on a device-to-host and a
+    host-to-device stream beside compute. strategy: "sync" (every spill copied at pack and
+    restored at unpack on the compute stream), "async" (spills on the side stream at pack,
+    restores on demand), "planned" (the offload hooks: spills at pack on the side stream; at
+    every unpack, restores of the next needed start in need order within the look-ahead or the
+    room left under the budget; an allocation that would pass the budget waits for spill copies
+    to complete, the make_room path)."""
+    events = sorted([(it["pack"], 2, i) for i, it in enumerate(items)] +
+                    [(it["unpack"], 1, i) for i, it in enumerate(items) if it["unpack"] >= 0] +
+                    [(t, 0, -1 - k) for k, (t, _dt) in enumerate(delays)])
+    need = [i for _t, k, i in events if k == 1 and i in spill]  # unpack order of spilled
+
+    def cp(n: int) -> float:
+        return COPY_LATENCY_S + n / bw
+
+    c = d2h = h2d = 0.0
+    last = 0.0
+    mem: list[tuple[float, int]] = []
+    releases: list[tuple[float, int]] = []
+    live = base
+    ready: dict[int, float] = {}
+    next_need = 0
+    inflight = 0
+    # held bytes at c for the prefetch window: positive deltas so far, minus negatives passed
+    pos_total = 0
+    neg_heap: list[tuple[float, int]] = []
+    neg_done = 0
+
+    def add(when: float, d: int) -> None:
+        nonlocal pos_total
+        mem.append((when, d))
+        if d > 0:
+            pos_total += d
+        else:
+            heapq.heappush(neg_heap, (when, d))
+
+    for t, kind, i in events:
+        c += t - last
+        last = t
+        if kind == 0:
+            c += delays[-1 - i][1]
+            continue
+        n = items[i]["bytes"]
+        if kind == 2:
+            if budget:
+                while releases and releases[0][0] <= c:
+                    live -= heapq.heappop(releases)[1]
+                while releases and live + n > budget:
+                    when, m = heapq.heappop(releases)
+                    c = max(c, when)
+                    live -= m
+            live += n
+            add(c, n)
+            if i in spill:
+                if strategy == "sync":
+                    c += cp(n)
+                    add(c, -n)
+                else:
+                    d2h = max(c, d2h) + cp(n)
+                    add(d2h, -n)
+                    heapq.heappush(releases, (d2h, n))
+            continue
+        if i not in spill:
+            add(c, -n)
+            live -= n
+        elif strategy == "sync":
+            add(c, n)
+            c += cp(n)
+            add(c, -n)
+        elif i in ready:
+            c = max(c, ready.pop(i))
+            inflight -= n
+            add(c, -n)
+        else:
+            start = max(c, h2d, d2h)
+            add(start, n)
+            h2d = start + cp(n)
+            c = h2d
+            add(c, -n)
+        if strategy == "planned":  # every unpack starts restores of the next needed
+            while next_need < len(need) and need[next_need] != i and need[next_need] in ready:
+                next_need += 1
+            if next_need < len(need) and need[next_need] == i:
+                next_need += 1
+            j = next_need
+            while j < len(need):
+                k = need[j]
+                nb = items[k]["bytes"]
+                if k not in ready:
+                    while neg_heap and neg_heap[0][0] <= c:
+                        neg_done += heapq.heappop(neg_heap)[1]
+                    held = base + pos_total + neg_done
+                    if inflight + nb > max(lookahead, 1) and held + nb > budget + lookahead:
+                        break
+                    start = max(c, h2d)
+                    h2d = start + cp(nb)
+                    ready[k] = h2d
+                    inflight += nb
+                    add(start, nb)
+                j += 1
+    c += total - last
+    cur = peak = 0
+    for _t, delta in sorted(mem, key=lambda e: (e[0], -e[1])):
+        cur += delta
+        peak = max(peak, cur)
+    return c, base + peak
+
+
+def evaluate(profile: dict[str, Any], levels: list[int], bw: float, budget: int,
+             offload: bool) -> dict[str, Any]:
+    """One candidate: its modelled step time, peak and bytes kept / spilled / recomputed."""
+    items, delays = items_for(profile, levels)
+    base, total = profile["base"], profile["step"]
+    look = int(PREFETCH_SHARE * budget)
+    spills: set[int] = set()
+    if offload:
+        spills = plan_spills(items, base, budget - look)
+    if spills:
+        t, peak = simulate(items, delays, total, base, bw, "planned", spills, look, budget - look)
+    else:
+        t, peak = simulate(items, delays, total, base, bw, "none", set(), 0)
+    split = {"kept": 0, "spilled": 0, "recomputed": 0}
+    for i, it in enumerate(items):
+        split["spilled" if i in spills else it["cat"]] += it["bytes"]
+    return {"levels": list(levels), "offload": offload, "time": t, "peak": peak,
+            "recompute_s": sum(dt for _t, dt in delays), "spilled_units": spills,
+            "items": items, **{f"{k}_bytes": v for k, v in split.items()}}
+
+
+def _held_by_block(profile: dict[str, Any], nblocks: int, level: int) -> list[int]:
+    """Bytes each block holds through its forward at ``level`` (what checkpointing removes)."""
+    items, _d = items_for(profile, [level] * nblocks)
+    held = [0] * nblocks
+    if level == 0:
+        for u in profile["units"]:
+            if u["block"] >= 0:
+                held[u["block"]] += u["bytes"]
+        return held
+    # items are in unit order then op order; attribute by pack time to the block running then
+    spans = profile["blocks"]
+    for it in items:
+        if it["cat"] == "recomputed":
+            continue
+        for b, (s, e) in enumerate(spans):
+            if s <= it["pack"] <= e:
+                held[b] += it["bytes"]
+                break
+    return held
+
+
+def moves(profile: dict[str, Any]) -> list[tuple[int, int]]:
+    """(block, level) upgrades, cheapest recompute seconds per byte removed first (ties: later
+    blocks first, whose spills would have the least time before the peak)."""
+    n = len(profile["blocks"])
+    if n == 0:
+        return []
+    held = [_held_by_block(profile, n, lvl) for lvl in range(4)]
+    cost = [[0.0] * n for _ in range(4)]
+    for op in profile["ops"]:
+        b = op["block"]
+        if b < 0:
+            continue
+        for lvl in range(1, 4):
+            if recomputed(op, lvl):
+                cost[lvl][b] += op["dt"]
+    out: list[tuple[float, int, int]] = []
+    for b in range(n):
+        cur = 0
+        while cur < 3:
+            best = None
+            for lvl in range(cur + 1, 4):
+                gain = held[cur][b] - held[lvl][b]
+                if gain <= 0:
+                    continue
+                ratio = (cost[lvl][b] - cost[cur][b]) / gain
+                if best is None or ratio < best[0]:
+                    best = (ratio, lvl)
+            if best is None:
+                break
+            out.append((best[0], -b, best[1]))
+            cur = best[1]
+    # a block's upgrades must stay in order: sort by ratio, keep each block's sequence
+    out.sort()
+    seen: dict[int, int] = {}
+    ordered: list[tuple[int, int]] = []
+    for _r, nb, lvl in out:
+        b = -nb
+        if lvl > seen.get(b, 0):
+            seen[b] = lvl
+            ordered.append((b, lvl))
+    return ordered
+
+
+def _fits(c: dict[str, Any], budget: int) -> bool:
+    return c["peak"] <= budget * (1 + BUDGET_TOLERANCE)
+
+
+def _better(a: dict[str, Any] | None, b: dict[str, Any], budget: int) -> bool:
+    """Whether b beats a: holding the budget first, then the shorter step, then the lower peak."""
+    if a is None:
+        return True
+    fa, fb = _fits(a, budget), _fits(b, budget)
+    if fa != fb:
+        return fb
+    if fb:
+        return (b["time"], b["peak"]) < (a["time"], a["peak"])
+    return (b["peak"], b["time"]) < (a["peak"], a["time"])
+
+
+def choose(profile: dict[str, Any], budget: int, bw: float) -> dict[str, Any]:
+    """The combined plan: recompute levels per block and the offload hooks' spills for the rest,
+    the shortest modelled step that holds the budget (else the lowest peak). Candidates: every
+    prefix of the greedy move list (coarse, then refined around the best), and each level for
+    all blocks alike, each with and without offload."""
+    n = len(profile["blocks"])
+    seq = moves(profile)
+    cache: dict[tuple[tuple[int, ...], bool], dict[str, Any]] = {}
+
+    def levels_at(k: int) -> list[int]:
+        lv = [0] * n
+        for b, lvl in seq[:k]:
+            lv[b] = lvl
+        return lv
+
+    def ev(lv: list[int], off: bool) -> dict[str, Any]:
+        key = (tuple(lv), off)
+        if key not in cache:
+            cache[key] = evaluate(profile, lv, bw, budget, off)
+        return cache[key]
+
+    best: dict[str, Any] | None = None
+    for lvl in range(4):
+        for off in (False, True):
+            c = ev([lvl] * n, off)
+            if _better(best, c, budget):
+                best = c
+    step = max(1, len(seq) // COARSE_STEPS)
+    ks = sorted(set(range(0, len(seq) + 1, step)) | {len(seq)})
+    by_k = {}
+    for k in ks:
+        by_k[k] = ev(levels_at(k), True)
+    kbest = min(ks, key=lambda k: (not _fits(by_k[k], budget), by_k[k]["time"]
+                                   if _fits(by_k[k], budget) else by_k[k]["peak"]))
+    for k in range(max(0, kbest - step + 1), min(len(seq), kbest + step - 1) + 1):
+        by_k[k] = ev(levels_at(k), True)
+    for c in by_k.values():
+        if _better(best, c, budget):
+            best = c
+    assert best is not None
+    best = dict(best)
+    best["fits"] = _fits(best, budget)
+    best["candidates"] = len(cache)
+    return best
