@@ -45,7 +45,12 @@ SHIPPED_TRACES = Path(__file__).resolve().parent / "traces"
 
 _PROG = "python -m timeshare replay"
 _TABLE_WIDTH = 170  # characters: the table stays one line per row in a narrow terminal or a pipe
-_PREDICTION_KEYS = ("lifespan_within_2x", "lifespan_within_2x_warm", "lifespan_log2_mae")
+_PREDICTION_KEYS = (
+    "lifespan_within_2x_cold",
+    "lifespan_within_2x",
+    "lifespan_within_2x_warm",
+    "lifespan_log2_mae",
+)
 
 
 class ReplayError(Exception):
@@ -233,6 +238,7 @@ def _print_table(doc: dict[str, Any]) -> None:
         ("faults", "right"),
         ("ns/event", "right"),
         ("Mevents/s", "right"),
+        ("cold", "right"),
         ("within 2x", "right"),
         ("warm", "right"),
         ("log2 MAE", "right"),

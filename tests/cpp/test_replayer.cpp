@@ -281,6 +281,22 @@ TEST_CASE("prediction scoring", "[replayer]") {
   CHECK(warm_start_from_iterations({40}, 1000) == 40);
   CHECK(warm_start_from_iterations({0}, 1000) == kNoIndex);
   CHECK(warm_start_from_iterations({}, 1000) == kNoIndex);
+
+  // Cold: the allocations before the warm start (a: exact, b: 4x off), from event 0.
+  CHECK(f.cold_from_event == 0);
+  CHECK(f.cold_scored == 2);
+  CHECK(f.within_2x_cold == Approx(0.5));
+  // A cold window from event 1 holds b alone (4x off).
+  const PredictionFigures g = score_predictions(t.events().data(), t.size(), {2, 16, 2, 7},
+                                                truth, 3, WarmSource::kIterations, 1);
+  CHECK(g.cold_scored == 1);
+  CHECK(g.within_2x_cold == Approx(0.0));
+  CHECK(g.within_2x_warm == Approx(1.0));
+  CHECK(cold_start_from_iterations({0, 100, 200}, 1000) == 0);
+  CHECK(cold_start_from_iterations({30, 100, 200}, 1000) == 30);
+  CHECK(cold_start_from_iterations({100, 30}, 1000) == 30);
+  CHECK(cold_start_from_iterations({40}, 1000) == 0);
+  CHECK(cold_start_from_iterations({}, 1000) == 0);
 }
 
 TEST_CASE("policies: names, unknown policy, invalid trace", "[policies]") {

@@ -141,6 +141,35 @@ def test_predictor_baseline_policies(tmp_path: Path) -> None:
         _C.replay(_events([("a", 512)]), "timeshare+bogus")
 
 
+def test_cold_figure_is_the_first_marked_iteration(tmp_path: Path) -> None:
+    """lifespan_within_2x_cold scores [first mark, second mark) alone, beside online and warm."""
+    from timeshare.snapshot import load_trace
+
+    path = _write_snapshot(tmp_path / "tiny.pkl.gz", iterations=8)
+    with gzip.open(path, "rb") as f:
+        snap = pickle.load(f)
+    events = snap["device_traces"][0]
+    per_iteration = 6 * 3  # six allocations, six frees requested and completed
+    marks = [events[1 + k * per_iteration]["time_us"] for k in range(8)]
+    snap["trace_source"] = {"iteration_marks_us": marks}
+    with gzip.open(path, "wb") as f:
+        pickle.dump(snap, f)
+    trace = load_trace(path)
+    starts = sorted(trace.iteration_starts)
+    assert len(starts) == 8 and starts[0] > 0
+    r = replay.replay_events(trace.events, "timeshare+prev_iter", trace.iteration_starts)
+    assert r["cold_from_event"] == starts[0]
+    assert r["warm_from_event"] == starts[1]
+    assert r["lifespan_cold_scored"] > 0
+    assert r["lifespan_cold_scored"] + r["lifespan_warm_scored"] <= r["lifespan_scored"]
+    # The previous iteration's twin has nothing to say in the first iteration, everything after.
+    assert r["lifespan_within_2x_cold"] < 0.5
+    assert r["lifespan_within_2x_warm"] == pytest.approx(1.0)
+    # The shares add up: online is the scored-weighted mix of before-cold, cold and warm.
+    before = r["lifespan_scored"] - r["lifespan_cold_scored"] - r["lifespan_warm_scored"]
+    assert before >= 0
+
+
 def test_bad_input_raises_one_line() -> None:
     with pytest.raises(TypeError, match="expected EVENT_DTYPE"):
         _C.replay(np.zeros(4), "torch")

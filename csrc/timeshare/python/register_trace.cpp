@@ -156,6 +156,9 @@ py::dict to_dict(const trace::ReplayResult& r, bool predicts) {
     d["lifespan_log2_mae"] = f.log2_median_abs_error;  // median, as the project defines it
     d["lifespan_log2_mean_abs_error"] = f.log2_mean_abs_error;
     d["lifespan_within_2x_warm"] = f.within_2x_warm;
+    d["lifespan_within_2x_cold"] = f.within_2x_cold;
+    d["lifespan_cold_scored"] = f.cold_scored;
+    d["cold_from_event"] = f.cold_from_event;
     d["lifespan_scored"] = f.scored;
     d["lifespan_warm_scored"] = f.warm_scored;
     d["warm_from_event"] = f.warm_from_event;

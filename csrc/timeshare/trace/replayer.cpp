@@ -61,7 +61,9 @@ std::uint64_t peak_live_bytes(const Event* events, std::size_t n) {
   return peak;
 }
 
-std::uint64_t warm_start_from_iterations(const std::vector<std::uint64_t>& iteration_starts,
+namespace {
+// The iteration starts inside the trace, sorted, without repeats.
+std::vector<std::uint64_t> sorted_starts(const std::vector<std::uint64_t>& iteration_starts,
                                          std::size_t n) {
   std::vector<std::uint64_t> starts;
   for (std::uint64_t s : iteration_starts) {
@@ -69,9 +71,22 @@ std::uint64_t warm_start_from_iterations(const std::vector<std::uint64_t>& itera
   }
   std::sort(starts.begin(), starts.end());
   starts.erase(std::unique(starts.begin(), starts.end()), starts.end());
+  return starts;
+}
+}  // namespace
+
+std::uint64_t warm_start_from_iterations(const std::vector<std::uint64_t>& iteration_starts,
+                                         std::size_t n) {
+  const std::vector<std::uint64_t> starts = sorted_starts(iteration_starts, n);
   if (starts.size() >= 2) return starts[1];
   if (starts.size() == 1 && starts[0] > 0) return starts[0];
   return kNoIndex;
+}
+
+std::uint64_t cold_start_from_iterations(const std::vector<std::uint64_t>& iteration_starts,
+                                         std::size_t n) {
+  const std::vector<std::uint64_t> starts = sorted_starts(iteration_starts, n);
+  return starts.size() >= 2 ? starts[0] : 0;
 }
 
 // ---- timeline -------------------------------------------------------------------------------
@@ -99,14 +114,17 @@ std::vector<TimelinePoint> TimelineSampler::finish(std::uint64_t last_event) {
 PredictionFigures score_predictions(const Event* events, std::size_t n,
                                     const std::vector<std::uint64_t>& predicted,
                                     const std::vector<std::uint64_t>& truth,
-                                    std::uint64_t warm_from_event, WarmSource warm_source) {
+                                    std::uint64_t warm_from_event, WarmSource warm_source,
+                                    std::uint64_t cold_from_event) {
   PredictionFigures f;
   f.warm_from_event = warm_from_event;
   f.warm_source = warm_source;
+  f.cold_from_event = std::min(cold_from_event, warm_from_event);
   std::vector<double> errors;
   errors.reserve(predicted.size());
   std::uint64_t within = 0;
   std::uint64_t warm_within = 0;
+  std::uint64_t cold_within = 0;
   const double max_log2 = std::log2(kLifespanWithinFactor);
   for (std::size_t i = 0; i < n; ++i) {
     const Event& e = events[i];
@@ -123,6 +141,9 @@ PredictionFigures score_predictions(const Event* events, std::size_t n,
     if (i >= warm_from_event) {
       ++f.warm_scored;
       warm_within += ok;
+    } else if (i >= f.cold_from_event) {
+      ++f.cold_scored;
+      cold_within += ok;
     }
   }
   f.scored = errors.size();
@@ -130,6 +151,8 @@ PredictionFigures score_predictions(const Event* events, std::size_t n,
   f.within_2x = static_cast<double>(within) / static_cast<double>(f.scored);
   f.within_2x_warm =
       f.warm_scored ? static_cast<double>(warm_within) / static_cast<double>(f.warm_scored) : 0.0;
+  f.within_2x_cold =
+      f.cold_scored ? static_cast<double>(cold_within) / static_cast<double>(f.cold_scored) : 0.0;
   double sum = 0.0;
   for (double e : errors) sum += e;
   f.log2_mean_abs_error = sum / static_cast<double>(errors.size());
@@ -282,8 +305,11 @@ ReplayResult replay(const Event* events, std::size_t n, pool::Pool& pool,
       warm = static_cast<std::uint64_t>(static_cast<double>(n) * kWarmFallbackFraction);
       source = WarmSource::kFraction;
     }
+    const std::uint64_t cold = source == WarmSource::kIterations
+                                   ? cold_start_from_iterations(options.iteration_starts, n)
+                                   : 0;
     r.prediction = score_predictions(events, n, predicted, true_lifespans(events, n, allocs),
-                                     warm, source);
+                                     warm, source, cold);
   }
   return r;
 }

@@ -92,6 +92,11 @@ struct PredictionFigures {
   WarmSource warm_source = WarmSource::kFraction;
   std::uint64_t warm_scored = 0;
   double within_2x_warm = 0.0;
+  // "cold": the first training iteration alone, [cold_from_event, warm_from_event): where a
+  // predictor has seen nothing of this model's period yet (the pretrained LSTM's case).
+  std::uint64_t cold_from_event = 0;
+  std::uint64_t cold_scored = 0;
+  double within_2x_cold = 0.0;
 };
 
 struct ReplayResult {
@@ -135,6 +140,11 @@ std::uint64_t peak_live_bytes(const Event* events, std::size_t n);
 // only start when it is not event 0. Returns kNoIndex when the starts say nothing.
 std::uint64_t warm_start_from_iterations(const std::vector<std::uint64_t>& iteration_starts,
                                          std::size_t n);
+// Where the first marked iteration starts: the first start when there are two or more (the
+// cold window runs from it to the warm start), else 0 (the cold window is everything before
+// the warm start).
+std::uint64_t cold_start_from_iterations(const std::vector<std::uint64_t>& iteration_starts,
+                                         std::size_t n);
 
 // The work-in-flight model above, over a trace and a sim backend (replays and tools share it).
 // Call before_event(i) at each event, then before_free(i, ...) just before a free reaches the
@@ -163,7 +173,8 @@ ReplayResult replay(const Event* events, std::size_t n, pool::Pool& pool,
 PredictionFigures score_predictions(const Event* events, std::size_t n,
                                     const std::vector<std::uint64_t>& predicted,
                                     const std::vector<std::uint64_t>& truth,
-                                    std::uint64_t warm_from_event, WarmSource warm_source);
+                                    std::uint64_t warm_from_event, WarmSource warm_source,
+                                    std::uint64_t cold_from_event = 0);
 
 // Downsamples per-event (live, reserved) curves as the replayer does: helper for planners.
 class TimelineSampler {
