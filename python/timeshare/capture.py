@@ -414,4 +414,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    # Run as ``python -m timeshare.capture``: a script that imports timeshare.capture (for
+    # mark_iteration) must reach this module, where the recorder is, not a second copy of it.
+    sys.modules.setdefault("timeshare.capture", sys.modules[__name__])
     sys.exit(main(sys.argv[1:]))

@@ -112,6 +112,36 @@ def test_explicit_marks_replace_step_marks(tiny_script: Path, tmp_path: Path) ->
     assert tr.iteration_starts[0] >= 4
 
 
+def test_module_run_reaches_the_scripts_marks(tmp_path: Path) -> None:
+    """``python -m timeshare.capture`` (as scripts/corpus/capture.sh runs it, from a copy of the
+    two modules): a script importing timeshare.capture marks in the running capture, not in a
+    second copy of the module (whose marks were lost, leaving the step marks)."""
+    import shutil
+    import subprocess
+    import sys
+
+    shim = tmp_path / "shim" / "timeshare"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("")
+    for name in ("capture.py", "snapshot.py"):
+        shutil.copy(ROOT / "python" / "timeshare" / name, shim / name)
+    script = tmp_path / "tiny_train.py"
+    script.write_text(TINY.format(module="timeshare.capture"))
+    out = tmp_path / "module.pkl.gz"
+    env = {**__import__("os").environ, "PYTHONPATH": str(shim.parent)}
+    subprocess.run(
+        [sys.executable, "-m", "timeshare.capture", "--device", "cpu", "--out", str(out), "--",
+         str(script), "3", "explicit"],
+        check=True, env=env, capture_output=True,
+    )
+    tr = snapshot.load_trace(out)
+    starts = [int(i) for i in tr.iteration_starts]
+    assert len(starts) == 3
+    # Marks at the top of each iteration: the last iteration is as long as the one before it
+    # (step marks would put the last mark after the last step, with almost nothing after it).
+    assert starts[0] >= 4 and len(tr.events) - starts[2] >= starts[2] - starts[1]
+
+
 def test_mark_iteration_without_capture_is_a_no_op() -> None:
     capture.mark_iteration()
 
