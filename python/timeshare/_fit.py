@@ -38,7 +38,7 @@ from typing import Any
 from timeshare import _fit_plan
 from timeshare._offload import OffloadError, _bytes, offload
 
-__all__ = ["Fit", "find_blocks", "fit", "recompute_stats"]
+__all__ = ["Fit", "find_blocks", "fit", "profile_step", "recompute_stats"]
 
 DEFAULT_LINK_BPS = 25e9  # PCIe 4 x16 as reached by pinned copies
 DRIFT = 0.25
@@ -88,6 +88,40 @@ def _classify(func: Any) -> tuple[str, bool, bool]:
     else:
         kind = "other"
     return kind, random, view
+
+
+def _in_backward() -> bool:
+    import torch
+
+    get = getattr(torch._C, "_current_graph_task_id", None)
+    return get is not None and int(get()) != -1
+
+
+def profile_step(model: Any, run: Any, clock: Any, min_spill: int, base: int) -> dict[str, Any]:
+    """The planner's profile of one step, ``run()`` (a forward and backward of ``model``),
+    recorded with ``clock`` (seconds; the benchmark's modelled GPU clock), the saved tensors held
+    as they are (no offload): what ``Fit`` records in its first iteration."""
+    import torch
+
+    blocks = find_blocks(model)
+    rec = Recorder(clock, min_spill)
+    handles = []
+    for i, (_n, m) in enumerate(blocks):
+        prev: list[int] = []
+        handles.append(m.register_forward_pre_hook(
+            lambda _m, _a, i=i, prev=prev: prev.append(rec.enter_block(i))))
+        handles.append(m.register_forward_hook(
+            lambda _m, _a, _o, i=i, prev=prev: rec.leave_block(i, prev.pop()), always_call=True))
+    try:
+        with rec.mode, torch.autograd.graph.saved_tensors_hooks(rec.pack, rec.unpack):
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    prof = rec.profile(len(blocks), base)
+    prof["step"] = clock() - rec.start
+    prof["names"] = [n for n, _m in blocks]
+    return prof
 
 
 def _storage_key(t: Any) -> int:
@@ -145,7 +179,7 @@ class Recorder:
     # ---- ops -----------------------------------------------------------------------------
     def _op(self, func: Any, args: Any, kwargs: Any) -> Any:
         kind, random, view = _classify(func)
-        if view or self._in_hook:
+        if view or self._in_hook or _in_backward():
             return func(*args, **kwargs)
         t0 = self.clock()
         out = func(*args, **kwargs)
@@ -288,6 +322,8 @@ class Fit:
         self.recompute = recompute
         self.link_bps = _link(link)
         self.drift = float(drift)
+        if prefetch is None:  # the look-ahead the planner models: a share of the budget
+            prefetch = max(1, int(_fit_plan.PREFETCH_SHARE * self.budget))
         self._ctx_args = dict(budget=self.budget, spill=spill, spill_dir=spill_dir,
                               pinned=pinned, prefetch=prefetch, min_spill=min_spill)
         from timeshare import _C
@@ -378,6 +414,9 @@ class Fit:
                 self._choice = _fit_plan.evaluate(self._profile, fixed, self.link_bps,
                                                   self.budget, True)
             self.levels = list(self._choice["levels"])
+            # the offload hooks plan their spills against the target the planner found holds
+            # the budget (below it where restores in flight or recomputations add to the peak)
+            self._ctx.budget = max(1, min(self.budget, int(self._choice["spill_budget"])))
             self._counters["plans"] += 1
             self._since_profile = 0
             self._drifted = 0
@@ -505,10 +544,10 @@ def fit(model: Any, budget: int | str | None = None, **kwargs: Any) -> Any:
     unchanged); ``model.timeshare_fit`` is the :class:`Fit` (``.stats()``, ``.levels``).
 
     Keyword arguments: ``spill`` ("host" or "host+ssd"), ``spill_dir``, ``pinned``,
-    ``prefetch``, ``min_spill`` (as for offload), ``link`` (host link bandwidth, bytes/s or
-    "50GB/s"; default 25GB/s), ``drift`` (re-plan when the step strays this share from the
-    modelled one; default 0.25), ``recompute`` ("auto": planned; "none", "pointwise",
-    "cheap" or "full": that level for every block, no planning)."""
+    ``prefetch`` (default: 5% of the budget), ``min_spill`` (as for offload); ``link`` (host
+    link bandwidth, bytes/s or "50GB/s"; default 25GB/s); ``drift`` (re-plan when the step
+    strays this share from the modelled one; default 0.25); ``recompute`` ("auto": planned;
+    "none", "pointwise", "cheap" or "full": that level for every block, no planning)."""
     import os
 
     if getattr(model, "timeshare_fit", None) is not None:

@@ -45,6 +45,9 @@ PREFETCH_SHARE = 0.05
 BUDGET_TOLERANCE = 0.01
 # Prefix lengths of the greedy move list evaluated before refining around the best.
 COARSE_STEPS = 12
+# Plans of the offload hooks tried per candidate, each against a target lowered by the excess
+# of the one before.
+TIGHTEN_ATTEMPTS = 3
 _EPS = 1e-12
 
 
@@ -290,16 +293,22 @@ def evaluate(profile: dict[str, Any], levels: list[int], bw: float, budget: int,
     base, total = profile["base"], profile["step"]
     look = int(PREFETCH_SHARE * budget)
     spills: set[int] = set()
-    if offload:
-        spills = plan_spills(items, base, budget - look)
-    if spills:
-        t, peak = simulate(items, delays, total, base, bw, "planned", spills, look, budget - look)
-    else:
-        t, peak = simulate(items, delays, total, base, bw, "none", set(), 0)
+    target = budget - look
+    t, peak = simulate(items, delays, total, base, bw, "none", set(), 0)
+    if offload and peak > budget:
+        # the offload hooks' plan against target; where restores in flight or recomputed
+        # blocks still pass the budget, plan again against a target lowered by the excess
+        for _attempt in range(TIGHTEN_ATTEMPTS):
+            spills = plan_spills(items, base, target)
+            t, peak = simulate(items, delays, total, base, bw, "planned", spills, look, target)
+            if peak <= budget * (1 + BUDGET_TOLERANCE) or target <= base:
+                break
+            target = max(base, target - (peak - budget))
     split = {"kept": 0, "spilled": 0, "recomputed": 0}
     for i, it in enumerate(items):
         split["spilled" if i in spills else it["cat"]] += it["bytes"]
     return {"levels": list(levels), "offload": offload, "time": t, "peak": peak,
+            "spill_budget": target if spills else budget,
             "recompute_s": sum(dt for _t, dt in delays), "spilled_units": spills,
             "items": items, **{f"{k}_bytes": v for k, v in split.items()}}
 
@@ -413,12 +422,20 @@ def choose(profile: dict[str, Any], budget: int, bw: float) -> dict[str, Any]:
                 best = c
     step = max(1, len(seq) // COARSE_STEPS)
     ks = sorted(set(range(0, len(seq) + 1, step)) | {len(seq)})
-    by_k = {}
-    for k in ks:
-        by_k[k] = ev(levels_at(k), True)
-    kbest = min(ks, key=lambda k: (not _fits(by_k[k], budget), by_k[k]["time"]
-                                   if _fits(by_k[k], budget) else by_k[k]["peak"]))
-    for k in range(max(0, kbest - step + 1), min(len(seq), kbest + step - 1) + 1):
+    by_k = {k: ev(levels_at(k), True) for k in ks}
+
+    def score(k: int) -> tuple[bool, float]:
+        c = by_k[k]
+        return (not _fits(c, budget), c["time"] if _fits(c, budget) else c["peak"])
+
+    kbest = min(ks, key=score)
+    first = next((k for k in ks if _fits(by_k[k], budget)), None)
+    # refine around the best prefix and below the first that holds the budget (the fewest
+    # recomputations that do; the coarse grid may step over it)
+    todo = set(range(max(0, kbest - step + 1), min(len(seq), kbest + step - 1) + 1))
+    if first is not None:
+        todo |= set(range(max(0, first - step + 1), first))
+    for k in sorted(todo - set(by_k)):
         by_k[k] = ev(levels_at(k), True)
     for c in by_k.values():
         if _better(best, c, budget):
