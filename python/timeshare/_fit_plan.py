@@ -48,6 +48,8 @@ COARSE_STEPS = 12
 # Plans of the offload hooks tried per candidate, each against a target lowered by the excess
 # of the one before.
 TIGHTEN_ATTEMPTS = 3
+# Rounds of the local search (one block's level changed at a time) after the prefix search.
+LOCAL_ROUNDS = 2
 _EPS = 1e-12
 
 
@@ -334,9 +336,10 @@ def _held_by_block(profile: dict[str, Any], nblocks: int, level: int) -> list[in
     return held
 
 
-def moves(profile: dict[str, Any]) -> list[tuple[int, int]]:
+def moves(profile: dict[str, Any], hull: bool = False) -> list[tuple[int, int]]:
     """(block, level) upgrades, cheapest recompute seconds per byte removed first (ties: later
-    blocks first, whose spills would have the least time before the peak)."""
+    blocks first, whose spills would have the least time before the peak; a block's levels in
+    increasing order)."""
     n = len(profile["blocks"])
     if n == 0:
         return []
@@ -351,29 +354,38 @@ def moves(profile: dict[str, Any]) -> list[tuple[int, int]]:
                 cost[lvl][b] += op["dt"]
     out: list[tuple[float, int, int]] = []
     for b in range(n):
-        cur = 0
-        while cur < 3:
-            best = None
-            for lvl in range(cur + 1, 4):
-                gain = held[cur][b] - held[lvl][b]
-                if gain <= 0:
-                    continue
-                ratio = (cost[lvl][b] - cost[cur][b]) / gain
-                if best is None or ratio < best[0]:
-                    best = (ratio, lvl)
-            if best is None:
-                break
-            out.append((best[0], -b, best[1]))
-            cur = best[1]
-    # a block's upgrades must stay in order: sort by ratio, keep each block's sequence
+        if hull:  # per block only the upgrades on its lower convex hull of (seconds, bytes)
+            cur = 0
+            while cur < 3:
+                best = None
+                for lvl in range(cur + 1, 4):
+                    gain = held[cur][b] - held[lvl][b]
+                    if gain > 0:
+                        ratio = (cost[lvl][b] - cost[cur][b]) / gain
+                        if best is None or ratio < best[0]:
+                            best = (ratio, lvl)
+                if best is None:
+                    break
+                out.append((best[0], -b, best[1]))
+                cur = best[1]
+            continue
+        # each level that removes more than the one before, in order; a block's chain keeps
+        # its order in the global list (its ratios made non-decreasing)
+        cur, worst = 0, 0.0
+        for lvl in range(1, 4):
+            gain = held[cur][b] - held[lvl][b]
+            if gain <= 0:
+                continue
+            worst = max(worst, (cost[lvl][b] - cost[cur][b]) / gain)
+            out.append((worst, -b, lvl))
+            cur = lvl
     out.sort()
     seen: dict[int, int] = {}
     ordered: list[tuple[int, int]] = []
-    for _r, nb, lvl in out:
-        b = -nb
-        if lvl > seen.get(b, 0):
-            seen[b] = lvl
-            ordered.append((b, lvl))
+    for _r, nb, lvl in out:  # a block's upgrades in increasing order
+        if lvl > seen.get(-nb, 0):
+            seen[-nb] = lvl
+            ordered.append((-nb, lvl))
     return ordered
 
 
@@ -393,20 +405,46 @@ def _better(a: dict[str, Any] | None, b: dict[str, Any], budget: int) -> bool:
     return (b["peak"], b["time"]) < (a["peak"], a["time"])
 
 
-def choose(profile: dict[str, Any], budget: int, bw: float) -> dict[str, Any]:
-    """The combined plan: recompute levels per block and the offload hooks' spills for the rest,
-    the shortest modelled step that holds the budget (else the lowest peak). Candidates: every
-    prefix of the greedy move list (coarse, then refined around the best), and each level for
-    all blocks alike, each with and without offload."""
-    n = len(profile["blocks"])
-    seq = moves(profile)
-    cache: dict[tuple[tuple[int, ...], bool], dict[str, Any]] = {}
+def _best_prefix(seq: list[tuple[int, int]], n: int, ev: Any, budget: int) -> dict[str, Any]:
+    """The best prefix of a move list: every COARSE_STEPS-th, then refined around the best and
+    below the first that holds the budget (the fewest recomputations that do)."""
 
     def levels_at(k: int) -> list[int]:
         lv = [0] * n
         for b, lvl in seq[:k]:
             lv[b] = lvl
         return lv
+
+    step = max(1, len(seq) // COARSE_STEPS)
+    ks = sorted(set(range(0, len(seq) + 1, step)) | {len(seq)})
+    by_k = {k: ev(levels_at(k), True) for k in ks}
+
+    def score(k: int) -> tuple[bool, float]:
+        c = by_k[k]
+        return (not _fits(c, budget), c["time"] if _fits(c, budget) else c["peak"])
+
+    kbest = min(ks, key=score)
+    first = next((k for k in ks if _fits(by_k[k], budget)), None)
+    todo = set(range(max(0, kbest - step + 1), min(len(seq), kbest + step - 1) + 1))
+    if first is not None:
+        todo |= set(range(max(0, first - step + 1), first))
+    for k in sorted(todo - set(by_k)):
+        by_k[k] = ev(levels_at(k), True)
+    best = None
+    for c in by_k.values():
+        if _better(best, c, budget):
+            best = c
+    assert best is not None
+    return best
+
+
+def choose(profile: dict[str, Any], budget: int, bw: float) -> dict[str, Any]:
+    """The combined plan: recompute levels per block and the offload hooks' spills for the rest,
+    the shortest modelled step that holds the budget (else the lowest peak). Candidates: every
+    prefix of the greedy move list (coarse, then refined around the best), and each level for
+    all blocks alike, each with and without offload."""
+    n = len(profile["blocks"])
+    cache: dict[tuple[tuple[int, ...], bool], dict[str, Any]] = {}
 
     def ev(lv: list[int], off: bool) -> dict[str, Any]:
         key = (tuple(lv), off)
@@ -420,26 +458,26 @@ def choose(profile: dict[str, Any], budget: int, bw: float) -> dict[str, Any]:
             c = ev([lvl] * n, off)
             if _better(best, c, budget):
                 best = c
-    step = max(1, len(seq) // COARSE_STEPS)
-    ks = sorted(set(range(0, len(seq) + 1, step)) | {len(seq)})
-    by_k = {k: ev(levels_at(k), True) for k in ks}
-
-    def score(k: int) -> tuple[bool, float]:
-        c = by_k[k]
-        return (not _fits(c, budget), c["time"] if _fits(c, budget) else c["peak"])
-
-    kbest = min(ks, key=score)
-    first = next((k for k in ks if _fits(by_k[k], budget)), None)
-    # refine around the best prefix and below the first that holds the budget (the fewest
-    # recomputations that do; the coarse grid may step over it)
-    todo = set(range(max(0, kbest - step + 1), min(len(seq), kbest + step - 1) + 1))
-    if first is not None:
-        todo |= set(range(max(0, first - step + 1), first))
-    for k in sorted(todo - set(by_k)):
-        by_k[k] = ev(levels_at(k), True)
-    for c in by_k.values():
+    for seq in (moves(profile), moves(profile, hull=True)):
+        c = _best_prefix(seq, n, ev, budget)
         if _better(best, c, budget):
             best = c
+    # local search: one block's level changed at a time, while that improves
+    assert best is not None
+    for _round in range(LOCAL_ROUNDS):
+        improved = False
+        cur = best
+        for b in range(n):
+            for lvl in range(4):
+                if lvl == cur["levels"][b]:
+                    continue
+                lv = list(cur["levels"])
+                lv[b] = lvl
+                c = ev(lv, True)
+                if _better(best, c, budget):
+                    best, improved = c, True
+        if not improved:
+            break
     assert best is not None
     best = dict(best)
     best["fits"] = _fits(best, budget)
