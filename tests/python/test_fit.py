@@ -312,3 +312,22 @@ def test_planner_never_worse_than_its_single_strategies() -> None:
             if ok:
                 assert ch["fits"]
                 assert ch["time"] <= min(s["time"] for s in ok) + 1e-12
+
+
+def test_a_drifting_step_is_profiled_and_planned_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """drift=0: every measured step differs from the modelled one, so after two in a row (and
+    the minimum spacing, lowered here) the next step is profiled again and the plan remade;
+    training stays bit-identical through the re-profiled steps."""
+    monkeypatch.setattr(fit_mod, "MIN_ITERATIONS_BETWEEN_PROFILES", 1)
+    model, data = _model_and_data("dropout")
+    data = (data * 3)[:7]
+    ref = _train("dropout", copy.deepcopy(model), data)
+    m = timeshare.fit(copy.deepcopy(model), budget="1MiB", drift=0.0, link=1e5, pinned=PINNED,
+                      min_spill=MIN_SPILL)
+    got = _train("dropout", m, data)
+    _same(ref, got)
+    st = m.timeshare_fit.stats()
+    assert st["timeshare.recompute.replans"] >= 1
+    assert st["timeshare.recompute.plans"] >= 2  # the last re-profile may still be unplanned
+    assert st["timeshare.recompute.plans"] in (st["timeshare.recompute.replans"],
+                                               st["timeshare.recompute.replans"] + 1)
