@@ -4,6 +4,7 @@
 
 #include "timeshare/common/log.h"
 #include "timeshare/common/units.h"
+#include "timeshare/pool/temporal_pool.h"
 #include "timeshare/spill/make_room.h"
 
 namespace timeshare {
@@ -24,7 +25,12 @@ Allocator::Allocator(const Options& options, std::unique_ptr<device::Backend> ba
     : options_(options), backend_(std::move(backend)) {
   set_log_level(options_.log_level);
   pool_ = make_pool(options_, *backend_);
-  predictor_ = make_predictor_for(options_, /*deterministic=*/false);
+  std::shared_ptr<pool::PlanBoard> board;
+  if (auto* temporal = dynamic_cast<pool::TemporalPool*>(pool_.get()); temporal && options_.plan) {
+    board = std::make_shared<pool::PlanBoard>();
+    temporal->set_plan_board(board);
+  }
+  predictor_ = make_predictor_for(options_, /*deterministic=*/false, board);
   if (options_.budget_bytes > 0) pool_->set_limit_bytes(options_.budget_bytes);
   log().info("allocator for {} device {}: pool {}, predictor {}", backend_->name(),
              backend_->device_index(), pool_->name(), predictor_name());

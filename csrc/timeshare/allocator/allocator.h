@@ -28,6 +28,7 @@
 #include "timeshare/common/options.h"
 #include "timeshare/common/stats.h"
 #include "timeshare/device/backend.h"
+#include "timeshare/pool/layout_plan.h"
 #include "timeshare/pool/pool.h"
 #include "timeshare/predict/predictor.h"
 
@@ -96,8 +97,11 @@ class Allocator {
 
 // Builds the pool `options` select (CachingPool for policy torch, TemporalPool for timeshare).
 std::unique_ptr<pool::Pool> make_pool(const Options& options, device::Backend& backend);
-// Builds the predictor `options` select; null under the torch policy.
-std::unique_ptr<predict::LifespanPredictor> make_predictor_for(const Options& options,
-                                                               bool deterministic);
+// Builds the predictor `options` select; null under the torch policy. With a plan board (and
+// option `plan`), the predictor's answers also feed a layout planner that publishes there
+// (inside the asynchronous feed, so planning runs on the predictor's thread).
+std::unique_ptr<predict::LifespanPredictor> make_predictor_for(
+    const Options& options, bool deterministic,
+    std::shared_ptr<pool::PlanBoard> board = nullptr);
 
 }  // namespace timeshare

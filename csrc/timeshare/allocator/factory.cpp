@@ -6,6 +6,7 @@
 #include "timeshare/pool/caching_pool.h"
 #include "timeshare/pool/temporal_pool.h"
 #include "timeshare/predict/async_predictor.h"
+#include "timeshare/predict/layout_planner.h"
 #include "timeshare/predict/online_predictor.h"
 
 namespace timeshare {
@@ -28,8 +29,8 @@ std::unique_ptr<pool::Pool> make_pool(const Options& options, device::Backend& b
   return std::make_unique<pool::TemporalPool>(&backend, to);
 }
 
-std::unique_ptr<predict::LifespanPredictor> make_predictor_for(const Options& options,
-                                                               bool deterministic) {
+std::unique_ptr<predict::LifespanPredictor> make_predictor_for(
+    const Options& options, bool deterministic, std::shared_ptr<pool::PlanBoard> board) {
   if (options.policy == PolicyKind::kTorch) return nullptr;
   predict::PredictorOptions p;
   p.kind = options.predictor;
@@ -40,6 +41,9 @@ std::unique_ptr<predict::LifespanPredictor> make_predictor_for(const Options& op
   p.seed = options.seed;
   p.deterministic = deterministic;
   std::unique_ptr<predict::LifespanPredictor> predictor = predict::make_predictor(p);
+  if (predictor && board && options.plan) {
+    predictor = std::make_unique<predict::PlanningPredictor>(std::move(predictor), std::move(board));
+  }
   // Off the malloc path unless asked (predict_sync); a deterministic predictor (replays, tests)
   // stays synchronous, since its answers must follow the events one by one.
   if (predictor && !options.predict_sync && !deterministic) {

@@ -40,6 +40,10 @@ struct Options {
   bool predict_sync = false;  // ask the predictor on the malloc path (else: fed asynchronously)
   // Test of the sim's fault detector only: unmap granules without waiting for their streams.
   bool unsafe_unmap = false;
+  // Follow the layout plans the predictor's thread builds (pool/layout_plan.h). Off by
+  // default: measured, it lowers device calls on some traces but raises peak reserved on most
+  // (docs/temporal_pool.md, "Layout plans").
+  bool plan = false;
   std::size_t history_bytes = std::size_t{8} << 20;
   int hidden = 32;
   std::uint64_t retrain_interval_events = 40'000;

@@ -83,6 +83,7 @@ std::size_t TemporalGranules::add_arena(std::uintptr_t base, std::size_t granule
   ar.cached_gen = ZeroedArray<std::uint32_t>(granules);
   cache_.resize(ar.offset + granules);
   quarantined_.resize(ar.offset + granules);
+  pinned_free_.resize(ar.offset + granules);
   if (trim_oldest_first_) cache_stamp_.resize(ar.offset + granules, 0);
   arenas_.push_back(std::move(ar));
   return arenas_.size() - 1;
@@ -97,7 +98,7 @@ void TemporalGranules::tick(std::uint64_t now_events) {
   now_events_ = now_events;
   if (now_events - window_start_events_ < peak_window_events_) return;
   prev_window_peak_ = window_peak_;
-  window_peak_ = needed_;
+  window_peak_ = needed_ + pinned_free_.count();
   window_start_events_ = now_events;
 }
 
@@ -148,6 +149,19 @@ void TemporalGranules::poll_fences(ArenaGranules& ar) {
 
 void TemporalGranules::quarantine(std::size_t a, std::size_t first, std::size_t last) {
   ArenaGranules& ar = arenas_[a];
+  if (ar.pin_lo < ar.pin_hi && first < ar.pin_hi && last >= ar.pin_lo) {
+    // The pinned part stays mapped for the plan; the rest is quarantined as usual.
+    const std::size_t lo = std::max(first, ar.pin_lo);
+    const std::size_t hi = std::min(last, ar.pin_hi - 1);
+    if (lo == hi) {
+      pinned_free_.set(key(a, lo));
+    } else {
+      pinned_free_.set_range(key(a, lo), key(a, hi));
+    }
+    if (first < lo) quarantine(a, first, lo - 1);
+    if (hi < last) quarantine(a, hi + 1, last);
+    return;
+  }
   if (unsafe_unmap_) {  // the detector test: trimmable at once, as before the fix
     if (first == last) {
       cache_.set(key(a, first));
@@ -392,8 +406,11 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
   });
   if (limit_bytes != 0 && (mapped_ + to_map) * granule_bytes_ > limit_bytes) {
     // Cached granules outside this block may go to make room, but the limit decides.
+    // (Pinned free granules are not given back here: the retry at the limit unpins them.)
     const std::size_t cached_inside = fresh - to_map;
-    if ((mapped_ - (cached_granules() - cached_inside) + to_map) * granule_bytes_ > limit_bytes) {
+    const std::size_t trimmable = cache_.count() + quarantined_.count();
+    if ((mapped_ - std::min(mapped_, trimmable - std::min(trimmable, cached_inside)) + to_map) *
+            granule_bytes_ > limit_bytes) {
       return false;
     }
   }
@@ -404,11 +421,15 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
       if (ar.occupancy[g] == 0 && ar.mapped[g] == kMapped) {
         cache_.clear(key(a, g));
         quarantined_.clear(key(a, g));
+        pinned_free_.clear(key(a, g));
       }
     });
     if (n_full != 0) {
       cache_.clear_range(key(a, sp.full_begin), key(a, sp.full_end - 1));
       quarantined_.clear_range(key(a, sp.full_begin), key(a, sp.full_end - 1));
+      if (!pinned_free_.empty()) {
+        pinned_free_.clear_range(key(a, sp.full_begin), key(a, sp.full_end - 1));
+      }
     }
   };
   const auto count_in = [&] {
@@ -416,7 +437,7 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
     std::fill(ar.occupancy.begin() + static_cast<std::ptrdiff_t>(sp.full_begin),
               ar.occupancy.begin() + static_cast<std::ptrdiff_t>(sp.full_end), 1u);
     needed_ += fresh;
-    window_peak_ = std::max(window_peak_, needed_);
+    window_peak_ = std::max(window_peak_, needed_ + pinned_free_.count());
   };
   if (to_map == 0) {  // no device call, nothing can fail
     claim();
@@ -536,13 +557,52 @@ void TemporalGranules::release(std::size_t a, std::uintptr_t addr, std::size_t b
   trim_to(m, 0);
 }
 
+void TemporalGranules::pin_range(std::size_t a, std::uintptr_t addr, std::size_t bytes) {
+  ArenaGranules& ar = arenas_[a];
+  const std::size_t lo = granule_of(addr - ar.base);
+  const std::size_t hi = bytes == 0 ? lo : granule_of(addr - ar.base + bytes - 1) + 1;
+  if (lo == ar.pin_lo && hi == ar.pin_hi) return;
+  if (ar.pin_lo < ar.pin_hi) unpin_all();
+  ar.pin_lo = lo;
+  ar.pin_hi = std::min(hi, ar.mapped.size());
+  // Free granules already mapped there are kept from now on (the same arena reuses them).
+  for (std::size_t g = ar.pin_lo; g < ar.pin_hi; ++g) {
+    const std::size_t k = key(a, g);
+    if (ar.occupancy[g] != 0 || ar.mapped[g] != kMapped) continue;
+    if (cache_.test(k) || quarantined_.test(k)) {
+      cache_.clear(k);
+      quarantined_.clear(k);
+      pinned_free_.set(k);
+    }
+  }
+  window_peak_ = std::max(window_peak_, needed_ + pinned_free_.count());
+}
+
+void TemporalGranules::unpin_all() {
+  for (std::size_t a = 0; a < arenas_.size(); ++a) {
+    ArenaGranules& ar = arenas_[a];
+    if (ar.pin_lo >= ar.pin_hi) continue;
+    const std::size_t lo = ar.pin_lo;
+    const std::size_t hi = ar.pin_hi;
+    ar.pin_lo = ar.pin_hi = 0;
+    for (std::size_t g = lo; g < hi; ++g) {
+      const std::size_t k = key(a, g);
+      if (!pinned_free_.test(k)) continue;
+      pinned_free_.clear(k);
+      quarantine(a, g, g);
+    }
+  }
+}
+
 void TemporalGranules::release_all_cached() {
+  unpin_all();
   if (!quarantined_.empty()) wait_for_quarantine(quarantined_.count());
   trim_to(0, 0);
 }
 
 void TemporalGranules::unmap_arena(std::size_t a) {
   ArenaGranules& ar = arenas_[a];
+  ar.pin_lo = ar.pin_hi = 0;
   // Teardown: the stream's work must be done first (this unmaps retiring addresses too).
   if (!ar.fences.empty() || ar.dirty || !ar.retiring.empty()) drain_arena(a);
   for (std::size_t g = 0; g < ar.mapped.size(); ++g) {
@@ -559,6 +619,7 @@ void TemporalGranules::unmap_arena(std::size_t a) {
     for (std::size_t h = g; h < g + n; ++h) {
       cache_.clear(key(a, h));
       quarantined_.clear(key(a, h));
+      pinned_free_.clear(key(a, h));
     }
     g += n;
   }

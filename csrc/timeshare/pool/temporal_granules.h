@@ -129,10 +129,28 @@ class TemporalGranules {
   // after its stream has finished.
   void unmap_arena(std::size_t a);
 
+  // Predicted demand (a layout plan, pool/layout_plan.h): granules of [addr, addr+bytes) of
+  // arena `a` that its blocks leave empty stay mapped (not trimmed, not unmapped) until
+  // unpin_all(), since the plan will place blocks there again within an iteration. The mark's
+  // peak counts them like needed granules (demand = needed + free pinned). One pinned range per arena; a new one
+  // replaces the old. Pinned free granules are reused only by their own arena (stream).
+  void pin_range(std::size_t a, std::uintptr_t addr, std::size_t bytes);
+  // Drops every pin: free pinned granules are quarantined like any emptied granule.
+  void unpin_all();
+  // Forgets the observed peak (a new layout makes the old cycle's peak a poor guide): the mark
+  // restarts from the demand now.
+  void restart_window() noexcept {
+    window_peak_ = prev_window_peak_ = needed_ + pinned_free_.count();
+    window_start_events_ = now_events_;
+  }
+  std::size_t pinned_free_granules() const noexcept { return pinned_free_.count(); }
+
   std::size_t mapped_granules() const noexcept { return mapped_; }
   std::size_t needed_granules() const noexcept { return needed_; }
   // Mapped granules without a block: trimmable ones and quarantined ones.
-  std::size_t cached_granules() const noexcept { return cache_.count() + quarantined_.count(); }
+  std::size_t cached_granules() const noexcept {
+    return cache_.count() + quarantined_.count() + pinned_free_.count();
+  }
   std::size_t quarantined_granules() const noexcept { return quarantined_.count(); }
   // Host waits made to give memory back (synchronize on a fence or a stream), and fences.
   std::uint64_t waits() const noexcept { return waits_; }
@@ -205,6 +223,8 @@ class TemporalGranules {
     // Addresses whose physical memory moved to an alias (map_alias), unmapped once the fence
     // of `gen` completes; oldest first.
     std::deque<Quarantined> retiring;
+    std::size_t pin_lo = 0;  // pinned granules [pin_lo, pin_hi) (pin_range)
+    std::size_t pin_hi = 0;
   };
   struct Alias {  // granules [g, g+n) now reach the memory of [donor, donor+n)
     std::size_t g = 0;
@@ -267,6 +287,7 @@ class TemporalGranules {
   std::vector<ArenaGranules> arenas_;
   TemporalBitIndex cache_;        // key(arena, granule) of trimmable cached granules
   TemporalBitIndex quarantined_;  // key(arena, granule) of cached granules not yet fenced
+  TemporalBitIndex pinned_free_;  // key(arena, granule) of mapped, empty, pinned granules
   bool unsafe_unmap_;
   EventPool events_;
   std::uint64_t waits_ = 0;

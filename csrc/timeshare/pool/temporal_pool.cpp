@@ -46,6 +46,7 @@ TemporalPool::TemporalPool(device::Backend* backend, TemporalPoolOptions options
       reassign_(options.reassign_min_bytes, options.reassign_horizon_events,
                 options.reassign_max_promises),
       events_(*backend) {
+  plan_region_ = num_regions(options_);  // one more region, after the lifespan ones
   if (!backend->supports_virtual_memory()) fallback_ = std::make_unique<CachingPool>(*backend);
 }
 
@@ -61,7 +62,7 @@ TemporalPool::Arena* TemporalPool::arena_for(device::Stream stream) {
   for (auto& a : arenas_) {
     if (a->stream == stream) return a.get();
   }
-  const std::size_t n_regions = num_regions(options_);
+  const std::size_t n_regions = num_regions(options_) + 1;  // + the plan region
   auto a = std::make_unique<Arena>();
   a->stream = stream;
   a->index = static_cast<std::uint32_t>(arenas_.size());
@@ -183,9 +184,15 @@ void* TemporalPool::allocate(std::size_t bytes, device::Stream stream, const All
   const std::size_t region = lifespan_region(options_, hint.predicted_lifespan);
   std::uintptr_t addr = 0;
   std::size_t placed_region = region;
-  bool ok = arena != nullptr &&
-            ((options_.reassign && place_promised(*arena, region, rounded, &addr)) ||
-             place(*arena, region, rounded, &addr, &placed_region));
+  if (board_) refresh_plan();
+  bool ok = false;
+  if (arena != nullptr && plan_ && place_planned(*arena, rounded, hint.alloc_id, &addr)) {
+    ok = true;
+    placed_region = plan_region_;
+  }
+  ok = ok || (arena != nullptr &&
+              ((options_.reassign && place_promised(*arena, region, rounded, &addr)) ||
+               place(*arena, region, rounded, &addr, &placed_region)));
   if (granules_.has_retiring_changes()) sync_retiring();
   if (!ok) {
     // Free everything cached (waiting for pending blocks) and try once more.
@@ -219,6 +226,104 @@ void* TemporalPool::allocate(std::size_t bytes, device::Stream stream, const All
   live_.emplace(addr, std::move(b));
   sync_reserved();
   return reinterpret_cast<void*>(addr);
+}
+
+void TemporalPool::set_plan_board(std::shared_ptr<PlanBoard> board) {
+  if (fallback_) return;
+  board_ = std::move(board);
+  plan_version_ = 0;
+  drop_plan();
+}
+
+void TemporalPool::refresh_plan() {
+  const std::uint64_t v = board_->version();
+  if (v == plan_version_) return;
+  plan_version_ = v;
+  // Plans that kept missing cost memory and calls each time: after kMaxPlanDrops of them the
+  // pool places by best fit for good (the predictor keeps publishing; nothing reads it).
+  if (plan_stats_.dropped >= kMaxPlanDrops) {
+    plan_ = nullptr;
+    return;
+  }
+  granules_.unpin_all();
+  plan_ = board_->current();
+  plan_shift_ = 0;
+  plan_window_tries_ = plan_window_misses_ = 0;
+  if (plan_ && (plan_->period == 0 || plan_->slots.size() != plan_->period)) plan_ = nullptr;
+  if (plan_) {
+    ++plan_stats_.plans;
+    // The old layout's cycle peak would keep its granules mapped beside the plan's.
+    granules_.restart_window();
+  }
+}
+
+void TemporalPool::drop_plan() {
+  if (plan_) ++plan_stats_.dropped;
+  plan_ = nullptr;
+  granules_.unpin_all();
+}
+
+bool TemporalPool::place_planned(Arena& arena, std::size_t rounded, std::uint64_t alloc_id,
+                                 std::uintptr_t* addr) {
+  // Allocations inserted into or missing from an iteration move the phase by a few slots;
+  // the nearest slot of the right size within this many is taken, and the shift kept.
+  constexpr std::int64_t kMaxPlanShift = 4;
+  // A plan is dropped when more than a quarter of its tries miss over a window of this many
+  // tries (at least): its predictions are wrong, and best fit does better.
+  constexpr std::uint64_t kPlanCheckTries = 64;
+  // The window is a few slots of the period: a wrong plan is dropped within an eighth of it.
+  constexpr std::uint64_t kPlanCheckShare = 8;
+  const LayoutPlan& p = *plan_;
+  if (arena.stream != p.stream || alloc_id < p.start_alloc_id) return false;
+  const auto period = static_cast<std::int64_t>(p.period);
+  const std::int64_t rel = static_cast<std::int64_t>(alloc_id - p.start_alloc_id) + plan_shift_;
+  const auto at = [&](std::int64_t d) -> const PlanSlot& {
+    std::int64_t j = (rel + d) % period;
+    if (j < 0) j += period;
+    return p.slots[static_cast<std::size_t>(j)];
+  };
+  const PlanSlot* slot = nullptr;
+  if (at(0).bytes == rounded) {
+    slot = &at(0);
+  } else {
+    for (std::int64_t d = 1; d <= kMaxPlanShift && slot == nullptr; ++d) {
+      if (at(d).bytes == rounded) {
+        slot = &at(d);
+        plan_shift_ += d;
+      } else if (at(-d).bytes == rounded) {
+        slot = &at(-d);
+        plan_shift_ -= d;
+      }
+    }
+  }
+  if (slot != nullptr && slot->offset == kNoPlanOffset) return false;  // not planned
+  bool hit = false;
+  if (slot != nullptr) {
+    const std::uintptr_t base = arena.base + plan_region_ * region_va_bytes_;
+    const std::uintptr_t want = base + slot->offset;
+    ArenaFreeRanges& free = arena.regions[plan_region_];
+    ArenaFreeRanges::Range r;
+    if (slot->offset + rounded <= region_va_bytes_ && free.containing(want, rounded, &r) &&
+        granules_.acquire(arena.granule_index, want, rounded, limit_bytes_)) {
+      free.carve_at(r, want, rounded);
+      granules_.pin_range(arena.granule_index, base, p.footprint_bytes);
+      *addr = want;
+      hit = true;
+    }
+  }
+  ++plan_window_tries_;
+  if (hit) {
+    ++plan_stats_.hits;
+  } else {
+    ++plan_stats_.misses;
+    ++plan_window_misses_;
+  }
+  if (plan_window_tries_ >= std::max<std::uint64_t>(kPlanCheckTries, p.planned / kPlanCheckShare)) {
+    const bool bad = plan_window_misses_ * 4 > plan_window_tries_;
+    plan_window_tries_ = plan_window_misses_ = 0;
+    if (bad) drop_plan();
+  }
+  return hit;
 }
 
 FreeResult TemporalPool::deallocate(void* ptr, std::uint64_t now_events) {
@@ -374,7 +479,7 @@ void TemporalPool::sync_reserved() noexcept {
 }
 
 std::vector<TemporalPool::RegionUsage> TemporalPool::region_usage() const {
-  std::vector<RegionUsage> out(num_regions(options_));
+  std::vector<RegionUsage> out(num_regions(options_) + 1);
   std::vector<std::set<std::uintptr_t>> touched(out.size());
   const std::size_t g = granules_.granule_bytes();
   live_.for_each([&](std::uintptr_t addr, const Block& b) {

@@ -63,6 +63,7 @@
 
 #include "timeshare/pool/arena_free_ranges.h"
 #include "timeshare/pool/event_pool.h"
+#include "timeshare/pool/layout_plan.h"
 #include "timeshare/pool/pool.h"
 #include "timeshare/pool/temporal_granules.h"
 #include "timeshare/pool/temporal_live_map.h"
@@ -96,6 +97,27 @@ class TemporalPool final : public Pool {
   void set_limit_bytes(std::size_t bytes) noexcept override;
   std::size_t limit_bytes() const noexcept override { return limit_bytes_; }
   std::string describe() const override;
+
+  // Predicted layouts (pool/layout_plan.h): from now on, allocations on the plan's stream are
+  // placed at their planned slot when it fits and is free, in a region of their own whose
+  // granules stay mapped while the plan is followed. nullptr: no plan (the default).
+  void set_plan_board(std::shared_ptr<PlanBoard> board);
+  static constexpr std::uint64_t kMaxPlanDrops = 2;
+  // Allocations placed at their planned slot, and planned ones that could not be (the slot was
+  // taken, or no slot of that size was found near the expected phase); plans followed and
+  // dropped for missing too often.
+  struct PlanStats {
+    std::uint64_t hits = 0;
+    std::uint64_t misses = 0;
+    std::uint64_t plans = 0;
+    std::uint64_t dropped = 0;
+    std::size_t pinned_free_granules = 0;
+  };
+  PlanStats plan_stats() const noexcept {
+    PlanStats s = plan_stats_;
+    s.pinned_free_granules = granules_.pinned_free_granules();
+    return s;
+  }
 
   // Introspection for tests and the evaluation tool.
   const TemporalPoolOptions& options() const noexcept { return options_; }
@@ -169,6 +191,12 @@ class TemporalPool final : public Pool {
   // The slot promised by the re-assignment queue, when one fits and is still free and mapped.
   bool place_promised(Arena& arena, std::size_t region, std::size_t bytes, std::uintptr_t* addr);
   void release_range(std::uintptr_t addr, const Block& block);
+  // The planned slot of this allocation, when the plan has one of its size near the expected
+  // phase and it is free; commits it (placed in the plan region).
+  bool place_planned(Arena& arena, std::size_t rounded, std::uint64_t alloc_id,
+                     std::uintptr_t* addr);
+  void refresh_plan();
+  void drop_plan();
   // Keeps the regions' free ranges in step with retiring addresses (TemporalGranules): an
   // address whose memory moved to an alias is not placed on until it is unmapped.
   void sync_retiring();
@@ -190,6 +218,15 @@ class TemporalPool final : public Pool {
   std::uint64_t now_events_ = 0;
   std::uint64_t promised_placements_ = 0;
   DeviceStats stats_;
+  // The layout plan being followed (set_plan_board), and where its slots are in phase.
+  std::shared_ptr<PlanBoard> board_;
+  std::shared_ptr<const LayoutPlan> plan_;
+  std::uint64_t plan_version_ = 0;
+  std::int64_t plan_shift_ = 0;        // allocations inserted (+) or missing (-) since planned
+  std::uint64_t plan_window_tries_ = 0;  // planned allocations in the current check window
+  std::uint64_t plan_window_misses_ = 0;
+  std::size_t plan_region_ = 0;        // index of the plan region in Arena::regions
+  PlanStats plan_stats_;
   // What sync_reserved last saw (it returns early when nothing changed).
   std::int64_t synced_mapped_ = -1;
   std::uint64_t synced_calls_ = 0;

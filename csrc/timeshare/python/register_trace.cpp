@@ -141,6 +141,12 @@ py::dict to_dict(const trace::ReplayResult& r, bool predicts) {
   d["device_faults"] = r.device_faults;
   d["device_waits"] = r.device_waits;
   if (!r.first_fault.empty()) d["first_fault"] = r.first_fault;
+  if (predicts) {
+    d["plan_hits"] = r.plan_hits;
+    d["plan_misses"] = r.plan_misses;
+    d["plans"] = r.plans;
+    d["plans_dropped"] = r.plans_dropped;
+  }
   d["loop_ns"] = r.loop_ns;
   d["ns_per_event"] = r.ns_per_event;
   if (r.ns_per_event_deterministic > 0) d["ns_per_event_deterministic"] = r.ns_per_event_deterministic;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <random>
 #include <stdexcept>
 
 #include "timeshare/common/options.h"
@@ -11,6 +12,7 @@
 #include "timeshare/pool/temporal_pool.h"
 #include "timeshare/predict/async_predictor.h"
 #include "timeshare/predict/hybrid_predictor.h"
+#include "timeshare/predict/layout_planner.h"
 #include "timeshare/predict/online_predictor.h"
 #include "timeshare/predict/predictor.h"
 #include "timeshare/predict/predictor_options.h"
@@ -26,6 +28,8 @@ constexpr std::string_view kTimeshare = "timeshare";
 constexpr std::string_view kOracle = "oracle";
 constexpr std::string_view kTimeshareTrue = "timeshare-true";
 constexpr std::string_view kTimeshareConst = "timeshare-const";
+// True lifespans dealt to the wrong allocations (a seeded shuffle): what wrong predictions cost.
+constexpr std::string_view kTimeshareShuffled = "timeshare-shuffled";
 // "timeshare+KIND": the temporal pool with predictor KIND instead of the default, trained online
 // in the same deterministic replay (the baselines and ablations the predictor is measured against).
 constexpr std::string_view kWithPredictor = "timeshare+";
@@ -87,16 +91,36 @@ Options parse_conf(const PolicyOptions& po) {
   return *r.options;
 }
 
+// `board`: the predictor already feeds a layout planner publishing there (inside an
+// AsyncPredictor, as the allocator runs); else, with conf.plan, the planner is fed here,
+// synchronously.
 ReplayResult run_temporal(std::string_view policy, predict::LifespanPredictor& predictor,
                           const Event* events, std::size_t n, const ReplayOptions& ro,
-                          const PolicyOptions& po, const Options& conf) {
+                          const PolicyOptions& po, const Options& conf,
+                          std::shared_ptr<pool::PlanBoard> board = nullptr) {
   device::SimBackend backend(sim_options(po));
   pool::TemporalPoolOptions to;
   to.unsafe_unmap = conf.unsafe_unmap;
   pool::TemporalPool pool(&backend, to);
   PolicyOptions limited = po;
   if (limited.limit_bytes == 0) limited.limit_bytes = conf.budget_bytes;
-  return run_pool(policy, pool, &predictor, backend, events, n, ro, limited);
+  if (!conf.plan) return run_pool(policy, pool, &predictor, backend, events, n, ro, limited);
+  // As the allocator runs it: the predictor's answers feed the layout planner, whose plans
+  // the pool follows (pool/layout_plan.h).
+  std::unique_ptr<predict::PlanningPredictor> planning;
+  if (!board) {
+    board = std::make_shared<pool::PlanBoard>();
+    planning = std::make_unique<predict::PlanningPredictor>(&predictor, board);
+  }
+  pool.set_plan_board(board);
+  ReplayResult r = run_pool(policy, pool, planning ? static_cast<predict::LifespanPredictor*>(planning.get()) : &predictor,
+                            backend, events, n, ro, limited);
+  const pool::TemporalPool::PlanStats ps = pool.plan_stats();
+  r.plan_hits = ps.hits;
+  r.plan_misses = ps.misses;
+  r.plans = ps.plans;
+  r.plans_dropped = ps.dropped;
+  return r;
 }
 
 ReplayResult run_oracle(const Event* events, std::size_t n, const ReplayOptions& ro) {
@@ -146,6 +170,10 @@ std::vector<std::string> ablation_policies() {
   return {std::string(kTimeshareTrue), std::string(kTimeshareConst)};
 }
 
+std::vector<std::string> wrong_prediction_policies() {
+  return {std::string(kTimeshareShuffled)};
+}
+
 std::vector<std::string> predictor_policies() {
   std::vector<std::string> out;
   for (std::string_view k : kBaselineKinds) out.push_back(std::string(kWithPredictor) + std::string(k));
@@ -155,6 +183,7 @@ std::vector<std::string> predictor_policies() {
 std::vector<std::string> policy_names() {
   std::vector<std::string> all = default_policies();
   for (std::string& a : ablation_policies()) all.push_back(std::move(a));
+  for (std::string& a : wrong_prediction_policies()) all.push_back(std::move(a));
   for (std::string& a : predictor_policies()) all.push_back(std::move(a));
   return all;
 }
@@ -168,6 +197,7 @@ bool is_policy(std::string_view name) {
 
 bool policy_predicts(std::string_view name) {
   return name == kTimeshare || name == kTimeshareTrue || name == kTimeshareConst ||
+         name == kTimeshareShuffled ||
          name.starts_with(kWithPredictor);
 }
 
@@ -190,8 +220,13 @@ ReplayResult run_policy(std::string_view policy, const Event* events, std::size_
   }
   if (policy == kOracle) return run_oracle(events, n, replay_options);
   const Options conf = parse_conf(policy_options);
-  if (policy == kTimeshareTrue) {
-    TruthPredictor predictor(true_lifespans(events, n, allocs));
+  if (policy == kTimeshareTrue || policy == kTimeshareShuffled) {
+    std::vector<std::uint64_t> lifespans = true_lifespans(events, n, allocs);
+    if (policy == kTimeshareShuffled) {
+      std::mt19937_64 rng(policy_options.seed);
+      std::shuffle(lifespans.begin(), lifespans.end(), rng);
+    }
+    TruthPredictor predictor(std::move(lifespans));
     return run_temporal(policy, predictor, events, n, replay_options, policy_options, conf);
   }
   predict::PredictorOptions options;
@@ -223,12 +258,18 @@ ReplayResult run_policy(std::string_view policy, const Event* events, std::size_
     // through AsyncPredictor (its own thread; its trainer on another), the pool not waiting.
     predict::PredictorOptions realtime = options;
     realtime.deterministic = false;
+    std::unique_ptr<predict::LifespanPredictor> inner = predict::make_predictor(realtime);
+    std::shared_ptr<pool::PlanBoard> board;
+    if (conf.plan) {
+      board = std::make_shared<pool::PlanBoard>();
+      inner = std::make_unique<predict::PlanningPredictor>(std::move(inner), board);
+    }
     std::unique_ptr<predict::LifespanPredictor> timed =
-        std::make_unique<predict::AsyncPredictor>(predict::make_predictor(realtime));
+        std::make_unique<predict::AsyncPredictor>(std::move(inner));
     ReplayOptions timing = replay_options;
     timing.detected_cycle_alloc = nullptr;
     const ReplayResult t =
-        run_temporal(policy, *timed, events, n, timing, policy_options, conf);
+        run_temporal(policy, *timed, events, n, timing, policy_options, conf, board);
     r.ns_per_event_deterministic = r.ns_per_event;
     r.loop_ns = t.loop_ns;
     r.ns_per_event = t.ns_per_event;

@@ -46,6 +46,9 @@ struct PolicyOptions {
 std::vector<std::string> default_policies();
 // The ablation policies.
 std::vector<std::string> ablation_policies();
+// Wrong predictions on purpose: "timeshare-shuffled", the true lifespans dealt to the wrong
+// allocations (seeded by PolicyOptions::seed). Not in the default tables.
+std::vector<std::string> wrong_prediction_policies();
 // "timeshare+KIND" for every other predictor kind: the same pool and replay with that predictor
 // (the online baselines of docs/benchmarks.md).
 std::vector<std::string> predictor_policies();

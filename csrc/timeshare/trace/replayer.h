@@ -116,6 +116,12 @@ struct ReplayResult {
   std::uint64_t device_faults = 0;                // sim: unmaps under work in flight (must be 0)
   std::uint64_t device_waits = 0;                 // sim: host synchronisations by the pool
   std::string first_fault;                        // what the first device fault was ("" = none)
+  // Layout plans (temporal pool with `plan`): allocations placed at / missing their planned
+  // slot, plans followed, plans dropped for missing too often.
+  std::uint64_t plan_hits = 0;
+  std::uint64_t plan_misses = 0;
+  std::uint64_t plans = 0;
+  std::uint64_t plans_dropped = 0;
   double loop_ns = 0.0;                           // event loop only
   double ns_per_event = 0.0;
   double events_per_second = 0.0;

@@ -1,0 +1,162 @@
+#include "timeshare/predict/layout_planner.h"
+
+#include <algorithm>
+#include <chrono>
+#include <unordered_map>
+#include <utility>
+
+#include "timeshare/common/units.h"
+#include "timeshare/pool/temporal_options.h"
+
+namespace timeshare::predict {
+
+LayoutPlanner::LayoutPlanner(std::shared_ptr<pool::PlanBoard> board)
+    : board_(std::move(board)), ring_(kMaxPeriodAllocs) {}
+
+void LayoutPlanner::on_alloc(const AllocEvent& e, std::uint64_t predicted_lifespan) {
+  Rec& r = ring_[count_ & (ring_.size() - 1)];
+  r.alloc_id = e.alloc_id;
+  r.bytes = round_up(e.bytes == 0 ? 1 : e.bytes, pool::kPlanAlignBytes);
+  r.stream = e.stream;
+  r.tick = e.now_events;
+  r.life = predicted_lifespan;
+  ++count_;
+  detector_.push(e.bytes);
+  if (!board_) return;
+  // The iteration, not a repeated layer's period (period_detector.h).
+  const std::uint64_t p = std::max(detector_.period(), detector_.alignment_period());
+  // One cycle back must be in the ring too (its ticks give the cycle's length).
+  if (p < kMinPlanAllocs || p > kMaxPlanAllocs || count_ < p + 1 || count_ - last_plan_at_ < p) return;
+  last_plan_at_ = count_;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::shared_ptr<pool::LayoutPlan> plan = build(p);
+  stats_.last_plan_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  ++stats_.plans_built;
+  if (!plan) return;
+  stats_.last_period = plan->period;
+  stats_.last_planned = plan->planned;
+  stats_.last_footprint_bytes = plan->footprint_bytes;
+  // A period seen once may be a provisional one (period_detector.h): publish only a plan whose
+  // period the previous build had too.
+  // A repeated layer's period (before the iteration's is found) leaves most saved activations
+  // living longer than its cycle, unplanned: such a plan would only scatter them.
+  if (static_cast<double>(plan->planned) < kMinPlannedShare * static_cast<double>(plan->period)) {
+    prev_period_ = 0;
+    return;
+  }
+  const bool stable = plan->period == prev_period_;
+  prev_period_ = plan->period;
+  if (!stable || !changed(*plan)) return;
+  last_ = plan;
+  ++stats_.plans_published;
+  board_->publish(std::move(plan));
+}
+
+bool LayoutPlanner::changed(const pool::LayoutPlan& plan) const {
+  if (!last_ || last_->period != plan.period || last_->stream != plan.stream) return true;
+  // Compare slot by slot at the same phase of the cycle.
+  const std::uint64_t p = plan.period;
+  const std::uint64_t rot = (plan.start_alloc_id - last_->start_alloc_id) % p;
+  std::uint64_t differ = 0;
+  for (std::uint64_t j = 0; j < p; ++j) {
+    const pool::PlanSlot& a = plan.slots[j];
+    const pool::PlanSlot& b = last_->slots[(j + rot) % p];
+    // Sizes only: another packing of the same sizes would move live blocks' slots for
+    // nothing (the pool checks every slot is free before it takes it).
+    if (a.bytes != b.bytes || (a.offset == pool::kNoPlanOffset) != (b.offset == pool::kNoPlanOffset)) {
+      ++differ;
+    }
+  }
+  return static_cast<double>(differ) > kReplanChangedShare * static_cast<double>(p);
+}
+
+std::shared_ptr<pool::LayoutPlan> LayoutPlanner::build(std::uint64_t p) const {
+  if (p == 0 || count_ < p + 1 || p > ring_.size() / 2) return nullptr;
+  const std::uint64_t first = count_ - p;  // sequence number of slot 0
+  const std::uint64_t t0 = rec(first).tick;
+  // The cycle's length in ticks: from one cycle back to the last allocation.
+  const std::uint64_t cycle = rec(count_ - 1).tick - rec(first - 1).tick;
+  if (cycle == 0) return nullptr;
+  // The stream most of the cycle's allocations are on.
+  std::unordered_map<std::uint64_t, std::uint64_t> per_stream;
+  for (std::uint64_t s = first; s < count_; ++s) ++per_stream[rec(s).stream];
+  std::uint64_t stream = 0;
+  std::uint64_t best = 0;
+  for (const auto& [s, n] : per_stream) {
+    if (n > best || (n == best && s < stream)) {
+      stream = s;
+      best = n;
+    }
+  }
+  auto plan = std::make_shared<pool::LayoutPlan>();
+  plan->period = p;
+  plan->start_alloc_id = rec(first).alloc_id;
+  plan->stream = stream;
+  plan->slots.resize(p);
+  struct Item {
+    std::uint64_t begin = 0;  // ticks from t0, in [0, cycle)
+    std::uint64_t end = 0;    // begin + life (may pass `cycle`: wraps)
+    std::uint64_t bytes = 0;
+    std::uint32_t slot = 0;
+  };
+  std::vector<Item> items;
+  items.reserve(p);
+  for (std::uint64_t j = 0; j < p; ++j) {
+    const Rec& r = rec(first + j);
+    plan->slots[j].bytes = r.bytes;
+    if (r.life == 0 || r.life >= cycle || r.life >= pool::kPermanentLifespanEvents ||
+        r.stream != stream) {
+      continue;
+    }
+    const std::uint64_t begin = (r.tick - t0) % cycle;
+    items.push_back({begin, begin + r.life, r.bytes, static_cast<std::uint32_t>(j)});
+  }
+  std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
+    if (a.bytes != b.bytes) return a.bytes > b.bytes;
+    if (a.end - a.begin != b.end - b.begin) return a.end - a.begin > b.end - b.begin;
+    return a.slot < b.slot;
+  });
+  // Two lifetimes on the cycle overlap when [a.begin, a.end) meets [b.begin, b.end) shifted by
+  // -cycle, 0 or +cycle (both are shorter than a cycle).
+  const auto overlap = [cycle](const Item& a, const Item& b) {
+    const auto c = static_cast<std::int64_t>(cycle);
+    const auto a0 = static_cast<std::int64_t>(a.begin);
+    const auto a1 = static_cast<std::int64_t>(a.end);
+    for (std::int64_t k = -1; k <= 1; ++k) {
+      const std::int64_t b0 = static_cast<std::int64_t>(b.begin) + k * c;
+      const std::int64_t b1 = static_cast<std::int64_t>(b.end) + k * c;
+      if (a0 < b1 && b0 < a1) return true;
+    }
+    return false;
+  };
+  struct Placed {
+    std::uint64_t offset = 0;
+    std::uint64_t bytes = 0;
+  };
+  std::vector<std::pair<Item, std::uint64_t>> placed;  // item, offset
+  placed.reserve(items.size());
+  std::vector<Placed> busy;
+  std::uint64_t top = 0;
+  for (const Item& it : items) {
+    busy.clear();
+    for (const auto& [other, off] : placed) {
+      if (overlap(it, other)) busy.push_back({off, other.bytes});
+    }
+    std::sort(busy.begin(), busy.end(),
+              [](const Placed& a, const Placed& b) { return a.offset < b.offset; });
+    std::uint64_t at = 0;
+    for (const Placed& b : busy) {
+      if (b.offset >= at + it.bytes) break;  // the gap below b fits
+      at = std::max(at, b.offset + b.bytes);
+    }
+    placed.emplace_back(it, at);
+    plan->slots[it.slot].offset = at;
+    top = std::max(top, at + it.bytes);
+  }
+  plan->planned = placed.size();
+  plan->footprint_bytes = top;
+  return plan;
+}
+
+}  // namespace timeshare::predict
