@@ -13,29 +13,16 @@ from typing import Any
 import pytest
 
 torch = pytest.importorskip("torch")
+from test_offload import MIN_SPILL, PINNED, _fresh_contexts  # noqa: E402, F401 (autouse)
 from torch.multiprocessing.reductions import StorageWeakRef  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import timeshare  # noqa: E402
-from timeshare import _C  # noqa: E402
 
-offload_mod = importlib.import_module("timeshare._offload")
 fit_mod = importlib.import_module("timeshare._fit")
 plan_mod = importlib.import_module("timeshare._fit_plan")
 
-if not hasattr(_C, "SpillEngine"):
-    pytest.skip("this build of timeshare._C has no spill engine", allow_module_level=True)
-
 STEPS = 3
-MIN_SPILL = 16 * 1024
-PINNED = 64 << 20
-
-
-@pytest.fixture(autouse=True)
-def _fresh_contexts() -> Any:
-    yield
-    for ctx in list(offload_mod._contexts().values()):
-        ctx.close()
 
 
 class Residual(torch.nn.Module):
