@@ -505,7 +505,22 @@ def _block_forward(owner: Fit, i: int, orig: Any, _self: Any, *args: Any, **kwar
         owner._meter.add(t)  # the checkpoint holds its inputs until the block's backward
     return torch.utils.checkpoint.checkpoint(
         orig, *args, use_reentrant=False,
-        context_fn=functools.partial(owner._contexts, i, level), **kwargs)
+        context_fn=functools.partial(owner._contexts, i, level), **_legacy_sac_kwargs(),
+        **kwargs)
+
+
+@functools.lru_cache(maxsize=1)
+def _legacy_sac_kwargs() -> dict[str, bool]:
+    """torch >= 2.14 can route what selective checkpointing caches through the saved-tensor
+    hooks around it (``respect_saved_tensors_hooks``; it warns when not told, and the default
+    will flip). The planner models the cache as held on the device, not spilled: say so."""
+    import inspect
+
+    import torch
+
+    params = inspect.signature(torch.utils.checkpoint.checkpoint).parameters
+    return {"respect_saved_tensors_hooks": False} if "respect_saved_tensors_hooks" in params \
+        else {}
 
 
 def _wall_clock(dev: Any) -> Any:
