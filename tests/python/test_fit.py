@@ -318,3 +318,33 @@ def test_a_drifting_step_is_profiled_and_planned_again(monkeypatch: pytest.Monke
     assert st["timeshare.recompute.plans"] >= 2  # the last re-profile may still be unplanned
     assert st["timeshare.recompute.plans"] in (st["timeshare.recompute.replans"],
                                                st["timeshare.recompute.replans"] + 1)
+
+
+def test_bench_spill_rows_hold_the_planners_promises(tmp_path: Any) -> None:
+    """scripts/bench_spill.py on ResNet-50 (recorded with fit's recorder, planned with fit's
+    planner): one row per (link, budget, strategy) with the documented keys; in every row the
+    combined planner holds the budget wherever offload, full or selective checkpointing does,
+    and is never slower than the fastest of them that does."""
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_spill.py"
+    bench = runpy.run_path(str(script), run_name="bench_spill")
+    name = next(n for n in bench["models"]() if n.startswith("ResNet"))
+    prof, _flops = bench["record"](*bench["models"]()[name])
+    assert len(prof["blocks"]) == 16  # the bottlenecks, found by structure
+    rows = bench["rows_for"](name, prof)
+    assert len(rows) == len(bench["BANDWIDTHS"]) * len(bench["SHARES"]) * len(bench["STRATEGIES"])
+    for r in rows:
+        assert {"model", "link", "budget", "strategy", "step_time_ratio", "peak_ratio",
+                "bound"} <= set(r)
+    groups: dict[Any, dict[str, Any]] = {}
+    for r in rows:
+        groups.setdefault((r["link"], r["budget"]), {})[r["strategy"]] = r
+    for by in groups.values():
+        ts = by["timeshare"]
+        singles = [by[s] for s in ("offload", "full-ckpt", "selective") if by[s]["reached"]]
+        if singles:
+            assert ts["reached"]
+            assert ts["step_time_ratio"] <= min(s["step_time_ratio"] for s in singles) + 1e-9
+        assert ts["step_time_ratio"] >= 1.0 and by["none"]["step_time_ratio"] == 1.0
