@@ -398,6 +398,7 @@ class Fit:
 
     def _finish_iteration(self) -> None:
         """At the next forward: plan from a profile just taken, or check the step for drift."""
+        self._meter.live()  # drops the storages gone (on CUDA nothing else reads the meter)
         rec = self._recorder
         if rec is None and self._choice is None:
             return
