@@ -359,19 +359,17 @@ class Fit:
         self._depth += 1
         if self._depth > 1 or not torch.is_grad_enabled():
             return
-        self._finish_iteration()
         dev = next((t.device for t in _tensors(args)), torch.device("cpu"))
         if self._ctx is None:
             mem = None if dev.type == "cuda" else self._cpu_bytes
             self._ctx = offload(memory_fn=mem, **self._ctx_args)
-        self._step_start = time.perf_counter()
-        self._last_unpack = self._step_start
+        elif self._backward_seen():  # else several forwards before their backwards: one step
+            self._finish_iteration()
+            self._start_iteration(dev)
+        if self._recorder is None and self._profile_next:
+            self._start_iteration(dev)
         stack = [self._ctx]
-        if self._profile_next:
-            self.levels = [0] * len(self.blocks)
-            base = int(torch.cuda.memory_allocated(dev)) if dev.type == "cuda" else 0
-            self._recorder = Recorder(_wall_clock(dev), self._min_spill, self._ctx)
-            self._base = base
+        if self._recorder is not None:
             hooks = torch.autograd.graph.saved_tensors_hooks(self._recorder.pack,
                                                             self._recorder.unpack)
             stack += [hooks, self._recorder.mode]
@@ -380,6 +378,23 @@ class Fit:
         for c in stack:
             c.__enter__()
         self._stack = stack
+
+    def _backward_seen(self) -> bool:
+        """Whether a backward unpacked this step's tensors since the step began."""
+        rec = self._recorder
+        if rec is not None:
+            return rec.last_unpack > rec.start
+        return self._last_unpack > self._step_start
+
+    def _start_iteration(self, dev: Any) -> None:
+        import torch
+
+        self._step_start = time.perf_counter()
+        self._last_unpack = self._step_start
+        if self._profile_next:
+            self.levels = [0] * len(self.blocks)
+            self._base = int(torch.cuda.memory_allocated(dev)) if dev.type == "cuda" else 0
+            self._recorder = Recorder(_wall_clock(dev), self._min_spill, self._ctx)
 
     def _post(self, _module: Any, _args: Any, _out: Any) -> None:
         self._depth -= 1

@@ -348,3 +348,34 @@ def test_bench_spill_rows_hold_the_planners_promises(tmp_path: Any) -> None:
             assert ts["reached"]
             assert ts["step_time_ratio"] <= min(s["step_time_ratio"] for s in singles) + 1e-9
         assert ts["step_time_ratio"] >= 1.0 and by["none"]["step_time_ratio"] == 1.0
+
+
+def test_two_forwards_then_their_backward_are_one_step() -> None:
+    """Micro-batches whose forwards all run before one backward (losses summed) are one step for
+    the profile and the plan; bit-identical to the same training without fit."""
+
+    def run(model: Any) -> list[Any]:
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        torch.manual_seed(7)
+        out = []
+        for i in range(0, len(data) - 1, 2):
+            (x1, y1), (x2, y2) = data[i], data[i + 1]
+            loss = _loss("dropout", model(x1), y1) + _loss("dropout", model(x2), y2)
+            loss.backward()
+            out.append((loss.detach().clone(), [p.grad.clone() for p in model.parameters()]))
+            opt.step()
+            opt.zero_grad()
+        return out
+
+    model, data = _model_and_data("dropout")
+    data = (data * 3)[:8]
+    saved = _saved_peak("dropout", model, data)
+    ref = run(copy.deepcopy(model))
+    m = timeshare.fit(copy.deepcopy(model), budget=saved, link=1e5, pinned=PINNED,
+                      min_spill=MIN_SPILL)
+    got = run(m)
+    for (la, ga), (lb, gb) in zip(ref, got):
+        assert torch.equal(la, lb) and all(torch.equal(x, y) for x, y in zip(ga, gb))
+    # four steps of two forwards each, the last still open: three finished (seven if every
+    # forward had started one)
+    assert m.timeshare_fit.iterations == 3
