@@ -13,7 +13,9 @@ stream of the ones after it); outputs written in place later in the block are re
 and the block's buffers (batch-norm running statistics, ``num_batches_tracked``) are put back
 after its recomputation, so they are updated once per step, as without it.
 
-Plan: the first iteration runs every block as written (offload reactive, as today) while a
+Plan: a step (an iteration) begins at the first forward of ``model`` after a backward, so the
+forwards of micro-batches run before one backward are one step. The first step runs every
+block as written (offload reactive, as today) while a
 profiler records each forward op (block, kind, time, bytes) and each saved tensor (bytes, pack
 and unpack time, producing op). The planner (``timeshare._fit_plan.choose``, the same code the
 benchmark runs) then picks per block the level with the shortest modelled step that holds the
