@@ -1,0 +1,79 @@
+"""Layout plans, measured: the temporal pool with and without `plan` (TIMESHARE_CONF), in the
+replay (the real C++ pools on the strict sim), on the shipped traces and the real GPU snapshots.
+
+    python scripts/bench_plan.py                 # print the table
+    python scripts/bench_plan.py --write-docs    # also rewrite its section of docs/temporal_pool.md
+
+Policies: timeshare (the hybrid predictor, as shipped), timeshare-true (true lifespans: the bound
+of what prediction gives), timeshare-const (a constant answer), timeshare-shuffled (true
+lifespans dealt to the wrong allocations); torch-expandable for reference. Columns per policy:
+peak reserved / peak live (frag) and device calls, without and with plans; plan hits and misses.
+All figures are deterministic (no timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from timeshare.replay import replay_events
+from timeshare.snapshot import load_trace
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "temporal_pool.md"
+BEGIN, END = "<!-- bench_plan:begin -->", "<!-- bench_plan:end -->"
+POLICIES = ["timeshare", "timeshare-true", "timeshare-const", "timeshare-shuffled"]
+
+
+def _traces() -> list[Path]:
+    shipped = sorted((ROOT / "python" / "timeshare" / "traces").glob("*.pkl.gz"))
+    gpu_dir = next((p for p in (ROOT.parent / "shared" / "traces-gpu", Path("/work/shared/traces-gpu"))
+                    if p.is_dir()), None)
+    gpu = sorted(gpu_dir.glob("*.pkl.gz")) if gpu_dir else []
+    return shipped + gpu
+
+
+def measure(path: Path) -> list[str]:
+    tr = load_trace(path)
+    ref = replay_events(tr.events, "torch-expandable", tr.iteration_starts, {})
+    rows = []
+    for policy in POLICIES:
+        off = replay_events(tr.events, policy, tr.iteration_starts, {"conf": "plan:false"})
+        on = replay_events(tr.events, policy, tr.iteration_starts, {"conf": "plan:true"})
+        faults = off["device_faults"] + on["device_faults"]
+        live = tr.peak_live_bytes
+        rows.append(
+            f"| {tr.name if policy == POLICIES[0] else ''} | `{policy}` "
+            f"| {ref['peak_reserved_bytes'] / live:.3f} · {ref['device_calls']} "
+            f"| {off['peak_reserved_bytes'] / live:.3f} · {off['device_calls']} "
+            f"| {on['peak_reserved_bytes'] / live:.3f} · {on['device_calls']} "
+            f"| {on['plan_hits']} / {on['plan_misses']} | {on['plans']} / {on['plans_dropped']} "
+            f"| {faults} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write-docs", action="store_true")
+    args = ap.parse_args(argv)
+    head = ["| trace | policy | torch-expandable frag · calls | plan off: frag · calls "
+            "| plan on: frag · calls | plan hits / misses | plans followed / dropped | faults |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    print("\n".join(head))
+    rows = []
+    for path in _traces():
+        rows += measure(path)
+    if args.write_docs:
+        table = "\n".join(head + rows)
+        text = DOC.read_text()
+        pre, _, rest = text.partition(BEGIN)
+        _, _, post = rest.partition(END)
+        DOC.write_text(f"{pre}{BEGIN}\n{table}\n{END}{post}")
+        print(f"wrote {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
