@@ -119,7 +119,7 @@ class BuildPyWithPth(build_py):
 setup(
     packages=["timeshare"],
     package_dir={"": "python"},
-    package_data={"timeshare": ["py.typed", "*.pyi", "traces/*.pkl.gz"]},
+    package_data={"timeshare": ["py.typed", "*.pyi", "traces/*.pkl.gz", "lstm_pretrained.tsw"]},
     ext_modules=[CMakeExtension("timeshare._C")],
     cmdclass={"build_ext": CMakeBuild, "build_py": BuildPyWithPth},
     zip_safe=False,

@@ -12,6 +12,13 @@
 //                          NAME.tsev (event indices of iteration starts, one a line)
 //     --checksum           also print a hash of every prediction (to check that a change of the
 //                          predictor's code leaves its deterministic answers bit for bit the same)
+//     --weights PATH       pretrained LSTM weights for kinds hybrid and lstm_pre ("none": from
+//                          scratch; default: $TIMESHARE_LSTM_WEIGHTS, else beside the binary)
+//     --gate-start N       with pretrained weights: the global gate's start (PredictorOptions::
+//                          pretrained_gate_start)
+//     cold2x / mwarm2x     within 2x over the first marked iteration / from the second mark
+//                          (marks from NAME.iters; -1 without marks), as the replay JSON's
+//                          lifespan_within_2x_cold / lifespan_within_2x_warm
 //     --hidden N --context-k K --retrain-events N --seed S --lag N --train-steps N
 #include <algorithm>
 #include <chrono>
@@ -39,6 +46,8 @@ struct Figures {
   double within_2x = 0.0;
   double median_abs_log2 = 0.0;
   double warm_within_2x = 0.0;
+  double cold_within_2x = -1.0;   // first marked iteration (-1: no marks)
+  double marked_warm_within_2x = -1.0;   // from the second mark (-1: no marks)
   double ns_per_event = 0.0;
   std::size_t scored = 0;
 };
@@ -58,14 +67,16 @@ std::uint64_t warm_start_alloc(const std::vector<trace::Event>& events) {
 }
 
 Figures replay(const std::vector<trace::Event>& events, const std::vector<std::uint64_t>& truth,
-               std::uint64_t warm_from, LifespanPredictor* p,
-               std::vector<std::uint64_t>* pred_out = nullptr) {
+               std::uint64_t warm_from, const std::vector<std::uint64_t>& marks,
+               LifespanPredictor* p, std::vector<std::uint64_t>* pred_out = nullptr) {
   std::vector<std::uint64_t> pred(truth.size(), 0);
+  std::vector<std::uint64_t> at(truth.size(), 0);   // event index of each allocation
   const auto t0 = std::chrono::steady_clock::now();
   for (std::size_t i = 0; i < events.size(); ++i) {
     const trace::Event& e = events[i];
     if (e.op == trace::Op::kAlloc) {
       pred[e.id] = p->on_alloc(tools::alloc_event(e, i));
+      at[e.id] = i;
     } else {
       FreeEvent f;
       f.alloc_id = e.id;
@@ -80,6 +91,11 @@ Figures replay(const std::vector<trace::Event>& events, const std::vector<std::u
   f.ns_per_event = events.empty() ? 0.0 : ns / double(events.size());
   std::vector<double> err;
   std::size_t within = 0, warm = 0, warm_within = 0;
+  // The replayer's windows (trace/replayer.h): cold = [first mark, second mark), warm = from
+  // the second mark.
+  const bool marked = marks.size() >= 2;
+  const std::uint64_t cold_from = marked ? marks[0] : 0, cold_to = marked ? marks[1] : 0;
+  std::size_t cold = 0, cold_within = 0, mwarm = 0, mwarm_within = 0;
   for (std::size_t id = 0; id < truth.size(); ++id) {
     if (truth[id] == 0) continue;
     const double e = std::fabs(std::log2(double(pred[id])) - std::log2(double(truth[id])));
@@ -90,6 +106,17 @@ Figures replay(const std::vector<trace::Event>& events, const std::vector<std::u
       ++warm;
       warm_within += ok;
     }
+    if (marked && at[id] >= cold_from && at[id] < cold_to) {
+      ++cold;
+      cold_within += ok;
+    } else if (marked && at[id] >= cold_to) {
+      ++mwarm;
+      mwarm_within += ok;
+    }
+  }
+  if (marked) {
+    f.cold_within_2x = cold ? double(cold_within) / double(cold) : 0.0;
+    f.marked_warm_within_2x = mwarm ? double(mwarm_within) / double(mwarm) : 0.0;
   }
   f.scored = err.size();
   if (!err.empty()) {
@@ -102,19 +129,7 @@ Figures replay(const std::vector<trace::Event>& events, const std::vector<std::u
   return f;
 }
 
-// Iteration starts (event indices, one a line) from NAME.iters beside NAME.tsev, written from
-// the snapshot's trace_source.iteration_marks_us (see docs/predictor.md). Empty when absent.
-std::vector<std::uint64_t> read_marks(const std::string& tsev_path) {
-  std::vector<std::uint64_t> out;
-  const std::size_t dot = tsev_path.rfind(".tsev");
-  if (dot == std::string::npos) return out;
-  std::FILE* f = std::fopen((tsev_path.substr(0, dot) + ".iters").c_str(), "r");
-  if (!f) return out;
-  unsigned long long v = 0;
-  while (std::fscanf(f, "%llu", &v) == 1) out.push_back(v);
-  std::fclose(f);
-  return out;
-}
+using tools::read_marks;
 
 constexpr int kLifeBuckets = 6;
 constexpr const char* kLifeBucketNames[kLifeBuckets] = {"1-3", "4-15", "16-255", "256-4095",
@@ -244,6 +259,8 @@ int main(int argc, char** argv) {
     else if (a == "--seed") base.seed = std::strtoull(next().c_str(), nullptr, 10);
     else if (a == "--lag") base.lag_allocs = std::atoi(next().c_str());
     else if (a == "--train-steps") base.train_steps = std::atoi(next().c_str());
+    else if (a == "--weights") base.lstm_weights = next();
+    else if (a == "--gate-start") base.pretrained_gate_start = std::atoi(next().c_str());
     else if (a == "--help" || a == "-h") {
       std::printf("usage: predict_eval [--synthetic] [--kinds a,b] [--realtime] [--hidden N] "
                   "[--context-k K] [--retrain-events N] [--seed S] [--lag N] [--train-steps N] "
@@ -281,9 +298,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "predict_eval: no traces (give .tsev files or --synthetic)\n");
     return 2;
   }
-  std::printf("%-28s %-10s %8s %8s %8s %9s %8s %7s %6s %9s %9s\n", "trace", "kind", "within2x",
-              "med_err", "warm2x", "ns/event", "events", "retrain", "drift", "lstm_ans",
-              "lstm_eval");
+  std::printf("%-28s %-14s %8s %8s %8s %8s %8s %9s %8s %7s %6s %9s %9s\n", "trace", "kind",
+              "cold2x", "within2x", "mwarm2x", "med_err", "warm2x", "ns/event", "events",
+              "retrain", "drift", "lstm_ans", "lstm_eval");
   marks.resize(traces.size());
   for (std::size_t ti = 0; ti < traces.size(); ++ti) {
     const trace::Trace& t = traces[ti];
@@ -299,15 +316,18 @@ int main(int argc, char** argv) {
       }
       set_oracle_truth(p.get(), truth);
       std::vector<std::uint64_t> pred;
-      const Figures f = replay(t.events, truth, warm_from, p.get(), &pred);
+      std::vector<std::uint64_t> sorted_marks = marks[ti];
+      std::sort(sorted_marks.begin(), sorted_marks.end());
+      const Figures f = replay(t.events, truth, warm_from, sorted_marks, p.get(), &pred);
       const PredictorStats s = p->stats();
       double lstm_share = 0.0, eval_share = 0.0;
       if (auto* h = dynamic_cast<HybridPredictor*>(p.get())) {
         lstm_share = s.predictions ? double(h->lstm_answers()) / double(s.predictions) : 0.0;
         eval_share = s.predictions ? double(h->lstm_evaluations()) / double(s.predictions) : 0.0;
       }
-      std::printf("%-28s %-10s %8.4f %8.3f %8.4f %9.1f %8zu %7llu %6llu %9.4f %9.4f\n",
-                  t.name.c_str(), kind.c_str(), f.within_2x, f.median_abs_log2,
+      std::printf("%-28s %-14s %8.4f %8.4f %8.4f %8.3f %8.4f %9.1f %8zu %7llu %6llu %9.4f %9.4f\n",
+                  t.name.c_str(), kind.c_str(), f.cold_within_2x, f.within_2x,
+                  f.marked_warm_within_2x, f.median_abs_log2,
                   f.warm_within_2x, f.ns_per_event, t.events.size(),
                   (unsigned long long)s.retrains, (unsigned long long)s.drift_triggers,
                   lstm_share, eval_share);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,21 @@ inline predict::AllocEvent alloc_event(const trace::Event& e, std::uint64_t now_
   a.now_events = now_events;
   a.now_us = e.time_us;
   return a;
+}
+
+// Iteration starts (event indices, one a line) from NAME.iters beside NAME.tsev, written from
+// the snapshot's trace_source.iteration_marks_us (scripts/corpus/evaluate.py, docs/predictor.md).
+// Empty when absent.
+inline std::vector<std::uint64_t> read_marks(const std::string& tsev_path) {
+  std::vector<std::uint64_t> out;
+  const std::size_t dot = tsev_path.rfind(".tsev");
+  if (dot == std::string::npos) return out;
+  std::FILE* f = std::fopen((tsev_path.substr(0, dot) + ".iters").c_str(), "r");
+  if (!f) return out;
+  unsigned long long v = 0;
+  while (std::fscanf(f, "%llu", &v) == 1) out.push_back(v);
+  std::fclose(f);
+  return out;
 }
 
 }  // namespace timeshare::tools

@@ -24,6 +24,9 @@
 namespace timeshare::predict {
 
 inline constexpr int kFeatureCount = 21;
+// Bumped whenever a feature's meaning, scale or order changes: pretrained weights
+// (pretrained.h) carry the version they were trained on and are refused on any other.
+inline constexpr std::uint32_t kFeatureSetVersion = 1;
 inline constexpr int kSizeSignatureDims = 8;
 
 // Everything the features of one allocation are computed from, captured on the hot path (a few

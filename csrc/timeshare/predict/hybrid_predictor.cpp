@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "timeshare/predict/pretrained.h"
+
 namespace timeshare::predict {
 
 namespace {
@@ -34,6 +36,12 @@ HybridPredictor::HybridPredictor(const PredictorOptions& opt, bool lstm_only)
       h_(std::max(opt.hidden, 1), 0.0f),
       head_scratch_(std::max(opt.head_hidden, 1), 0.0f) {
   staging_.allocs.reserve(std::size_t(std::max(opt.lag_allocs, 1)) * 2);
+  if (use_lstm_) {
+    const WeightsLoad w = load_pretrained(opt.lstm_weights, trainer_.shape(), kFeatureSetVersion);
+    if (w.status == WeightsStatus::kLoaded && trainer_.start_from(w.params)) {
+      global_gate_ = std::clamp(opt.pretrained_gate_start, -kGlobalGateMax, kGlobalGateMax);
+    }
+  }
   if (!opt_.deterministic && use_lstm_) trainer_.start_thread();
 }
 
@@ -116,6 +124,7 @@ std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
   raw.table_log2 = ans.log2_life;
   raw.table_level = std::int16_t(ans.level);
   staging_.allocs.push_back({seq, raw});
+  if (record_) record_->allocs.push_back({seq, raw});
 
   refresh_model();
   p.full_known = ans.level == keys.levels - 1;
@@ -269,6 +278,7 @@ void HybridPredictor::on_free(const FreeEvent& e) {
   shape_.on_free(p.seq, seq_);
   table_.learn(p.keys, l2);
   if (use_lstm_) staging_.labels.emplace_back(p.seq, l2);
+  if (record_) record_->labels.emplace_back(p.seq, l2);
   ++frees_;
   mean_log2_ += (double(l2) - mean_log2_) / double(std::min(frees_, kMeanWindowFrees));
   ++observed_;

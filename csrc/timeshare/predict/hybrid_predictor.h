@@ -63,6 +63,11 @@ class HybridPredictor final : public LifespanPredictor {
   std::size_t history_bytes_reserved() const noexcept { return trainer_.history_bytes_reserved(); }
   // Blocks until the background trainer has finished any training in flight (tests).
   void request_training() { trainer_.request_training(); }
+  // The LSTM started from pretrained weights (pretrained.h), not from scratch.
+  bool pretrained() const noexcept { return trainer_.pretrained(); }
+  // Tools (lstm_pretrain): every staged allocation (raw features) and label also goes to
+  // `sink` (nullptr: off). Costs a branch per event when off.
+  void record_history(HistoryStaging* sink) noexcept { record_ = sink; }
 
  private:
   struct Pending {
@@ -105,6 +110,7 @@ class HybridPredictor final : public LifespanPredictor {
   LstmTrainer trainer_;
   IdMap<Pending> pending_;
   HistoryStaging staging_;
+  HistoryStaging* record_ = nullptr;
 
   std::shared_ptr<const LstmModel> model_;
   std::uint64_t model_generation_ = 0;

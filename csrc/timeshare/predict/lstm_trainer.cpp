@@ -39,6 +39,28 @@ LstmTrainer::~LstmTrainer() {
   }
 }
 
+bool LstmTrainer::start_from(const LstmParams<float>& pretrained) {
+  if (pretrained.shape.input != shape_.input || pretrained.shape.hidden != shape_.hidden ||
+      pretrained.shape.head_hidden != shape_.head_hidden ||
+      pretrained.p.size() != shape_.param_count()) {
+    return false;
+  }
+  params_ = pretrained.p;
+  adam_ = std::make_unique<Adam>(params_.size(), opt_.learning_rate);
+  train_count_ = 1;
+  auto model = std::make_shared<LstmModel>();
+  model->params = LstmParams<float>{shape_, params_};
+  model->generation = train_count_;
+  current_ = model;
+  {
+    std::lock_guard<std::mutex> lk(model_mu_);
+    published_ = model;
+  }
+  generation_.store(train_count_, std::memory_order_release);
+  pretrained_ = true;
+  return true;
+}
+
 void LstmTrainer::start_thread() {
   if (!thread_.joinable()) thread_ = std::thread([this] { thread_main(); });
 }

@@ -73,6 +73,14 @@ class LstmTrainer {
 
   void start_thread();   // real-time mode only
 
+  // Starts from pretrained weights (shape must be this trainer's): published at once as
+  // generation 1, so the hot path answers from the first allocation; online (re)training
+  // fine-tunes them. Call before the first flush. Returns false (and changes nothing) on a
+  // shape mismatch.
+  bool start_from(const LstmParams<float>& pretrained);
+  bool pretrained() const noexcept { return pretrained_; }
+  const LstmShape& shape() const noexcept { return shape_; }
+
   // Moves staged entries into the inbox (deterministic: and on into the ring). Real-time:
   // try-lock (returns false and keeps the staging when the trainer holds the inbox).
   bool flush(HistoryStaging* staging, bool may_block);
@@ -127,6 +135,7 @@ class LstmTrainer {
   HistorySlice state_slice_;   // reused by advance_state
   std::uint64_t state_next_seq_ = 0;
   std::uint64_t train_count_ = 0;
+  bool pretrained_ = false;
 
   std::unique_ptr<std::atomic<float>[]> h_pub_;
   std::atomic<std::uint64_t> state_seq_{0};

@@ -2,6 +2,7 @@
 
 #include "timeshare/predict/baselines.h"
 #include "timeshare/predict/hybrid_predictor.h"
+#include "timeshare/predict/pretrained.h"
 
 namespace timeshare::predict {
 
@@ -13,7 +14,17 @@ std::unique_ptr<LifespanPredictor> make_predictor(const PredictorOptions& opt) {
     o.use_lstm = false;
     return std::make_unique<HybridPredictor>(o, false);
   }
-  if (k == "lstm") return std::make_unique<HybridPredictor>(opt, true);
+  if (k == "hybrid_scratch") {
+    PredictorOptions o = opt;
+    o.lstm_weights = kWeightsNone;
+    return std::make_unique<HybridPredictor>(o, false);
+  }
+  if (k == "lstm") {
+    PredictorOptions o = opt;
+    o.lstm_weights = kWeightsNone;
+    return std::make_unique<HybridPredictor>(o, true);
+  }
+  if (k == "lstm_pre") return std::make_unique<HybridPredictor>(opt, true);
   if (k == "table") return std::make_unique<TablePredictor>(opt, false);
   if (k == "table_cycle") return std::make_unique<TablePredictor>(opt, true);
   if (k == "last_size") return std::make_unique<LastSizePredictor>();

@@ -14,7 +14,7 @@ namespace timeshare::predict {
 std::unique_ptr<LifespanPredictor> make_predictor(const PredictorOptions& opt);
 
 inline const std::vector<std::string> kPredictorKinds = {
-    "hybrid", "hybrid_nolstm", "lstm", "table", "table_cycle", "last_size", "size_mean", "prev_iter", "aligned", "constant", "oracle"};
+    "hybrid", "hybrid_scratch", "hybrid_nolstm", "lstm", "lstm_pre", "table", "table_cycle", "last_size", "size_mean", "prev_iter", "aligned", "constant", "oracle"};
 
 // For kind "oracle": hands it the true lifespans (ticks, allocation order; 0 = never freed).
 // Returns false when `p` is not an oracle.

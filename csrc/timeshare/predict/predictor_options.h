@@ -24,10 +24,12 @@ inline constexpr float kDefaultLearningRate = 3e-3f;
 inline constexpr float kDefaultClipNorm = 1.0f;
 inline constexpr std::size_t kDefaultTableEntries = std::size_t{1} << 16;
 inline constexpr int kDefaultTrainerNice = 19;            // lowest priority (Linux)
+inline constexpr int kDefaultPretrainedGateStart = 0;     // tuning set and synthetic traces (docs/predictor.md)
 
 struct PredictorOptions {
-  // "hybrid" (default), "hybrid_nolstm" (the same with use_lstm = false), "lstm", "table", "last_size", "size_mean", "prev_iter", "constant",
-  // "oracle".
+  // "hybrid" (default: pretrained LSTM when its weights load), "hybrid_scratch" (LSTM from
+  // scratch), "hybrid_nolstm" (use_lstm = false), "lstm" (from scratch), "lstm_pre", "table",
+  // "last_size", "size_mean", "prev_iter", "constant", "oracle".
   std::string kind = "hybrid";
   std::size_t history_bytes = kDefaultHistoryBytes;
   int hidden = kDefaultHidden;
@@ -55,6 +57,14 @@ struct PredictorOptions {
   // false: the hybrid without its LSTM (no features, no history, no trainer thread): the table
   // and the aligned twin only. The ablation in docs/predictor.md; also the cheap hot path.
   bool use_lstm = true;
+  // Pretrained LSTM weights (pretrained.h): "" = $TIMESHARE_LSTM_WEIGHTS, else the shipped file
+  // beside the library; "none" = from scratch; else a path. Kinds "hybrid_scratch" and "lstm"
+  // ignore it (from scratch), "lstm_pre" is the LSTM alone from these weights.
+  std::string lstm_weights;
+  // With pretrained weights loaded: where the global gate (LSTM vs table on contexts the table
+  // knows only in part) starts, in [-kGlobalGateMax, kGlobalGateMax]; > 0 lets the LSTM answer
+  // there until the table has been right more often. From scratch it starts at 0.
+  int pretrained_gate_start = kDefaultPretrainedGateStart;
 };
 
 }  // namespace timeshare::predict

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <random>
 
+#include "timeshare/predict/predictor.h"
+
 namespace timeshare::predict {
 
 namespace {
@@ -143,6 +145,26 @@ std::vector<std::uint64_t> true_lifespans(const std::vector<trace::Event>& event
     }
   }
   return life;
+}
+
+std::vector<std::uint64_t> feed_trace(LifespanPredictor& p, const std::vector<trace::Event>& events,
+                                      std::size_t max_events) {
+  std::vector<std::uint64_t> answers;
+  for (std::size_t i = 0; i < events.size() && i < max_events; ++i) {
+    const trace::Event& e = events[i];
+    if (e.op == trace::Op::kAlloc) {
+      AllocEvent a;
+      a.alloc_id = e.id;
+      a.bytes = e.bytes;
+      a.stream = e.stream;
+      a.now_events = i;
+      a.now_us = e.time_us;
+      answers.push_back(p.on_alloc(a));
+    } else {
+      p.on_free({e.id, i, e.time_us});
+    }
+  }
+  return answers;
 }
 
 }  // namespace timeshare::predict

@@ -5,6 +5,7 @@
 // shapes change at a given iteration (drift).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -29,5 +30,11 @@ trace::Trace make_synthetic_trace(const SyntheticTraceOptions& opt);
 
 // True lifespans (ticks = event index distance) per allocation id; 0 = never freed.
 std::vector<std::uint64_t> true_lifespans(const std::vector<trace::Event>& events);
+
+class LifespanPredictor;
+// Feeds the first `max_events` of `events` to `p` in order, the event index as the clock;
+// returns what on_alloc answered, one per allocation.
+std::vector<std::uint64_t> feed_trace(LifespanPredictor& p, const std::vector<trace::Event>& events,
+                                      std::size_t max_events = SIZE_MAX);
 
 }  // namespace timeshare::predict

@@ -33,7 +33,8 @@ constexpr std::string_view kTimeshareShuffled = "timeshare-shuffled";
 // "timeshare+KIND": the temporal pool with predictor KIND instead of the default, trained online
 // in the same deterministic replay (the baselines and ablations the predictor is measured against).
 constexpr std::string_view kWithPredictor = "timeshare+";
-constexpr std::string_view kBaselineKinds[] = {"hybrid_nolstm", "lstm", "aligned", "table",
+constexpr std::string_view kBaselineKinds[] = {"hybrid_nolstm", "hybrid_scratch", "lstm",
+                                               "lstm_pre", "aligned", "table",
                                                "table_cycle", "prev_iter", "last_size",
                                                "size_mean"};
 
