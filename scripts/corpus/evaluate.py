@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The corpus workflow after capture: convert, pretrain the cold-start LSTM, evaluate, tabulate.
 
-usage: python3 scripts/corpus/evaluate.py [--build build-h15] [--corpus out/corpus]
+usage: python3 scripts/corpus/evaluate.py [--build build] [--corpus out/corpus]
            [--pretrain] [--weights python/timeshare/lstm_pretrained.tsw] [--doc docs/predictor.md]
            [--split heldout|tuning|all] [--gpu-traces ../shared/traces-gpu]
 
@@ -171,7 +171,11 @@ def summary(results: dict[str, dict[str, dict[str, float]]], shapes: dict[str, s
 def main() -> int:
     """Parse options and run the workflow."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--build", default=str(ROOT / "build-h15"))
+    ap.add_argument(
+        "--build",
+        default=str(ROOT / "build"),
+        help="CMake build dir with predict_eval, lstm_pretrain",
+    )
     ap.add_argument("--corpus", default=str(ROOT / "out" / "corpus"))
     ap.add_argument("--weights", default=str(ROOT / "python" / "timeshare" / "lstm_pretrained.tsw"))
     ap.add_argument("--pretrain", action="store_true")
