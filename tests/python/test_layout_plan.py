@@ -37,7 +37,7 @@ def test_predicted_layout_avoids_the_release_remap_cycle(resnet18) -> None:
     planned = _run(resnet18, "timeshare-true", "plan:true")
     assert planned["plans"] >= 1 and planned["plans_dropped"] == 0
     assert planned["plan_hits"] > 0.6 * resnet18.allocs
-    assert planned["plan_misses"] < 0.05 * planned["plan_hits"]
+    assert planned["plan_misses"] == 0
     assert planned["device_calls"] < 0.7 * base["device_calls"]
     assert planned["device_faults"] == 0 and base["device_faults"] == 0
     # Per iteration, after the plan: the calls of a prefix stop growing.
@@ -47,10 +47,9 @@ def test_predicted_layout_avoids_the_release_remap_cycle(resnet18) -> None:
         for end in (starts[5], starts[8]):
             r = replay_events(resnet18.events[:end], "timeshare-true", None, {"conf": conf})
             row.append(r["device_calls"])
-    # Best fit keeps moving granules from iteration to iteration; the followed plan hardly does.
-    grew = {conf: row[1] - row[0] for conf, row in calls.items()}
-    assert grew["plan:false"] >= 4, calls
-    assert grew["plan:true"] < grew["plan:false"], calls
+    # (teardown unmaps are counted in each prefix, the same number both times)
+    assert calls["plan:true"][1] <= calls["plan:true"][0] + 2, calls
+    assert calls["plan:false"][1] >= calls["plan:false"][0] + 4, calls
 
 
 def test_plan_off_by_default_changes_nothing(resnet18) -> None:
@@ -70,10 +69,8 @@ def test_wrong_predictions_cost_bounded_memory_and_calls(name: str) -> None:
     wrong = _run(trace, "timeshare-shuffled", "plan:true")
     assert wrong["device_faults"] == 0
     assert wrong["plans_dropped"] >= 1
-    # No more plans followed after kMaxPlanDrops (2) drops; the first had a cycle of grace.
-    assert wrong["plans"] <= 3
-    # The bound, measured: the first (wrong) plan's cycle holds both layouts at once.
-    assert wrong["peak_reserved_bytes"] <= 1.25 * base["peak_reserved_bytes"]
+    assert wrong["plans"] <= 2  # no more plans followed after the drops
+    assert wrong["peak_reserved_bytes"] <= 1.05 * base["peak_reserved_bytes"]
     assert wrong["device_calls"] <= 2.5 * base["device_calls"]
 
 

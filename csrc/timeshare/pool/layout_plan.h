@@ -47,37 +47,8 @@ struct LayoutPlan {
   std::vector<PlanSlot> slots;
 };
 
-// An address range the pool holds for longer than a cycle (parameters, optimizer state placed
-// where a plan will go): the planner packs around it. Offsets from the plan region's base.
-struct PlanResident {
-  std::uint64_t offset = 0;
-  std::uint64_t bytes = 0;
-};
-
 class PlanBoard {
  public:
-  // The planner asks the pool for its residents: blocks live for at least `min_age` allocations
-  // (the pool answers at its next allocation with publish_residents).
-  void request_residents(std::uint64_t min_age) {
-    resident_min_age_.store(min_age == 0 ? 1 : min_age, std::memory_order_release);
-  }
-  // 0: no request pending; else the minimum age asked for.
-  std::uint64_t residents_requested() const noexcept {
-    return resident_min_age_.load(std::memory_order_relaxed);
-  }
-  void publish_residents(std::vector<PlanResident> residents) {
-    std::lock_guard lock(mu_);
-    residents_ = std::move(residents);
-    ++residents_version_;
-    resident_min_age_.store(0, std::memory_order_release);
-  }
-  // The last residents published and how many times they were (0: never).
-  std::vector<PlanResident> residents(std::uint64_t* version) const {
-    std::lock_guard lock(mu_);
-    *version = residents_version_;
-    return residents_;
-  }
-
   // Replaces the current plan (nullptr: no plan).
   void publish(std::shared_ptr<LayoutPlan> plan) {
     std::lock_guard lock(mu_);
@@ -96,9 +67,6 @@ class PlanBoard {
   mutable std::mutex mu_;
   std::shared_ptr<const LayoutPlan> plan_;
   std::atomic<std::uint64_t> version_{0};
-  std::atomic<std::uint64_t> resident_min_age_{0};
-  std::vector<PlanResident> residents_;
-  std::uint64_t residents_version_ = 0;
 };
 
 }  // namespace timeshare::pool

@@ -46,9 +46,7 @@ TemporalPool::TemporalPool(device::Backend* backend, TemporalPoolOptions options
       reassign_(options.reassign_min_bytes, options.reassign_horizon_events,
                 options.reassign_max_promises),
       events_(*backend) {
-  // Plans go where unpredicted blocks go (the real allocator's feed answers nothing on the
-  // malloc path), packed around the blocks that stay there (PlanBoard residents).
-  plan_region_ = next_plan_region_ = lifespan_region(options_, 0);
+  plan_region_ = num_regions(options_);  // one more region, after the lifespan ones
   if (!backend->supports_virtual_memory()) fallback_ = std::make_unique<CachingPool>(*backend);
 }
 
@@ -64,7 +62,7 @@ TemporalPool::Arena* TemporalPool::arena_for(device::Stream stream) {
   for (auto& a : arenas_) {
     if (a->stream == stream) return a.get();
   }
-  const std::size_t n_regions = num_regions(options_) + 1;  // + the overflow region (plans)
+  const std::size_t n_regions = num_regions(options_) + 1;  // + the plan region
   auto a = std::make_unique<Arena>();
   a->stream = stream;
   a->index = static_cast<std::uint32_t>(arenas_.size());
@@ -165,7 +163,6 @@ bool TemporalPool::place(Arena& arena, std::size_t region, std::size_t bytes,
     }
     for (std::size_t h = 0; h < n_hosts; ++h) {
       const std::size_t other = hosts[h];
-      if (plan_ && other == plan_region_) continue;  // its free space is planned for later
       ArenaFreeRanges::Range r;
       if (arena.regions[other].find_fit(bytes, options_.mapped_fit_candidates, mapped, &r)) {
         *placed_region = other;
@@ -187,26 +184,15 @@ void* TemporalPool::allocate(std::size_t bytes, device::Stream stream, const All
   const std::size_t region = lifespan_region(options_, hint.predicted_lifespan);
   std::uintptr_t addr = 0;
   std::size_t placed_region = region;
-  if (board_) {
-    refresh_plan();
-    if (arena != nullptr && board_->residents_requested() != 0) {
-      publish_residents(*arena, hint.alloc_id, board_->residents_requested());
-    }
-  }
+  if (board_) refresh_plan();
   bool ok = false;
   if (arena != nullptr && plan_ && place_planned(*arena, rounded, hint.alloc_id, &addr)) {
     ok = true;
     placed_region = plan_region_;
   }
-  // While a plan is followed, what it does not place stays out of its region (best fit there
-  // would take slots planned for later allocations): the overflow region, after the others.
-  const std::size_t fallback_region =
-      plan_ && region == plan_region_ && arena != nullptr && arena->stream == plan_->stream
-          ? num_regions(options_)
-          : region;
   ok = ok || (arena != nullptr &&
-              ((options_.reassign && place_promised(*arena, fallback_region, rounded, &addr)) ||
-               place(*arena, fallback_region, rounded, &addr, &placed_region)));
+              ((options_.reassign && place_promised(*arena, region, rounded, &addr)) ||
+               place(*arena, region, rounded, &addr, &placed_region)));
   if (granules_.has_retiring_changes()) sync_retiring();
   if (!ok) {
     // Free everything cached (waiting for pending blocks) and try once more.
@@ -266,37 +252,9 @@ void TemporalPool::refresh_plan() {
   if (plan_ && (plan_->period == 0 || plan_->slots.size() != plan_->period)) plan_ = nullptr;
   if (plan_) {
     ++plan_stats_.plans;
-    plan_region_ = next_plan_region_;  // where the residents it was packed around are
-    // The first plan gets a cycle of grace (set at its first placement); a plan replacing one
-    // is judged at once, so a planner that keeps replacing wrong plans is still stopped.
-    plan_counted_from_ = plan_stats_.plans == 1 ? UINT64_MAX : 0;
     // The old layout's cycle peak would keep its granules mapped beside the plan's.
     granules_.restart_window();
   }
-}
-
-void TemporalPool::publish_residents(const Arena& arena, std::uint64_t now_alloc_id,
-                                     std::uint64_t min_age) {
-  // The region that holds most of them becomes the next plan's: the plan fills the space
-  // between them (a separate region would leave their granules' free space unused).
-  std::vector<std::size_t> bytes(arena.regions.size(), 0);
-  const auto resident = [&](const Block& b) {
-    return b.arena == arena.index && b.alloc_id + min_age <= now_alloc_id;
-  };
-  live_.for_each([&](std::uintptr_t, const Block& b) {
-    if (resident(b)) bytes[b.region] += b.bytes;
-  });
-  std::size_t region = lifespan_region(options_, 0);
-  for (std::size_t r = 0; r < bytes.size(); ++r) {
-    if (bytes[r] > bytes[region]) region = r;
-  }
-  next_plan_region_ = region;
-  std::vector<PlanResident> out;
-  const std::uintptr_t base = arena.base + region * region_va_bytes_;
-  live_.for_each([&](std::uintptr_t addr, const Block& b) {
-    if (resident(b) && b.region == region) out.push_back({addr - base, b.bytes});
-  });
-  board_->publish_residents(std::move(out));
 }
 
 void TemporalPool::drop_plan() {
@@ -317,7 +275,6 @@ bool TemporalPool::place_planned(Arena& arena, std::size_t rounded, std::uint64_
   constexpr std::uint64_t kPlanCheckShare = 8;
   const LayoutPlan& p = *plan_;
   if (arena.stream != p.stream || alloc_id < p.start_alloc_id) return false;
-  if (plan_counted_from_ == UINT64_MAX) plan_counted_from_ = alloc_id + p.period;
   const auto period = static_cast<std::int64_t>(p.period);
   const std::int64_t rel = static_cast<std::int64_t>(alloc_id - p.start_alloc_id) + plan_shift_;
   const auto at = [&](std::int64_t d) -> const PlanSlot& {
@@ -354,17 +311,13 @@ bool TemporalPool::place_planned(Arena& arena, std::size_t rounded, std::uint64_
       hit = true;
     }
   }
+  ++plan_window_tries_;
   if (hit) {
     ++plan_stats_.hits;
   } else {
     ++plan_stats_.misses;
+    ++plan_window_misses_;
   }
-  // The first cycle after a new plan meets the old layout's blocks in its slots: not judged,
-  // and its peak (both layouts at once) is forgotten once it is over.
-  if (alloc_id < plan_counted_from_) return hit;
-  if (alloc_id == plan_counted_from_ || plan_window_tries_ == 0) granules_.restart_window();
-  ++plan_window_tries_;
-  if (!hit) ++plan_window_misses_;
   if (plan_window_tries_ >= std::max<std::uint64_t>(kPlanCheckTries, p.planned / kPlanCheckShare)) {
     const bool bad = plan_window_misses_ * 4 > plan_window_tries_;
     plan_window_tries_ = plan_window_misses_ = 0;

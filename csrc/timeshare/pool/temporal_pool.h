@@ -196,8 +196,6 @@ class TemporalPool final : public Pool {
   bool place_planned(Arena& arena, std::size_t rounded, std::uint64_t alloc_id,
                      std::uintptr_t* addr);
   void refresh_plan();
-  // Blocks of the plan region at least `min_age` allocations old, for the planner.
-  void publish_residents(const Arena& arena, std::uint64_t now_alloc_id, std::uint64_t min_age);
   void drop_plan();
   // Keeps the regions' free ranges in step with retiring addresses (TemporalGranules): an
   // address whose memory moved to an alias is not placed on until it is unmapped.
@@ -228,8 +226,6 @@ class TemporalPool final : public Pool {
   std::uint64_t plan_window_tries_ = 0;  // planned allocations in the current check window
   std::uint64_t plan_window_misses_ = 0;
   std::size_t plan_region_ = 0;        // index of the plan region in Arena::regions
-  std::size_t next_plan_region_ = 0;   // ... for the next plan (publish_residents)
-  std::uint64_t plan_counted_from_ = 0;  // misses count from this allocation id on
   PlanStats plan_stats_;
   // What sync_reserved last saw (it returns early when nothing changed).
   std::int64_t synced_mapped_ = -1;

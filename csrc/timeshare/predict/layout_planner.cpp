@@ -27,8 +27,6 @@ void LayoutPlanner::on_alloc(const AllocEvent& e, std::uint64_t predicted_lifesp
   const std::uint64_t p = std::max(detector_.period(), detector_.alignment_period());
   // One cycle back must be in the ring too (its ticks give the cycle's length).
   if (p < kMinPlanAllocs || p > kMaxPlanAllocs || count_ < p + 1) return;
-  // Half a cycle before a plan is due, ask the pool what it holds for good (packed around).
-  if (count_ - last_plan_at_ == p / 2) board_->request_residents(p);
   if (count_ - last_plan_at_ < p) return;
   last_plan_at_ = count_;
   const auto t0 = std::chrono::steady_clock::now();
@@ -136,9 +134,6 @@ std::shared_ptr<pool::LayoutPlan> LayoutPlanner::build(std::uint64_t p) const {
   // placed blocks whose lifetimes overlap its own (best_gap: the smallest such gap). Returns
   // the top; offsets in `out`.
   std::vector<Busy> busy;
-  std::uint64_t resident_version = 0;
-  const std::vector<pool::PlanResident> residents =
-      board_ ? board_->residents(&resident_version) : std::vector<pool::PlanResident>{};
   const auto pack = [&](const std::vector<std::uint32_t>& order, bool best_gap,
                         std::vector<std::uint64_t>* out) {
     out->assign(items.size(), 0);
@@ -148,7 +143,6 @@ std::shared_ptr<pool::LayoutPlan> LayoutPlanner::build(std::uint64_t p) const {
     for (std::uint32_t i : order) {
       const Item& it = items[i];
       busy.clear();
-      for (const pool::PlanResident& r : residents) busy.push_back({r.offset, r.bytes});
       for (std::uint32_t o : placed) {
         if (overlap(it, items[o])) busy.push_back({(*out)[o], items[o].bytes});
       }
