@@ -137,6 +137,9 @@ class TemporalGranules {
   void pin_range(std::size_t a, std::uintptr_t addr, std::size_t bytes);
   // Drops every pin: free pinned granules are quarantined like any emptied granule.
   void unpin_all();
+  // The observed peak of demand (needed + free pinned granules) over the current and the
+  // previous window.
+  std::size_t peak_demand() const noexcept { return std::max(window_peak_, prev_window_peak_); }
   // Forgets the observed peak (a new layout makes the old cycle's peak a poor guide): the mark
   // restarts from the demand now.
   void restart_window() noexcept {

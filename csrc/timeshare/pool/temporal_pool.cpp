@@ -252,6 +252,8 @@ void TemporalPool::refresh_plan() {
   if (plan_ && (plan_->period == 0 || plan_->slots.size() != plan_->period)) plan_ = nullptr;
   if (plan_) {
     ++plan_stats_.plans;
+    // What best fit needed before the first plan: a plan may not hold much more.
+    if (plan_stats_.plans == 1) plan_ref_granules_ = granules_.peak_demand();
     // The old layout's cycle peak would keep its granules mapped beside the plan's.
     granules_.restart_window();
   }
@@ -317,6 +319,13 @@ bool TemporalPool::place_planned(Arena& arena, std::size_t rounded, std::uint64_
   } else {
     ++plan_stats_.misses;
     ++plan_window_misses_;
+  }
+  // A plan of wrong lifespans can hit its slots and still spread them over far more granules
+  // than best fit needed (a constant answer packs a whole iteration's bytes side by side):
+  // dropped as soon as the pool holds more than 10 % (and 2 granules) above that.
+  if (granules_.mapped_granules() > plan_ref_granules_ + plan_ref_granules_ / 10 + 2) {
+    drop_plan();
+    return hit;
   }
   if (plan_window_tries_ >= std::max<std::uint64_t>(kPlanCheckTries, p.planned / kPlanCheckShare)) {
     const bool bad = plan_window_misses_ * 4 > plan_window_tries_;

@@ -225,6 +225,7 @@ class TemporalPool final : public Pool {
   std::int64_t plan_shift_ = 0;        // allocations inserted (+) or missing (-) since planned
   std::uint64_t plan_window_tries_ = 0;  // planned allocations in the current check window
   std::uint64_t plan_window_misses_ = 0;
+  std::size_t plan_ref_granules_ = 0;  // best fit's peak demand when the first plan came
   std::size_t plan_region_ = 0;        // index of the plan region in Arena::regions
   PlanStats plan_stats_;
   // What sync_reserved last saw (it returns early when nothing changed).
