@@ -60,7 +60,10 @@ def to_tsev(paths: list[str], out_dir: Path) -> list[Path]:
     others = [p for p in paths if not p.endswith(".tsev")]
     if others:
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(ROOT / "python") + os.pathsep + env.get("PYTHONPATH", "")
+        try:  # the installed package (scripts run against it); else the source tree's
+            import timeshare._C  # noqa: F401
+        except ImportError:
+            env["PYTHONPATH"] = str(ROOT / "python") + os.pathsep + env.get("PYTHONPATH", "")
         before = set(out_dir.glob("*.tsev"))
         subprocess.run(
             [sys.executable, "-m", "timeshare.snapshot", "--tsev", str(out_dir), *others],
