@@ -79,3 +79,14 @@ def test_replay_reports_plan_figures(resnet18) -> None:
     for key in ("plan_hits", "plan_misses", "plans", "plans_dropped"):
         assert isinstance(r[key], int)
     assert r["device_faults"] == 0
+
+
+def test_a_plan_holding_far_more_memory_is_dropped(resnet18) -> None:
+    """A constant answer packs a whole iteration's blocks side by side: the slots are free, so
+    they hit, but the pool would hold far more granules than best fit (1.77x before the memory
+    guard). Dropped once it holds 10 % (and 2 granules) more than best fit's peak demand."""
+    base = _run(resnet18, "timeshare-const", "plan:false")
+    const = _run(resnet18, "timeshare-const", "plan:true")
+    assert const["plans_dropped"] >= 1
+    assert const["device_faults"] == 0
+    assert const["peak_reserved_bytes"] <= 1.2 * base["peak_reserved_bytes"]
