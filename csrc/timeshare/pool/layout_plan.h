@@ -43,19 +43,16 @@ struct LayoutPlan {
   std::uint64_t stream = 0;          // the stream whose allocations are planned
   std::uint64_t footprint_bytes = 0; // top of the packing
   std::uint64_t planned = 0;         // slots with an offset
-  std::uint64_t version = 0;         // set by PlanBoard::publish
   std::vector<PlanSlot> slots;
 };
 
 class PlanBoard {
  public:
   // Replaces the current plan (nullptr: no plan).
-  void publish(std::shared_ptr<LayoutPlan> plan) {
+  void publish(std::shared_ptr<const LayoutPlan> plan) {
     std::lock_guard lock(mu_);
-    const std::uint64_t v = version_.load(std::memory_order_relaxed) + 1;
-    if (plan) plan->version = v;
     plan_ = std::move(plan);
-    version_.store(v, std::memory_order_release);
+    version_.fetch_add(1, std::memory_order_release);
   }
   std::uint64_t version() const noexcept { return version_.load(std::memory_order_acquire); }
   std::shared_ptr<const LayoutPlan> current() const {

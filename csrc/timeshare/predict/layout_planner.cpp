@@ -1,7 +1,6 @@
 #include "timeshare/predict/layout_planner.h"
 
 #include <algorithm>
-#include <chrono>
 #include <unordered_map>
 #include <utility>
 
@@ -29,28 +28,20 @@ void LayoutPlanner::on_alloc(const AllocEvent& e, std::uint64_t predicted_lifesp
   if (p < kMinPlanAllocs || p > kMaxPlanAllocs || count_ < p + 1) return;
   if (count_ - last_plan_at_ < p) return;
   last_plan_at_ = count_;
-  const auto t0 = std::chrono::steady_clock::now();
   std::shared_ptr<pool::LayoutPlan> plan = build(p);
-  stats_.last_plan_ms =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  ++stats_.plans_built;
   if (!plan) return;
-  stats_.last_period = plan->period;
-  stats_.last_planned = plan->planned;
-  stats_.last_footprint_bytes = plan->footprint_bytes;
-  // A period seen once may be a provisional one (period_detector.h): publish only a plan whose
-  // period the previous build had too.
   // A repeated layer's period (before the iteration's is found) leaves most saved activations
   // living longer than its cycle, unplanned: such a plan would only scatter them.
   if (static_cast<double>(plan->planned) < kMinPlannedShare * static_cast<double>(plan->period)) {
     prev_period_ = 0;
     return;
   }
+  // A period seen once may be a provisional one (period_detector.h): publish only a plan whose
+  // period the previous build had too.
   const bool stable = plan->period == prev_period_;
   prev_period_ = plan->period;
   if (!stable || !changed(*plan)) return;
   last_ = plan;
-  ++stats_.plans_published;
   board_->publish(std::move(plan));
 }
 

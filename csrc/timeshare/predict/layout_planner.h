@@ -38,21 +38,11 @@ inline constexpr std::uint64_t kMinPlanAllocs = 64;
 inline constexpr double kMinPlannedShare = 0.9;
 inline constexpr double kReplanChangedShare = 0.02;
 
-struct LayoutPlannerStats {
-  std::uint64_t plans_built = 0;
-  std::uint64_t plans_published = 0;
-  std::uint64_t last_period = 0;
-  std::uint64_t last_planned = 0;
-  std::uint64_t last_footprint_bytes = 0;
-  double last_plan_ms = 0.0;
-};
-
 class LayoutPlanner {
  public:
   explicit LayoutPlanner(std::shared_ptr<pool::PlanBoard> board);
   // One allocation and the lifespan predicted for it (0: none).
   void on_alloc(const AllocEvent& e, std::uint64_t predicted_lifespan);
-  const LayoutPlannerStats& stats() const noexcept { return stats_; }
   // Plans the last `period` allocations now (tests; on_alloc calls it when due).
   std::shared_ptr<pool::LayoutPlan> build(std::uint64_t period) const;
 
@@ -74,7 +64,6 @@ class LayoutPlanner {
   std::uint64_t last_plan_at_ = 0;  // count_ when the last plan was built
   std::uint64_t prev_period_ = 0;   // period of the last plan built
   std::shared_ptr<const pool::LayoutPlan> last_;
-  LayoutPlannerStats stats_;
 };
 
 // Wraps a predictor: forwards every call and feeds the wrapped predictor's answers to a
@@ -95,8 +84,6 @@ class PlanningPredictor final : public LifespanPredictor {
   }
   void on_free(const FreeEvent& e) override { inner_->on_free(e); }
   PredictorStats stats() const override { return inner_->stats(); }
-  const LifespanPredictor& inner() const noexcept { return *inner_; }
-  const LayoutPlanner& planner() const noexcept { return planner_; }
 
  private:
   std::unique_ptr<LifespanPredictor> owned_;
