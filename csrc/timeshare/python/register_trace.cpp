@@ -141,6 +141,9 @@ py::dict to_dict(const trace::ReplayResult& r, bool predicts) {
   d["device_faults"] = r.device_faults;
   d["device_waits"] = r.device_waits;
   if (!r.first_fault.empty()) d["first_fault"] = r.first_fault;
+  if (!r.device_calls_by_iteration.empty()) {
+    d["device_calls_by_iteration"] = r.device_calls_by_iteration;
+  }
   if (predicts) {
     d["plan_hits"] = r.plan_hits;
     d["plan_misses"] = r.plan_misses;

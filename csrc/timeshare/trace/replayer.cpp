@@ -217,12 +217,26 @@ ReplayResult replay(const Event* events, std::size_t n, pool::Pool& pool,
   std::uint64_t live = 0;
   std::uint64_t peak_live = 0;
   InFlightModel in_flight(events, n, options.gpu_lag_events, backend);
+  // Calls per marked iteration: the backend's counters read where each iteration starts.
+  const std::vector<std::uint64_t>& starts = options.iteration_starts;
+  std::size_t next_start = 0;
+  std::uint64_t calls_before = 0;
+  const auto device_calls_now = [backend] {
+    const device::SimCounters c = backend->counters();
+    return c.reserve_calls + c.release_calls;
+  };
 
   const auto start = std::chrono::steady_clock::now();
   for (std::size_t i = 0; i < n; ++i) {
     const Event& e = events[i];
     const auto stream = static_cast<device::Stream>(e.stream);
     in_flight.before_event(i);
+    if (backend && next_start < starts.size() && starts[next_start] <= i) [[unlikely]] {
+      const std::uint64_t calls = device_calls_now();
+      r.device_calls_by_iteration.push_back(calls - calls_before);
+      calls_before = calls;
+      while (next_start < starts.size() && starts[next_start] <= i) ++next_start;
+    }
     if (e.op == Op::kAlloc) {
       pool::AllocHint hint;
       hint.now_events = i;
@@ -267,6 +281,7 @@ ReplayResult replay(const Event* events, std::size_t n, pool::Pool& pool,
   r.ns_per_event = n ? r.loop_ns / static_cast<double>(n) : 0.0;
   r.events_per_second = r.loop_ns > 0 ? static_cast<double>(n) * 1e9 / r.loop_ns : 0.0;
   r.timeline = sampler.finish(n ? n - 1 : 0);
+  if (backend && next_start > 0) r.device_calls_by_iteration.push_back(device_calls_now() - calls_before);
   // Peak live is a property of the trace; with OOMs the replayed live peak is lower, and the
   // trace's own figure is the one fragmentation is measured against.
   r.peak_live_bytes = r.ooms ? peak_live_bytes(events, n) : peak_live;

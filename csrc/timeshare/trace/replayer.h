@@ -116,6 +116,10 @@ struct ReplayResult {
   std::uint64_t device_faults = 0;                // sim: unmaps under work in flight (must be 0)
   std::uint64_t device_waits = 0;                 // sim: host synchronisations by the pool
   std::string first_fault;                        // what the first device fault was ("" = none)
+  // Device calls made before the first marked iteration starts, then in each marked iteration
+  // (from the snapshot's iteration starts; empty when there are none or no sim backend): where
+  // the calls go, warm-up against steady state.
+  std::vector<std::uint64_t> device_calls_by_iteration;
   // Layout plans (temporal pool with `plan`): allocations placed at / missing their planned
   // slot, plans followed, plans dropped for missing too often.
   std::uint64_t plan_hits = 0;
