@@ -9,6 +9,7 @@
 //          --iterations N (synthetic)  --window-events N  --slack-granules N  --slack-permille N  --trim-oldest  --classes N  --class-base N  --class-ratio N  --no-borrow  --fit-candidates N  --detail  --dump
 //          --borrow-distance N  --borrow-down N  --longer-first  --reassign  --lowest-of K
 //          --fit-max-ratio N (0 = any size)  --unsafe-unmap (detector test)
+//          --empty-runs N (0 = off)  --no-tail-first  --map-ahead GRANULES (device calls)
 //          --gpu-lag-events N (work in flight, default 128; 0 = none)
 //          --repeat N (timing: best of N replays, default 3)
 //
@@ -495,6 +496,9 @@ int main(int argc, char** argv) {
     else if (a == "--borrow-distance") o.borrow_max_distance = std::stoull(next());
     else if (a == "--fit-candidates") o.mapped_fit_candidates = std::stoull(next());
     else if (a == "--fit-max-ratio") o.mapped_fit_max_ratio = std::stoull(next());
+    else if (a == "--empty-runs") o.empty_run_candidates = std::stoull(next());
+    else if (a == "--no-tail-first") o.mapped_tail_first = false;
+    else if (a == "--map-ahead") o.map_ahead_granules = std::stoull(next());
     else if (a == "--repeat") repeat = std::stoi(next());
     else if (!a.empty() && a[0] == '-') {
       std::fprintf(stderr, "unknown option %s (see the comment at the top of temporal_eval.cpp)\n",

@@ -98,6 +98,7 @@ TEST_CASE("temporal: a granule freed on one stream is not unmapped for another u
           "[temporal][in_flight]") {
   SimBackend sim(sim_of(kGiB));
   TemporalPoolOptions o;
+  o.map_ahead_granules = 0;  // granules counted one by one below
   SECTION("default (quarantine)") {}
   SECTION("unsafe_unmap: the detector sees the old behaviour") { o.unsafe_unmap = true; }
   TemporalPool pool(&sim, o);
@@ -143,6 +144,7 @@ TEST_CASE("temporal: at the limit the pool waits for the stream, then unmaps",
           "[temporal][in_flight]") {
   SimBackend sim(sim_of(kGiB));
   TemporalPoolOptions o;
+  o.map_ahead_granules = 0;  // granules counted one by one below
   SECTION("default (quarantine)") {}
   SECTION("unsafe_unmap") { o.unsafe_unmap = true; }
   TemporalPool pool(&sim, o);
@@ -256,7 +258,9 @@ TEST_CASE("replay: no policy faults; unsafe_unmap makes the detector fire", "[re
 TEST_CASE("temporal: memory moves to another region of the same stream without a wait",
           "[temporal][in_flight]") {
   SimBackend sim(sim_of(kGiB, /*backing=*/true));
-  TemporalPool pool(&sim);
+  TemporalPoolOptions o;
+  o.map_ahead_granules = 0;  // granules counted one by one below
+  TemporalPool pool(&sim, o);
   // Activations (a finite lifespan) die; then a request of another region (permanent) needs
   // as many granules while the stream still runs the kernels that used the activations.
   void* act = pool.allocate(8 * kMiB, 1, {0, 10, 0});

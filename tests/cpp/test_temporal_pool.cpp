@@ -276,9 +276,10 @@ TEST_CASE("temporal: random traces keep every invariant under adversarial predic
     }
     REQUIRE(pool.stats().requested_bytes[kAggregate].current == live_requested);
     check_invariants(pool, sim, live);
-    // Hysteresis: mapped granules never exceed the peak of granules holding blocks.
+    // Hysteresis: mapped granules never exceed the peak of granules holding blocks, plus what
+    // growth mapped ahead.
     peak_needed = std::max(peak_needed, pool.needed_granules());
-    REQUIRE(pool.mapped_granules() <= peak_needed);
+    REQUIRE(pool.mapped_granules() <= peak_needed + o.map_ahead_granules);
   }
   // Everything still live is intact; emptying the cache leaves only needed granules.
   for (auto& [addr, l] : live) {
@@ -392,7 +393,9 @@ TEST_CASE("temporal: by default finite predictions share one region, permanent o
   // options every finite lifespan (1 tick or 10^6) goes to the same best-fit region, so a
   // block predicted short but really long cannot pin a granule of a separate scratch region.
   SimBackend sim({.capacity_bytes = kGiB});
-  TemporalPool pool(&sim);
+  TemporalPoolOptions no_ahead;
+  no_ahead.map_ahead_granules = 0;  // granules counted below
+  TemporalPool pool(&sim, no_ahead);
   const TemporalPoolOptions& o = pool.options();
   constexpr std::uint64_t kLongEvents = 1'000'000;
   CHECK(lifespan_region(o, 1) == lifespan_region(o, kLongEvents));
@@ -417,11 +420,15 @@ TEST_CASE("temporal: a far larger mapped range is not split to save a map call",
   // Free: a 2 MiB range whose granule was unmapped (empty_cache) and a 16 MiB range in mapped
   // granules. A 64 KiB request's best fit is the 2 MiB range, which needs a map; taking the
   // 16 MiB range instead would leave a hole among live blocks, so with mapped_fit_max_ratio
-  // the pool maps; with 0 (any size) it takes the mapped range.
+  // the pool maps; with 0 (any size) it takes the mapped range. (The search of empty mapped
+  // runs, on by default and tested below, takes the mapped range too: its empty granules cost
+  // nothing where they are.)
   auto run = [](std::size_t ratio) {
     SimBackend sim({.capacity_bytes = kGiB});
     TemporalPoolOptions o;
     o.mapped_fit_max_ratio = ratio;
+    o.empty_run_candidates = 0;
+    o.map_ahead_granules = 0;
     TemporalPool pool(&sim, o);
     void* a = pool.allocate(2 * kMiB, 0, {0, 1000, 0});
     void* b = pool.allocate(2 * kMiB, 0, {1, 10, 1});
@@ -438,6 +445,121 @@ TEST_CASE("temporal: a far larger mapped range is not split to save a map call",
   };
   CHECK(run(0));   // any mapped range: the 16 MiB range is split
   CHECK(!run(4));  // the default: best fit, one granule mapped
+}
+
+namespace {
+std::int64_t calls_of(const TemporalPool& pool) {
+  return pool.stats().num_device_alloc + pool.stats().num_device_free;
+}
+}  // namespace
+
+TEST_CASE("temporal: a block goes into empty mapped granules, not a granule it would map",
+          "[temporal][calls]") {
+  // Free: a 2 MiB range whose granule was unmapped, and 16 MiB of mapped granules that hold no
+  // block, between live blocks. The 2 MiB request's best fit is the unmapped range; its only
+  // mapped alternative is eight times larger. Before the search of empty runs the pool mapped
+  // a granule there while eight stayed mapped and empty (and, at the mark, unmapped one of them:
+  // every cycle of a training loop).
+  auto run = [](SimBackend& sim, std::size_t candidates, void** c_out) {
+    TemporalPoolOptions o;
+    o.empty_run_candidates = candidates;
+    o.map_ahead_granules = 0;
+    auto pool = std::make_unique<TemporalPool>(&sim, o);
+    void* a = pool->allocate(2 * kMiB, 0, {0, 100, 0});
+    void* b = pool->allocate(2 * kMiB, 0, {1, 100, 1});
+    void* c = pool->allocate(16 * kMiB, 0, {2, 10, 2});
+    void* d = pool->allocate(2 * kMiB, 0, {3, 100, 3});
+    REQUIRE((a && b && c && d));
+    pool->deallocate(a, 4);
+    pool->empty_cache();  // a's granule is unmapped
+    pool->deallocate(c, 5);  // c's eight granules stay mapped, empty
+    *c_out = c;
+    return pool;
+  };
+  void* c = nullptr;
+  SimBackend sim_searched({.capacity_bytes = kGiB});
+  auto searched = run(sim_searched, 8, &c);
+  const std::int64_t before = calls_of(*searched);
+  void* p = searched->allocate(2 * kMiB, 0, {6, 10, 4});
+  CHECK(p == c);                             // in the empty mapped granules
+  CHECK(calls_of(*searched) == before);      // without a device call
+  CHECK(searched->mapped_granules() == 10);  // b, c's eight, d
+  SimBackend sim_plain({.capacity_bytes = kGiB});
+  auto plain = run(sim_plain, 0, &c);
+  const std::int64_t plain_before = calls_of(*plain);
+  void* q = plain->allocate(2 * kMiB, 0, {6, 10, 4});
+  CHECK(q != c);
+  CHECK(calls_of(*plain) == plain_before + 1);  // the old behaviour: one granule mapped
+}
+
+TEST_CASE("temporal: a block takes the start of the region's tail while it is still mapped",
+          "[temporal][calls]") {
+  // A block freed at the top of the region leaves mapped granules at the start of the tail.
+  // The next request's best fit is a hole whose granule was unmapped: the tail's mapped start
+  // takes it without a call.
+  auto run = [](bool tail_first) {
+    SimBackend sim({.capacity_bytes = kGiB});
+    TemporalPoolOptions o;
+    o.mapped_tail_first = tail_first;
+    o.empty_run_candidates = 0;
+    o.map_ahead_granules = 0;
+    TemporalPool pool(&sim, o);
+    void* a = pool.allocate(2 * kMiB, 0, {0, 100, 0});
+    void* b = pool.allocate(2 * kMiB, 0, {1, 100, 1});
+    void* c = pool.allocate(2 * kMiB, 0, {2, 10, 2});
+    REQUIRE((a && b && c));
+    pool.deallocate(a, 3);
+    pool.empty_cache();
+    pool.deallocate(c, 4);  // c's granule: the mapped start of the tail
+    const std::int64_t before = calls_of(pool);
+    void* p = pool.allocate(2 * kMiB, 0, {5, 10, 3});
+    REQUIRE(p);
+    return std::pair{p == c, calls_of(pool) - before};
+  };
+  CHECK(run(true) == std::pair{true, std::int64_t{0}});
+  CHECK(run(false) == std::pair{false, std::int64_t{1}});
+}
+
+TEST_CASE("temporal: growth maps ahead in one call, within the limit and the device",
+          "[temporal][calls]") {
+  // Twenty 1 MiB blocks one after another (a model's parameters, a forward pass): ten granules.
+  auto grow = [](std::size_t ahead, std::size_t limit_bytes, std::size_t capacity_bytes) {
+    SimBackend sim({.capacity_bytes = capacity_bytes});
+    TemporalPoolOptions o;
+    o.map_ahead_granules = ahead;
+    TemporalPool pool(&sim, o);
+    pool.set_limit_bytes(limit_bytes);
+    std::size_t peak_mapped = 0;
+    std::size_t placed = 0;
+    for (std::uint64_t i = 0; i < 20; ++i) {
+      if (pool.allocate(kMiB, 0, {i, 1000, i}) != nullptr) ++placed;
+      peak_mapped = std::max(peak_mapped, pool.mapped_granules());
+    }
+    CHECK(pool.stats().reserved_bytes[kAggregate].current ==
+          static_cast<std::int64_t>(sim.counters().reserved_bytes));
+    struct Out {
+      std::int64_t map_calls;
+      std::size_t peak_mapped;
+      std::size_t placed;
+      std::size_t needed;
+    };
+    return Out{pool.stats().num_device_alloc - 1, peak_mapped, placed, pool.needed_granules()};
+  };
+  const auto none = grow(0, 0, kGiB);
+  CHECK(none.map_calls == 10);  // one per granule
+  CHECK(none.peak_mapped == 10);
+  const auto ahead = grow(9, 0, kGiB);
+  CHECK(ahead.map_calls == 1);  // the first block's granule and nine more
+  CHECK(ahead.placed == 20);
+  CHECK(ahead.peak_mapped <= ahead.needed + 9);
+  // Under a limit, mapping ahead stops at the limit and every block still fits.
+  const auto limited = grow(9, 12 * kMiB, kGiB);
+  CHECK(limited.placed == 12);
+  CHECK(limited.peak_mapped <= 6);
+  // A device without room for what comes after a block still maps the block.
+  const auto small_device = grow(9, 0, 8 * kMiB);
+  CHECK(small_device.placed == 8);
+  CHECK(small_device.peak_mapped == 4);
 }
 
 TEST_CASE("temporal: a block used on another stream is not reused before its work is done",

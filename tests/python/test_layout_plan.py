@@ -30,26 +30,20 @@ def _run(trace, policy: str, conf: str) -> dict:
     return replay_events(trace.events, policy, trace.iteration_starts, {"conf": conf})
 
 
-def test_predicted_layout_avoids_the_release_remap_cycle(resnet18) -> None:
+def test_predicted_layout_is_followed_without_device_calls(resnet18) -> None:
     """With true lifespans the plan is followed from the third iteration on and the steady state
-    makes no device call, where best fit moves granules every iteration."""
+    makes no device call. (Best fit without plans makes none either since it places in empty
+    mapped granules and maps ahead while growing, with fewer calls in all: plans are off by
+    default, docs/temporal_pool.md.)"""
     base = _run(resnet18, "timeshare-true", "plan:false")
     planned = _run(resnet18, "timeshare-true", "plan:true")
     assert planned["plans"] >= 1 and planned["plans_dropped"] == 0
     assert planned["plan_hits"] > 0.6 * resnet18.allocs
     assert planned["plan_misses"] == 0
-    assert planned["device_calls"] < 0.7 * base["device_calls"]
     assert planned["device_faults"] == 0 and base["device_faults"] == 0
-    # Per iteration, after the plan: the calls of a prefix stop growing.
-    starts = [int(s) for s in resnet18.iteration_starts]
-    calls: dict[str, list[int]] = {"plan:true": [], "plan:false": []}
-    for conf, row in calls.items():
-        for end in (starts[5], starts[8]):
-            r = replay_events(resnet18.events[:end], "timeshare-true", None, {"conf": conf})
-            row.append(r["device_calls"])
-    # (teardown unmaps are counted in each prefix, the same number both times)
-    assert calls["plan:true"][1] <= calls["plan:true"][0] + 2, calls
-    assert calls["plan:false"][1] >= calls["plan:false"][0] + 4, calls
+    # Per iteration, after the plan: no more calls.
+    by_iteration = planned["device_calls_by_iteration"]
+    assert by_iteration[5:] == [0] * len(by_iteration[5:]), by_iteration
 
 
 def test_plan_off_by_default_changes_nothing(resnet18) -> None:
@@ -63,7 +57,9 @@ def test_plan_off_by_default_changes_nothing(resnet18) -> None:
 @pytest.mark.parametrize("name", ["resnet18", "gpt2_fixed"])
 def test_wrong_predictions_cost_bounded_memory_and_calls(name: str) -> None:
     """Shuffled lifespans (true ones dealt to the wrong allocations): the plans miss, the pool
-    drops them and stops following plans; peak and calls stay within a bound, no fault."""
+    drops them and stops following plans; peak and calls stay within a bound, no fault. Each
+    plan followed and dropped costs at most a re-layout of the iteration's memory (measured:
+    +102 calls on resnet18, +377 on gpt2_fixed, for two plans)."""
     trace = load_trace(SHIPPED / f"{name}.pkl.gz")
     base = _run(trace, "timeshare-shuffled", "plan:false")
     wrong = _run(trace, "timeshare-shuffled", "plan:true")
@@ -71,7 +67,7 @@ def test_wrong_predictions_cost_bounded_memory_and_calls(name: str) -> None:
     assert wrong["plans_dropped"] >= 1
     assert wrong["plans"] <= 2  # no more plans followed after the drops
     assert wrong["peak_reserved_bytes"] <= 1.05 * base["peak_reserved_bytes"]
-    assert wrong["device_calls"] <= 2.5 * base["device_calls"]
+    assert wrong["device_calls"] <= base["device_calls"] + 200 * wrong["plans"]
 
 
 def test_replay_reports_plan_figures(resnet18) -> None:

@@ -20,6 +20,8 @@ std::unique_ptr<pool::Pool> make_pool(const Options& options, device::Backend& b
     return std::make_unique<pool::CachingPool>(backend, o);
   }
   pool::TemporalPoolOptions to;
+  to.map_ahead_granules =
+      pool::TemporalPoolOptions::granules_for(options.map_ahead_bytes, backend.granule_bytes());
   // The detector test only ever runs on the sim: a GPU would fault (illegal address).
   to.unsafe_unmap = options.unsafe_unmap && std::string_view(backend.name()) == "sim";
   if (options.unsafe_unmap && !to.unsafe_unmap) {

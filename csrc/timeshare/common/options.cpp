@@ -11,7 +11,7 @@ namespace timeshare {
 
 namespace {
 
-constexpr std::array<OptionInfo, 25> kOptionTable{{
+constexpr std::array<OptionInfo, 26> kOptionTable{{
     {"policy", "choice", "timeshare", "allocation policy: timeshare (predictor + temporal pool) "
                                       "or torch (model of PyTorch's caching allocator)"},
     {"backend", "choice", "auto", "device backend: auto (cuda where a GPU is present), cuda, sim"},
@@ -46,6 +46,9 @@ constexpr std::array<OptionInfo, 25> kOptionTable{{
                               "(planned blocks reuse the same addresses every iteration, "
                               "without device calls; measured: fewer calls on some traces, "
                               "more peak memory on most)"},
+    {"map_ahead", "bytes", "18MiB", "temporal pool: while memory grows past its peak, map this "
+                                    "much beyond the block in the same device call (fewer "
+                                    "calls, at most this much more peak reserved; 0 = off)"},
     {"history", "bytes", "8MiB", "bytes of the rolling history ring the LSTM trains on"},
     {"hidden", "int", "32", "LSTM hidden units (8..256)"},
     {"retrain_interval", "int", "40000", "allocator events between scheduled retrainings"},
@@ -238,6 +241,7 @@ std::optional<Setter> setter_for(std::string_view key) {
   if (key == "predict_sync") return [](Options& o, std::string_view v) { return set_bool(o.predict_sync, v); };
   if (key == "unsafe_unmap") return [](Options& o, std::string_view v) { return set_bool(o.unsafe_unmap, v); };
   if (key == "plan") return [](Options& o, std::string_view v) { return set_bool(o.plan, v); };
+  if (key == "map_ahead") return [](Options& o, std::string_view v) { return set_bytes(o.map_ahead_bytes, v); };
   if (key == "history") return [](Options& o, std::string_view v) { return set_bytes(o.history_bytes, v); };
   if (key == "hidden") return [](Options& o, std::string_view v) { return set_int(o.hidden, v, 8, 256); };
   if (key == "retrain_interval") {
@@ -360,6 +364,7 @@ std::string to_conf_string(const Options& o) {
   add("predict_sync", o.predict_sync ? "true" : "false");
   add("unsafe_unmap", o.unsafe_unmap ? "true" : "false");
   add("plan", o.plan ? "true" : "false");
+  add("map_ahead", std::to_string(o.map_ahead_bytes));
   add("history", std::to_string(o.history_bytes));
   add("hidden", std::to_string(o.hidden));
   add("retrain_interval", std::to_string(o.retrain_interval_events));

@@ -44,6 +44,9 @@ struct Options {
   // default: measured, it lowers device calls on some traces but raises peak reserved on most
   // (docs/temporal_pool.md, "Layout plans").
   bool plan = false;
+  // Temporal pool: at a new peak of demand, map this much beyond the block (fewer device calls
+  // while memory grows, for at most this much more peak reserved; 0 = map only what blocks use).
+  std::size_t map_ahead_bytes = std::size_t{18} << 20;
   std::size_t history_bytes = std::size_t{8} << 20;
   int hidden = 32;
   std::uint64_t retrain_interval_events = 40'000;

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <map>
 #include <set>
 #include <utility>
@@ -54,6 +55,14 @@ class ArenaFreeRanges {
       }
     }
     return false;
+  }
+
+  // The free range at the highest address (in a region, its untouched tail); false if none.
+  bool last(Range* out) const {
+    if (by_addr_.empty()) return false;
+    const auto it = std::prev(by_addr_.end());
+    *out = Range{it->first, it->second};
+    return true;
   }
 
   // The free range that holds all of [addr, addr+bytes), if any.

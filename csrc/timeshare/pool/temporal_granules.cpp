@@ -380,7 +380,7 @@ TemporalGranules::Span TemporalGranules::span_of(const ArenaGranules& ar, std::u
 }
 
 bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t bytes,
-                               std::size_t limit_bytes) {
+                               std::size_t limit_bytes, std::size_t ahead_granules) {
   ArenaGranules& ar = arenas_[a];
   const Span sp = span_of(ar, addr, bytes);
   if (sp.first == sp.last && ar.occupancy[sp.first] != 0) {  // a small block in a used granule
@@ -479,6 +479,8 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
   std::size_t g = sp.first;
   std::vector<std::pair<std::size_t, std::size_t>> mapped_runs;
   std::vector<Alias> aliases;
+  std::size_t ahead_first = 0;  // granules mapped ahead of the block (see below)
+  std::size_t ahead_n = 0;
   while (ok && g <= sp.last) {
     if (ar.mapped[g] == kMapped) {
       ++g;
@@ -500,11 +502,36 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
       wait_for_quarantine(mapped_ + n - limit_bytes / granule_bytes_);
       trim_to(limit_bytes / granule_bytes_, n);
     }
-    ok = map_run(ar, g, n);
-    if (ok) mapped_runs.emplace_back(g, n);
+    // Growth: at a new peak of demand, the run that ends the block maps up to
+    // `ahead_granules` more after it, for the blocks that follow (one call instead of several).
+    std::size_t ahead = 0;
+    if (ahead_granules != 0 && g + n - 1 == sp.last && needed_ + fresh > peak_demand()) {
+      while (ahead < ahead_granules && sp.last + 1 + ahead < ar.mapped.size() &&
+             ar.mapped[sp.last + 1 + ahead] == kUnmapped &&
+             (limit_bytes == 0 || (mapped_ + n + ahead + 1) * granule_bytes_ <= limit_bytes)) {
+        ++ahead;
+      }
+    }
+    ok = map_run(ar, g, n + ahead);
+    // The device may have room for the block but not for what was to come after it.
+    if (!ok && ahead != 0) {
+      ahead = 0;
+      ok = map_run(ar, g, n);
+    }
+    if (ok) {
+      mapped_runs.emplace_back(g, n + ahead);
+      if (ahead != 0) {
+        // Never used: trimmable at once (no work of any stream can touch them).
+        cache_.set_range(key(a, sp.last + 1), key(a, sp.last + ahead));
+        for (std::size_t h = sp.last + 1; h <= sp.last + ahead; ++h) cached_now(key(a, h));
+        ahead_first = sp.last + 1;
+        ahead_n = ahead;
+      }
+    }
     g += n;
   }
   if (!ok) {
+    if (ahead_n != 0) cache_.clear_range(key(a, ahead_first), key(a, ahead_first + ahead_n - 1));
     for (auto [first, n] : mapped_runs) {
       backend_->unmap(reinterpret_cast<void*>(ar.base + first * granule_bytes_),
                       n * granule_bytes_);
@@ -521,6 +548,8 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
     return false;
   }
   count_in();
+  // What was mapped ahead counts in the peak, so the mark keeps it for the blocks to come.
+  if (ahead_n != 0) window_peak_ = std::max(window_peak_, mapped_);
   return true;
 }
 

@@ -112,7 +112,13 @@ class TemporalGranules {
   // are not mapped, unmapping cached granules first to stay under the mark. With
   // `limit_bytes` > 0 the mapped total may not pass it. Returns false, with nothing changed,
   // when the limit or the device refuses.
-  bool acquire(std::size_t a, std::uintptr_t addr, std::size_t bytes, std::size_t limit_bytes);
+  // Growth: with `ahead_granules` > 0, when the block raises the peak of demand and its last
+  // granule is mapped fresh, up to that many unmapped granules right after it are mapped in the
+  // same call and counted in the peak (they stay mapped for the blocks that follow: a frontier
+  // that grows block by block makes one call per `ahead_granules`, as expandable segments do
+  // per 20 MiB page).
+  bool acquire(std::size_t a, std::uintptr_t addr, std::size_t bytes, std::size_t limit_bytes,
+               std::size_t ahead_granules = 0);
 
   // The block at [addr, addr+bytes) of arena `a` is gone: granules left without a block become
   // cached; then cached granules above the mark are unmapped.
@@ -186,6 +192,37 @@ class TemporalGranules {
   bool is_mapped(std::size_t a, std::size_t granule) const {
     return arenas_[a].mapped[granule] == 1;
   }
+  // Calls fn(first, last) on runs [first, last] of arena `a`'s mapped granules that hold no
+  // block (trimmable, quarantined or pinned), highest first, at most `max_runs` of them, until
+  // fn returns true; returns whether one did. Granule indices are the arena's.
+  template <class Fn>
+  bool empty_runs_from_top(std::size_t a, std::size_t max_runs, Fn&& fn) const {
+    const ArenaGranules& ar = arenas_[a];
+    const auto empty = [&](std::size_t k) {
+      return cache_.test(k) || quarantined_.test(k) || pinned_free_.test(k);
+    };
+    const auto prev = [&](std::size_t k) {  // highest empty key below k (npos: none)
+      std::size_t best = TemporalBitIndex::npos;
+      for (const TemporalBitIndex* ix : {&cache_, &quarantined_, &pinned_free_}) {
+        const std::size_t p = ix->find_prev(k);
+        if (p != TemporalBitIndex::npos && p >= ar.offset &&
+            (best == TemporalBitIndex::npos || p > best)) {
+          best = p;
+        }
+      }
+      return best;
+    };
+    std::size_t k = prev(ar.offset + ar.mapped.size());
+    for (std::size_t runs = 0; runs < max_runs && k != TemporalBitIndex::npos; ++runs) {
+      std::size_t first = k;
+      while (first > ar.offset && empty(first - 1)) --first;
+      if (fn(first - ar.offset, k - ar.offset)) return true;
+      k = first > ar.offset ? prev(first) : TemporalBitIndex::npos;
+    }
+    return false;
+  }
+  std::size_t mark_granules() const noexcept { return mark(); }
+
   // Whether every granule under [addr, addr+bytes) of arena `a` is mapped.
   bool all_mapped(std::size_t a, std::uintptr_t addr, std::size_t bytes) const {
     const ArenaGranules& ar = arenas_[a];

@@ -87,7 +87,10 @@ bool TemporalPool::fits_mapped(const Arena& arena, std::uintptr_t addr, std::siz
 
 bool TemporalPool::commit(Arena& arena, std::size_t region, const ArenaFreeRanges::Range& r,
                           std::size_t bytes, std::uintptr_t* addr) {
-  if (!granules_.acquire(arena.granule_index, r.addr, bytes, limit_bytes_)) return false;
+  if (!granules_.acquire(arena.granule_index, r.addr, bytes, limit_bytes_,
+                         options_.map_ahead_granules)) {
+    return false;
+  }
   arena.regions[region].carve(r, bytes);
   *addr = r.addr;
   return true;
@@ -114,6 +117,43 @@ bool TemporalPool::place_promised(Arena& arena, std::size_t region, std::size_t 
   return true;
 }
 
+bool TemporalPool::place_in_empty_run(Arena& arena, std::size_t region, std::size_t bytes,
+                                      std::uintptr_t* addr) {
+  const std::size_t g_bytes = granules_.granule_bytes();
+  ArenaFreeRanges& free = arena.regions[region];
+  ArenaFreeRanges::Range best_range;
+  std::uintptr_t best_at = 0;
+  std::size_t best_len = 0;
+  granules_.empty_runs_from_top(
+      arena.granule_index, options_.empty_run_candidates, [&](std::size_t f, std::size_t l) {
+        const std::size_t len = l - f + 1;
+        if (best_len != 0 && len >= best_len) return false;
+        const std::uintptr_t lo = arena.base + f * g_bytes;
+        ArenaFreeRanges::Range r;
+        if (!free.containing(lo, 1, &r)) return false;  // another region's granules
+        // From where the free range starts when that is in the mapped granule just below the
+        // run (the free end of a used granule), else from the run's first granule.
+        std::uintptr_t at = std::max(lo, r.addr);
+        if (r.addr < lo && r.addr + g_bytes >= lo && bytes <= r.bytes &&
+            fits_mapped(arena, r.addr, bytes)) {
+          at = r.addr;
+        }
+        if (at + bytes > r.addr + r.bytes || !fits_mapped(arena, at, bytes)) return false;
+        best_range = r;
+        best_at = at;
+        best_len = len;
+        return false;  // look at every candidate: the shortest run that fits wins
+      });
+  if (best_len == 0) return false;
+  if (!granules_.acquire(arena.granule_index, best_at, bytes, limit_bytes_,
+                         options_.map_ahead_granules)) {
+    return false;
+  }
+  free.carve_at(best_range, best_at, bytes);
+  *addr = best_at;
+  return true;
+}
+
 bool TemporalPool::place(Arena& arena, std::size_t region, std::size_t bytes,
                          std::uintptr_t* addr, std::size_t* placed_region) {
   *placed_region = region;
@@ -132,6 +172,17 @@ bool TemporalPool::place(Arena& arena, std::size_t region, std::size_t bytes,
   ArenaFreeRanges::Range alt;
   if (arena.regions[region].find_fit(bytes, options_.mapped_fit_candidates, mapped, &alt)) {
     return commit(arena, region, alt, bytes, addr);
+  }
+  // The start of the region's tail, when its granules are still mapped (blocks freed at the
+  // top): a block placed there splits no hole and costs no device call. The tail is the largest
+  // range, so the candidates above never reach it.
+  if (options_.mapped_tail_first && arena.regions[region].last(&alt) && alt.bytes >= bytes &&
+      fits_mapped(arena, alt.addr, bytes)) {
+    return commit(arena, region, alt, bytes, addr);
+  }
+  if (options_.empty_run_candidates != 0 && granules_.cached_granules() != 0 &&
+      place_in_empty_run(arena, region, bytes, addr)) {
+    return true;
   }
   // Next-best placement: free space in already-mapped granules of another region, nearest
   // lifespan class first, costs no device call and no new granule. Permanent blocks borrow

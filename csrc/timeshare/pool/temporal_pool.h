@@ -185,6 +185,10 @@ class TemporalPool final : public Pool {
   // region the range came from (another one when borrowing mapped space).
   bool place(Arena& arena, std::size_t region, std::size_t bytes, std::uintptr_t* addr,
              std::size_t* placed_region);
+  // In a run of mapped granules that hold no block (of the region), when one fits: the
+  // shortest of the highest `empty_run_candidates` runs.
+  bool place_in_empty_run(Arena& arena, std::size_t region, std::size_t bytes,
+                          std::uintptr_t* addr);
   bool commit(Arena& arena, std::size_t region, const ArenaFreeRanges::Range& r,
               std::size_t bytes, std::uintptr_t* addr);
   bool fits_mapped(const Arena& arena, std::uintptr_t addr, std::size_t bytes) const;

@@ -49,6 +49,7 @@ py::dict options_dict(const Options& o) {
   d["min_spill"] = o.min_spill_bytes;
   d["predictor"] = o.predictor;
   d["unsafe_unmap"] = o.unsafe_unmap;
+  d["map_ahead"] = o.map_ahead_bytes;
   d["history"] = o.history_bytes;
   d["hidden"] = o.hidden;
   d["retrain_interval"] = o.retrain_interval_events;

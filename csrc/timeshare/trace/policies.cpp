@@ -102,6 +102,8 @@ ReplayResult run_temporal(std::string_view policy, predict::LifespanPredictor& p
   device::SimBackend backend(sim_options(po));
   pool::TemporalPoolOptions to;
   to.unsafe_unmap = conf.unsafe_unmap;
+  to.map_ahead_granules =
+      pool::TemporalPoolOptions::granules_for(conf.map_ahead_bytes, backend.granule_bytes());
   pool::TemporalPool pool(&backend, to);
   PolicyOptions limited = po;
   if (limited.limit_bytes == 0) limited.limit_bytes = conf.budget_bytes;
