@@ -72,8 +72,10 @@ def _better(a: dict, b: dict) -> bool:
 def goals(figures: dict[str, dict], names: list[str]) -> list[str]:
     def count(pred) -> str:
         hits = [n for n in names if pred(figures[n])]
-        return f"{len(hits)} of {len(names)}" + (f" (not: {', '.join(sorted(set(names) - set(hits)))})"
-                                                 if len(hits) < len(names) else "")
+        misses = [n for n in names if n not in hits]
+        which = (f" (not: {', '.join(misses)})" if misses and len(misses) <= len(hits)
+                 else f" (only: {', '.join(hits)})" if hits and misses else "")
+        return f"{len(hits)} of {len(names)}{which}"
     ts = "timeshare"
     return [
         "calls at most 1.5x torch-expandable: "
