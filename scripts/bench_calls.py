@@ -10,7 +10,7 @@ Per trace: torch-expandable's device calls and peak reserved (the reference); th
 map_ahead 18 MiB), `timeshare` with `map_ahead:0`, `timeshare-true` (true lifespans: the bound of
 what prediction gives), `timeshare-const` (one constant answer) and `timeshare-shuffled` (true
 lifespans dealt to the wrong allocations); the device calls of the first two marked iterations
-and of the rest (warm-up against steady state); device faults over every run. Deterministic
+(with what came before them) and of the rest: warm-up against steady state; device faults over every run. Deterministic
 figures only (no timing).
 """
 
@@ -43,10 +43,11 @@ def _cell(r: dict, ref: dict) -> str:
 
 
 def _split(r: dict) -> str:
+    # [before the first marked iteration, iteration 1, iteration 2, ...]
     it = r.get("device_calls_by_iteration") or []
-    if len(it) < 3:
+    if len(it) < 4:
         return "-"
-    return f"{sum(it[:2])} / {sum(it[2:])}"
+    return f"{sum(it[:3])} / {sum(it[3:])}"
 
 
 def measure(path: Path) -> tuple[str, dict]:

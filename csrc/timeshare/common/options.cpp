@@ -43,9 +43,9 @@ constexpr std::array<OptionInfo, 26> kOptionTable{{
                                       "sim backend counts device faults)"},
     {"plan", "bool", "false", "true: the temporal pool follows the layout of one iteration "
                               "that the predictor's thread plans from its predicted lifespans "
-                              "(planned blocks reuse the same addresses every iteration, "
-                              "without device calls; measured: fewer calls on some traces, "
-                              "more peak memory on most)"},
+                              "(planned blocks reuse the same addresses every iteration; "
+                              "measured: more device calls and as much or more peak memory "
+                              "than the default on every shipped trace; an experiment)"},
     {"map_ahead", "bytes", "18MiB", "temporal pool: while memory grows past its peak, map this "
                                     "much beyond the block in the same device call (fewer "
                                     "calls, at most this much more peak reserved; 0 = off)"},

@@ -41,8 +41,8 @@ struct Options {
   // Test of the sim's fault detector only: unmap granules without waiting for their streams.
   bool unsafe_unmap = false;
   // Follow the layout plans the predictor's thread builds (pool/layout_plan.h). Off by
-  // default: measured, it lowers device calls on some traces but raises peak reserved on most
-  // (docs/temporal_pool.md, "Layout plans").
+  // default: measured, it makes more device calls than the default placement, at as much or
+  // more peak reserved, on every shipped trace (docs/temporal_pool.md, "Layout plans").
   bool plan = false;
   // Temporal pool: at a new peak of demand, map this much beyond the block (fewer device calls
   // while memory grows, for at most this much more peak reserved; 0 = map only what blocks use).
