@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench_plan import _traces  # the shipped traces, then the GPU snapshots
+from bench_plan import _traces, write_section  # the shipped traces, then the GPU snapshots
 from timeshare.replay import replay_events
 from timeshare.snapshot import load_trace
 
@@ -114,11 +114,7 @@ def main(argv: list[str]) -> int:
     print("\n".join(lines))
     if args.write_docs:
         table = "\n".join(head + rows) + "\n\n" + "\n".join(f"- {ln}" for ln in lines)
-        text = DOC.read_text()
-        pre, _, rest = text.partition(BEGIN)
-        _, _, post = rest.partition(END)
-        DOC.write_text(f"{pre}{BEGIN}\n{table}\n{END}{post}")
-        print(f"wrote {DOC}")
+        write_section(DOC, BEGIN, END, table)
     return 0
 
 

@@ -34,6 +34,14 @@ def _traces() -> list[Path]:
     return shipped + gpu
 
 
+def write_section(doc: Path, begin: str, end: str, body: str) -> None:
+    """Replaces what lies between the markers `begin` and `end` of `doc` with `body`."""
+    pre, _, rest = doc.read_text().partition(begin)
+    _, _, post = rest.partition(end)
+    doc.write_text(f"{pre}{begin}\n{body}\n{end}{post}")
+    print(f"wrote {doc}")
+
+
 def measure(path: Path) -> list[str]:
     tr = load_trace(path)
     ref = replay_events(tr.events, "torch-expandable", tr.iteration_starts, {})
@@ -66,12 +74,7 @@ def main(argv: list[str]) -> int:
     for path in _traces():
         rows += measure(path)
     if args.write_docs:
-        table = "\n".join(head + rows)
-        text = DOC.read_text()
-        pre, _, rest = text.partition(BEGIN)
-        _, _, post = rest.partition(END)
-        DOC.write_text(f"{pre}{BEGIN}\n{table}\n{END}{post}")
-        print(f"wrote {DOC}")
+        write_section(DOC, BEGIN, END, "\n".join(head + rows))
     return 0
 
 
