@@ -221,7 +221,6 @@ class TemporalGranules {
     }
     return false;
   }
-  std::size_t mark_granules() const noexcept { return mark(); }
 
   // Whether every granule under [addr, addr+bytes) of arena `a` is mapped.
   bool all_mapped(std::size_t a, std::uintptr_t addr, std::size_t bytes) const {
