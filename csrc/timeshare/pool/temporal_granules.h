@@ -193,10 +193,10 @@ class TemporalGranules {
     return arenas_[a].mapped[granule] == 1;
   }
   // Calls fn(first, last) on runs [first, last] of arena `a`'s mapped granules that hold no
-  // block (trimmable, quarantined or pinned), highest first, at most `max_runs` of them, until
-  // fn returns true; returns whether one did. Granule indices are the arena's.
+  // block (trimmable, quarantined or pinned), highest first, at most `max_runs` of them.
+  // Granule indices are the arena's.
   template <class Fn>
-  bool empty_runs_from_top(std::size_t a, std::size_t max_runs, Fn&& fn) const {
+  void empty_runs_from_top(std::size_t a, std::size_t max_runs, Fn&& fn) const {
     const ArenaGranules& ar = arenas_[a];
     const auto empty = [&](std::size_t k) {
       return cache_.test(k) || quarantined_.test(k) || pinned_free_.test(k);
@@ -216,10 +216,9 @@ class TemporalGranules {
     for (std::size_t runs = 0; runs < max_runs && k != TemporalBitIndex::npos; ++runs) {
       std::size_t first = k;
       while (first > ar.offset && empty(first - 1)) --first;
-      if (fn(first - ar.offset, k - ar.offset)) return true;
+      fn(first - ar.offset, k - ar.offset);
       k = first > ar.offset ? prev(first) : TemporalBitIndex::npos;
     }
-    return false;
   }
 
   // Whether every granule under [addr, addr+bytes) of arena `a` is mapped.

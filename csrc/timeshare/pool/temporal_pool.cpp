@@ -127,22 +127,26 @@ bool TemporalPool::place_in_empty_run(Arena& arena, std::size_t region, std::siz
   granules_.empty_runs_from_top(
       arena.granule_index, options_.empty_run_candidates, [&](std::size_t f, std::size_t l) {
         const std::size_t len = l - f + 1;
-        if (best_len != 0 && len >= best_len) return false;
+        if (best_len != 0 && len >= best_len) return;
         const std::uintptr_t lo = arena.base + f * g_bytes;
         ArenaFreeRanges::Range r;
-        if (!free.containing(lo, 1, &r)) return false;  // another region's granules
+        if (!free.containing(lo, 1, &r)) return;  // another region's granules
+        const auto fits = [&](std::uintptr_t at) {
+          return at + bytes <= r.addr + r.bytes && fits_mapped(arena, at, bytes);
+        };
         // From where the free range starts when that is in the mapped granule just below the
         // run (the free end of a used granule), else from the run's first granule.
-        std::uintptr_t at = std::max(lo, r.addr);
-        if (r.addr < lo && r.addr + g_bytes >= lo && bytes <= r.bytes &&
-            fits_mapped(arena, r.addr, bytes)) {
+        std::uintptr_t at = 0;
+        if (r.addr < lo && r.addr + g_bytes >= lo && fits(r.addr)) {
           at = r.addr;
+        } else if (fits(std::max(lo, r.addr))) {
+          at = std::max(lo, r.addr);
+        } else {
+          return;
         }
-        if (at + bytes > r.addr + r.bytes || !fits_mapped(arena, at, bytes)) return false;
         best_range = r;
         best_at = at;
-        best_len = len;
-        return false;  // look at every candidate: the shortest run that fits wins
+        best_len = len;  // every candidate is looked at: the shortest run that fits wins
       });
   if (best_len == 0) return false;
   if (!granules_.acquire(arena.granule_index, best_at, bytes, limit_bytes_,
