@@ -30,6 +30,7 @@
 #include "timeshare/device/backend.h"
 #include "timeshare/pool/layout_plan.h"
 #include "timeshare/pool/pool.h"
+#include "timeshare/pool/temporal_options.h"
 #include "timeshare/predict/predictor.h"
 
 namespace timeshare {
@@ -97,6 +98,9 @@ class Allocator {
 
 // Builds the pool `options` select (CachingPool for policy torch, TemporalPool for timeshare).
 std::unique_ptr<pool::Pool> make_pool(const Options& options, device::Backend& backend);
+// The TemporalPool's options that `options` select on `backend` (make_pool's, and the replay's).
+pool::TemporalPoolOptions temporal_pool_options(const Options& options,
+                                                const device::Backend& backend);
 // Builds the predictor `options` select; null under the torch policy. With a plan board (and
 // option `plan`), the predictor's answers also feed a layout planner that publishes there
 // (inside the asynchronous feed, so planning runs on the predictor's thread).

@@ -19,16 +19,21 @@ std::unique_ptr<pool::Pool> make_pool(const Options& options, device::Backend& b
     o.garbage_collection_threshold = options.garbage_collection_threshold;
     return std::make_unique<pool::CachingPool>(backend, o);
   }
+  return std::make_unique<pool::TemporalPool>(&backend, temporal_pool_options(options, backend));
+}
+
+pool::TemporalPoolOptions temporal_pool_options(const Options& options,
+                                                const device::Backend& backend) {
   pool::TemporalPoolOptions to;
-  to.map_ahead_granules =
-      pool::TemporalPoolOptions::granules_for(options.map_ahead_bytes, backend.granule_bytes());
+  const std::size_t granule = backend.granule_bytes();
+  to.map_ahead_granules = granule == 0 ? 0 : (options.map_ahead_bytes + granule - 1) / granule;
   // The detector test only ever runs on the sim: a GPU would fault (illegal address).
   to.unsafe_unmap = options.unsafe_unmap && std::string_view(backend.name()) == "sim";
   if (options.unsafe_unmap && !to.unsafe_unmap) {
     log().warn("unsafe_unmap is a test of the sim's fault detector; ignored on the {} backend",
                backend.name());
   }
-  return std::make_unique<pool::TemporalPool>(&backend, to);
+  return to;
 }
 
 std::unique_ptr<predict::LifespanPredictor> make_predictor_for(

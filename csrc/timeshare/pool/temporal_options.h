@@ -73,11 +73,7 @@ struct TemporalPoolOptions {
   // the blocks that follow use (counted in the peak). Measured on the shipped traces: 9 (18 MiB,
   // close to the 20 MiB pages of expandable segments) cut the first iterations' calls 3-6x for
   // 0-30 MiB more peak reserved; 0 maps only what blocks cover.
-  std::size_t map_ahead_granules = 9;
-  // TIMESHARE_CONF's map_ahead in granules (rounded up).
-  static std::size_t granules_for(std::size_t bytes, std::size_t granule_bytes) noexcept {
-    return granule_bytes == 0 ? 0 : (bytes + granule_bytes - 1) / granule_bytes;
-  }
+  std::size_t map_ahead_granules = 9;  // TIMESHARE_CONF map_ahead, rounded up to granules
 
   // Re-assignment queue (temporal_reassign.h): blocks of at least `reassign_min_bytes` are
   // watched until their predicted death; the slot of one that is then gone is promised to

@@ -5,6 +5,7 @@
 #include <random>
 #include <stdexcept>
 
+#include "timeshare/allocator/allocator.h"
 #include "timeshare/common/options.h"
 #include "timeshare/device/sim/sim_backend.h"
 #include "timeshare/pool/caching_pool.h"
@@ -100,11 +101,7 @@ ReplayResult run_temporal(std::string_view policy, predict::LifespanPredictor& p
                           const PolicyOptions& po, const Options& conf,
                           std::shared_ptr<pool::PlanBoard> board = nullptr) {
   device::SimBackend backend(sim_options(po));
-  pool::TemporalPoolOptions to;
-  to.unsafe_unmap = conf.unsafe_unmap;
-  to.map_ahead_granules =
-      pool::TemporalPoolOptions::granules_for(conf.map_ahead_bytes, backend.granule_bytes());
-  pool::TemporalPool pool(&backend, to);
+  pool::TemporalPool pool(&backend, temporal_pool_options(conf, backend));
   PolicyOptions limited = po;
   if (limited.limit_bytes == 0) limited.limit_bytes = conf.budget_bytes;
   if (!conf.plan) return run_pool(policy, pool, &predictor, backend, events, n, ro, limited);
