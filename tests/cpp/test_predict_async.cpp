@@ -30,22 +30,7 @@ std::unique_ptr<LifespanPredictor> table_predictor() {
 
 // Feeds a trace's events to `p` in order; returns what on_alloc answered.
 std::vector<std::uint64_t> feed(LifespanPredictor& p, const trace::Trace& t) {
-  std::vector<std::uint64_t> answers;
-  for (std::size_t i = 0; i < t.events.size(); ++i) {
-    const trace::Event& e = t.events[i];
-    if (e.op == trace::Op::kAlloc) {
-      AllocEvent a;
-      a.alloc_id = e.id;
-      a.bytes = e.bytes;
-      a.stream = e.stream;
-      a.now_events = i;
-      a.now_us = e.time_us;
-      answers.push_back(p.on_alloc(a));
-    } else {
-      p.on_free({e.id, i, e.time_us});
-    }
-  }
-  return answers;
+  return feed_trace(p, t.events);
 }
 
 // A predictor that blocks in on_alloc until released (a worker that has fallen behind).

@@ -19,27 +19,9 @@ using namespace timeshare::predict;
 
 namespace {
 
+// Every allocation's answer, by allocation id (ids are dense, in allocation order).
 std::vector<std::uint64_t> replay(const trace::Trace& t, LifespanPredictor* p) {
-  std::vector<std::uint64_t> pred(t.allocs, 0);
-  for (std::size_t i = 0; i < t.events.size(); ++i) {
-    const trace::Event& e = t.events[i];
-    if (e.op == trace::Op::kAlloc) {
-      AllocEvent a;
-      a.alloc_id = e.id;
-      a.bytes = e.bytes;
-      a.stream = e.stream;
-      a.now_events = i;
-      a.now_us = e.time_us;
-      pred[e.id] = p->on_alloc(a);
-    } else {
-      FreeEvent f;
-      f.alloc_id = e.id;
-      f.now_events = i;
-      f.now_us = e.time_us;
-      p->on_free(f);
-    }
-  }
-  return pred;
+  return feed_trace(*p, t.events);
 }
 
 double within_2x(const std::vector<std::uint64_t>& pred, const std::vector<std::uint64_t>& truth) {
