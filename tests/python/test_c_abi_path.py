@@ -155,6 +155,25 @@ def test_c_abi_configure_and_allocations_show_in_python_stats(python_env: dict[s
     assert f"after 0 0 {48 * MiB} 2" in out
 
 
+@pytest.mark.parametrize("conf, device_allocs", [("", 2), (",map_ahead:0", 11)])
+def test_map_ahead_reaches_the_library_pytorch_loads(python_env: dict[str, str], conf: str,
+                                                     device_allocs: int) -> None:
+    """Twenty 1 MiB blocks one after another through timeshare_malloc: ten granules. With the
+    default map_ahead the first map covers the first granule and 18 MiB after it: all twenty
+    blocks, in one map (num_device_alloc counts the arena's virtual range too); with
+    map_ahead:0, one map per granule."""
+    out = ok(run(f"""
+        configure_through_c("backend:sim{conf}")
+        ptrs = [malloc(MiB) for _ in range(20)]
+        say("device", stat("num_device_alloc"), stat("reserved_bytes.all.peak"))
+        for p in ptrs:
+            free(p, MiB)
+        """, python_env))
+    allocs, peak = (int(v) for v in out.split("device ", 1)[1].split()[:2])
+    assert allocs == device_allocs
+    assert peak <= (10 + (9 if not conf else 0)) * 2 * MiB
+
+
 def test_python_configure_sets_the_budget_the_library_enforces(python_env: dict[str, str]) -> None:
     r = run("""
         configure_like_enable(backend="sim", budget="64MiB", spill="none")
