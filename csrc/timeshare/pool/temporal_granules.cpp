@@ -3,15 +3,9 @@
 #include <algorithm>
 #include <bit>
 
-#if defined(__unix__)
-#include <sys/mman.h>
-#endif
-
 namespace timeshare::pool {
 
 namespace {
-// Below this, calloc (its memset, if any, is cheap); from here on, an anonymous mapping.
-constexpr std::size_t kMapZeroedFromBytes = std::size_t{1} << 20;
 // Fences in flight per arena; past this, new quarantined granules wait for a later fence.
 constexpr std::size_t kMaxFencesPerArena = 8;
 // A free that quarantines granules records a fence when the arena's last one is at least this
@@ -23,31 +17,6 @@ constexpr std::uint8_t kUnmapped = 0;
 constexpr std::uint8_t kMapped = 1;
 constexpr std::uint8_t kRetiring = 2;  // still mapped, its physical memory moved to an alias
 }  // namespace
-
-ZeroedBytes::ZeroedBytes(std::size_t bytes) : bytes_(bytes) {
-#if defined(__unix__)
-  if (bytes >= kMapZeroedFromBytes) {
-    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw std::bad_alloc();
-    data_ = p;
-    mapped_ = true;
-    return;
-  }
-#endif
-  data_ = std::calloc(bytes == 0 ? 1 : bytes, 1);
-  if (!data_) throw std::bad_alloc();
-}
-
-ZeroedBytes::~ZeroedBytes() {
-  if (!data_) return;
-#if defined(__unix__)
-  if (mapped_) {
-    munmap(data_, bytes_);
-    return;
-  }
-#endif
-  std::free(data_);
-}
 
 TemporalGranules::TemporalGranules(device::Backend* backend, std::size_t granule_bytes,
                                    std::uint64_t peak_window_events, std::size_t slack_granules,
@@ -194,13 +163,24 @@ void TemporalGranules::release_quarantine(ArenaGranules& ar, std::uint32_t gen) 
   while (!ar.quarantine.empty() && ar.quarantine.front().gen <= gen) {
     const Quarantined q = ar.quarantine.front();
     ar.quarantine.pop_front();
+    // Stale when the granule was reused (and maybe quarantined again later) since.
+    const auto current = [&](std::size_t g) {
+      return quarantined_.test(ar.offset + g) && ar.cached_gen[g] == q.gen;
+    };
+    // Runs of current granules move as ranges (a big block's run is thousands of granules).
     for (std::size_t g = q.first; g <= q.last; ++g) {
-      const std::size_t k = ar.offset + g;
-      // Stale when the granule was reused (and maybe quarantined again later) since.
-      if (!quarantined_.test(k) || ar.cached_gen[g] != q.gen) continue;
-      quarantined_.clear(k);
-      cache_.set(k);
-      cached_now(k);
+      if (!current(g)) continue;
+      std::size_t h = g;
+      while (h < q.last && current(h + 1)) ++h;
+      if (g == h) {
+        quarantined_.clear(ar.offset + g);
+        cache_.set(ar.offset + g);
+      } else {
+        quarantined_.clear_range(ar.offset + g, ar.offset + h);
+        cache_.set_range(ar.offset + g, ar.offset + h);
+      }
+      for (std::size_t i = g; trim_oldest_first_ && i <= h; ++i) cached_now(ar.offset + i);
+      g = h;
     }
   }
 }
