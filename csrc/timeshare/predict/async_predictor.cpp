@@ -12,7 +12,9 @@ namespace timeshare::predict {
 namespace {
 constexpr auto kPoll = std::chrono::milliseconds(1);      // the worker looks at the inbox this often
 constexpr auto kIdlePoll = std::chrono::milliseconds(64); // backing off to this while it is empty
-constexpr std::size_t kInitialCapacity = 4096;        // events; vectors grow beyond as needed
+// Events' worth of chunks made (and written once, so their pages are in) at construction; more
+// are made as needed, up to what max_pending queued events and the worker's batch hold.
+constexpr std::size_t kInitialEvents = 8192;
 }  // namespace
 
 AsyncPredictor::AsyncPredictor(std::unique_ptr<LifespanPredictor> inner, std::size_t max_pending,
@@ -21,10 +23,35 @@ AsyncPredictor::AsyncPredictor(std::unique_ptr<LifespanPredictor> inner, std::si
       name_(std::string(inner_->name()) + " (async)"),
       max_pending_(max_pending == 0 ? 1 : max_pending),
       local_batch_(local_batch == 0 ? 1 : local_batch) {
-  local_.reserve(local_batch_);
-  inbox_.reserve(kInitialCapacity);
-  batch_.reserve(kInitialCapacity);
+  const std::size_t initial = std::max<std::size_t>(
+      2, std::min(kInitialEvents, max_pending_) / local_batch_ + 1);
+  {
+    std::lock_guard lock(in_mu_);
+    while (chunks_.size() < initial) {  // new_chunk_locked would hand the free ones back
+      auto c = std::make_unique<Chunk>();
+      c->items = std::make_unique<Item[]>(local_batch_);
+      free_.push_back(c.get());
+      chunks_.push_back(std::move(c));
+    }
+    const std::size_t most = max_pending_ / local_batch_ + 2;
+    inbox_.reserve(std::min(most, initial * 4));
+    batch_.reserve(std::min(most, initial * 4));
+  }
+  local_ = free_.back();
+  free_.pop_back();
   worker_ = std::thread([this] { run(); });
+}
+
+AsyncPredictor::Chunk* AsyncPredictor::new_chunk_locked() const {
+  if (!free_.empty()) {
+    Chunk* c = free_.back();
+    free_.pop_back();
+    return c;
+  }
+  auto c = std::make_unique<Chunk>();
+  c->items = std::make_unique<Item[]>(local_batch_);  // value-initialised: its pages are in
+  chunks_.push_back(std::move(c));
+  return chunks_.back().get();
 }
 
 AsyncPredictor::~AsyncPredictor() {
@@ -39,28 +66,34 @@ AsyncPredictor::~AsyncPredictor() {
 
 void AsyncPredictor::push(const Item& item) {
   std::lock_guard lock(local_mu_);
-  local_.push_back(item);
-  if (local_.size() >= local_batch_) flush_local_locked();
+  local_->items[local_->n++] = item;
+  if (local_->n >= local_batch_) flush_local_locked();
 }
 
 void AsyncPredictor::flush_local_locked() const {
-  if (local_.empty()) return;
+  if (local_->n == 0) return;
   bool wake = false;
   {
     std::lock_guard lock(in_mu_);
-    const std::size_t room = max_pending_ > inbox_.size() ? max_pending_ - inbox_.size() : 0;
-    const std::size_t take = std::min(room, local_.size());
-    if (take < local_.size()) {
-      if (dropped_.fetch_add(local_.size() - take, std::memory_order_relaxed) == 0) {
+    const std::size_t room = max_pending_ > queued_ ? max_pending_ - queued_ : 0;
+    const std::size_t take = std::min(room, local_->n);
+    if (take < local_->n) {
+      if (dropped_.fetch_add(local_->n - take, std::memory_order_relaxed) == 0) {
         log().warn("predictor {}: {} events queued, the predictor thread is behind; dropping "
                    "events until it catches up (placement does not wait for it)",
-                   inner_->name(), inbox_.size());
+                   inner_->name(), queued_);
       }
     }
-    inbox_.insert(inbox_.end(), local_.begin(), local_.begin() + static_cast<std::ptrdiff_t>(take));
-    wake = inbox_.size() >= max_pending_ / 2;  // urgent only: the worker polls on its own
+    if (take == 0) {
+      local_->n = 0;  // all dropped: the chunk is reused as it is
+      return;
+    }
+    local_->n = take;
+    inbox_.push_back(local_);
+    queued_ += take;
+    local_ = new_chunk_locked();
+    wake = queued_ >= max_pending_ / 2;  // urgent only: the worker polls on its own
   }
-  local_.clear();
   if (wake) wake_.notify_one();
 }
 
@@ -89,21 +122,29 @@ void AsyncPredictor::feed_pending_locked() const {
   {
     std::lock_guard lock(in_mu_);
     batch_.swap(inbox_);
+    queued_ = 0;
   }
-  for (const Item& item : batch_) {
-    if (item.alloc) {
-      AllocEvent a;
-      a.alloc_id = item.alloc_id;
-      a.bytes = static_cast<std::size_t>(item.bytes);
-      a.stream = item.stream;
-      a.device = item.device;
-      a.now_events = item.now_events;
-      a.now_us = item.now_us;
-      inner_->on_alloc(a);
-    } else {
-      inner_->on_free({item.alloc_id, item.now_events, item.now_us});
+  for (Chunk* c : batch_) {
+    for (std::size_t i = 0; i < c->n; ++i) {
+      const Item& item = c->items[i];
+      if (item.alloc) {
+        AllocEvent a;
+        a.alloc_id = item.alloc_id;
+        a.bytes = static_cast<std::size_t>(item.bytes);
+        a.stream = item.stream;
+        a.device = item.device;
+        a.now_events = item.now_events;
+        a.now_us = item.now_us;
+        inner_->on_alloc(a);
+      } else {
+        inner_->on_free({item.alloc_id, item.now_events, item.now_us});
+      }
     }
+    c->n = 0;
   }
+  if (batch_.empty()) return;
+  std::lock_guard lock(in_mu_);
+  free_.insert(free_.end(), batch_.begin(), batch_.end());
   batch_.clear();
 }
 
@@ -127,7 +168,7 @@ void AsyncPredictor::run() {
   for (;;) {
     {
       std::unique_lock lock(in_mu_);
-      wake_.wait_for(lock, poll, [this] { return stop_ || inbox_.size() >= max_pending_ / 2; });
+      wake_.wait_for(lock, poll, [this] { return stop_ || queued_ >= max_pending_ / 2; });
       if (stop_) return;
       if (inbox_.empty()) {  // an idle allocator: wake up less and less often
         poll = std::min(poll * 2, std::chrono::duration_cast<decltype(poll)>(kIdlePoll));
