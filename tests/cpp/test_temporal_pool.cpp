@@ -16,6 +16,7 @@
 #include "timeshare/device/sim/sim_backend.h"
 #include "timeshare/pool/arena_free_ranges.h"
 #include "timeshare/pool/temporal_bit_index.h"
+#include "timeshare/pool/temporal_granules.h"
 #include "timeshare/pool/temporal_pool.h"
 
 using namespace timeshare;
@@ -258,6 +259,78 @@ TEST_CASE("temporal: a bit index over many granules faults in only the pages it 
   CHECK(bits.count() == 101);
   CHECK(bits.find_last() == kMembers - 1);
   CHECK(bits.find_prev(kMembers - 100) == 5);
+}
+
+TEST_CASE("temporal: empty mapped runs are found as a granule-by-granule scan finds them",
+          "[temporal]") {
+  // Two arenas whose sizes are not multiples of 64, so runs cross the index's words and the
+  // arenas' boundary inside a word.
+  SimOptions so;
+  so.capacity_bytes = 1 * kGiB;
+  device::SimBackend sim(so);
+  const std::size_t g = sim.granule_bytes();
+  TemporalGranules granules(&sim, g, /*peak_window_events=*/50, /*slack_granules=*/0);
+  const std::size_t sizes[2] = {100, 150};
+  std::uintptr_t base[2] = {};
+  std::size_t index[2] = {};
+  for (int a = 0; a < 2; ++a) {
+    void* p = nullptr;
+    REQUIRE(sim.va_reserve(sizes[a] * g, &p) == device::Status::kOk);
+    base[a] = reinterpret_cast<std::uintptr_t>(p);
+    index[a] = granules.add_arena(base[a], sizes[a], static_cast<device::Stream>(a));
+  }
+  struct Live {
+    int arena;
+    std::size_t first;  // granules [first, first + n)
+    std::size_t n;
+  };
+  std::vector<Live> live;
+  std::mt19937_64 rng(11);
+  std::uint64_t now = 0;
+  for (int step = 0; step < 3000; ++step) {
+    granules.tick(++now);
+    const int a = static_cast<int>(rng() % 2);
+    if (live.size() < 12 && rng() % 3 != 0) {
+      const std::size_t n = 1 + rng() % 20;
+      const std::size_t first = rng() % (sizes[a] - n);
+      const bool overlaps = std::any_of(live.begin(), live.end(), [&](const Live& l) {
+        return l.arena == a && first < l.first + l.n && l.first < first + n;
+      });
+      if (!overlaps && granules.acquire(index[a], base[a] + first * g, n * g, 0,
+                                        /*ahead_granules=*/rng() % 4)) {
+        live.push_back({a, first, n});
+      }
+    } else if (!live.empty()) {
+      const std::size_t i = rng() % live.size();
+      granules.release(index[live[i].arena], base[live[i].arena] + live[i].first * g,
+                       live[i].n * g);
+      live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+    for (int b = 0; b < 2; ++b) {
+      // The runs by brute force: mapped granules that no live block touches, highest first.
+      std::vector<std::pair<std::size_t, std::size_t>> want;
+      const auto empty = [&](std::size_t k) {
+        return granules.is_mapped(index[b], k) &&
+               std::none_of(live.begin(), live.end(), [&](const Live& l) {
+                 return l.arena == b && k >= l.first && k < l.first + l.n;
+               });
+      };
+      for (std::size_t k = sizes[b]; k-- > 0;) {
+        if (!empty(k)) continue;
+        std::size_t first = k;
+        while (first > 0 && empty(first - 1)) --first;
+        want.emplace_back(first, k);
+        k = first;
+      }
+      std::vector<std::pair<std::size_t, std::size_t>> got;
+      granules.empty_runs_from_top(index[b], 1000, [&](std::size_t f, std::size_t l) {
+        got.emplace_back(f, l);
+      });
+      REQUIRE(got == want);
+    }
+  }
+  for (const Live& l : live) granules.release(index[l.arena], base[l.arena] + l.first * g, l.n * g);
+  for (int a = 0; a < 2; ++a) granules.unmap_arena(index[a]);
 }
 
 TEST_CASE("temporal: random traces keep every invariant under adversarial predictions",

@@ -41,6 +41,9 @@ class TemporalBitIndex {
   std::size_t count() const noexcept { return count_; }
   bool empty() const noexcept { return count_ == 0; }
 
+  // The members [64 w, 64 w + 63] as bits (bit b: member 64 w + b).
+  std::uint64_t word(std::size_t w) const noexcept { return levels_[0][w]; }
+
   bool test(std::size_t i) const noexcept {
     return (levels_[0][i / kBits] >> (i % kBits)) & 1u;
   }

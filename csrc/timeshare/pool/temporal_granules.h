@@ -29,6 +29,8 @@
 // `unsafe_unmap` (a test of the sim's fault detector only) restores immediate unmapping.
 #pragma once
 
+#include <algorithm>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -148,8 +150,22 @@ class TemporalGranules {
   template <class Fn>
   void empty_runs_from_top(std::size_t a, std::size_t max_runs, Fn&& fn) const {
     const ArenaGranules& ar = arenas_[a];
-    const auto empty = [&](std::size_t k) {
-      return cache_.test(k) || quarantined_.test(k) || pinned_free_.test(k);
+    // The lowest key of the run of empty keys that ends at k (not below the arena), a word of
+    // 64 keys at a time.
+    const auto run_start = [&](std::size_t k) {
+      std::size_t w = k / 64;
+      std::uint64_t below = k % 64 == 63 ? ~std::uint64_t{0} : (std::uint64_t{2} << (k % 64)) - 1;
+      for (;;) {
+        const std::uint64_t full =
+            ~(cache_.word(w) | quarantined_.word(w) | pinned_free_.word(w)) & below;
+        if (full != 0) {
+          const std::size_t first = w * 64 + 64 - static_cast<std::size_t>(std::countl_zero(full));
+          return std::max(first, ar.offset);
+        }
+        if (w == 0 || w * 64 <= ar.offset) return ar.offset;
+        --w;
+        below = ~std::uint64_t{0};
+      }
     };
     const auto prev = [&](std::size_t k) {  // highest empty key below k (npos: none)
       std::size_t best = TemporalBitIndex::npos;
@@ -164,8 +180,7 @@ class TemporalGranules {
     };
     std::size_t k = prev(ar.offset + ar.mapped.size());
     for (std::size_t runs = 0; runs < max_runs && k != TemporalBitIndex::npos; ++runs) {
-      std::size_t first = k;
-      while (first > ar.offset && empty(first - 1)) --first;
+      const std::size_t first = run_start(k);
       fn(first - ar.offset, k - ar.offset);
       k = first > ar.offset ? prev(first) : TemporalBitIndex::npos;
     }
