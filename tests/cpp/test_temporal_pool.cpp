@@ -173,6 +173,127 @@ TEST_CASE("temporal: free ranges coalesce and best fit matches a brute force", "
   }
 }
 
+TEST_CASE("temporal: every free-range query matches a model of the free ranges", "[temporal]") {
+  // The model: free ranges by address, kept coalesced by hand. Sizes cluster so that equal
+  // sizes (ties broken by address) are common.
+  ArenaFreeRanges fr;
+  std::map<std::uintptr_t, std::size_t> model;
+  std::map<std::uintptr_t, std::size_t> used;
+  std::mt19937_64 rng(19);
+  constexpr std::uintptr_t kBase = std::uintptr_t{1} << 30;
+  constexpr std::size_t kUnit = 4096;
+  constexpr std::size_t kSpan = 4096 * kUnit;
+  fr.insert(kBase, kSpan);
+  model[kBase] = kSpan;
+  // (size, addr) order: the order best fit and its candidates follow.
+  const auto by_size = [&](std::size_t bytes) {
+    std::vector<std::pair<std::size_t, std::uintptr_t>> v;
+    for (auto [a, b] : model) {
+      if (b >= bytes) v.emplace_back(b, a);
+    }
+    std::sort(v.begin(), v.end());
+    return v;
+  };
+  const auto give_back = [&](std::uintptr_t a, std::size_t b) {
+    fr.insert(a, b);
+    auto it = model.emplace(a, b).first;
+    if (auto next = std::next(it); next != model.end() && a + b == next->first) {
+      it->second += next->second;
+      model.erase(next);
+    }
+    if (it != model.begin()) {
+      auto prev = std::prev(it);
+      if (prev->first + prev->second == a) {
+        prev->second += it->second;
+        model.erase(it);
+      }
+    }
+  };
+  for (int step = 0; step < 20000; ++step) {
+    const std::size_t bytes = kUnit * (rng() % 2 ? 1 + rng() % 4 : 1 + rng() % 200);
+    const auto cands = by_size(bytes);
+    ArenaFreeRanges::Range r;
+    const bool found = fr.peek_best_fit(bytes, &r);
+    REQUIRE(found == !cands.empty());
+    if (found) {
+      REQUIRE(r.bytes == cands[0].first);
+      REQUIRE(r.addr == cands[0].second);
+    }
+    // The lowest address among the k smallest fits.
+    const std::size_t k = 1 + rng() % 6;
+    ArenaFreeRanges::Range low;
+    REQUIRE(fr.peek_lowest_of(bytes, k, &low) == found);
+    if (found) {
+      std::uintptr_t want = ~std::uintptr_t{0};
+      for (std::size_t i = 0; i < std::min(k, cands.size()); ++i) want = std::min(want, cands[i].second);
+      REQUIRE(low.addr == want);
+      REQUIRE(low.bytes == model.at(want));
+    }
+    // Candidates in (size, address) order, up to a maximum.
+    std::vector<std::uintptr_t> seen;
+    ArenaFreeRanges::Range hit;
+    const std::size_t max_c = 1 + rng() % 5;
+    const std::size_t stop_at = rng() % 7;
+    const bool stopped = fr.find_fit(bytes, max_c, [&](const ArenaFreeRanges::Range& c) {
+      REQUIRE(model.at(c.addr) == c.bytes);
+      seen.push_back(c.addr);
+      return seen.size() == stop_at;
+    }, &hit);
+    const std::size_t expect_seen = std::min({max_c, cands.size(), stop_at == 0 ? ~std::size_t{0} : stop_at});
+    REQUIRE(seen.size() == expect_seen);
+    for (std::size_t i = 0; i < seen.size(); ++i) REQUIRE(seen[i] == cands[i].second);
+    REQUIRE(stopped == (stop_at != 0 && stop_at <= std::min(max_c, cands.size())));
+    if (stopped) REQUIRE(hit.addr == seen.back());
+    // The highest range, the largest size, a containing range.
+    ArenaFreeRanges::Range top;
+    REQUIRE(fr.last(&top) == !model.empty());
+    if (!model.empty()) REQUIRE(top.addr == model.rbegin()->first);
+    std::size_t largest = 0;
+    for (auto [a, b] : model) largest = std::max(largest, b);
+    REQUIRE(fr.largest_bytes() == largest);
+    const std::uintptr_t probe = kBase + kUnit * (rng() % 4096);
+    const std::size_t probe_bytes = kUnit * (1 + rng() % 8);
+    ArenaFreeRanges::Range in;
+    bool inside = false;
+    if (auto it = model.upper_bound(probe); it != model.begin()) {
+      --it;
+      inside = probe + probe_bytes <= it->first + it->second;
+    }
+    REQUIRE(fr.containing(probe, probe_bytes, &in) == inside);
+    // Mutations: carve the best fit, carve inside a range, take the best fit, give back.
+    const int op = static_cast<int>(rng() % 4);
+    if (op == 0 && found) {
+      fr.carve(r, bytes);
+      model.erase(r.addr);
+      if (r.bytes > bytes) model[r.addr + bytes] = r.bytes - bytes;
+      used[r.addr] = bytes;
+    } else if (op == 1 && inside) {
+      fr.carve_at(in, probe, probe_bytes);
+      model.erase(in.addr);
+      if (probe > in.addr) model[in.addr] = probe - in.addr;
+      if (probe + probe_bytes < in.addr + in.bytes) {
+        model[probe + probe_bytes] = in.addr + in.bytes - probe - probe_bytes;
+      }
+      used[probe] = probe_bytes;
+    } else if (op == 2 && found) {
+      ArenaFreeRanges::Range t;
+      REQUIRE(fr.take_best_fit(bytes, &t));
+      REQUIRE(t.addr == r.addr);
+      REQUIRE(t.bytes == r.bytes);
+      model.erase(t.addr);
+      used[t.addr] = t.bytes;
+    } else if (!used.empty()) {
+      auto it = std::next(used.begin(), static_cast<long>(rng() % used.size()));
+      give_back(it->first, it->second);
+      used.erase(it);
+    }
+    REQUIRE(fr.count() == model.size());
+    std::size_t free_total = 0;
+    for (auto [a, b] : model) free_total += b;
+    REQUIRE(fr.free_bytes() == free_total);
+  }
+}
+
 TEST_CASE("temporal: the re-assignment queue promises only slots whose block is gone",
           "[temporal]") {
   TemporalReassignQueue q(/*min_bytes=*/1024, /*horizon_events=*/100, /*max_promises=*/8);

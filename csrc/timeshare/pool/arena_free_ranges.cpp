@@ -1,96 +1,110 @@
 #include "timeshare/pool/arena_free_ranges.h"
 
+#include <algorithm>
+#include <iterator>
+
 namespace timeshare::pool {
 
-void ArenaFreeRanges::add(std::uintptr_t addr, std::size_t bytes) {
-  by_addr_.emplace(addr, bytes);
-  by_size_.emplace(bytes, addr);
-  free_bytes_ += bytes;
+std::size_t ArenaFreeRanges::first_fit(std::size_t bytes) const noexcept {
+  const auto it = std::lower_bound(by_size_.begin(), by_size_.end(), SizeKey{bytes, 0});
+  return static_cast<std::size_t>(it - by_size_.begin());
 }
 
-void ArenaFreeRanges::erase(std::map<std::uintptr_t, std::size_t>::iterator it) {
-  by_size_.erase({it->second, it->first});
-  free_bytes_ -= it->second;
-  by_addr_.erase(it);
+std::size_t ArenaFreeRanges::addr_at_or_above(std::uintptr_t addr) const noexcept {
+  const auto it = std::lower_bound(by_addr_.begin(), by_addr_.end(), addr,
+                                   [](const Range& r, std::uintptr_t a) { return r.addr < a; });
+  return static_cast<std::size_t>(it - by_addr_.begin());
+}
+
+std::size_t ArenaFreeRanges::size_index(const SizeKey& k) const noexcept {
+  return static_cast<std::size_t>(std::lower_bound(by_size_.begin(), by_size_.end(), k) -
+                                  by_size_.begin());
+}
+
+void ArenaFreeRanges::size_insert(const SizeKey& k) {
+  by_size_.insert(std::lower_bound(by_size_.begin(), by_size_.end(), k), k);
+}
+
+void ArenaFreeRanges::size_erase(const SizeKey& k) {
+  by_size_.erase(by_size_.begin() + static_cast<std::ptrdiff_t>(size_index(k)));
+}
+
+void ArenaFreeRanges::size_replace(const SizeKey& old, const SizeKey& now) {
+  const auto begin = by_size_.begin();
+  const std::size_t i = size_index(old);
+  if (i > 0 && now < by_size_[i - 1]) {  // moves down: shift [j, i) up by one
+    const auto j = std::lower_bound(begin, begin + static_cast<std::ptrdiff_t>(i), now);
+    std::move_backward(j, begin + static_cast<std::ptrdiff_t>(i),
+                       begin + static_cast<std::ptrdiff_t>(i + 1));
+    *j = now;
+  } else if (i + 1 < by_size_.size() && by_size_[i + 1] < now) {  // up: shift (i, j) down
+    const auto j = std::lower_bound(begin + static_cast<std::ptrdiff_t>(i + 1), by_size_.end(), now);
+    std::move(begin + static_cast<std::ptrdiff_t>(i + 1), j, begin + static_cast<std::ptrdiff_t>(i));
+    *std::prev(j) = now;
+  } else {
+    by_size_[i] = now;
+  }
 }
 
 void ArenaFreeRanges::insert(std::uintptr_t addr, std::size_t bytes) {
-  auto next = by_addr_.lower_bound(addr);
-  const bool merge_next = next != by_addr_.end() && next->first == addr + bytes;
-  auto prev = next == by_addr_.begin() ? by_addr_.end() : std::prev(next);
-  const bool merge_prev = prev != by_addr_.end() && prev->first + prev->second == addr;
+  const std::size_t next = addr_at_or_above(addr);
+  const bool merge_next = next < by_addr_.size() && by_addr_[next].addr == addr + bytes;
+  const bool merge_prev = next > 0 && by_addr_[next - 1].addr + by_addr_[next - 1].bytes == addr;
   free_bytes_ += bytes;
   if (merge_prev) {
     // Grow the previous range in place (and swallow the next one).
-    auto size_node = by_size_.extract({prev->second, prev->first});
+    Range& p = by_addr_[next - 1];
+    const SizeKey old{p.bytes, p.addr};
     if (merge_next) {
-      by_size_.erase({next->second, next->first});
-      prev->second += bytes + next->second;
-      by_addr_.erase(next);
+      size_erase({by_addr_[next].bytes, by_addr_[next].addr});
+      p.bytes += bytes + by_addr_[next].bytes;
+      by_addr_.erase(by_addr_.begin() + static_cast<std::ptrdiff_t>(next));
     } else {
-      prev->second += bytes;
+      p.bytes += bytes;
     }
-    size_node.value().first = prev->second;
-    by_size_.insert(std::move(size_node));
+    size_replace(old, {p.bytes, p.addr});
     return;
   }
   if (merge_next) {
-    // Move the next range's start down to `addr`, reusing both nodes.
-    auto size_node = by_size_.extract({next->second, next->first});
-    auto addr_node = by_addr_.extract(next);
-    addr_node.key() = addr;
-    addr_node.mapped() += bytes;
-    size_node.value() = {addr_node.mapped(), addr};
-    by_addr_.insert(std::move(addr_node));
-    by_size_.insert(std::move(size_node));
+    // Move the next range's start down to `addr`: its place by address stays.
+    Range& n = by_addr_[next];
+    const SizeKey old{n.bytes, n.addr};
+    n.addr = addr;
+    n.bytes += bytes;
+    size_replace(old, {n.bytes, n.addr});
     return;
   }
-  free_bytes_ -= bytes;
-  add(addr, bytes);
-}
-
-bool ArenaFreeRanges::peek_best_fit(std::size_t bytes, Range* out) const {
-  auto it = by_size_.lower_bound({bytes, 0});
-  if (it == by_size_.end()) return false;
-  out->bytes = it->first;
-  out->addr = it->second;
-  return true;
+  by_addr_.insert(by_addr_.begin() + static_cast<std::ptrdiff_t>(next), Range{addr, bytes});
+  size_insert({bytes, addr});
 }
 
 void ArenaFreeRanges::carve(const Range& r, std::size_t bytes) {
   free_bytes_ -= bytes;
-  auto size_node = by_size_.extract({r.bytes, r.addr});
-  auto addr_it = by_addr_.find(r.addr);
+  const std::size_t i = addr_at_or_above(r.addr);
   if (r.bytes == bytes) {
-    by_addr_.erase(addr_it);
+    by_addr_.erase(by_addr_.begin() + static_cast<std::ptrdiff_t>(i));
+    size_erase({r.bytes, r.addr});
     return;
   }
-  auto hint = std::next(addr_it);
-  auto addr_node = by_addr_.extract(addr_it);
-  addr_node.key() = r.addr + bytes;
-  addr_node.mapped() = r.bytes - bytes;
-  by_addr_.insert(hint, std::move(addr_node));
-  size_node.value() = {r.bytes - bytes, r.addr + bytes};
-  by_size_.insert(std::move(size_node));
+  // The rest keeps the range's place by address (it still lies between the same neighbours).
+  by_addr_[i] = Range{r.addr + bytes, r.bytes - bytes};
+  size_replace({r.bytes, r.addr}, {r.bytes - bytes, r.addr + bytes});
 }
 
 bool ArenaFreeRanges::take_best_fit(std::size_t bytes, Range* out) {
-  auto it = by_size_.lower_bound({bytes, 0});
-  if (it == by_size_.end()) return false;
-  out->bytes = it->first;
-  out->addr = it->second;
-  by_size_.erase(it);
-  by_addr_.erase(out->addr);
-  free_bytes_ -= out->bytes;
+  if (!peek_best_fit(bytes, out)) return false;
+  carve(*out, out->bytes);
   return true;
 }
 
 bool ArenaFreeRanges::containing(std::uintptr_t addr, std::size_t bytes, Range* out) const {
-  auto it = by_addr_.upper_bound(addr);
+  // The last range starting at or below addr.
+  const auto it = std::upper_bound(by_addr_.begin(), by_addr_.end(), addr,
+                                   [](std::uintptr_t a, const Range& r) { return a < r.addr; });
   if (it == by_addr_.begin()) return false;
-  --it;
-  if (addr + bytes > it->first + it->second) return false;
-  *out = Range{it->first, it->second};
+  const Range& r = *std::prev(it);
+  if (addr + bytes > r.addr + r.bytes) return false;
+  *out = r;
   return true;
 }
 
@@ -99,12 +113,17 @@ void ArenaFreeRanges::carve_at(const Range& r, std::uintptr_t addr, std::size_t 
     carve(r, bytes);
     return;
   }
-  by_size_.erase({r.bytes, r.addr});
-  by_addr_.erase(r.addr);
-  free_bytes_ -= r.bytes;
-  add(r.addr, addr - r.addr);
+  free_bytes_ -= bytes;
+  const std::size_t i = addr_at_or_above(r.addr);
   const std::uintptr_t end = r.addr + r.bytes;
-  if (addr + bytes < end) add(addr + bytes, end - addr - bytes);
+  // The head keeps the range's place; the tail, if any, comes right after it.
+  by_addr_[i].bytes = addr - r.addr;
+  size_replace({r.bytes, r.addr}, {addr - r.addr, r.addr});
+  if (addr + bytes < end) {
+    by_addr_.insert(by_addr_.begin() + static_cast<std::ptrdiff_t>(i + 1),
+                    Range{addr + bytes, end - addr - bytes});
+    size_insert({end - addr - bytes, addr + bytes});
+  }
 }
 
 }  // namespace timeshare::pool

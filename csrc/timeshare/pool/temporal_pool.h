@@ -18,8 +18,8 @@
 //     frees activations in reverse order) and freed blocks coalesce into whole free granules.
 //     Scratch never lands between saved activations, and nothing short-lived sits between
 //     parameters. Within a region, placement is best fit over coalesced free ranges, lowest
-//     address first (ArenaFreeRanges: O(log n)); the region's untouched tail is one large free
-//     range, used only when nothing else fits.
+//     address first (ArenaFreeRanges: binary searches in two flat sorted arrays); the region's
+//     untouched tail is one large free range, used only when nothing else fits.
 //   * Free space moves between regions at granule granularity, through the device: a granule
 //     emptied in one region is unmapped (when above the hysteresis mark) and another region
 //     maps one. Map/unmap calls are expensive on a GPU, so free granules stay mapped (cached)
