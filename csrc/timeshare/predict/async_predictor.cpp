@@ -66,29 +66,30 @@ AsyncPredictor::~AsyncPredictor() {
 
 void AsyncPredictor::push(const Item& item) {
   std::lock_guard lock(local_mu_);
-  local_->items[local_->n++] = item;
-  if (local_->n >= local_batch_) flush_local_locked();
+  local_->items[local_n_++] = item;
+  if (local_n_ >= local_batch_) flush_local_locked();
 }
 
 void AsyncPredictor::flush_local_locked() const {
-  if (local_->n == 0) return;
+  if (local_n_ == 0) return;
   bool wake = false;
   {
     std::lock_guard lock(in_mu_);
     const std::size_t room = max_pending_ > queued_ ? max_pending_ - queued_ : 0;
-    const std::size_t take = std::min(room, local_->n);
-    if (take < local_->n) {
-      if (dropped_.fetch_add(local_->n - take, std::memory_order_relaxed) == 0) {
+    const std::size_t take = std::min(room, local_n_);
+    if (take < local_n_) {
+      if (dropped_.fetch_add(local_n_ - take, std::memory_order_relaxed) == 0) {
         log().warn("predictor {}: {} events queued, the predictor thread is behind; dropping "
                    "events until it catches up (placement does not wait for it)",
                    inner_->name(), queued_);
       }
     }
     if (take == 0) {
-      local_->n = 0;  // all dropped: the chunk is reused as it is
+      local_n_ = 0;  // all dropped: the chunk is reused as it is
       return;
     }
-    local_->n = take;
+    local_->n = take;  // written once per chunk, here: the worker only reads chunks
+    local_n_ = 0;
     inbox_.push_back(local_);
     queued_ += take;
     local_ = new_chunk_locked();
@@ -140,7 +141,6 @@ void AsyncPredictor::feed_pending_locked() const {
         inner_->on_free({item.alloc_id, item.now_events, item.now_us});
       }
     }
-    c->n = 0;
   }
   if (batch_.empty()) return;
   std::lock_guard lock(in_mu_);
