@@ -141,3 +141,25 @@ def test_summary_ratios_pair_rounds() -> None:
     assert row["ratio"] == pytest.approx(1.5)   # per-round ratio, not a ratio of medians only
     assert row["ns"] == pytest.approx(225.0)
     assert s["totals"][(0, "temporal+constant")]["ratio"] == pytest.approx(1.5)
+
+
+def test_summary_median_is_over_traces_not_pairs() -> None:
+    # One long trace at 1.2x and two short ones at 2x and 3x: all traces together is weighted
+    # by allocations (near 1.2x), the median trace is the middle ratio (2x).
+    mod = _bench_module()
+    cells = []
+    for name, allocs, ratio in (("long", 1000, 1.2), ("b", 2, 2.0), ("c", 2, 3.0)):
+        cells.append({"trace": name, "rate": 0, "variant": "torch", "events": 2 * allocs,
+                      "allocs": allocs, "ns_per_pair": [100.0], "ooms": 0, "max_retrains": 0})
+        cells.append({"trace": name, "rate": 0, "variant": "temporal", "events": 2 * allocs,
+                      "allocs": allocs, "ns_per_pair": [100.0 * ratio], "ooms": 0,
+                      "max_retrains": 0})
+    data = {"rounds": 1, "burst_events": 64, "cells": cells,
+            "machine": {"platform": "test", "cpus": 1, "load": "0"}, "command": "test"}
+    t = mod.summarize(data)["totals"][(0, "temporal")]
+    assert t["median"] == pytest.approx(2.0)
+    assert t["ratio"] == pytest.approx((1000 * 1.2 + 2 * 2.0 + 2 * 3.0) / 1004)
+    assert t["worst"] == pytest.approx(3.0)
+    text = mod.render_markdown(data, ["torch", "temporal"], "test")
+    assert "| median trace (ratio) | | 1.00x | 2.00x |" in text
+    assert "median trace 2.00x (misses)" in text and "all traces 1.21x (meets)" in text
