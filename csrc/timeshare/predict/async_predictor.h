@@ -1,13 +1,12 @@
 // AsyncPredictor — a LifespanPredictor that takes the predictor it wraps off the malloc path.
 //
-// on_alloc and on_free append the event (a 48-byte record) to a small local batch (a mutex only
-// callers take, so its cache line stays with them) and return at once; every `local_batch` events
-// the batch (a chunk) is handed to the worker's inbox in one step; on_alloc answers 0, "no
-// prediction", so
-// the pool places the block without waiting (in the temporal pool: the unpredicted region). A
-// worker thread drains the inbox in order into the wrapped predictor, which therefore sees exactly
-// the event sequence it would see on the malloc path, and learns, retrains and tracks drift as
-// before.
+// on_alloc and on_free append the event (a 48-byte record) to a small local batch (a chunk,
+// under a spin lock only callers take, so its cache line stays with them) and return at once;
+// every `local_batch` events the chunk is handed to the worker's inbox in one step; on_alloc
+// answers 0, "no prediction", so the pool places the block without waiting (in the temporal
+// pool: the unpredicted region). A worker thread drains the inbox in order into the wrapped
+// predictor, which therefore sees exactly the event sequence it would see on the malloc path,
+// and learns, retrains and tracks drift as before.
 //
 // The malloc path never wakes the worker: the worker polls the inbox every `kPoll` (1 ms) on its
 // own timer, backing off to 64 ms while the inbox stays empty (an idle process). Measured with
@@ -103,8 +102,6 @@ class AsyncPredictor final : public LifespanPredictor {
   const std::size_t local_batch_;
   // Lock order: feed_mu_, then local_mu_, then in_mu_.
   mutable std::mutex feed_mu_;   // serialises feeding the wrapped predictor
-  // The callers' fields and the worker's each on cache lines of their own (false sharing with
-  // in_mu_, which the worker takes, would put a miss on every push).
   // A spin lock: one exchange to take and a store to give, against a mutex's two atomic
   // read-modify-writes per event. Held for a 48-byte copy (and, once per batch, in_mu_); a
   // caller that finds it taken yields after a short spin.
@@ -122,7 +119,9 @@ class AsyncPredictor final : public LifespanPredictor {
    private:
     std::atomic<bool> taken_{false};
   };
-  alignas(64) mutable SpinLock local_mu_;  // guards local_ (the callers' batch)
+  // The callers' fields and the worker's each on cache lines of their own (false sharing with
+  // in_mu_, which the worker takes, would put a miss on every push).
+  alignas(64) mutable SpinLock local_mu_;  // guards local_ and local_n_ (the callers' batch)
   mutable Chunk* local_ = nullptr;
   // Events in local_. Not in the chunk: a count the worker had reset sat in a cache line of the
   // worker's core, and reading it was most of push()'s cost.
