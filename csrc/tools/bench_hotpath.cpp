@@ -47,8 +47,7 @@
 #include <thread>
 #include <vector>
 
-#include <sys/resource.h>
-
+#include "timeshare/common/page_faults.h"
 #include "timeshare/device/sim/sim_backend.h"
 #include "timeshare/pool/caching_pool.h"
 #include "timeshare/pool/pool.h"
@@ -93,12 +92,6 @@ struct Run {
   std::uint64_t page_faults = 0;     // minor faults during the timed loop (whole process)
   std::uint64_t dropped = 0;         // @async: events the feed dropped (its thread fell behind)
 };
-
-std::uint64_t minor_faults() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<std::uint64_t>(u.ru_minflt);
-}
 
 struct Cell {
   std::string trace;
@@ -226,7 +219,7 @@ Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t b
   const std::size_t step = rate > 0.0 ? std::max<std::size_t>(burst, 1) : n;
   const auto burst_period = std::chrono::duration<double>(double(step) / std::max(rate, 1e-9));
   double timed_ns = 0.0;
-  const std::uint64_t faults0 = minor_faults();
+  const std::uint64_t faults0 = minor_page_faults();
   const Clock::time_point begin = Clock::now();
   for (std::size_t from = 0, b = 0; from < n; from += step, ++b) {
     const std::size_t to = std::min(n, from + step);
@@ -256,7 +249,7 @@ Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t b
       spin_until(begin + std::chrono::duration_cast<Clock::duration>(burst_period * double(b + 1)));
     }
   }
-  r.page_faults = minor_faults() - faults0;
+  r.page_faults = minor_page_faults() - faults0;
   r.ns_per_pair = t.allocs ? timed_ns / double(t.allocs) : 0.0;
   if (predictor) {
     r.retrains = predictor->stats().retrains;

@@ -10,9 +10,8 @@
 #include <thread>
 #include <vector>
 
-#include <sys/resource.h>
-
 #include "timeshare/allocator/allocator.h"
+#include "timeshare/common/page_faults.h"
 #include "timeshare/device/sim/sim_backend.h"
 #include "timeshare/predict/async_predictor.h"
 #include "timeshare/predict/online_predictor.h"
@@ -69,12 +68,6 @@ class GatedPredictor final : public LifespanPredictor {
   bool open_ = false;
   PredictorStats stats_;
 };
-
-std::uint64_t minor_faults() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<std::uint64_t>(u.ru_minflt);
-}
 
 }  // namespace
 
@@ -157,13 +150,13 @@ TEST_CASE("async predictor: the callers write memory made at construction, not f
     async.on_alloc(e);
   }
   g->wait_entered();  // the worker is stuck: everything pushed now stays queued
-  const std::uint64_t before = minor_faults();
+  const std::uint64_t before = minor_page_faults();
   for (std::uint64_t i = 64; i < 8000; ++i) {
     AllocEvent e;
     e.alloc_id = i;
     async.on_alloc(e);
   }
-  const std::uint64_t faults = minor_faults() - before;
+  const std::uint64_t faults = minor_page_faults() - before;
   CHECK(faults < 16);  // 8000 events are 375 KiB: 94 pages if they were new
   g->open();
   CHECK(async.stats().predictions == 8000);

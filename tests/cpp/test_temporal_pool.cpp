@@ -11,8 +11,7 @@
 #include <string>
 #include <vector>
 
-#include <sys/resource.h>
-
+#include "timeshare/common/page_faults.h"
 #include "timeshare/device/sim/sim_backend.h"
 #include "timeshare/pool/arena_free_ranges.h"
 #include "timeshare/pool/temporal_bit_index.h"
@@ -357,25 +356,17 @@ TEST_CASE("temporal: bit index finds the highest and previous members", "[tempor
   REQUIRE(bits.count() == ref.size());
 }
 
-namespace {
-std::uint64_t minor_faults() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<std::uint64_t>(u.ru_minflt);
-}
-}  // namespace
-
 TEST_CASE("temporal: a bit index over many granules faults in only the pages it uses",
           "[temporal]") {
   // An arena's index spans a device's worth of granules per region (millions on the replay's
   // device); a zero-filled vector faulted in every page of it at the first allocation.
   constexpr std::size_t kMembers = std::size_t{64} << 20;  // 8 MiB of leaf words: 2048 pages
-  const std::uint64_t before = minor_faults();
+  const std::uint64_t before = minor_page_faults();
   TemporalBitIndex bits;
   bits.resize(kMembers);
   bits.set(5);
   bits.set_range(kMembers - 100, kMembers - 1);
-  const std::uint64_t faults = minor_faults() - before;
+  const std::uint64_t faults = minor_page_faults() - before;
   CHECK(faults < 256);
   CHECK(bits.count() == 101);
   CHECK(bits.find_last() == kMembers - 1);
