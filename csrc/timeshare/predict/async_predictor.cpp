@@ -27,31 +27,27 @@ AsyncPredictor::AsyncPredictor(std::unique_ptr<LifespanPredictor> inner, std::si
       2, std::min(kInitialEvents, max_pending_) / local_batch_ + 1);
   {
     std::lock_guard lock(in_mu_);
-    while (chunks_.size() < initial) {  // new_chunk_locked would hand the free ones back
-      auto c = std::make_unique<Chunk>();
-      c->items = std::make_unique<Item[]>(local_batch_);
-      free_.push_back(c.get());
-      chunks_.push_back(std::move(c));
-    }
+    while (chunks_.size() < initial) free_.push_back(make_chunk_locked());
     const std::size_t most = max_pending_ / local_batch_ + 2;
     inbox_.reserve(std::min(most, initial * 4));
     batch_.reserve(std::min(most, initial * 4));
+    local_ = new_chunk_locked();
   }
-  local_ = free_.back();
-  free_.pop_back();
   worker_ = std::thread([this] { run(); });
 }
 
-AsyncPredictor::Chunk* AsyncPredictor::new_chunk_locked() const {
-  if (!free_.empty()) {
-    Chunk* c = free_.back();
-    free_.pop_back();
-    return c;
-  }
+AsyncPredictor::Chunk* AsyncPredictor::make_chunk_locked() const {
   auto c = std::make_unique<Chunk>();
   c->items = std::make_unique<Item[]>(local_batch_);  // value-initialised: its pages are in
   chunks_.push_back(std::move(c));
   return chunks_.back().get();
+}
+
+AsyncPredictor::Chunk* AsyncPredictor::new_chunk_locked() const {
+  if (free_.empty()) return make_chunk_locked();
+  Chunk* c = free_.back();
+  free_.pop_back();
+  return c;
 }
 
 AsyncPredictor::~AsyncPredictor() {

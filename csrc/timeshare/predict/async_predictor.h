@@ -94,6 +94,7 @@ class AsyncPredictor final : public LifespanPredictor {
   void flush_local_locked() const;   // caller holds local_mu_
   void feed_pending_locked() const;  // caller holds feed_mu_
   Chunk* new_chunk_locked() const;   // caller holds in_mu_: a recycled chunk, else a new one
+  Chunk* make_chunk_locked() const;  // caller holds in_mu_: a new chunk, owned by chunks_
   void run();
 
   std::unique_ptr<LifespanPredictor> inner_;
