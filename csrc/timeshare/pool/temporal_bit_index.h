@@ -41,7 +41,12 @@ class TemporalBitIndex {
   std::size_t count() const noexcept { return count_; }
   bool empty() const noexcept { return count_ == 0; }
 
-  // The members [64 w, 64 w + 63] as bits (bit b: member 64 w + b).
+  // Members per word, and the bits of a word at or below `bit`.
+  static constexpr std::size_t kBits = 64;
+  static std::uint64_t mask_upto(std::size_t bit) noexcept {
+    return bit == kBits - 1 ? ~std::uint64_t{0} : (std::uint64_t{1} << (bit + 1)) - 1;
+  }
+  // The members [kBits w, kBits w + kBits - 1] as bits (bit b: member kBits w + b).
   std::uint64_t word(std::size_t w) const noexcept { return levels_[0][w]; }
 
   bool test(std::size_t i) const noexcept {
@@ -145,7 +150,6 @@ class TemporalBitIndex {
   }
 
  private:
-  static constexpr std::size_t kBits = 64;
   // The bits of word `w` that lie in [lo, hi].
   static std::uint64_t range_mask(std::size_t w, std::size_t lo, std::size_t hi) noexcept {
     const std::size_t a = w == lo / kBits ? lo % kBits : 0;
@@ -164,9 +168,6 @@ class TemporalBitIndex {
     x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
     return static_cast<std::size_t>((x * 0x0101010101010101ULL) >> 56);
 #endif
-  }
-  static std::uint64_t mask_upto(std::size_t bit) noexcept {
-    return bit == kBits - 1 ? ~std::uint64_t{0} : (std::uint64_t{1} << (bit + 1)) - 1;
   }
 
   std::vector<ZeroedArray<std::uint64_t>> levels_;

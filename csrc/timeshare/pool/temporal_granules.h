@@ -151,18 +151,20 @@ class TemporalGranules {
   void empty_runs_from_top(std::size_t a, std::size_t max_runs, Fn&& fn) const {
     const ArenaGranules& ar = arenas_[a];
     // The lowest key of the run of empty keys that ends at k (not below the arena), a word of
-    // 64 keys at a time.
+    // keys at a time.
+    constexpr std::size_t kBits = TemporalBitIndex::kBits;
     const auto run_start = [&](std::size_t k) {
-      std::size_t w = k / 64;
-      std::uint64_t below = k % 64 == 63 ? ~std::uint64_t{0} : (std::uint64_t{2} << (k % 64)) - 1;
+      std::size_t w = k / kBits;
+      std::uint64_t below = TemporalBitIndex::mask_upto(k % kBits);
       for (;;) {
         const std::uint64_t full =
             ~(cache_.word(w) | quarantined_.word(w) | pinned_free_.word(w)) & below;
         if (full != 0) {
-          const std::size_t first = w * 64 + 64 - static_cast<std::size_t>(std::countl_zero(full));
+          const std::size_t first =
+              w * kBits + kBits - static_cast<std::size_t>(std::countl_zero(full));
           return std::max(first, ar.offset);
         }
-        if (w == 0 || w * 64 <= ar.offset) return ar.offset;
+        if (w == 0 || w * kBits <= ar.offset) return ar.offset;
         --w;
         below = ~std::uint64_t{0};
       }
