@@ -6,8 +6,7 @@
 namespace timeshare::pool {
 
 std::size_t ArenaFreeRanges::first_fit(std::size_t bytes) const noexcept {
-  const auto it = std::lower_bound(by_size_.begin(), by_size_.end(), SizeKey{bytes, 0});
-  return static_cast<std::size_t>(it - by_size_.begin());
+  return size_index({bytes, 0});
 }
 
 std::size_t ArenaFreeRanges::addr_at_or_above(std::uintptr_t addr) const noexcept {
@@ -22,7 +21,7 @@ std::size_t ArenaFreeRanges::size_index(const SizeKey& k) const noexcept {
 }
 
 void ArenaFreeRanges::size_insert(const SizeKey& k) {
-  by_size_.insert(std::lower_bound(by_size_.begin(), by_size_.end(), k), k);
+  by_size_.insert(by_size_.begin() + static_cast<std::ptrdiff_t>(size_index(k)), k);
 }
 
 void ArenaFreeRanges::size_erase(const SizeKey& k) {

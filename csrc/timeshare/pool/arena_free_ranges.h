@@ -103,7 +103,8 @@ class ArenaFreeRanges {
   std::size_t first_fit(std::size_t bytes) const noexcept;
   // Index in by_addr_ of the first range at or above `addr`.
   std::size_t addr_at_or_above(std::uintptr_t addr) const noexcept;
-  std::size_t size_index(const SizeKey& k) const noexcept;  // of a key that is present
+  // Index in by_size_ of the first key not below `k` (of `k` itself when it is present).
+  std::size_t size_index(const SizeKey& k) const noexcept;
   void size_insert(const SizeKey& k);
   void size_erase(const SizeKey& k);
   // Replaces the present key `old` with `now`, moving only the keys between their places.
