@@ -18,11 +18,13 @@ constexpr std::size_t kInitialEvents = 8192;
 }  // namespace
 
 AsyncPredictor::AsyncPredictor(std::unique_ptr<LifespanPredictor> inner, std::size_t max_pending,
-                               std::size_t local_batch)
+                               std::size_t local_batch, bool inline_feed, bool answers)
     : inner_(std::move(inner)),
       name_(std::string(inner_->name()) + " (async)"),
       max_pending_(max_pending == 0 ? 1 : max_pending),
-      local_batch_(local_batch == 0 ? 1 : local_batch) {
+      local_batch_(local_batch == 0 ? 1 : local_batch),
+      inline_feed_(inline_feed),
+      answers_(answers) {
   const std::size_t initial = std::max<std::size_t>(
       2, std::min(kInitialEvents, max_pending_) / local_batch_ + 1);
   {
@@ -33,7 +35,7 @@ AsyncPredictor::AsyncPredictor(std::unique_ptr<LifespanPredictor> inner, std::si
     batch_.reserve(std::min(most, initial * 4));
     local_ = new_chunk_locked();
   }
-  worker_ = std::thread([this] { run(); });
+  if (!inline_feed_) worker_ = std::thread([this] { run(); });
 }
 
 AsyncPredictor::Chunk* AsyncPredictor::make_chunk_locked() const {
@@ -60,10 +62,28 @@ AsyncPredictor::~AsyncPredictor() {
   drain();
 }
 
-void AsyncPredictor::push(const Item& item) {
-  std::lock_guard lock(local_mu_);
-  local_->items[local_n_++] = item;
-  if (local_n_ >= local_batch_) flush_local_locked();
+std::uint64_t AsyncPredictor::push(Item& item) {
+  bool full = false;
+  std::uint64_t answer = 0;
+  {
+    std::lock_guard lock(local_mu_);
+    if (item.alloc && answers_) {
+      // Answered before this event can be fed (inline, it may be the batch's last).
+      item.context = context_.next(item.bytes, item.stream);
+      answer = board_.lookup(item.context);
+      ++(answer != 0 ? answered_ : unanswered_);
+    }
+    local_->items[local_n_++] = item;
+    if (local_n_ >= local_batch_) {
+      flush_local_locked();
+      full = inline_feed_;
+    }
+  }
+  if (full) {  // deterministic: the batch is fed now, where the worker would have taken it
+    std::lock_guard feed(feed_mu_);
+    feed_pending_locked();
+  }
+  return answer;
 }
 
 void AsyncPredictor::flush_local_locked() const {
@@ -103,8 +123,7 @@ std::uint64_t AsyncPredictor::on_alloc(const AllocEvent& e) {
   item.device = e.device;
   item.now_events = e.now_events;
   item.now_us = e.now_us;
-  push(item);
-  return 0;
+  return push(item);
 }
 
 void AsyncPredictor::on_free(const FreeEvent& e) {
@@ -132,7 +151,8 @@ void AsyncPredictor::feed_pending_locked() const {
         a.device = item.device;
         a.now_events = item.now_events;
         a.now_us = item.now_us;
-        inner_->on_alloc(a);
+        const std::uint64_t p = inner_->on_alloc(a);
+        if (answers_) board_.publish(item.context, p);
       } else {
         inner_->on_free({item.alloc_id, item.now_events, item.now_us});
       }
@@ -155,8 +175,14 @@ void AsyncPredictor::drain() const {
 
 PredictorStats AsyncPredictor::stats() const {
   drain();
-  std::lock_guard feed(feed_mu_);
-  return inner_->stats();
+  PredictorStats s;
+  {
+    std::lock_guard feed(feed_mu_);
+    s = inner_->stats();
+  }
+  s.answered = answered();
+  s.unanswered = unanswered();
+  return s;
 }
 
 void AsyncPredictor::run() {

@@ -1,12 +1,23 @@
 // AsyncPredictor — a LifespanPredictor that takes the predictor it wraps off the malloc path.
 //
-// on_alloc and on_free append the event (a 48-byte record) to a small local batch (a chunk,
+// on_alloc and on_free append the event (a 56-byte record) to a small local batch (a chunk,
 // under a spin lock only callers take, so its cache line stays with them) and return at once;
-// every `local_batch` events the chunk is handed to the worker's inbox in one step; on_alloc
-// answers 0, "no prediction", so the pool places the block without waiting (in the temporal
-// pool: the unpredicted region). A worker thread drains the inbox in order into the wrapped
-// predictor, which therefore sees exactly the event sequence it would see on the malloc path,
-// and learns, retrains and tracks drift as before.
+// every `local_batch` events the chunk is handed to the worker's inbox in one step. A worker
+// thread drains the inbox in order into the wrapped predictor, which therefore sees exactly the
+// event sequence it would see on the malloc path, and learns, retrains and tracks drift as
+// before.
+//
+// Answers (answer_board.h): on_alloc answers what the worker last published for the
+// allocation's context (size, stream, the two sizes before it), as it fed that context's last
+// allocation to the predictor; 0, "no prediction", when there is none yet. The pool places the
+// block at once with what it gets: a late answer is no answer, never a wait.
+//
+// `answers` false: no board, on_alloc answers 0 (for a pool whose options use no lifespan; the
+// context hash and the board's cache line cost the malloc path 10-30 ns a pair, bench_hotpath).
+//
+// `inline_feed` (deterministic replays and tests): no thread; each full batch is fed to the
+// wrapped predictor on the caller's thread at the moment it would have been handed over, so the
+// answers lag the events by the same batch as in real use, and one trace gives one answer.
 //
 // The malloc path never wakes the worker: the worker polls the inbox every `kPoll` (1 ms) on its
 // own timer, backing off to 64 ms while the inbox stays empty (an idle process). Measured with
@@ -45,6 +56,7 @@
 #include <thread>
 #include <vector>
 
+#include "timeshare/predict/answer_board.h"
 #include "timeshare/predict/predictor.h"
 
 namespace timeshare::predict {
@@ -56,19 +68,30 @@ class AsyncPredictor final : public LifespanPredictor {
 
   explicit AsyncPredictor(std::unique_ptr<LifespanPredictor> inner,
                           std::size_t max_pending = kDefaultMaxPending,
-                          std::size_t local_batch = kDefaultLocalBatch);
+                          std::size_t local_batch = kDefaultLocalBatch, bool inline_feed = false,
+                          bool answers = true);
   ~AsyncPredictor() override;  // feeds what is queued, then stops the worker
   AsyncPredictor(const AsyncPredictor&) = delete;
   AsyncPredictor& operator=(const AsyncPredictor&) = delete;
 
   const char* name() const noexcept override { return name_.c_str(); }
-  std::uint64_t on_alloc(const AllocEvent& e) override;  // always 0: no prediction now
+  std::uint64_t on_alloc(const AllocEvent& e) override;  // the board's answer for its context
   void on_free(const FreeEvent& e) override;
   PredictorStats stats() const override;  // drains first: figures count every event pushed
 
   // Feeds everything pushed so far before returning (stats, tests, shutdown).
   void drain() const;
   std::uint64_t dropped() const noexcept { return dropped_.load(std::memory_order_relaxed); }
+  // Allocations answered from the board (a published answer for their context), and not.
+  std::uint64_t answered() const {
+    std::lock_guard lock(local_mu_);
+    return answered_;
+  }
+  std::uint64_t unanswered() const {
+    std::lock_guard lock(local_mu_);
+    return unanswered_;
+  }
+  const LifespanPredictor& inner() const noexcept { return *inner_; }
   // Batches of events ever made (they are recycled; for tests: the feed's memory is bounded).
   std::size_t chunks() const {
     std::lock_guard lock(in_mu_);
@@ -76,8 +99,9 @@ class AsyncPredictor final : public LifespanPredictor {
   }
 
  private:
-  struct Item {  // one event, either kind, packed (48 bytes)
+  struct Item {  // one event, either kind, packed (56 bytes)
     std::uint64_t alloc_id = 0;
+    std::uint64_t context = 0;  // allocations only: AnswerBoard::Context key
     std::uint64_t bytes = 0;   // allocations only
     std::uint64_t stream = 0;  // allocations only
     std::uint64_t now_events = 0;
@@ -85,12 +109,13 @@ class AsyncPredictor final : public LifespanPredictor {
     std::int32_t device = 0;   // allocations only
     bool alloc = false;
   };
-  static_assert(sizeof(Item) == 48, "one event in 48 bytes");
+  static_assert(sizeof(Item) == 56, "one event in 56 bytes");
   struct Chunk {  // up to local_batch_ events, in order
     std::size_t n = 0;
     std::unique_ptr<Item[]> items;
   };
-  void push(const Item& item);
+  // Queues the event; for an allocation, sets its context and returns the board's answer.
+  std::uint64_t push(Item& item);
   void flush_local_locked() const;   // caller holds local_mu_
   void feed_pending_locked() const;  // caller holds feed_mu_
   Chunk* new_chunk_locked() const;   // caller holds in_mu_: a recycled chunk, else a new one
@@ -127,6 +152,10 @@ class AsyncPredictor final : public LifespanPredictor {
   // Events in local_. Not in the chunk: a count the worker had reset sat in a cache line of the
   // worker's core, and reading it was most of push()'s cost.
   mutable std::size_t local_n_ = 0;
+  // Guarded by local_mu_: the callers' order of allocations, and how many the board answered.
+  AnswerBoard::Context context_;
+  std::uint64_t answered_ = 0;
+  std::uint64_t unanswered_ = 0;
   alignas(64) mutable std::mutex in_mu_;  // guards inbox_, queued_, free_, chunks_ and stop_
   mutable std::condition_variable wake_;
   mutable std::vector<Chunk*> inbox_;  // handed over, oldest first
@@ -136,6 +165,9 @@ class AsyncPredictor final : public LifespanPredictor {
   mutable std::vector<Chunk*> batch_;  // the worker's (or drain's) batch, reused
   bool stop_ = false;
   mutable std::atomic<std::uint64_t> dropped_{0};
+  const bool inline_feed_;
+  const bool answers_;
+  mutable AnswerBoard board_;  // written by the feeder (worker, drain), read by on_alloc
   std::thread worker_;
 };
 

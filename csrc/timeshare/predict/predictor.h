@@ -41,6 +41,10 @@ struct PredictorStats {
   std::uint64_t drift_triggers = 0;
   double last_train_ms = 0.0;
   bool model_active = false;             // the LSTM (not the fallback) is answering
+  // Behind AsyncPredictor: allocations the pool got an answer for from the board (the answer
+  // published for their context), and allocations it got none for.
+  std::uint64_t answered = 0;
+  std::uint64_t unanswered = 0;
 };
 
 class LifespanPredictor {

@@ -50,6 +50,7 @@ py::dict options_dict(const Options& o) {
   d["predictor"] = o.predictor;
   d["unsafe_unmap"] = o.unsafe_unmap;
   d["map_ahead"] = o.map_ahead_bytes;
+  d["free_forecast"] = o.free_forecast_events;
   d["history"] = o.history_bytes;
   d["hidden"] = o.hidden;
   d["retrain_interval"] = o.retrain_interval_events;
@@ -85,6 +86,9 @@ py::dict stats_dict(const Allocator& a) {
   d["timeshare.predictor.drift_triggers"] = p.drift_triggers;
   d["timeshare.predictor.last_train_ms"] = p.last_train_ms;
   d["timeshare.predictor.model_active"] = p.model_active ? 1 : 0;
+  // What the pool got without waiting (AsyncPredictor's answer board).
+  d["timeshare.predictor.answered"] = p.answered;
+  d["timeshare.predictor.unanswered"] = p.unanswered;
   return d;
 }
 
