@@ -499,6 +499,7 @@ int main(int argc, char** argv) {
     else if (a == "--empty-runs") o.empty_run_candidates = std::stoull(next());
     else if (a == "--no-tail-first") o.mapped_tail_first = false;
     else if (a == "--map-ahead") o.map_ahead_granules = std::stoull(next());
+    else if (a == "--forecast") o.forecast_window_events = std::stoull(next());
     else if (a == "--repeat") repeat = std::stoi(next());
     else if (!a.empty() && a[0] == '-') {
       std::fprintf(stderr, "unknown option %s (see the comment at the top of temporal_eval.cpp)\n",

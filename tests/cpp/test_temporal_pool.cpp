@@ -14,6 +14,7 @@
 #include "timeshare/common/page_faults.h"
 #include "timeshare/device/sim/sim_backend.h"
 #include "timeshare/pool/arena_free_ranges.h"
+#include "timeshare/pool/free_forecast.h"
 #include "timeshare/pool/temporal_bit_index.h"
 #include "timeshare/pool/temporal_granules.h"
 #include "timeshare/pool/temporal_pool.h"
@@ -459,6 +460,7 @@ TEST_CASE("temporal: random traces keep every invariant under adversarial predic
   o.trim_oldest_first = alternatives;
   o.borrow_longer_first = alternatives;
   o.lowest_of_fits = alternatives ? 4 : 1;
+  o.forecast_window_events = alternatives ? 128 : 0;
   TemporalPool pool(&sim, o);
   std::vector<std::uint64_t> truth;
   const auto ops = random_trace(seed, 700, &truth);
@@ -772,6 +774,78 @@ TEST_CASE("temporal: growth maps ahead in one call, within the limit and the dev
   const auto small_device = grow(9, 0, 8 * kMiB);
   CHECK(small_device.placed == 8);
   CHECK(small_device.peak_mapped == 4);
+}
+
+TEST_CASE("free forecast: bytes predicted to be freed in a window, forgotten at the free",
+          "[temporal][forecast]") {
+  FreeForecast f;
+  const std::uint64_t d1 = f.expect(0, 100, 10);
+  CHECK(d1 == 100);
+  CHECK(f.due(0, 128) == 10);
+  CHECK(f.due(0, 50) == 0);            // 100 is past the window
+  CHECK(f.expect(0, 0, 7) == 0);       // no prediction: not counted
+  CHECK(f.expect(0, std::uint64_t{1} << 40, 7) == 0);  // permanent: beyond the ring
+  const std::uint64_t d2 = f.expect(10, 290, 5);       // dies at 300
+  CHECK(f.due(0, 1000) == 15);
+  f.forget(50, d1, 10);                // freed early
+  CHECK(f.due(50, 1000) == 5);
+  // A block still live after its predicted death no longer counts, and its late free does not
+  // take bytes from the ticks that reuse its bucket a ring later.
+  const std::uint64_t d3 = f.expect(60, 40, 3);        // dies at 100
+  CHECK(f.due(200, 128) == 5);
+  f.forget(200, d3, 3);
+  CHECK(f.due(200, 128) == 5);
+  const std::uint64_t ring = FreeForecast::kBuckets * FreeForecast::kBucketTicks;
+  f.expect(ring + 60, 40, 2);         // same bucket as d3, one ring later
+  f.forget(ring + 61, d3, 3);
+  CHECK(f.due(ring + 60, 128) == 2);
+  f.forget(250, d2, 5);
+  CHECK(f.due(250, 1000) == 0);
+}
+
+TEST_CASE("temporal: predicted frees cut the map-ahead; wrong ones cost calls, never data",
+          "[temporal][calls][forecast]") {
+  // Forty-two 1 MiB blocks that stay live (21 granules), each predicted to live `predicted`
+  // ticks. Growth without a forecast maps nine granules ahead at blocks 0, 20 and 40.
+  auto grow = [](std::uint64_t window, std::uint64_t predicted) {
+    SimBackend sim(backed(kGiB));
+    TemporalPoolOptions o;
+    o.map_ahead_granules = 9;
+    o.forecast_window_events = window;
+    TemporalPool pool(&sim, o);
+    std::size_t peak_mapped = 0;
+    std::vector<void*> ptrs;
+    for (std::uint64_t i = 0; i < 42; ++i) {
+      void* p = pool.allocate(kMiB, 0, {i, predicted, i});
+      REQUIRE(p != nullptr);
+      std::memset(p, static_cast<int>(i), kMiB);  // a use of unmapped memory faults
+      ptrs.push_back(p);
+      peak_mapped = std::max(peak_mapped, pool.mapped_granules());
+    }
+    for (std::uint64_t i = 0; i < ptrs.size(); ++i) {
+      CHECK(static_cast<unsigned char*>(ptrs[i])[kMiB - 1] == static_cast<unsigned char>(i));
+    }
+    CHECK(sim.counters().device_faults == 0);
+    struct Out {
+      std::int64_t map_calls;
+      std::size_t peak_mapped;
+    };
+    return Out{pool.stats().num_device_alloc - 1, peak_mapped};
+  };
+  const auto plain = grow(0, 100);
+  CHECK(plain.map_calls == 3);
+  CHECK(plain.peak_mapped == 30);
+  // Blocks predicted to outlive the window: the forecast changes nothing.
+  const auto lasting = grow(128, 1000);
+  CHECK(lasting.map_calls == 3);
+  CHECK(lasting.peak_mapped == 30);
+  // Every live block predicted to be freed within the window: from block 20 on nothing is mapped
+  // ahead, since what they give back would serve the blocks that follow. The prediction is wrong
+  // here (they stay): one call per granule after the first ten, no memory beyond the blocks,
+  // every byte where it was written.
+  const auto wrong = grow(128, 100);
+  CHECK(wrong.map_calls == 12);
+  CHECK(wrong.peak_mapped == 21);
 }
 
 TEST_CASE("temporal: a block used on another stream is not reused before its work is done",

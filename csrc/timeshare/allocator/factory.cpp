@@ -27,6 +27,7 @@ pool::TemporalPoolOptions temporal_pool_options(const Options& options,
   pool::TemporalPoolOptions to;
   const std::size_t granule = backend.granule_bytes();
   to.map_ahead_granules = granule == 0 ? 0 : (options.map_ahead_bytes + granule - 1) / granule;
+  to.forecast_window_events = options.free_forecast_events;
   // The detector test only ever runs on the sim: a GPU would fault (illegal address).
   to.unsafe_unmap = options.unsafe_unmap && std::string_view(backend.name()) == "sim";
   if (options.unsafe_unmap && !to.unsafe_unmap) {
@@ -53,8 +54,12 @@ std::unique_ptr<predict::LifespanPredictor> make_predictor_for(
   }
   // Off the malloc path unless asked (predict_sync); a deterministic predictor (replays, tests)
   // stays synchronous, since its answers must follow the events one by one.
+  // The pool reads answers only when one of its options uses lifespans (free_forecast).
   if (predictor && !options.predict_sync && !deterministic) {
-    return std::make_unique<predict::AsyncPredictor>(std::move(predictor));
+    return std::make_unique<predict::AsyncPredictor>(
+        std::move(predictor), predict::AsyncPredictor::kDefaultMaxPending,
+        predict::AsyncPredictor::kDefaultLocalBatch, /*inline_feed=*/false,
+        /*answers=*/options.free_forecast_events != 0);
   }
   return predictor;
 }

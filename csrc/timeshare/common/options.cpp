@@ -11,7 +11,7 @@ namespace timeshare {
 
 namespace {
 
-constexpr std::array<OptionInfo, 26> kOptionTable{{
+constexpr std::array<OptionInfo, 27> kOptionTable{{
     {"policy", "choice", "timeshare", "allocation policy: timeshare (predictor + temporal pool) "
                                       "or torch (model of PyTorch's caching allocator)"},
     {"backend", "choice", "auto", "device backend: auto (cuda where a GPU is present), cuda, sim"},
@@ -49,6 +49,9 @@ constexpr std::array<OptionInfo, 26> kOptionTable{{
     {"map_ahead", "bytes", "18MiB", "temporal pool: while memory grows past its peak, map this "
                                     "much beyond the block in the same device call (fewer "
                                     "calls, at most this much more peak reserved; 0 = off)"},
+    {"free_forecast", "int", "0", "temporal pool: at growth, map ahead less by what the live "
+                                  "blocks are predicted to free in the next this many "
+                                  "allocator events (0 = off)"},
     {"history", "bytes", "8MiB", "bytes of the rolling history ring the LSTM trains on"},
     {"hidden", "int", "32", "LSTM hidden units (8..256)"},
     {"retrain_interval", "int", "40000", "allocator events between scheduled retrainings"},
@@ -242,6 +245,11 @@ std::optional<Setter> setter_for(std::string_view key) {
   if (key == "unsafe_unmap") return [](Options& o, std::string_view v) { return set_bool(o.unsafe_unmap, v); };
   if (key == "plan") return [](Options& o, std::string_view v) { return set_bool(o.plan, v); };
   if (key == "map_ahead") return [](Options& o, std::string_view v) { return set_bytes(o.map_ahead_bytes, v); };
+  if (key == "free_forecast") {
+    return [](Options& o, std::string_view v) {
+      return set_int(o.free_forecast_events, v, 0, std::int64_t{1} << 16);
+    };
+  }
   if (key == "history") return [](Options& o, std::string_view v) { return set_bytes(o.history_bytes, v); };
   if (key == "hidden") return [](Options& o, std::string_view v) { return set_int(o.hidden, v, 8, 256); };
   if (key == "retrain_interval") {
@@ -365,6 +373,7 @@ std::string to_conf_string(const Options& o) {
   add("unsafe_unmap", o.unsafe_unmap ? "true" : "false");
   add("plan", o.plan ? "true" : "false");
   add("map_ahead", std::to_string(o.map_ahead_bytes));
+  add("free_forecast", std::to_string(o.free_forecast_events));
   add("history", std::to_string(o.history_bytes));
   add("hidden", std::to_string(o.hidden));
   add("retrain_interval", std::to_string(o.retrain_interval_events));

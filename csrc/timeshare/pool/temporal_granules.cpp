@@ -486,7 +486,19 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
     // `ahead_granules` more after it, for the blocks that follow (one call instead of several).
     std::size_t ahead = 0;
     if (ahead_granules != 0 && g + n - 1 == sp.last && needed_ + fresh > peak_demand()) {
-      while (ahead < ahead_granules && sp.last + 1 + ahead < ar.mapped.size() &&
+      std::size_t want = ahead_granules;
+      if (forecast_ != nullptr) {
+        // What the blocks predicted to die in the window will give back serves the blocks
+        // that follow instead: only the rest is mapped ahead.
+        const std::size_t back = forecast_->due(now_events_, forecast_window_) / granule_bytes_;
+        if (back != 0) {
+          const std::size_t cut = std::min(back, want);
+          want -= cut;
+          ++ahead_cut_;
+          ahead_cut_granules_ += cut;
+        }
+      }
+      while (ahead < want && sp.last + 1 + ahead < ar.mapped.size() &&
              ar.mapped[sp.last + 1 + ahead] == kUnmapped &&
              (limit_bytes == 0 || (mapped_ + n + ahead + 1) * granule_bytes_ <= limit_bytes)) {
         ++ahead;

@@ -40,6 +40,7 @@
 
 #include "timeshare/device/backend.h"
 #include "timeshare/pool/event_pool.h"
+#include "timeshare/pool/free_forecast.h"
 #include "timeshare/pool/temporal_bit_index.h"
 #include "timeshare/pool/zeroed_array.h"
 
@@ -78,6 +79,16 @@ class TemporalGranules {
 
   // Moves the hysteresis window forward to `now_events`.
   void tick(std::uint64_t now_events);
+
+  // Growth asks `forecast` (owned by the caller) for the bytes predicted to be freed in the next
+  // `window_events` ticks, and maps that much less ahead (nullptr: map all `ahead_granules`).
+  void set_forecast(FreeForecast* forecast, std::uint64_t window_events) noexcept {
+    forecast_ = forecast;
+    forecast_window_ = window_events;
+  }
+  // Growths whose map-ahead the forecast cut, and the granules it left unmapped.
+  std::uint64_t ahead_cut() const noexcept { return ahead_cut_; }
+  std::uint64_t ahead_cut_granules() const noexcept { return ahead_cut_granules_; }
 
   // Unmaps every cached granule (empty_cache, or before a retry at the limit), waiting for the
   // fences of quarantined ones.
@@ -306,6 +317,10 @@ class TemporalGranules {
   std::size_t prev_window_peak_ = 0;  // and in the previous one
   std::uint64_t window_start_events_ = 0;
   std::uint64_t now_events_ = 0;  // the last tick() seen
+  FreeForecast* forecast_ = nullptr;
+  std::uint64_t forecast_window_ = 0;
+  std::uint64_t ahead_cut_ = 0;
+  std::uint64_t ahead_cut_granules_ = 0;
   std::uint64_t map_calls_ = 0;
   std::uint64_t unmap_calls_ = 0;
   std::uint64_t granules_mapped_total_ = 0;

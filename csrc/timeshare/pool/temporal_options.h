@@ -74,6 +74,10 @@ struct TemporalPoolOptions {
   // close to the 20 MiB pages of expandable segments) cut the first iterations' calls 3-6x for
   // 0-30 MiB more peak reserved; 0 maps only what blocks cover.
   std::size_t map_ahead_granules = 9;  // TIMESHARE_CONF map_ahead, rounded up to granules
+  // Predicted frees (pool/free_forecast.h): at growth, map ahead that many granules fewer as
+  // the live blocks are predicted to give back in the next `forecast_window_events` ticks
+  // (0 = off: always map_ahead_granules).
+  std::uint64_t forecast_window_events = 0;
 
   // Re-assignment queue (temporal_reassign.h): blocks of at least `reassign_min_bytes` are
   // watched until their predicted death; the slot of one that is then gone is promised to
@@ -108,7 +112,9 @@ struct TemporalPoolOptions {
 inline std::size_t lifespan_region(const TemporalPoolOptions& o,
                                    std::uint64_t predicted_lifespan_events) noexcept {
   const std::size_t permanent = o.num_timed_classes;
-  if (predicted_lifespan_events == 0) return permanent + 1;
+  // With one timed class a block without a prediction is placed with the timed ones: answers
+  // come and go (AsyncPredictor's board), and two regions would each need their own mapped space.
+  if (predicted_lifespan_events == 0) return o.num_timed_classes == 1 ? 0 : permanent + 1;
   if (predicted_lifespan_events >= kPermanentLifespanEvents) return permanent;
   std::size_t k = 0;
   std::uint64_t bound = o.class_base_events;

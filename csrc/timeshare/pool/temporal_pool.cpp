@@ -47,6 +47,10 @@ TemporalPool::TemporalPool(device::Backend* backend, TemporalPoolOptions options
                 options.reassign_max_promises),
       events_(*backend) {
   plan_region_ = num_regions(options_);  // one more region, after the lifespan ones
+  if (options_.forecast_window_events != 0) {
+    forecast_ = std::make_unique<FreeForecast>();
+    granules_.set_forecast(forecast_.get(), options_.forecast_window_events);
+  }
   if (!backend->supports_virtual_memory()) fallback_ = std::make_unique<CachingPool>(*backend);
 }
 
@@ -270,6 +274,7 @@ void* TemporalPool::allocate(std::size_t bytes, device::Stream stream, const All
   b.arena = arena->index;
   b.region = static_cast<std::uint32_t>(placed_region);
   b.alloc_id = hint.alloc_id;
+  if (forecast_) b.predicted_death = forecast_->expect(now_events_, hint.predicted_lifespan, rounded);
   if (options_.reassign && hint.predicted_lifespan != 0 &&
       hint.predicted_lifespan < kPermanentLifespanEvents) {
     reassign_.watch(now_events_ + hint.predicted_lifespan,
@@ -396,6 +401,7 @@ FreeResult TemporalPool::deallocate(void* ptr, std::uint64_t now_events) {
   if (!live_.take(reinterpret_cast<std::uintptr_t>(ptr), &b)) return FreeResult::kUnknownPointer;
   now_events_ = now_events;
   granules_.tick(now_events_);
+  if (forecast_) forecast_->forget(now_events_, b.predicted_death, b.bytes);
   count_block(b, /*add=*/false);
   if (!b.other_streams.empty()) {
     Pending p;

@@ -63,6 +63,7 @@
 
 #include "timeshare/pool/arena_free_ranges.h"
 #include "timeshare/pool/event_pool.h"
+#include "timeshare/pool/free_forecast.h"
 #include "timeshare/pool/layout_plan.h"
 #include "timeshare/pool/pool.h"
 #include "timeshare/pool/temporal_granules.h"
@@ -172,6 +173,7 @@ class TemporalPool final : public Pool {
     std::uint32_t arena = 0;
     std::uint32_t region = 0;
     std::uint64_t alloc_id = 0;
+    std::uint64_t predicted_death = 0;      // tick counted in forecast_ (0: not counted)
     std::vector<device::Stream> other_streams;  // from record_stream
   };
   struct Pending {
@@ -217,6 +219,7 @@ class TemporalPool final : public Pool {
   TemporalLiveMap<Block> live_;
   std::deque<Pending> pending_;
   TemporalReassignQueue reassign_;
+  std::unique_ptr<FreeForecast> forecast_;  // set when options_.forecast_window_events > 0
   EventPool events_;
   std::size_t limit_bytes_ = 0;
   std::uint64_t now_events_ = 0;
