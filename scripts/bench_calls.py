@@ -9,7 +9,8 @@ Per trace: torch-expandable's device calls and peak reserved (the reference); th
 (ratio to torch-expandable) and peak reserved (MiB): `timeshare` as shipped (hybrid predictor,
 map_ahead 18 MiB), `timeshare` with `map_ahead:0`, `timeshare-true` (true lifespans: the bound of
 what prediction gives), `timeshare-const` (one constant answer) and `timeshare-shuffled` (true
-lifespans dealt to the wrong allocations); the device calls of the first two marked iterations
+lifespans dealt to the wrong allocations); `ff`: the same three with `free_forecast:128` (predicted
+frees cut the map-ahead); the device calls of the first two marked iterations
 (with what came before them) and of the rest: warm-up against steady state; device faults over every run. Deterministic
 figures only (no timing).
 """
@@ -28,12 +29,17 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "temporal_pool.md"
 BEGIN, END = "<!-- bench_calls:begin -->", "<!-- bench_calls:end -->"
 MiB = 1 << 20
+FORECAST = "free_forecast:128"
 RUNS = [  # (column, policy, conf)
     ("timeshare", "timeshare", ""),
     ("map_ahead:0", "timeshare", "map_ahead:0"),
     ("true", "timeshare-true", ""),
     ("const", "timeshare-const", ""),
     ("shuffled", "timeshare-shuffled", ""),
+    # Predicted frees cut the map-ahead (option free_forecast, off by default).
+    ("ff", "timeshare", FORECAST),
+    ("ff const", "timeshare-const", FORECAST),
+    ("ff true", "timeshare-true", FORECAST),
 ]
 
 
@@ -85,6 +91,12 @@ def goals(figures: dict[str, dict], names: list[str]) -> list[str]:
         + count(lambda f: f[ts]["peak_reserved_bytes"] <= f["ref"]["peak_reserved_bytes"]),
         "timeshare better than timeshare-const: " + count(lambda f: _better(f[ts], f["const"])),
         "timeshare-const better than timeshare: " + count(lambda f: _better(f["const"], f[ts])),
+        f"with {FORECAST}: timeshare better than timeshare-const: "
+        + count(lambda f: _better(f["ff"], f["ff const"])),
+        f"with {FORECAST}: timeshare-const better than timeshare: "
+        + count(lambda f: _better(f["ff const"], f["ff"])),
+        f"with {FORECAST}: better than without it: " + count(lambda f: _better(f["ff"], f[ts])),
+        f"with {FORECAST}: worse than without it: " + count(lambda f: _better(f[ts], f["ff"])),
         "device faults: " + str(sum(r["device_faults"] for f in figures.values() for r in f.values())),
     ]
 

@@ -63,10 +63,16 @@ PREDICTOR_TRAINING = """\
 `timeshare` runs `TemporalPool` with the hybrid `LifespanPredictor` built by
 `predict::make_predictor` with `kind = "hybrid"` and `deterministic = true`, seed fixed. It starts
 untrained at the first event of each trace and learns online, exactly as inside the allocator:
-every allocation is predicted before the pool places it, every free reveals a true lifespan
-(allocator ticks = event indices) to the predictor. In deterministic mode, (re)training runs
-synchronously at the allocation where it is due and the LSTM state advances at fixed
-allocations, so one trace gives one set of figures (timings aside). `timeshare`'s ns/event comes
+every allocation is predicted, every free reveals a true lifespan (allocator ticks = event
+indices) to the predictor. As in the allocator, the predictor sits behind `AsyncPredictor`: the
+pool gets, at once, the answer its board holds for the allocation's context (size, stream, the two
+sizes before it), published by the predictor for the last allocation of that context, or none;
+here the events are fed to the predictor inline, a batch of 64 at a time, where the allocator's
+thread would take them. *pool got* is the share of allocations that got an answer and, in
+brackets, the share of those within 2x; *within 2x*, *warm* and *log2 MAE* score the predictor's
+own answers (the same figures as without the board). `timeshare-const` goes the same way. In
+deterministic mode, (re)training runs synchronously at the allocation where it is due and the
+LSTM state advances at fixed allocations, so one trace gives one set of figures (timings aside). `timeshare`'s ns/event comes
 from a second, timing pass run as the allocator runs by default: the predictor fed through
 `AsyncPredictor` on its own thread (trainer on another), the pool placing without waiting for
 it (the deterministic pass, training inside the loop, is `ns_per_event_deterministic` in the JSON);
@@ -197,8 +203,8 @@ def table_lines(doc: dict[str, Any]) -> list[str]:
     """The per-trace, per-policy table."""
     lines = [
         "| trace | events | peak live | policy | peak reserved | frag | vs torch | calls | waits "
-        "| faults | ns/event | Mevents/s | within 2x | warm | log2 MAE |",
-        "| --- | ---: | ---: | --- |" + " ---: |" * 11,
+        "| faults | ns/event | Mevents/s | within 2x | warm | log2 MAE | pool got (within 2x) |",
+        "| --- | ---: | ---: | --- |" + " ---: |" * 12,
     ]
     for t in doc["traces"]:
         pols = t["policies"]
@@ -225,6 +231,8 @@ def table_lines(doc: dict[str, Any]) -> list[str]:
                 f"{r['ns_per_event']:.0f}",
                 f"{r['mevents_per_second']:.2f}",
                 *pred,
+                (f"{r['answered_share']:.2f} ({r['answers_within_2x']:.3f})"
+                 if "answered_share" in r else "-"),
             ]
             lines.append("| " + " | ".join(row) + " |")
     return lines

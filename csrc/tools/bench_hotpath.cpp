@@ -18,6 +18,9 @@
 //   ...@async                the predictor fed through predict::AsyncPredictor, as the
 //                            allocator does unless predict_sync: the timed loop pushes events
 //                            (hint 0, the pool does not wait); the predictor runs on its thread
+//   ...@ff                   (with @async) as the allocator runs with free_forecast:128: the
+//                            pool reads the answer board on every allocation and cuts its
+//                            map-ahead by the predicted frees
 //
 // KIND is a predict::make_predictor kind (constant, table, hybrid_nolstm, hybrid, ...). Predictors
 // run in REAL-TIME mode (deterministic = false): `hybrid` has its background trainer thread, as
@@ -74,6 +77,7 @@ const std::vector<std::string> kDefaultVariants = {
 
 constexpr double kDefaultWarmWaitSeconds = 30.0;
 constexpr auto kWarmPoll = std::chrono::milliseconds(5);
+constexpr std::uint64_t kForecastWindowEvents = 128;  // @ff: free_forecast:128
 
 struct Variant {
   std::string name;
@@ -81,6 +85,7 @@ struct Variant {
   std::string kind;   // predictor kind, "" for none
   bool warm = false;
   bool async = false;  // fed through predict::AsyncPredictor (the allocator's default)
+  bool forecast = false;  // @ff: answers from the board, the pool's free forecast on
 };
 
 struct Run {
@@ -113,6 +118,10 @@ bool parse_variant(const std::string& full, Variant* v, std::string* why) {
       v->warm = again = true;
       spec.resize(spec.size() - 5);
     }
+    if (spec.size() > 3 && spec.ends_with("@ff")) {
+      v->forecast = again = true;
+      spec.resize(spec.size() - 3);
+    }
     if (spec.size() > 6 && spec.ends_with("@async")) {
       v->async = again = true;
       spec.resize(spec.size() - 6);
@@ -139,6 +148,10 @@ bool parse_variant(const std::string& full, Variant* v, std::string* why) {
     v->kind = spec;
   } else {
     *why = "expected torch, temporal, temporal+KIND or KIND";
+    return false;
+  }
+  if (v->forecast && !v->async) {
+    *why = "@ff needs @async (the answer board)";
     return false;
   }
   if ((v->warm || v->async) && v->kind.empty()) {
@@ -191,7 +204,9 @@ Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t b
   std::unique_ptr<pool::Pool> pool;
   if (v.pool == "torch") pool = std::make_unique<pool::CachingPool>(backend);
   if (v.pool == "temporal") {
-    pool = std::make_unique<pool::TemporalPool>(&backend, pool::TemporalPoolOptions{});
+    pool::TemporalPoolOptions po;
+    if (v.forecast) po.forecast_window_events = kForecastWindowEvents;
+    pool = std::make_unique<pool::TemporalPool>(&backend, po);
   }
   std::unique_ptr<predict::LifespanPredictor> predictor;
   if (!v.kind.empty()) {
@@ -210,7 +225,10 @@ Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t b
   }
   const auto* hybrid = dynamic_cast<const predict::HybridPredictor*>(predictor.get());
   if (v.async) {  // after the warm-up: the timed loop only pushes events to the feed
-    predictor = std::make_unique<predict::AsyncPredictor>(std::move(predictor));
+    predictor = std::make_unique<predict::AsyncPredictor>(
+        std::move(predictor), predict::AsyncPredictor::kDefaultMaxPending,
+        predict::AsyncPredictor::kDefaultLocalBatch, /*inline_feed=*/false,
+        /*answers=*/v.forecast);  // as the allocator makes it
   }
   const std::uint64_t evals0 = hybrid ? hybrid->lstm_evaluations() : 0;
   std::vector<void*> ptrs(t.allocs, nullptr);

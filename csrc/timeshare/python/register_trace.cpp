@@ -172,6 +172,12 @@ py::dict to_dict(const trace::ReplayResult& r, bool predicts) {
     d["lifespan_warm_scored"] = f.warm_scored;
     d["warm_from_event"] = f.warm_from_event;
     d["warm_source"] = trace::to_string(f.warm_source);
+    if (r.answers.available || r.answered_share > 0) {
+      // What the pool got through the answer board (the predictor's own answers are above).
+      d["answered_share"] = r.answered_share;
+      d["answers_within_2x"] = r.answers.within_2x;
+      d["answers_within_2x_warm"] = r.answers.within_2x_warm;
+    }
   }
   return d;
 }

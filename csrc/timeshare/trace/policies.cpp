@@ -60,6 +60,27 @@ class TruthPredictor final : public predict::LifespanPredictor {
   predict::PredictorStats stats_;
 };
 
+// Forwards to a predictor it does not own and keeps each allocation's answer: the replay of
+// the allocator's path (AsyncPredictor's board in front) scores the predictor itself by these.
+class RecordingPredictor final : public predict::LifespanPredictor {
+ public:
+  RecordingPredictor(predict::LifespanPredictor& inner, std::size_t allocs)
+      : inner_(inner), answers_(allocs, 0) {}
+  const char* name() const noexcept override { return inner_.name(); }
+  std::uint64_t on_alloc(const predict::AllocEvent& e) override {
+    const std::uint64_t p = inner_.on_alloc(e);
+    if (e.alloc_id < answers_.size()) answers_[e.alloc_id] = p;
+    return p;
+  }
+  void on_free(const predict::FreeEvent& e) override { inner_.on_free(e); }
+  predict::PredictorStats stats() const override { return inner_.stats(); }
+  const std::vector<std::uint64_t>& answers() const noexcept { return answers_; }
+
+ private:
+  predict::LifespanPredictor& inner_;
+  std::vector<std::uint64_t> answers_;
+};
+
 device::SimOptions sim_options(const PolicyOptions& o) {
   device::SimOptions s;
   s.capacity_bytes = o.capacity_bytes;
@@ -251,7 +272,23 @@ ReplayResult run_policy(std::string_view policy, const Event* events, std::size_
   if (const auto* hybrid = dynamic_cast<const predict::HybridPredictor*>(predictor.get())) {
     ro.detected_cycle_alloc = [hybrid] { return hybrid->detector().first_confirmed_at(); };
   }
-  ReplayResult r = run_temporal(policy, *predictor, events, n, ro, policy_options, conf);
+  ReplayResult r;
+  if ((policy == kTimeshare || policy == kTimeshareConst) && !conf.plan) {
+    // The allocator's path: the pool gets what AsyncPredictor's board answers (the answer
+    // published for the allocation's context), fed inline a batch at a time so that one trace
+    // gives one result; the predictor's own answers are kept for its figures.
+    std::size_t allocs = 0;
+    for (std::size_t i = 0; i < n; ++i) allocs += events[i].op == Op::kAlloc;
+    auto recording = std::make_unique<RecordingPredictor>(*predictor, allocs);
+    RecordingPredictor* rec = recording.get();
+    predict::AsyncPredictor answered(std::move(recording), predict::AsyncPredictor::kDefaultMaxPending,
+                                     predict::AsyncPredictor::kDefaultLocalBatch,
+                                     /*inline_feed=*/true);
+    ro.own_answers = &rec->answers();
+    r = run_temporal(policy, answered, events, n, ro, policy_options, conf);
+  } else {
+    r = run_temporal(policy, *predictor, events, n, ro, policy_options, conf);
+  }
   if (policy == kTimeshare) {
     // The deterministic pass trains synchronously inside the loop. Time the hot path as it runs
     // in real use instead: a second pass as the allocator runs by default, the predictor fed
@@ -264,8 +301,10 @@ ReplayResult run_policy(std::string_view policy, const Event* events, std::size_
       board = std::make_shared<pool::PlanBoard>();
       inner = std::make_unique<predict::PlanningPredictor>(std::move(inner), board);
     }
-    std::unique_ptr<predict::LifespanPredictor> timed =
-        std::make_unique<predict::AsyncPredictor>(std::move(inner));
+    std::unique_ptr<predict::LifespanPredictor> timed = std::make_unique<predict::AsyncPredictor>(
+        std::move(inner), predict::AsyncPredictor::kDefaultMaxPending,
+        predict::AsyncPredictor::kDefaultLocalBatch, /*inline_feed=*/false,
+        /*answers=*/conf.free_forecast_events != 0);  // as the allocator makes it
     ReplayOptions timing = replay_options;
     timing.detected_cycle_alloc = nullptr;
     const ReplayResult t =

@@ -323,8 +323,19 @@ ReplayResult replay(const Event* events, std::size_t n, pool::Pool& pool,
     const std::uint64_t cold = source == WarmSource::kIterations
                                    ? cold_start_from_iterations(options.iteration_starts, n)
                                    : 0;
-    r.prediction = score_predictions(events, n, predicted, true_lifespans(events, n, allocs),
-                                     warm, source, cold);
+    const std::vector<std::uint64_t> truth = true_lifespans(events, n, allocs);
+    if (options.own_answers != nullptr) {
+      (void)predictor->stats();  // feeds what is still queued (AsyncPredictor), filling own_answers
+      r.answers = score_predictions(events, n, predicted, truth, warm, source, cold);
+      r.answered_share =
+          allocs ? static_cast<double>(std::count_if(predicted.begin(), predicted.end(),
+                                                     [](std::uint64_t p) { return p != 0; })) /
+                       static_cast<double>(allocs)
+                 : 0.0;
+      predicted = *options.own_answers;
+      predicted.resize(allocs, 0);
+    }
+    r.prediction = score_predictions(events, n, predicted, truth, warm, source, cold);
   }
   return r;
 }

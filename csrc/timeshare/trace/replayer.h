@@ -70,6 +70,10 @@ struct ReplayOptions {
   std::function<std::uint64_t()> detected_cycle_alloc;
   // Work in flight: see above. 0 = no work in flight (the permissive model).
   std::uint64_t gpu_lag_events = kDefaultGpuLagEvents;
+  // When the predictor answers through a board (AsyncPredictor, as the allocator runs): the
+  // predictor's own answer per allocation id, filled as the run goes. Prediction figures then
+  // score these, and `answers` scores what the pool got.
+  const std::vector<std::uint64_t>* own_answers = nullptr;
 };
 
 struct TimelinePoint {
@@ -135,6 +139,10 @@ struct ReplayResult {
   double ns_per_event_deterministic = 0.0;
   std::vector<TimelinePoint> timeline;
   PredictionFigures prediction;
+  // With ReplayOptions::own_answers: the answers the pool got (0 = none, not scored) and the
+  // share of allocations that got one.
+  PredictionFigures answers;
+  double answered_share = 0.0;
 };
 
 // True lifespan in ticks of every allocation id (kNoIndex for allocations never freed).
