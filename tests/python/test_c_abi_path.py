@@ -174,6 +174,33 @@ def test_map_ahead_reaches_the_library_pytorch_loads(python_env: dict[str, str],
     assert peak <= (10 + (9 if not conf else 0)) * 2 * MiB
 
 
+@pytest.mark.parametrize("conf, board", [("", False), (",free_forecast:128", True)])
+def test_predictions_reach_the_pool_of_the_library_pytorch_loads(python_env: dict[str, str],
+                                                                  conf: str, board: bool) -> None:
+    """A training-like loop through timeshare_malloc: the predictor runs on its own thread, and
+    with an option that uses lifespans (free_forecast) the pool gets, at each allocation, the
+    answer that thread published for the allocation's context; without one the board is off."""
+    out = ok(run(f"""
+        import time
+        configure_through_c("backend:sim{conf}")
+        sizes = [512 * (i + 1) for i in range(8)]
+        for it in range(60):
+            ptrs = [malloc(n) for n in sizes]
+            for p, n in zip(ptrs, sizes):
+                free(p, n)
+            time.sleep(0.01)  # the predictor's thread polls its inbox every millisecond
+        say("board", stat("timeshare.predictor.answered"), stat("timeshare.predictor.unanswered"),
+            stat("timeshare.predictor.predictions"))
+        """, python_env))
+    answered, unanswered, predictions = (int(v) for v in out.split("board ", 1)[1].split()[:3])
+    assert predictions == 480
+    if board:
+        assert answered + unanswered == 480
+        assert answered > 0
+    else:
+        assert answered == unanswered == 0
+
+
 def test_python_configure_sets_the_budget_the_library_enforces(python_env: dict[str, str]) -> None:
     r = run("""
         configure_like_enable(backend="sim", budget="64MiB", spill="none")
