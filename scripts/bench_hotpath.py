@@ -36,7 +36,7 @@ SECTION_HEADING = "## Hot path"
 DEFAULT_VARIANTS = (
     "torch,temporal,temporal+constant,temporal+hybrid_nolstm,temporal+hybrid,"
     "temporal+hybrid@warm,temporal+hybrid_nolstm@async,temporal+hybrid@async,"
-    "temporal+hybrid@warm@async"
+    "temporal+hybrid@warm@async,temporal+hybrid@async@ff"
 )
 # The targets, as ratios to torch: all traces together, and any one trace at any rate.
 GOAL_AGGREGATE = 1.5
@@ -153,7 +153,9 @@ def render_markdown(data: dict[str, Any], variants: list[str], command: str) -> 
         "once and published an LSTM model before the timed pass (a long job's steady state); "
         "`@async` = the predictor fed through `AsyncPredictor` on its own thread, as the "
         "allocator does by default (`predict_sync:false`): the malloc path only queues the "
-        "event and the pool places without a prediction.",
+        "event and the pool places without a prediction; `@ff` = as the allocator runs with "
+        "`free_forecast:128`: the pool also reads the answer board on every allocation and cuts "
+        "its map-ahead by the predicted frees.",
         "",
     ]
     for rate in rates:

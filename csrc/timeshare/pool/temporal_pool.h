@@ -13,7 +13,8 @@
 //     in the middle of the arena (TemporalGranules).
 //   * The arena is cut into lifespan regions: log-spaced classes of predicted lifespan
 //     (scratch, short, ..., long), one region for permanent blocks (parameters, optimizer
-//     state) and one for blocks without a prediction. Blocks with similar lifespans allocated
+//     state) and one for blocks without a prediction (with one timed class, the default, those
+//     are placed with the timed blocks). Blocks with similar lifespans allocated
 //     close in time die close in time, so within a region the pattern is stack-like (training
 //     frees activations in reverse order) and freed blocks coalesce into whole free granules.
 //     Scratch never lands between saved activations, and nothing short-lived sits between
@@ -30,6 +31,8 @@
 //     to the next request of its region that fits it, which takes exactly that slot. A block
 //     still live at its predicted death (wrong prediction) promises nothing: requests take
 //     the next-best placement, best fit.
+//   * Predicted frees (option forecast_window_events, off by default; FreeForecast): at growth
+//     the pool maps ahead fewer granules by what the live blocks are predicted to free soon.
 //   * Wrong predictions cost memory, never correctness: a block in the "wrong" region is
 //     still a block at a unique address in mapped memory, freed whenever the caller frees it.
 //

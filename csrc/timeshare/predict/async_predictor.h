@@ -29,9 +29,10 @@
 //
 // Why: measured on the 8 shipped traces, the temporal pool's placement (peak reserved, device
 // calls) is the same with the true lifespans, a constant answer and no answer at all, while the
-// synchronous prediction was most of the malloc+free cost (docs/predictor.md, "Hot path").
-// Option `predict_sync:true` keeps the synchronous path for configurations where lifespans do
-// change placement.
+// synchronous prediction was most of the malloc+free cost (docs/predictor.md, "Hot path"). Where
+// the pool's options do use lifespans (free_forecast), the board gives it answers without the
+// wait (docs/temporal_pool.md, "Predictions in real use"). Option `predict_sync:true` keeps the
+// synchronous path.
 //
 // Chunks are recycled: the worker gives each one back once fed, and the callers take their next
 // batch from those, so after warm-up the malloc path writes only memory it has written before.
@@ -129,7 +130,7 @@ class AsyncPredictor final : public LifespanPredictor {
   // Lock order: feed_mu_, then local_mu_, then in_mu_.
   mutable std::mutex feed_mu_;   // serialises feeding the wrapped predictor
   // A spin lock: one exchange to take and a store to give, against a mutex's two atomic
-  // read-modify-writes per event. Held for a 48-byte copy (and, once per batch, in_mu_); a
+  // read-modify-writes per event. Held for a 56-byte copy (and, once per batch, in_mu_); a
   // caller that finds it taken yields after a short spin.
   class SpinLock {
    public:
