@@ -230,6 +230,44 @@ TEST_CASE("predict/drift: fires when the pattern changes, not on a steady trace"
   }
 }
 
+TEST_CASE("predict/retrain: the schedule backs off on a steady trace; a drift brings it back",
+          "[predict]") {
+  SyntheticTraceOptions so;
+  so.iterations = 60;
+  so.noise_share = 0.0;
+  const trace::Trace steady = make_synthetic_trace(so);
+  CAPTURE(steady.events.size());
+  const auto retrains = [](const trace::Trace& t, std::uint64_t backoff_max) {
+    PredictorOptions o = small_options();
+    o.kind = "hybrid";
+    o.retrain_interval_events = 1000;
+    o.retrain_backoff_max = backoff_max;
+    auto p = make_predictor(o);
+    replay(t, p.get());
+    return p->stats().retrains;
+  };
+  const std::uint64_t every = retrains(steady, 1);
+  const std::uint64_t backing_off = retrains(steady, 16);
+  CAPTURE(every, backing_off);
+  // Every 1000 ticks after the first training, against 1000, 2000, 4000, ... after it.
+  REQUIRE(steady.events.size() > 10000);
+  CHECK(every >= steady.events.size() / 1000 - 3);
+  CHECK(backing_off >= 3);
+  CHECK(backing_off <= 2 + static_cast<std::uint64_t>(
+                               std::log2(double(steady.events.size()) / 1000.0 + 1.0)));
+  // A drift resets the interval: more retrainings than on the steady trace.
+  so.change_at_iteration = 30;
+  PredictorOptions o = small_options();
+  o.kind = "hybrid";
+  o.retrain_interval_events = 1000;
+  o.drift_window_frees = 60;
+  o.drift_threshold = 0.15;
+  auto changed = make_predictor(o);
+  replay(make_synthetic_trace(so), changed.get());
+  CHECK(changed->stats().drift_triggers >= 1);
+  CHECK(changed->stats().retrains > backing_off);
+}
+
 TEST_CASE("predict/hybrid: beats the plain baselines on a periodic trace", "[predict]") {
   SyntheticTraceOptions so;
   so.iterations = 25;

@@ -54,7 +54,9 @@ constexpr std::array<OptionInfo, 27> kOptionTable{{
                                   "allocator events (0 = off)"},
     {"history", "bytes", "8MiB", "bytes of the rolling history ring the LSTM trains on"},
     {"hidden", "int", "32", "LSTM hidden units (8..256)"},
-    {"retrain_interval", "int", "40000", "allocator events between scheduled retrainings"},
+    {"retrain_interval", "int", "40000", "allocator events from the first training to the "
+                                         "first scheduled retraining; each later one waits "
+                                         "twice as long (up to 16x) until a drift"},
     {"drift_threshold", "float", "0.1", "retrain when the rolling within-2x share falls this "
                                         "far below its value after the last training"},
     {"seed", "int", "29011", "seed of the predictor's weights and sampling"},

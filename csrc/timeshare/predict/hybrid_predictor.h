@@ -12,9 +12,13 @@
 //
 // Every allocation's features go to the trainer's history ring (staged, flushed every
 // lag_allocs allocations); every free sets its label. Retraining is due at the first
-// min_train_samples labels, every retrain_interval_events ticks, and on drift: the rolling
-// within-2x share of live answers (window drift_window_frees) staying drift_threshold below its
-// best level since the last training for drift_window_frees frees in a row.
+// min_train_samples labels, on a schedule, and on drift: the rolling within-2x share of live
+// answers (window drift_window_frees) staying drift_threshold below its best level since the
+// last training for drift_window_frees frees in a row. The schedule backs off: the first
+// scheduled retraining comes retrain_interval_events ticks after the first training, and each
+// one after it twice as long after the last, up to retrain_backoff_max times the interval; a
+// drift brings it back to the interval. A model that keeps its accuracy costs a core less and
+// less (a training is tens to hundreds of milliseconds of a core, docs/predictor.md).
 #pragma once
 
 #include <cstdint>
@@ -125,6 +129,7 @@ class HybridPredictor final : public LifespanPredictor {
 
   std::uint64_t seq_ = 0;
   std::uint64_t last_train_tick_ = 0;
+  std::uint64_t interval_ = 0;  // ticks from the last training to the next scheduled one
   bool train_pending_ = false;
   bool ever_requested_ = false;
   double mean_log2_ = kDefaultLifespanLog2;

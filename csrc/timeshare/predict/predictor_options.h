@@ -14,6 +14,7 @@ inline constexpr int kDefaultContextK = 4;                // previous allocation
 inline constexpr int kMaxContextK = 8;
 inline constexpr std::uint64_t kDefaultRetrainIntervalEvents = 40000;  // allocator ticks
 inline constexpr std::uint64_t kDefaultMinTrainSamples = 1500;         // labelled allocations
+inline constexpr std::uint64_t kDefaultRetrainBackoffMax = 16;  // x the interval, at most
 inline constexpr double kDefaultDriftThreshold = 0.10;    // drop in rolling within-2x share
 inline constexpr std::uint64_t kDefaultDriftWindowFrees = 1000;
 inline constexpr int kDefaultBpttSteps = 48;              // loss-carrying steps per window
@@ -37,6 +38,9 @@ struct PredictorOptions {
   int context_k = kDefaultContextK;
   std::size_t table_entries = kDefaultTableEntries;   // per context table (power of two)
   std::uint64_t retrain_interval_events = kDefaultRetrainIntervalEvents;
+  // Scheduled retrainings back off, twice as long each time up to this many intervals, until a
+  // drift (1 = every interval).
+  std::uint64_t retrain_backoff_max = kDefaultRetrainBackoffMax;
   std::uint64_t min_train_samples = kDefaultMinTrainSamples;
   double drift_threshold = kDefaultDriftThreshold;
   std::uint64_t drift_window_frees = kDefaultDriftWindowFrees;
