@@ -10,11 +10,14 @@
 //   temporal                 TemporalPool without predictions (hint 0: the "unknown" region)
 //   temporal+KIND            TemporalPool, predictor KIND answering every allocation
 //   KIND                     the predictor alone (no pool)
-//   ...@warm                 (any variant with a predictor) the predictor first sees the whole
-//                            trace once, untimed, and the run waits (up to --warm-wait seconds)
-//                            until a learning predictor has published a model; then the timed
-//                            replay continues its clock and ids on a fresh pool: the steady
-//                            state of a long job (LSTM head evaluated, retrainings running)
+//   ...@warm                 (any variant with a predictor) the predictor first sees the
+//                            trace over and over, untimed, for --warm-events events (default
+//                            1.3 M: past the fifth scheduled retraining, where the back-off of
+//                            the schedule reaches its cap), and the run waits (up to
+//                            --warm-wait seconds) until a learning predictor has published a
+//                            model; then the timed replay continues its clock and ids on a
+//                            fresh pool: the steady state of a long job (LSTM head evaluated,
+//                            retrainings on their backed-off schedule or on drift)
 //   ...@async                the predictor fed through predict::AsyncPredictor, as the
 //                            allocator does unless predict_sync: the timed loop pushes events
 //                            (hint 0, the pool does not wait); the predictor runs on its thread
@@ -39,6 +42,7 @@
 // more time between events; at the maximum rate it competes with every event.
 //
 //   bench_hotpath [--rounds N] [--rates R1,R2] [--burst N] [--variants a,b] [--warm-wait S]
+//                 [--warm-events N (default 1.3 M)]
 //                 [--trainer-nice N (default: PredictorOptions' default)] [--json PATH]
 //                 trace.tsev ...
 #include <algorithm>
@@ -76,6 +80,7 @@ const std::vector<std::string> kDefaultVariants = {
     "temporal+hybrid@warm", "hybrid_nolstm", "hybrid@warm"};
 
 constexpr double kDefaultWarmWaitSeconds = 30.0;
+constexpr std::size_t kDefaultWarmEvents = 1'300'000;  // @warm: see the top of the file
 constexpr auto kWarmPoll = std::chrono::milliseconds(5);
 constexpr std::uint64_t kForecastWindowEvents = 128;  // @ff: free_forecast:128
 
@@ -175,25 +180,34 @@ void spin_until(Clock::time_point t) {
   }
 }
 
-// Feeds the whole trace to the predictor (untimed), then waits until a learning predictor has
-// a model (or the wait is over).
-void warm_up(predict::LifespanPredictor& p, const trace::Trace& t, double wait_s) {
-  for (std::size_t i = 0; i < t.events.size(); ++i) {
-    const trace::Event& e = t.events[i];
-    if (e.op == trace::Op::kAlloc) {
-      p.on_alloc(tools::alloc_event(e, i));
-    } else {
-      p.on_free({e.id, i, e.time_us});
+// Feeds the trace to the predictor (untimed) pass after pass, each continuing the clock and the
+// ids of the one before, until at least `events` events have gone in; returns the passes made.
+// Then waits until a learning predictor has a model (or the wait is over).
+std::size_t warm_up(predict::LifespanPredictor& p, const trace::Trace& t, std::size_t events,
+                    double wait_s) {
+  const std::size_t n = t.events.size();
+  const std::size_t passes = n == 0 ? 1 : std::max<std::size_t>(1, (events + n - 1) / n);
+  for (std::size_t pass = 0; pass < passes; ++pass) {
+    const std::uint64_t clock0 = pass * n, id0 = pass * t.allocs;
+    for (std::size_t i = 0; i < n; ++i) {
+      const trace::Event& e = t.events[i];
+      if (e.op == trace::Op::kAlloc) {
+        p.on_alloc(tools::alloc_event(e, clock0 + i, id0));
+      } else {
+        p.on_free({id0 + e.id, clock0 + i, e.time_us});
+      }
     }
   }
-  if (dynamic_cast<const predict::HybridPredictor*>(&p) == nullptr) return;
+  if (dynamic_cast<const predict::HybridPredictor*>(&p) == nullptr) return passes;
   // Too few labels for a first training: nothing to wait for.
-  if (p.stats().observed < predict::PredictorOptions{}.min_train_samples) return;
+  if (p.stats().observed < predict::PredictorOptions{}.min_train_samples) return passes;
   const auto deadline = Clock::now() + std::chrono::duration<double>(wait_s);
   while (p.stats().retrains == 0 && Clock::now() < deadline) std::this_thread::sleep_for(kWarmPoll);
+  return passes;
 }
 
 int g_trainer_nice = predict::kDefaultTrainerNice;
+std::size_t g_warm_events = kDefaultWarmEvents;
 
 Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t burst,
              double warm_wait_s) {
@@ -219,9 +233,9 @@ Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t b
   // With @warm the timed replay continues the warm-up pass's clock and ids.
   std::uint64_t clock0 = 0, id0 = 0;
   if (v.warm) {
-    warm_up(*predictor, t, warm_wait_s);
-    clock0 = t.events.size();
-    id0 = t.allocs;
+    const std::size_t passes = warm_up(*predictor, t, g_warm_events, warm_wait_s);
+    clock0 = passes * t.events.size();
+    id0 = passes * t.allocs;
   }
   const auto* hybrid = dynamic_cast<const predict::HybridPredictor*>(predictor.get());
   if (v.async) {  // after the warm-up: the timed loop only pushes events to the feed
@@ -365,10 +379,12 @@ int main(int argc, char** argv) {
       g_trainer_nice = std::atoi(next().c_str());
     } else if (a == "--warm-wait") {
       warm_wait_s = std::max(0.0, std::atof(next().c_str()));
+    } else if (a == "--warm-events") {
+      g_warm_events = std::strtoull(next().c_str(), nullptr, 10);
     } else if (a == "--help" || a == "-h") {
       std::printf("usage: bench_hotpath [--rounds N] [--rates R1,R2 (events/s, 0 = max)] "
                   "[--burst N] [--variants torch,temporal+KIND,KIND,...,VARIANT@warm] "
-                  "[--warm-wait SECONDS] [--trainer-nice N] [--json PATH] trace.tsev ...\n");
+                  "[--warm-wait SECONDS] [--warm-events N] [--trainer-nice N] [--json PATH] trace.tsev ...\n");
       return 0;
     } else {
       trace::Trace t;

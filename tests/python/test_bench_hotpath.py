@@ -19,7 +19,8 @@ BUILD = Path(os.environ.get("TIMESHARE_BUILD_DIR", ROOT / "build"))
 TOOL = BUILD / "bench_hotpath"
 SCRIPT = ROOT / "scripts/bench_hotpath.py"
 VARIANTS = ["torch", "temporal", "temporal+constant", "temporal+hybrid_nolstm", "temporal+hybrid",
-            "temporal+hybrid@warm", "hybrid_nolstm", "hybrid", "hybrid@warm"]
+            "temporal+hybrid@warm", "hybrid_nolstm", "hybrid", "hybrid@warm",
+            "temporal+hybrid@async@ff"]
 
 pytestmark = pytest.mark.skipif(
     not TOOL.exists(), reason=f"{TOOL} not built (cmake --build {BUILD} --target bench_hotpath)"
@@ -65,7 +66,7 @@ def test_tool_reports_every_variant(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     done = subprocess.run(
         [str(TOOL), "--rounds", "2", "--rates", "0,2000000", "--variants", ",".join(VARIANTS),
-         "--json", str(out), str(trace)],
+         "--warm-events", "20000", "--json", str(out), str(trace)],
         capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     data = json.loads(out.read_text())
@@ -88,6 +89,7 @@ def test_tool_reports_every_variant(tmp_path: Path) -> None:
     ("temporal@async", "@async needs a predictor"),
     ("torch@async", "@async needs a predictor"),
     ("temporal+nosuchkind", "unknown predictor kind"),
+    ("temporal+hybrid@ff", "@ff needs @async"),
 ])
 def test_tool_rejects_bad_variant(tmp_path: Path, variant: str, why: str) -> None:
     trace = tmp_path / "tiny.tsev"
