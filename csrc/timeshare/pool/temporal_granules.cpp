@@ -491,12 +491,7 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
         // What the blocks predicted to die in the window will give back serves the blocks
         // that follow instead: only the rest is mapped ahead.
         const std::size_t back = forecast_->due(now_events_, forecast_window_) / granule_bytes_;
-        if (back != 0) {
-          const std::size_t cut = std::min(back, want);
-          want -= cut;
-          ++ahead_cut_;
-          ahead_cut_granules_ += cut;
-        }
+        want -= std::min(back, want);
       }
       while (ahead < want && sp.last + 1 + ahead < ar.mapped.size() &&
              ar.mapped[sp.last + 1 + ahead] == kUnmapped &&

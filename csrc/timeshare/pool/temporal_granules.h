@@ -86,9 +86,7 @@ class TemporalGranules {
     forecast_ = forecast;
     forecast_window_ = window_events;
   }
-  // Growths whose map-ahead the forecast cut, and the granules it left unmapped.
-  std::uint64_t ahead_cut() const noexcept { return ahead_cut_; }
-  std::uint64_t ahead_cut_granules() const noexcept { return ahead_cut_granules_; }
+
 
   // Unmaps every cached granule (empty_cache, or before a retry at the limit), waiting for the
   // fences of quarantined ones.
@@ -319,8 +317,6 @@ class TemporalGranules {
   std::uint64_t now_events_ = 0;  // the last tick() seen
   FreeForecast* forecast_ = nullptr;
   std::uint64_t forecast_window_ = 0;
-  std::uint64_t ahead_cut_ = 0;
-  std::uint64_t ahead_cut_granules_ = 0;
   std::uint64_t map_calls_ = 0;
   std::uint64_t unmap_calls_ = 0;
   std::uint64_t granules_mapped_total_ = 0;

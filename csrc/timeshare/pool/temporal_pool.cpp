@@ -274,7 +274,9 @@ void* TemporalPool::allocate(std::size_t bytes, device::Stream stream, const All
   b.arena = arena->index;
   b.region = static_cast<std::uint32_t>(placed_region);
   b.alloc_id = hint.alloc_id;
-  if (forecast_) b.predicted_death = forecast_->expect(now_events_, hint.predicted_lifespan, rounded);
+  if (forecast_) {
+    b.predicted_death = forecast_->expect(now_events_, hint.predicted_lifespan, rounded);
+  }
   if (options_.reassign && hint.predicted_lifespan != 0 &&
       hint.predicted_lifespan < kPermanentLifespanEvents) {
     reassign_.watch(now_events_ + hint.predicted_lifespan,

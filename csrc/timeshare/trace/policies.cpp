@@ -281,7 +281,8 @@ ReplayResult run_policy(std::string_view policy, const Event* events, std::size_
     for (std::size_t i = 0; i < n; ++i) allocs += events[i].op == Op::kAlloc;
     auto recording = std::make_unique<RecordingPredictor>(*predictor, allocs);
     RecordingPredictor* rec = recording.get();
-    predict::AsyncPredictor answered(std::move(recording), predict::AsyncPredictor::kDefaultMaxPending,
+    predict::AsyncPredictor answered(std::move(recording),
+                                     predict::AsyncPredictor::kDefaultMaxPending,
                                      predict::AsyncPredictor::kDefaultLocalBatch,
                                      /*inline_feed=*/true);
     ro.own_answers = &rec->answers();
