@@ -239,10 +239,9 @@ Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t b
   }
   const auto* hybrid = dynamic_cast<const predict::HybridPredictor*>(predictor.get());
   if (v.async) {  // after the warm-up: the timed loop only pushes events to the feed
+    // As the allocator makes it: the board on only when the pool reads it (@ff).
     predictor = std::make_unique<predict::AsyncPredictor>(
-        std::move(predictor), predict::AsyncPredictor::kDefaultMaxPending,
-        predict::AsyncPredictor::kDefaultLocalBatch, /*inline_feed=*/false,
-        /*answers=*/v.forecast);  // as the allocator makes it
+        std::move(predictor), predict::AsyncFeedOptions{.answers = v.forecast});
   }
   const std::uint64_t evals0 = hybrid ? hybrid->lstm_evaluations() : 0;
   std::vector<void*> ptrs(t.allocs, nullptr);

@@ -132,8 +132,8 @@ TEST_CASE("async predictor: answers come from the board, published for the last 
           "the context, never the allocation's own", "[predict][async]") {
   // A loop of four distinct sizes, each allocation freed before the next: from the third
   // iteration on every context (size and the two before it) was seen one iteration earlier.
-  AsyncPredictor async(std::make_unique<EchoPredictor>(), AsyncPredictor::kDefaultMaxPending,
-                       /*local_batch=*/4, /*inline_feed=*/true);
+  AsyncPredictor async(std::make_unique<EchoPredictor>(),
+                       {.local_batch = 4, .inline_feed = true});
   const std::size_t sizes[4] = {512, 4096, 65536, 1 << 20};
   std::vector<std::uint64_t> answers;
   std::uint64_t tick = 0;
@@ -186,7 +186,7 @@ TEST_CASE("async predictor: a stuck predictor never blocks the caller; the queue
   auto gated = std::make_unique<GatedPredictor>();
   GatedPredictor* g = gated.get();
   {
-    AsyncPredictor async(std::move(gated), /*max_pending=*/64, /*local_batch=*/1);
+    AsyncPredictor async(std::move(gated), {.max_pending = 64, .local_batch = 1});
     AllocEvent first;
     async.on_alloc(first);
     g->wait_entered();  // the worker holds the first event and is stuck in the predictor
@@ -209,7 +209,7 @@ TEST_CASE("async predictor: the callers write memory made at construction, not f
   // that were most of its cost in bench_hotpath.
   auto gated = std::make_unique<GatedPredictor>();
   GatedPredictor* g = gated.get();
-  AsyncPredictor async(std::move(gated), AsyncPredictor::kDefaultMaxPending, /*local_batch=*/64);
+  AsyncPredictor async(std::move(gated), {.local_batch = 64});
   for (std::uint64_t i = 0; i < 64; ++i) {  // one batch, handed over
     AllocEvent e;
     e.alloc_id = i;
@@ -230,7 +230,7 @@ TEST_CASE("async predictor: the callers write memory made at construction, not f
 
 TEST_CASE("async predictor: batches are recycled; the feed's memory stays bounded",
           "[predict][async]") {
-  AsyncPredictor async(table_predictor(), AsyncPredictor::kDefaultMaxPending, /*local_batch=*/64);
+  AsyncPredictor async(table_predictor(), {.local_batch = 64});
   const std::size_t initial = async.chunks();
   for (std::uint64_t round = 0; round < 50; ++round) {
     for (std::uint64_t i = 0; i < 20000; ++i) {

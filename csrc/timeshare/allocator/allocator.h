@@ -31,6 +31,7 @@
 #include "timeshare/pool/layout_plan.h"
 #include "timeshare/pool/pool.h"
 #include "timeshare/pool/temporal_options.h"
+#include "timeshare/predict/async_predictor.h"
 #include "timeshare/predict/predictor.h"
 
 namespace timeshare {
@@ -107,5 +108,8 @@ pool::TemporalPoolOptions temporal_pool_options(const Options& options,
 std::unique_ptr<predict::LifespanPredictor> make_predictor_for(
     const Options& options, bool deterministic,
     std::shared_ptr<pool::PlanBoard> board = nullptr);
+// How make_predictor_for's AsyncPredictor feeds (and the replay's timing pass): the answer board
+// is on only when one of the pool's options uses lifespans (free_forecast).
+predict::AsyncFeedOptions async_feed_options(const Options& options);
 
 }  // namespace timeshare

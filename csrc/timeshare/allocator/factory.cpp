@@ -54,14 +54,17 @@ std::unique_ptr<predict::LifespanPredictor> make_predictor_for(
   }
   // Off the malloc path unless asked (predict_sync); a deterministic predictor (replays, tests)
   // stays synchronous, since its answers must follow the events one by one.
-  // The pool reads answers only when one of its options uses lifespans (free_forecast).
   if (predictor && !options.predict_sync && !deterministic) {
-    return std::make_unique<predict::AsyncPredictor>(
-        std::move(predictor), predict::AsyncPredictor::kDefaultMaxPending,
-        predict::AsyncPredictor::kDefaultLocalBatch, /*inline_feed=*/false,
-        /*answers=*/options.free_forecast_events != 0);
+    return std::make_unique<predict::AsyncPredictor>(std::move(predictor),
+                                                     async_feed_options(options));
   }
   return predictor;
+}
+
+predict::AsyncFeedOptions async_feed_options(const Options& options) {
+  predict::AsyncFeedOptions feed;
+  feed.answers = options.free_forecast_events != 0;  // the pool's only option that reads them
+  return feed;
 }
 
 }  // namespace timeshare

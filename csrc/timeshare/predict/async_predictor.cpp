@@ -17,14 +17,13 @@ constexpr auto kIdlePoll = std::chrono::milliseconds(64); // backing off to this
 constexpr std::size_t kInitialEvents = 8192;
 }  // namespace
 
-AsyncPredictor::AsyncPredictor(std::unique_ptr<LifespanPredictor> inner, std::size_t max_pending,
-                               std::size_t local_batch, bool inline_feed, bool answers)
+AsyncPredictor::AsyncPredictor(std::unique_ptr<LifespanPredictor> inner, AsyncFeedOptions feed)
     : inner_(std::move(inner)),
       name_(std::string(inner_->name()) + " (async)"),
-      max_pending_(max_pending == 0 ? 1 : max_pending),
-      local_batch_(local_batch == 0 ? 1 : local_batch),
-      inline_feed_(inline_feed),
-      answers_(answers) {
+      max_pending_(feed.max_pending == 0 ? 1 : feed.max_pending),
+      local_batch_(feed.local_batch == 0 ? 1 : feed.local_batch),
+      inline_feed_(feed.inline_feed),
+      answers_(feed.answers) {
   const std::size_t initial = std::max<std::size_t>(
       2, std::min(kInitialEvents, max_pending_) / local_batch_ + 1);
   {

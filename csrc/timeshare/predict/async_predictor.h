@@ -62,15 +62,17 @@
 
 namespace timeshare::predict {
 
+// How an AsyncPredictor feeds and answers (see the top of this file).
+struct AsyncFeedOptions {
+  std::size_t max_pending = std::size_t{1} << 20;  // events queued at most (~80 MiB)
+  std::size_t local_batch = 64;                    // events per chunk handed over
+  bool inline_feed = false;                        // no thread: full chunks fed by the caller
+  bool answers = true;                             // on_alloc answers from the board
+};
+
 class AsyncPredictor final : public LifespanPredictor {
  public:
-  static constexpr std::size_t kDefaultMaxPending = 1 << 20;  // events (~80 MiB at most)
-  static constexpr std::size_t kDefaultLocalBatch = 64;
-
-  explicit AsyncPredictor(std::unique_ptr<LifespanPredictor> inner,
-                          std::size_t max_pending = kDefaultMaxPending,
-                          std::size_t local_batch = kDefaultLocalBatch, bool inline_feed = false,
-                          bool answers = true);
+  explicit AsyncPredictor(std::unique_ptr<LifespanPredictor> inner, AsyncFeedOptions feed = {});
   ~AsyncPredictor() override;  // feeds what is queued, then stops the worker
   AsyncPredictor(const AsyncPredictor&) = delete;
   AsyncPredictor& operator=(const AsyncPredictor&) = delete;
@@ -92,7 +94,6 @@ class AsyncPredictor final : public LifespanPredictor {
     std::lock_guard lock(local_mu_);
     return unanswered_;
   }
-  const LifespanPredictor& inner() const noexcept { return *inner_; }
   // Batches of events ever made (they are recycled; for tests: the feed's memory is bounded).
   std::size_t chunks() const {
     std::lock_guard lock(in_mu_);

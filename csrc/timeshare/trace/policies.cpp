@@ -281,10 +281,7 @@ ReplayResult run_policy(std::string_view policy, const Event* events, std::size_
     for (std::size_t i = 0; i < n; ++i) allocs += events[i].op == Op::kAlloc;
     auto recording = std::make_unique<RecordingPredictor>(*predictor, allocs);
     RecordingPredictor* rec = recording.get();
-    predict::AsyncPredictor answered(std::move(recording),
-                                     predict::AsyncPredictor::kDefaultMaxPending,
-                                     predict::AsyncPredictor::kDefaultLocalBatch,
-                                     /*inline_feed=*/true);
+    predict::AsyncPredictor answered(std::move(recording), {.inline_feed = true});
     ro.own_answers = &rec->answers();
     r = run_temporal(policy, answered, events, n, ro, policy_options, conf);
   } else {
@@ -302,10 +299,8 @@ ReplayResult run_policy(std::string_view policy, const Event* events, std::size_
       board = std::make_shared<pool::PlanBoard>();
       inner = std::make_unique<predict::PlanningPredictor>(std::move(inner), board);
     }
-    std::unique_ptr<predict::LifespanPredictor> timed = std::make_unique<predict::AsyncPredictor>(
-        std::move(inner), predict::AsyncPredictor::kDefaultMaxPending,
-        predict::AsyncPredictor::kDefaultLocalBatch, /*inline_feed=*/false,
-        /*answers=*/conf.free_forecast_events != 0);  // as the allocator makes it
+    std::unique_ptr<predict::LifespanPredictor> timed =
+        std::make_unique<predict::AsyncPredictor>(std::move(inner), async_feed_options(conf));
     ReplayOptions timing = replay_options;
     timing.detected_cycle_alloc = nullptr;
     const ReplayResult t =
