@@ -215,36 +215,33 @@ void HybridPredictor::after_alloc_housekeeping(std::uint64_t now_events) {
   const bool flushed = trainer_.flush(&staging_, opt_.deterministic);
   if (opt_.deterministic && flushed) trainer_.advance_state();
 
-  const bool drift = train_pending_;
-  bool due = drift;
-  bool scheduled = false;
+  bool due = train_pending_;
   if (!ever_requested_) {
     due = due || trainer_.labels_seen() >= opt_.min_train_samples;
   } else {
-    scheduled = now_events - last_train_tick_ >= interval_;
-    due = due || scheduled;
+    due = due || now_events - last_train_tick_ >= interval_;
   }
   if (!due) return;
-  // The schedule's back-off: twice as long after each scheduled retraining, back to the
-  // interval after a drift (or the first training).
+  // The schedule's back-off: after the first training or a drift's, the interval; after a
+  // scheduled one (the only other reason to be due), twice the last, up to the cap.
   const std::uint64_t base = std::max<std::uint64_t>(opt_.retrain_interval_events, 1);
   const std::uint64_t most = base * std::max<std::uint64_t>(opt_.retrain_backoff_max, 1);
   const std::uint64_t next_interval =
-      drift || !ever_requested_ ? base : scheduled ? std::min(interval_ * 2, most) : interval_;
-  if (opt_.deterministic) {
-    if (trainer_.train_now()) {
-      ever_requested_ = true;
-      train_pending_ = false;
-      last_train_tick_ = now_events;
-      interval_ = next_interval;
-      refresh_model();
-    }
-  } else {
-    trainer_.request_training();
+      train_pending_ || !ever_requested_ ? base : std::min(interval_ * 2, most);
+  const auto trained = [&] {
     ever_requested_ = true;
     train_pending_ = false;
     last_train_tick_ = now_events;
     interval_ = next_interval;
+  };
+  if (opt_.deterministic) {
+    if (trainer_.train_now()) {
+      trained();
+      refresh_model();
+    }
+  } else {
+    trainer_.request_training();
+    trained();
   }
 }
 
