@@ -325,13 +325,14 @@ ReplayResult replay(const Event* events, std::size_t n, pool::Pool& pool,
                                    : 0;
     const std::vector<std::uint64_t> truth = true_lifespans(events, n, allocs);
     if (options.own_answers != nullptr) {
-      (void)predictor->stats();  // feeds what is still queued (AsyncPredictor), filling own_answers
+      // The feed's stats: what it still queued is fed first (filling own_answers), and it
+      // counts the allocations its board answered.
+      const predict::PredictorStats s = predictor->stats();
       r.answers = score_predictions(events, n, predicted, truth, warm, source, cold);
-      r.answered_share =
-          allocs ? static_cast<double>(std::count_if(predicted.begin(), predicted.end(),
-                                                     [](std::uint64_t p) { return p != 0; })) /
-                       static_cast<double>(allocs)
-                 : 0.0;
+      r.answered_share = s.answered + s.unanswered
+                             ? static_cast<double>(s.answered) /
+                                   static_cast<double>(s.answered + s.unanswered)
+                             : 0.0;
       predicted = *options.own_answers;
       predicted.resize(allocs, 0);
     }
