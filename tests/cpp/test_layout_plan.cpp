@@ -155,10 +155,10 @@ TEST_CASE("the planner packs a cycle without overlaps and close to its peak", "[
   CHECK(plan->footprint_bytes <= peak + peak / 4);
 }
 
-// (This loop repeats exactly, so best fit settles too. On the shipped traces best fit's steady
-// state makes no calls either since it places in empty mapped granules and maps ahead while
-// growing: tests/python/test_layout_plan.py checks that the plan's steady state makes none, and
-// docs/temporal_pool.md why plans stay off.)
+// (This loop repeats exactly, so best fit settles too. That a plan ends a release/re-map cycle
+// best fit keeps making is checked on bert_mlm, whose logits blocks make best fit move memory
+// every iteration: tests/python/test_layout_plan.py; docs/temporal_pool.md says why plans stay
+// off all the same.)
 TEST_CASE("the pool follows a plan on a strict backed sim: data kept, no fault, pins released",
           "[plan]") {
   const Loop l = make_loop(200, 11);
