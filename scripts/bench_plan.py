@@ -51,6 +51,7 @@ def steady_calls(r: dict) -> str:
     """Calls of the last STEADY_ITERATIONS marked iterations ("-" without enough marks)."""
     # [before the first marked iteration, iteration 1, iteration 2, ...]
     it = r.get("device_calls_by_iteration") or []
+    # As many iterations again before them, so that they come after the warm-up and the switch.
     if len(it) < 2 * STEADY_ITERATIONS + 1:
         return "-"
     return str(sum(it[-STEADY_ITERATIONS:]))
