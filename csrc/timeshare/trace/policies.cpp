@@ -277,8 +277,6 @@ ReplayResult run_policy(std::string_view policy, const Event* events, std::size_
     // The allocator's path: the pool gets what AsyncPredictor's board answers (the answer
     // published for the allocation's context), fed inline a batch at a time so that one trace
     // gives one result; the predictor's own answers are kept for its figures.
-    std::size_t allocs = 0;
-    for (std::size_t i = 0; i < n; ++i) allocs += events[i].op == Op::kAlloc;
     auto recording = std::make_unique<RecordingPredictor>(*predictor, allocs);
     RecordingPredictor* rec = recording.get();
     predict::AsyncPredictor answered(std::move(recording), {.inline_feed = true});
