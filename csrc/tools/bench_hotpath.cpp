@@ -54,6 +54,8 @@
 #include <thread>
 #include <vector>
 
+#include "timeshare/allocator/allocator.h"
+#include "timeshare/common/options.h"
 #include "timeshare/common/page_faults.h"
 #include "timeshare/device/sim/sim_backend.h"
 #include "timeshare/pool/caching_pool.h"
@@ -215,12 +217,13 @@ Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t b
   so.capacity_bytes = kReplayCapacityBytes;
   so.backing = false;
   device::SimBackend backend(so);
+  // The allocator's own rules turn the options into the pool's and the feed's settings.
+  Options conf;
+  if (v.forecast) conf.free_forecast_events = kForecastWindowEvents;
   std::unique_ptr<pool::Pool> pool;
   if (v.pool == "torch") pool = std::make_unique<pool::CachingPool>(backend);
   if (v.pool == "temporal") {
-    pool::TemporalPoolOptions po;
-    if (v.forecast) po.forecast_window_events = kForecastWindowEvents;
-    pool = std::make_unique<pool::TemporalPool>(&backend, po);
+    pool = std::make_unique<pool::TemporalPool>(&backend, temporal_pool_options(conf, backend));
   }
   std::unique_ptr<predict::LifespanPredictor> predictor;
   if (!v.kind.empty()) {
@@ -239,9 +242,8 @@ Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t b
   }
   const auto* hybrid = dynamic_cast<const predict::HybridPredictor*>(predictor.get());
   if (v.async) {  // after the warm-up: the timed loop only pushes events to the feed
-    // As the allocator makes it: the board on only when the pool reads it (@ff).
-    predictor = std::make_unique<predict::AsyncPredictor>(
-        std::move(predictor), predict::AsyncFeedOptions{.answers = v.forecast});
+    predictor =
+        std::make_unique<predict::AsyncPredictor>(std::move(predictor), async_feed_options(conf));
   }
   const std::uint64_t evals0 = hybrid ? hybrid->lstm_evaluations() : 0;
   std::vector<void*> ptrs(t.allocs, nullptr);

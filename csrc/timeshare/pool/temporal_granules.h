@@ -87,7 +87,6 @@ class TemporalGranules {
     forecast_window_ = window_events;
   }
 
-
   // Unmaps every cached granule (empty_cache, or before a retry at the limit), waiting for the
   // fences of quarantined ones.
   void release_all_cached();
