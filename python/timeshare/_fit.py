@@ -160,8 +160,7 @@ class Fit:
             return
         dev = next((t.device for t in _tensors(args)), torch.device("cpu"))
         if self._ctx is None:
-            mem = None if dev.type == "cuda" else self._cpu_bytes
-            self._ctx = offload(memory_fn=mem, **self._ctx_args)
+            self._ctx = self._new_context(dev)
         elif self._backward_seen():  # else several forwards before their backwards: one step
             self._finish_iteration()
             self._start_iteration(dev)
@@ -177,6 +176,13 @@ class Fit:
         for c in stack:
             c.__enter__()
         self._stack = stack
+
+    def _new_context(self, dev: Any) -> offload:
+        """This model's own offload context, on every device type: never one another
+        ``offload(...)`` call returns (two fitted models with the same arguments, a GAN's
+        generator and discriminator, keep two histories and two budgets)."""
+        mem = None if dev.type == "cuda" else self._cpu_bytes
+        return offload(memory_fn=mem, shared=False, **self._ctx_args)
 
     def _backward_seen(self) -> bool:
         """Whether a backward unpacked this step's tensors since the step began."""

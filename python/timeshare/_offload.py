@@ -108,6 +108,8 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
         prefetch: look-ahead in bytes of restores started before they are needed.
         min_spill: tensors smaller than this stay on the device (default 1MiB).
         memory_fn: a callable returning the current device bytes (overrides the default).
+        shared: False makes a context of its own, never returned by another ``offload(...)``
+            call (each ``timeshare.fit`` owns one so).
 
     Contexts outlive their ``with``: ``offload(...)`` with the same arguments on the same thread
     returns the context made before (its engine, pinned arena, SSD files, history and plan), so
@@ -118,8 +120,9 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
     def __new__(cls, budget: int | str, spill: str = "host", spill_dir: str | None = None,
                 pinned: int | str | None = None, prefetch: int | str | None = None,
                 min_spill: int | str | None = None,
-                memory_fn: Callable[[], int] | None = None) -> offload:
-        key = cls._key(budget, spill, spill_dir, pinned, prefetch, min_spill, memory_fn)
+                memory_fn: Callable[[], int] | None = None, shared: bool = True) -> offload:
+        key = cls._key(budget, spill, spill_dir, pinned, prefetch, min_spill, memory_fn) \
+            if shared else None
         contexts = _contexts()
         ctx = contexts.get(key) if key is not None else None
         if ctx is not None:
@@ -147,7 +150,7 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
     def __init__(self, budget: int | str, spill: str = "host", spill_dir: str | None = None,
                  pinned: int | str | None = None, prefetch: int | str | None = None,
                  min_spill: int | str | None = None,
-                 memory_fn: Callable[[], int] | None = None) -> None:
+                 memory_fn: Callable[[], int] | None = None, shared: bool = True) -> None:
         if getattr(self, "_ready", False):
             return  # the same context, made by an earlier offload(...) call with these arguments
         try:
