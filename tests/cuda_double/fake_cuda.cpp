@@ -12,7 +12,10 @@
 // mapped memory before cuMemSetAccess granted it to the copying context's device, and no access
 // to memory outside any mapping; cuMemAddressFree only of a whole reservation with nothing
 // mapped in it; frees only of what was allocated; an event recorded only on a stream of its own
-// context. Releasing a mapped handle is legal and deferred to its last unmap, as in the driver.
+// context (the event's device is the one whose context was current at cuEventCreate); RDMA-capable
+// physical memory (allocFlags.gpuDirectRDMACapable) only where the device reports
+// CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED. Releasing a mapped handle is legal
+// and deferred to its last unmap, as in the driver.
 // Unmapping memory that queued work still touches is counted as a violation (cuMemUnmap does not
 // wait: the work would fault or corrupt the next owner) and the work is run first; cuMemFree and
 // cuMemFreeHost wait for queued work, as cudaFree and cudaFreeHost do, so they are legal then.
@@ -89,6 +92,9 @@ FAKE_EXPORT CUresult cuDeviceGetAttribute(int* value, CUdevice_attribute attribu
   if (dev < 0 || dev >= s.devices) return CUDA_ERROR_INVALID_DEVICE;
   switch (attribute) {
     case CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED: *value = s.vmm[dev]; break;
+    case CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED:
+      *value = s.rdma_vmm[dev];
+      break;
     case CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING: *value = 1; break;
     default: *value = 0; break;
   }

@@ -33,6 +33,9 @@ FAKECUDA_API void fakecuda_set_pinned_capacity(std::size_t bytes);
 // Whether `device` can access memory of `peer` (cuDeviceCanAccessPeer); default yes.
 FAKECUDA_API void fakecuda_set_peer_access(int device, int peer, int can_access);
 FAKECUDA_API void fakecuda_set_vmm_supported(int device, int supported);
+// CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED (default yes, as on A100/H100): where
+// it is no, cuMemCreate refuses allocFlags.gpuDirectRDMACapable (a violation).
+FAKECUDA_API void fakecuda_set_rdma_vmm_supported(int device, int supported);
 // Lazy mode: cuEventQuery reports the truth without making progress, so work stays queued until
 // the host synchronizes (or fakecuda_drain). Eager (default): a query runs the work it asks about.
 FAKECUDA_API void fakecuda_set_lazy(int lazy);
@@ -43,6 +46,10 @@ FAKECUDA_API void fakecuda_set_lazy(int lazy);
 FAKECUDA_API void fakecuda_fail_next(const char* function, CUresult code);
 // The call after `skip` successful calls of `function` fails with `code`.
 FAKECUDA_API void fakecuda_fail_after(const char* function, unsigned skip, CUresult code);
+// After `skip` successful calls of `function`, the next `times` calls fail with `code` (a
+// failure that a retry meets again).
+FAKECUDA_API void fakecuda_fail_calls(const char* function, unsigned skip, unsigned times,
+                                      CUresult code);
 // A sticky error in `device`'s context, as an earlier faulting kernel leaves: from now on
 // every call that needs that context returns `code`.
 FAKECUDA_API void fakecuda_set_sticky(int device, CUresult code);
@@ -73,6 +80,14 @@ FAKECUDA_API int fakecuda_primary_ctx_refs(int device);       // retains minus r
 // Which devices have read/write access to the mapping that holds `addr` (bit d = device d);
 // 0 when `addr` is not mapped.
 FAKECUDA_API unsigned fakecuda_access_mask(const void* addr);
+// The CU_MEM_ACCESS_FLAGS_PROT_* value cuMemSetAccess last gave `device` on the mapping that holds
+// `addr` (0, PROT_NONE, when never given or not mapped).
+FAKECUDA_API int fakecuda_access_flags(const void* addr, int device);
+// CUmemAccessDesc entries passed to cuMemSetAccess since the reset (what granting access cost).
+FAKECUDA_API unsigned long long fakecuda_access_descriptors(void);
+// Whether the physical memory mapped at `addr` was created with allocFlags.gpuDirectRDMACapable
+// (1) or without (0); -1 when `addr` is not mapped.
+FAKECUDA_API int fakecuda_rdma_capable(const void* addr);
 
 // Points the CUDA backend of this process at the double (call before its first use).
 inline void fakecuda_use_for_backend(const char* library_path) {

@@ -123,6 +123,7 @@ void reset_locked(State& s) {
     s.capacity_bytes[d] = kDefaultCapacityBytes;
     s.used_bytes[d] = 0;
     s.vmm[d] = true;
+    s.rdma_vmm[d] = true;
     s.sticky[d] = CUDA_SUCCESS;
     s.ctx_refs[d] = 0;
     for (int p = 0; p < kMaxDevices; ++p) s.peer[d][p] = d != p;
@@ -139,6 +140,7 @@ void reset_locked(State& s) {
   s.next_op = 1;
   s.armed.clear();
   s.calls.clear();
+  s.access_descriptors = 0;
   s.violations.clear();
   current_context() = nullptr;
 }
@@ -153,7 +155,7 @@ CUresult enter(State& s, const char* function) {
     return CUDA_SUCCESS;
   }
   const CUresult code = it->second.code;
-  s.armed.erase(it);
+  if (--it->second.times == 0) s.armed.erase(it);
   return code;
 }
 
@@ -351,6 +353,12 @@ FAKECUDA_API void fakecuda_set_vmm_supported(int device, int supported) {
   if (valid_device(device)) s.vmm[device] = supported != 0;
 }
 
+FAKECUDA_API void fakecuda_set_rdma_vmm_supported(int device, int supported) {
+  auto& s = state();
+  std::lock_guard lock(s.mu);
+  if (valid_device(device)) s.rdma_vmm[device] = supported != 0;
+}
+
 FAKECUDA_API void fakecuda_set_lazy(int lazy) {
   auto& s = state();
   std::lock_guard lock(s.mu);
@@ -362,9 +370,18 @@ FAKECUDA_API void fakecuda_fail_next(const char* function, CUresult code) {
 }
 
 FAKECUDA_API void fakecuda_fail_after(const char* function, unsigned skip, CUresult code) {
+  fakecuda_fail_calls(function, skip, 1, code);
+}
+
+FAKECUDA_API void fakecuda_fail_calls(const char* function, unsigned skip, unsigned times,
+                                      CUresult code) {
   auto& s = state();
   std::lock_guard lock(s.mu);
-  s.armed[function] = {skip, code};
+  if (times == 0) {
+    s.armed.erase(function);
+    return;
+  }
+  s.armed[function] = {skip, times, code};
 }
 
 FAKECUDA_API void fakecuda_set_sticky(int device, CUresult code) {
@@ -473,12 +490,42 @@ FAKECUDA_API int fakecuda_primary_ctx_refs(int device) {
   return valid_device(device) ? s.ctx_refs[device] : 0;
 }
 
+namespace {
+
+// The mapping that holds `addr`, or null; s.mu held.
+fakecuda::Mapping* mapping_at(fakecuda::State& s, const void* addr) {
+  const auto a = reinterpret_cast<std::uintptr_t>(addr);
+  auto* r = fakecuda::overlapping(s.reservations, a, 1);
+  if (!r) return nullptr;
+  auto* m = fakecuda::overlapping(r->second.maps, a, 1);
+  return m ? &m->second : nullptr;
+}
+
+}  // namespace
+
 FAKECUDA_API unsigned fakecuda_access_mask(const void* addr) {
   auto& s = state();
   std::lock_guard lock(s.mu);
-  const auto a = reinterpret_cast<std::uintptr_t>(addr);
-  auto* r = fakecuda::overlapping(s.reservations, a, 1);
-  if (!r) return 0;
-  auto* m = fakecuda::overlapping(r->second.maps, a, 1);
-  return m ? m->second.access_mask : 0;
+  const fakecuda::Mapping* m = mapping_at(s, addr);
+  return m ? m->access_mask : 0;
+}
+
+FAKECUDA_API int fakecuda_access_flags(const void* addr, int device) {
+  auto& s = state();
+  std::lock_guard lock(s.mu);
+  const fakecuda::Mapping* m = mapping_at(s, addr);
+  return m && valid_device(device) ? m->access_flags[device] : 0;
+}
+
+FAKECUDA_API unsigned long long fakecuda_access_descriptors(void) {
+  auto& s = state();
+  std::lock_guard lock(s.mu);
+  return s.access_descriptors;
+}
+
+FAKECUDA_API int fakecuda_rdma_capable(const void* addr) {
+  auto& s = state();
+  std::lock_guard lock(s.mu);
+  const fakecuda::Mapping* m = mapping_at(s, addr);
+  return m ? static_cast<int>(s.handles.at(m->handle).rdma) : -1;
 }

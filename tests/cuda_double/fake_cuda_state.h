@@ -82,12 +82,15 @@ struct Handle {  // cuMemCreate
   int fd = -1;
   int maps = 0;
   bool released = false;
+  bool rdma = false;  // created with allocFlags.gpuDirectRDMACapable
 };
 
 struct Mapping {
   std::size_t bytes = 0;
   std::uint64_t handle = 0;
   unsigned access_mask = 0;  // bit d: device d may read and write
+  // The flags cuMemSetAccess last set for each device (CU_MEM_ACCESS_FLAGS_PROT_*).
+  unsigned char access_flags[kMaxDevices] = {};
 };
 
 struct Reservation {
@@ -99,6 +102,7 @@ struct Reservation {
 
 struct Armed {
   unsigned skip = 0;
+  unsigned times = 1;  // calls that fail, one after another
   CUresult code = CUDA_SUCCESS;
 };
 
@@ -109,6 +113,7 @@ struct State {
   std::size_t capacity_bytes[kMaxDevices] = {};
   std::size_t used_bytes[kMaxDevices] = {};
   bool vmm[kMaxDevices] = {};
+  bool rdma_vmm[kMaxDevices] = {};  // CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED
   bool peer[kMaxDevices][kMaxDevices] = {};
   CUresult sticky[kMaxDevices] = {};
   int ctx_refs[kMaxDevices] = {};
@@ -129,6 +134,7 @@ struct State {
 
   std::map<std::string, Armed> armed;
   std::unordered_map<std::string, std::uint64_t> calls;
+  std::uint64_t access_descriptors = 0;  // CUmemAccessDesc entries cuMemSetAccess was given
   std::deque<std::string> violations;
 };
 

@@ -45,6 +45,15 @@ FAKE_EXPORT CUresult cuStreamDestroy(CUstream stream) {
   return CUDA_SUCCESS;
 }
 
+FAKE_EXPORT CUresult cuStreamGetCtx(CUstream stream, CUcontext* ctx) {
+  FAKE_ENTER_CTX("cuStreamGetCtx");
+  bool ok = false;
+  const std::uint64_t id = stream_id(s, stream, &ok);
+  if (!ok) return violation(s, CUDA_ERROR_INVALID_HANDLE, "cuStreamGetCtx of an unknown stream");
+  *ctx = primary_context(s.streams.at(id).device);
+  return CUDA_SUCCESS;
+}
+
 FAKE_EXPORT CUresult cuStreamWaitEvent(CUstream stream, CUevent event, unsigned int flags) {
   FAKE_ENTER_CTX("cuStreamWaitEvent");
   bool ok = false;

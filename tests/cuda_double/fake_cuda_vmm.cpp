@@ -102,6 +102,13 @@ FAKE_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle* handle, size_t by
                          " bytes: not a multiple of the 2 MiB granularity (or flags not 0)");
   }
   const int dev = prop->location.id;
+  const bool rdma = prop->allocFlags.gpuDirectRDMACapable != 0;
+  if (rdma && !s.rdma_vmm[dev]) {
+    return violation(s, CUDA_ERROR_NOT_SUPPORTED,
+                     "cuMemCreate: allocFlags.gpuDirectRDMACapable on device " +
+                         std::to_string(dev) +
+                         ", which does not report GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED");
+  }
   if (s.used_bytes[dev] + bytes > s.capacity_bytes[dev]) return CUDA_ERROR_OUT_OF_MEMORY;
   const int fd = memfd_create("fakecuda-handle", 0);
   if (fd < 0 || ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
@@ -109,7 +116,7 @@ FAKE_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle* handle, size_t by
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
   const std::uint64_t id = s.next_handle++;
-  s.handles[id] = {dev, bytes, fd, 0, false};
+  s.handles[id] = {dev, bytes, fd, 0, false, rdma};
   s.used_bytes[dev] += bytes;
   *handle = id;
   return CUDA_SUCCESS;
@@ -222,9 +229,11 @@ FAKE_EXPORT CUresult cuMemSetAccess(CUdeviceptr ptr, size_t bytes, const CUmemAc
       }
     }
   }
+  s.access_descriptors += count;
   for (std::uintptr_t pos = addr; pos < addr + bytes;) {
     Mapping& m = r->maps.at(pos);
     for (std::size_t i = 0; i < count; ++i) {
+      m.access_flags[desc[i].location.id] = static_cast<unsigned char>(desc[i].flags);
       const unsigned bit = 1u << desc[i].location.id;
       if (desc[i].flags == CU_MEM_ACCESS_FLAGS_PROT_READWRITE) {
         m.access_mask |= bit;
