@@ -1,159 +1,149 @@
 #include "timeshare/device/cuda/cuda_backend.h"
 
 #include <cuda.h>
-#include <dlfcn.h>
 
+#include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <map>
 #include <mutex>
+#include <set>
 #include <unordered_map>
+#include <utility>
 #include <vector>
+
+#include "timeshare/device/cuda/cuda_driver.h"
+#include "timeshare/device/cuda/cuda_stand_in_events.h"
 
 namespace timeshare::device {
 
 namespace {
 
+using cuda_api::Driver;
+using cuda_api::driver;
+using cuda_api::status_of;
+
 thread_local std::string t_last_error;
 
 constexpr std::size_t kGranuleBytes = std::size_t{2} << 20;  // physical mapping unit (2 MiB)
 
-// The driver library: TIMESHARE_CUDA_DRIVER names another one (the test double) when set.
-constexpr const char* kDriverEnv = "TIMESHARE_CUDA_DRIVER";
-constexpr const char* kDefaultDriver = "libcuda.so.1";
+// Pinned device memory of `dev`, RDMA-capable when the device supports that with virtual memory
+// (NCCL user-buffer registration, CUDA-aware MPI and NVSHMEM need it; PyTorch's expandable segments
+// set it too).
+CUmemAllocationProp make_allocation_prop(CUdevice dev, bool rdma) {
+  CUmemAllocationProp prop{};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = dev;
+  prop.allocFlags.gpuDirectRDMACapable = rdma ? 1 : 0;
+  return prop;
+}
 
-// The driver entry points we use, resolved once from libcuda.so.1.
-struct Driver {
-  bool ok = false;
-  std::string error;
-#define TS_CU_FN(name, ...) CUresult (*name)(__VA_ARGS__) = nullptr;
-  TS_CU_FN(cuInit, unsigned int)
-  TS_CU_FN(cuDeviceGetCount, int*)
-  TS_CU_FN(cuDeviceGet, CUdevice*, int)
-  TS_CU_FN(cuDeviceGetAttribute, int*, CUdevice_attribute, CUdevice)
-  TS_CU_FN(cuDevicePrimaryCtxRetain, CUcontext*, CUdevice)
-  TS_CU_FN(cuDevicePrimaryCtxRelease, CUdevice)
-  TS_CU_FN(cuDeviceCanAccessPeer, int*, CUdevice, CUdevice)
-  TS_CU_FN(cuCtxGetCurrent, CUcontext*)
-  TS_CU_FN(cuCtxSetCurrent, CUcontext)
-  TS_CU_FN(cuCtxSynchronize)
-  TS_CU_FN(cuGetErrorString, CUresult, const char**)
-  TS_CU_FN(cuMemAlloc, CUdeviceptr*, size_t)
-  TS_CU_FN(cuMemFree, CUdeviceptr)
-  TS_CU_FN(cuMemGetInfo, size_t*, size_t*)
-  TS_CU_FN(cuMemAddressReserve, CUdeviceptr*, size_t, size_t, CUdeviceptr, unsigned long long)
-  TS_CU_FN(cuMemAddressFree, CUdeviceptr, size_t)
-  TS_CU_FN(cuMemCreate, CUmemGenericAllocationHandle*, size_t, const CUmemAllocationProp*,
-           unsigned long long)
-  TS_CU_FN(cuMemRelease, CUmemGenericAllocationHandle)
-  TS_CU_FN(cuMemMap, CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long)
-  TS_CU_FN(cuMemUnmap, CUdeviceptr, size_t)
-  TS_CU_FN(cuMemSetAccess, CUdeviceptr, size_t, const CUmemAccessDesc*, size_t)
-  TS_CU_FN(cuMemGetAllocationGranularity, size_t*, const CUmemAllocationProp*,
-           CUmemAllocationGranularity_flags)
-  TS_CU_FN(cuStreamCreate, CUstream*, unsigned int)
-  TS_CU_FN(cuStreamDestroy, CUstream)
-  TS_CU_FN(cuStreamWaitEvent, CUstream, CUevent, unsigned int)
-  TS_CU_FN(cuStreamSynchronize, CUstream)
-  TS_CU_FN(cuEventCreate, CUevent*, unsigned int)
-  TS_CU_FN(cuEventDestroy, CUevent)
-  TS_CU_FN(cuEventRecord, CUevent, CUstream)
-  TS_CU_FN(cuEventQuery, CUevent)
-  TS_CU_FN(cuEventSynchronize, CUevent)
-  TS_CU_FN(cuMemcpyAsync, CUdeviceptr, CUdeviceptr, size_t, CUstream)
-  TS_CU_FN(cuMemHostAlloc, void**, size_t, unsigned int)
-  TS_CU_FN(cuMemFreeHost, void*)
-#undef TS_CU_FN
+class CudaBackend;
+
+// Peer access as PyTorch tracks it (CUDAAllocator::enablePeerAccess): whether it is reported
+// (cuda_track_peer_access), the pairs (device, device to access) enabled in this process, and the
+// live backends whose mappings must follow. Never destroyed: backends may outlive statics.
+struct PeerRegistry {
+  std::mutex mu;
+  bool tracked = false;
+  std::set<std::pair<int, int>> enabled;  // (device, device_to_access)
+  std::vector<CudaBackend*> backends;
 };
 
-template <typename F>
-bool resolve(void* lib, F*& fn, const char* name, std::string* missing) {
-  fn = reinterpret_cast<F*>(dlsym(lib, name));
-  if (!fn && missing->empty()) *missing = name;
-  return fn != nullptr;
-}
-
-const Driver& driver() {
-  static Driver d = [] {
-    Driver x;
-    const char* path = std::getenv(kDriverEnv);
-    const std::string library = path && *path ? path : kDefaultDriver;
-    void* lib = dlopen(library.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-      x.error = "the CUDA driver (" + library + ") is not installed or cannot be loaded";
-      return x;
-    }
-    std::string missing;
-    // Versioned names are the ABI the toolkit headers map the plain names to.
-    resolve(lib, x.cuInit, "cuInit", &missing);
-    resolve(lib, x.cuDeviceGetCount, "cuDeviceGetCount", &missing);
-    resolve(lib, x.cuDeviceGet, "cuDeviceGet", &missing);
-    resolve(lib, x.cuDeviceGetAttribute, "cuDeviceGetAttribute", &missing);
-    resolve(lib, x.cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain", &missing);
-    resolve(lib, x.cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2", &missing);
-    resolve(lib, x.cuDeviceCanAccessPeer, "cuDeviceCanAccessPeer", &missing);
-    resolve(lib, x.cuCtxGetCurrent, "cuCtxGetCurrent", &missing);
-    resolve(lib, x.cuCtxSetCurrent, "cuCtxSetCurrent", &missing);
-    resolve(lib, x.cuCtxSynchronize, "cuCtxSynchronize", &missing);
-    resolve(lib, x.cuGetErrorString, "cuGetErrorString", &missing);
-    resolve(lib, x.cuMemAlloc, "cuMemAlloc_v2", &missing);
-    resolve(lib, x.cuMemFree, "cuMemFree_v2", &missing);
-    resolve(lib, x.cuMemGetInfo, "cuMemGetInfo_v2", &missing);
-    resolve(lib, x.cuMemAddressReserve, "cuMemAddressReserve", &missing);
-    resolve(lib, x.cuMemAddressFree, "cuMemAddressFree", &missing);
-    resolve(lib, x.cuMemCreate, "cuMemCreate", &missing);
-    resolve(lib, x.cuMemRelease, "cuMemRelease", &missing);
-    resolve(lib, x.cuMemMap, "cuMemMap", &missing);
-    resolve(lib, x.cuMemUnmap, "cuMemUnmap", &missing);
-    resolve(lib, x.cuMemSetAccess, "cuMemSetAccess", &missing);
-    resolve(lib, x.cuMemGetAllocationGranularity, "cuMemGetAllocationGranularity", &missing);
-    resolve(lib, x.cuStreamCreate, "cuStreamCreate", &missing);
-    resolve(lib, x.cuStreamDestroy, "cuStreamDestroy_v2", &missing);
-    resolve(lib, x.cuStreamWaitEvent, "cuStreamWaitEvent", &missing);
-    resolve(lib, x.cuStreamSynchronize, "cuStreamSynchronize", &missing);
-    resolve(lib, x.cuEventCreate, "cuEventCreate", &missing);
-    resolve(lib, x.cuEventDestroy, "cuEventDestroy_v2", &missing);
-    resolve(lib, x.cuEventRecord, "cuEventRecord", &missing);
-    resolve(lib, x.cuEventQuery, "cuEventQuery", &missing);
-    resolve(lib, x.cuEventSynchronize, "cuEventSynchronize", &missing);
-    resolve(lib, x.cuMemcpyAsync, "cuMemcpyAsync", &missing);
-    resolve(lib, x.cuMemHostAlloc, "cuMemHostAlloc", &missing);
-    resolve(lib, x.cuMemFreeHost, "cuMemFreeHost", &missing);
-    if (!missing.empty()) {
-      x.error = "the CUDA driver lacks " + missing + " (driver too old?)";
-      return x;
-    }
-    if (CUresult r = x.cuInit(0); r != CUDA_SUCCESS) {
-      x.error = "cuInit failed with CUDA error " + std::to_string(static_cast<int>(r));
-      return x;
-    }
-    x.ok = true;
-    return x;
-  }();
-  return d;
-}
-
-// The Status a failed driver call is reported as: out of memory only when the driver said so,
-// a bad argument when it named one, a device error otherwise (see last_error for the text).
-Status status_of(CUresult r) {
-  switch (r) {
-    case CUDA_SUCCESS: return Status::kOk;
-    case CUDA_ERROR_OUT_OF_MEMORY: return Status::kOutOfMemory;
-    case CUDA_ERROR_INVALID_VALUE:
-    case CUDA_ERROR_INVALID_HANDLE: return Status::kInvalid;
-    default: return Status::kError;
-  }
+PeerRegistry& peer_registry() {
+  static auto* r = new PeerRegistry();
+  return *r;
 }
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(int index, CUdevice dev, CUcontext ctx, bool vmm, std::size_t granule,
-              std::vector<CUdevice> peers)
-      : index_(index), dev_(dev), ctx_(ctx), vmm_(vmm), granule_(granule),
-        peers_(std::move(peers)) {}
-  ~CudaBackend() override { d().cuDevicePrimaryCtxRelease(dev_); }
+  CudaBackend(int index, CUdevice dev, CUcontext ctx, bool vmm, bool rdma, std::size_t granule,
+              std::vector<CUdevice> all_devices, std::vector<CUdevice> capable)
+      : index_(index), dev_(dev), ctx_(ctx), vmm_(vmm), rdma_(rdma), granule_(granule),
+        all_devices_(std::move(all_devices)), capable_(std::move(capable)) {}
+  ~CudaBackend() override {
+    {
+      PeerRegistry& r = peer_registry();
+      std::lock_guard lock(r.mu);
+      r.backends.erase(std::remove(r.backends.begin(), r.backends.end(), this), r.backends.end());
+    }
+    {
+      Guard g(*this);
+      stand_ins_.destroy_all();
+      std::lock_guard lock(mu_);
+      retry_releases();
+    }
+    d().cuDevicePrimaryCtxRelease(dev_);
+  }
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
+
+  // Registers the backend for peer access: what it maps is granted to the peers the registry
+  // says (sync_peers), now and as they change. Registry lock order: r.mu, then mu_.
+  static void track(CudaBackend* b) {
+    PeerRegistry& r = peer_registry();
+    std::lock_guard lock(r.mu);
+    b->sync_peers(r);
+    r.backends.push_back(b);
+  }
+
+  int index() const noexcept { return index_; }
+
+  // The peers granted access to what this backend maps: every device that can access it while
+  // peer access is not tracked, else those with peer access enabled. A peer added is granted
+  // the granules already mapped too; one removed keeps the access it has. r.mu held.
+  Status sync_peers(const PeerRegistry& r) {
+    std::vector<CUdevice> want;
+    for (CUdevice peer : capable_) {
+      int device = 0;
+      for (; device < static_cast<int>(all_devices_.size()); ++device) {
+        if (all_devices_[device] == peer) break;
+      }
+      if (!r.tracked || r.enabled.count({device, index_}) != 0) want.push_back(peer);
+    }
+    Status status = Status::kOk;
+    {
+      std::lock_guard lock(mu_);
+      std::erase_if(peers_, [&](CUdevice p) {
+        return std::find(want.begin(), want.end(), p) == want.end();
+      });
+    }
+    for (CUdevice peer : want) {
+      if (Status st = add_peer(peer); st != Status::kOk) status = st;
+    }
+    return status;
+  }
+
+  // Grants `peer` read and write access to every granule mapped now, and to those mapped later.
+  Status add_peer(CUdevice peer) {
+    std::lock_guard lock(mu_);
+    if (peer == dev_ || std::find(peers_.begin(), peers_.end(), peer) != peers_.end()) {
+      return Status::kOk;
+    }
+    peers_.push_back(peer);
+    if (handles_.empty()) return Status::kOk;
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
+    CUmemAccessDesc access{};
+    access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    access.location.id = peer;
+    access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    // One call per run of mapped granules inside one reserved range.
+    Status status = Status::kOk;
+    for (const auto& [base, bytes] : ranges_) {
+      auto h = handles_.lower_bound(base);
+      while (h != handles_.end() && h->first < base + bytes) {
+        const CUdeviceptr first = h->first;
+        CUdeviceptr end = first + granule_;
+        while (++h != handles_.end() && h->first == end && end < base + bytes) end += granule_;
+        if (Status st = check(d().cuMemSetAccess(first, end - first, &access, 1), "cuMemSetAccess");
+            st != Status::kOk) {
+          status = st;
+        }
+      }
+    }
+    return status;
+  }
 
   const char* name() const noexcept override { return "cuda"; }
   int device_index() const noexcept override { return index_; }
@@ -253,7 +243,7 @@ class CudaBackend final : public Backend {
     if (status == Status::kOk) status = set_access(base, bytes);
     if (status != Status::kOk && done > 0) {
       const std::string why = t_last_error;  // the cause, not the clean-up
-      unmap_locked(base, done);
+      unmap_locked(base, done, /*all_or_nothing=*/false);
       t_last_error = why;
     }
     return status;
@@ -287,7 +277,8 @@ class CudaBackend final : public Backend {
     if (status == Status::kOk) status = set_access(base, bytes);
     if (status != Status::kOk && done > 0) {
       const std::string why = t_last_error;
-      unmap_locked(base, done);  // the source keeps its mappings: no handle is released
+      // The source keeps its mappings: no handle is released.
+      unmap_locked(base, done, /*all_or_nothing=*/false);
       t_last_error = why;
     }
     return status;
@@ -329,11 +320,27 @@ class CudaBackend final : public Backend {
   Status destroy_event(Event e) override {
     Guard g(*this);
     if (!g.ok()) return Status::kError;
+    stand_ins_.drop(event(e));
     return check(d().cuEventDestroy(event(e)), "cuEventDestroy");
   }
+  // On a stream of this device's context, `e` itself is recorded; on a stream of another device
+  // (record_stream onto another GPU's stream), a stand-in created in that device's context, which
+  // then answers for `e` (StandInEvents).
   Status record(Event e, Stream s) override {
     Guard g(*this);
     if (!g.ok()) return Status::kError;
+    CUcontext owner = ctx_;
+    if (!current_context_stream(s)) {
+      if (Status st = check(d().cuStreamGetCtx(stream(s), &owner), "cuStreamGetCtx");
+          st != Status::kOk) {
+        return st;
+      }
+    }
+    if (owner != ctx_) {
+      const char* what = "";
+      return check(stand_ins_.record(event(e), stream(s), owner, ctx_, &what), what);
+    }
+    stand_ins_.drop(event(e));
     return check(d().cuEventRecord(event(e), stream(s)), "cuEventRecord");
   }
   // Complete only when the driver says so: an error (sticky or not) or a context that cannot be
@@ -341,7 +348,7 @@ class CudaBackend final : public Backend {
   bool query(Event e) override {
     Guard g(*this);
     if (!g.ok()) return false;
-    const CUresult r = d().cuEventQuery(event(e));
+    const CUresult r = d().cuEventQuery(stand_ins_.resolve(event(e)));
     if (r == CUDA_SUCCESS) return true;
     if (r != CUDA_ERROR_NOT_READY) fail(Status::kError, "cuEventQuery", r);
     return false;
@@ -349,12 +356,13 @@ class CudaBackend final : public Backend {
   Status stream_wait(Stream s, Event e) override {
     Guard g(*this);
     if (!g.ok()) return Status::kError;
-    return check(d().cuStreamWaitEvent(stream(s), event(e), 0), "cuStreamWaitEvent");
+    return check(d().cuStreamWaitEvent(stream(s), stand_ins_.resolve(event(e)), 0),
+                 "cuStreamWaitEvent");
   }
   Status synchronize_event(Event e) override {
     Guard g(*this);
     if (!g.ok()) return Status::kError;
-    return check(d().cuEventSynchronize(event(e)), "cuEventSynchronize");
+    return check(d().cuEventSynchronize(stand_ins_.resolve(event(e))), "cuEventSynchronize");
   }
   Status synchronize_stream(Stream s) override {
     Guard g(*this);
@@ -427,13 +435,14 @@ class CudaBackend final : public Backend {
   static CUstream stream(Stream s) { return reinterpret_cast<CUstream>(s); }
   static CUevent event(Event e) { return reinterpret_cast<CUevent>(e); }
 
-  CUmemAllocationProp allocation_prop() const {
-    CUmemAllocationProp prop{};
-    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
-    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-    prop.location.id = dev_;
-    return prop;
+  // The null stream and the legacy and per-thread default streams are the current context's: this
+  // device's, inside a backend call.
+  static bool current_context_stream(Stream s) {
+    const CUstream h = stream(s);
+    return h == nullptr || h == CU_STREAM_LEGACY || h == CU_STREAM_PER_THREAD;
   }
+
+  CUmemAllocationProp allocation_prop() const { return make_allocation_prop(dev_, rdma_); }
 
   // kOk when [base, base+bytes) is granular, inside one reserved range, and each of its granules
   // is mapped (`mapped`) or not (`!mapped`); mu_ held.
@@ -454,7 +463,7 @@ class CudaBackend final : public Backend {
     return Status::kOk;
   }
 
-  // Read and write access to a mapped range for the owner and every peer that can reach it.
+  // Read and write access to a mapped range for the owner and its peers (sync_peers); mu_ held.
   Status set_access(CUdeviceptr base, std::size_t bytes) {
     std::vector<CUmemAccessDesc> access(1 + peers_.size());
     for (std::size_t i = 0; i < access.size(); ++i) {
@@ -465,24 +474,62 @@ class CudaBackend final : public Backend {
     return check(d().cuMemSetAccess(base, bytes, access.data(), access.size()), "cuMemSetAccess");
   }
 
-  // Unmaps each granule of a checked range and releases each handle whose last mapping it was;
-  // a granule the driver fails to unmap stays mapped and known, so that a later unmap can retry
-  // it. mu_ held.
-  Status unmap_locked(CUdeviceptr base, std::size_t bytes) {
+  // Unmaps each granule of a checked range and releases each handle whose last mapping it was.
+  // With `all_or_nothing` (unmap), a granule the driver fails to unmap stops the call and the
+  // granules it had unmapped are mapped again (same handles, same access): a failed unmap leaves
+  // the range as it was, so the caller's idea of what is mapped stays the driver's, and a later
+  // unmap retries. Without (undoing a failed map), it goes on past a failure, unmapping what it
+  // can. Either way a granule the driver keeps mapped stays known here, and one it does not is
+  // forgotten: these records always follow the driver's. mu_ held.
+  Status unmap_locked(CUdeviceptr base, std::size_t bytes, bool all_or_nothing = true) {
+    retry_releases();
     Status status = Status::kOk;
+    std::vector<CUdeviceptr> unmapped;
     for (std::size_t off = 0; off < bytes; off += granule_) {
-      auto it = handles_.find(base + off);
       if (Status s = check(d().cuMemUnmap(base + off, granule_), "cuMemUnmap"); s != Status::kOk) {
         status = s;
+        if (all_or_nothing) break;
         continue;
       }
-      const CUmemGenericAllocationHandle h = it->second;
-      handles_.erase(it);
-      if (--mappings_[h] > 0) continue;  // still mapped at another address (map_alias)
-      mappings_.erase(h);
-      if (Status s = check(d().cuMemRelease(h), "cuMemRelease"); s != Status::kOk) status = s;
+      unmapped.push_back(base + off);
     }
+    if (status != Status::kOk && all_or_nothing) {
+      const std::string why = t_last_error;  // the cause, not the repair
+      for (CUdeviceptr at : unmapped) {
+        if (!remap_locked(at)) forget_locked(at);
+      }
+      t_last_error = why;
+      return status;
+    }
+    for (CUdeviceptr at : unmapped) forget_locked(at);
     return status;
+  }
+
+  // Maps the granule at `addr` again with its handle and its access, after an unmap that had to
+  // be undone; false (the granule unmapped) when the driver refuses. mu_ held.
+  bool remap_locked(CUdeviceptr addr) {
+    if (d().cuMemMap(addr, granule_, 0, handles_.at(addr), 0) != CUDA_SUCCESS) return false;
+    if (set_access(addr, granule_) == Status::kOk) return true;
+    return d().cuMemUnmap(addr, granule_) != CUDA_SUCCESS;  // mapped but unreachable: better gone
+  }
+
+  // The granule at `addr` is no longer mapped: its handle goes with its last mapping. A handle the
+  // driver fails to release is retried at the next unmap (the range is unmapped all the same).
+  // mu_ held.
+  void forget_locked(CUdeviceptr addr) {
+    auto it = handles_.find(addr);
+    if (it == handles_.end()) return;
+    const CUmemGenericAllocationHandle h = it->second;
+    handles_.erase(it);
+    if (--mappings_[h] > 0) return;  // still mapped at another address (map_alias)
+    mappings_.erase(h);
+    if (check(d().cuMemRelease(h), "cuMemRelease") != Status::kOk) unreleased_.push_back(h);
+  }
+
+  void retry_releases() {
+    std::erase_if(unreleased_, [](CUmemGenericAllocationHandle h) {
+      return d().cuMemRelease(h) == CUDA_SUCCESS;
+    });
   }
 
   static Status fail(Status s, const char* what, CUresult r) {
@@ -505,12 +552,17 @@ class CudaBackend final : public Backend {
   const CUdevice dev_;
   const CUcontext ctx_;
   const bool vmm_;
+  const bool rdma_;  // physical memory is created RDMA-capable
   const std::size_t granule_;
-  const std::vector<CUdevice> peers_;  // devices that can access this one's memory
   std::mutex mu_;
+  const std::vector<CUdevice> all_devices_;  // by index
+  const std::vector<CUdevice> capable_;      // devices that can access this one's memory
+  std::vector<CUdevice> peers_;  // devices granted access to what this one maps; mu_
   std::map<CUdeviceptr, std::size_t> ranges_;                     // va_reserve'd: base -> bytes
   std::map<CUdeviceptr, CUmemGenericAllocationHandle> handles_;  // mapped granule -> handle
   std::unordered_map<CUmemGenericAllocationHandle, int> mappings_;  // handle -> addresses mapped
+  std::vector<CUmemGenericAllocationHandle> unreleased_;  // unmapped, cuMemRelease failed
+  cuda_api::StandInEvents stand_ins_;  // for events recorded on other devices' streams
 };
 
 }  // namespace
@@ -555,28 +607,96 @@ std::unique_ptr<Backend> make_cuda_backend(int device, std::string* error) {
   }
   int vmm = 0;
   x.cuDeviceGetAttribute(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, dev);
+  int rdma = 0;
+  if (vmm) {
+    x.cuDeviceGetAttribute(&rdma, CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED, dev);
+  }
   std::size_t granule = kGranuleBytes;
   if (vmm) {
-    CUmemAllocationProp prop{};
-    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
-    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-    prop.location.id = dev;
+    const CUmemAllocationProp prop = make_allocation_prop(dev, rdma != 0);
     std::size_t g = 0;
     if (x.cuMemGetAllocationGranularity(&g, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) ==
             CUDA_SUCCESS && g > 0) {
       granule = (granule + g - 1) / g * g;  // keep 2 MiB unless the device needs more
     }
   }
-  // Memory this device maps is made accessible to every device that can reach it (as PyTorch's
-  // expandable segments do): a peer's kernels and copies may read a tensor of this device.
-  std::vector<CUdevice> peers;
+  // The devices that can access this one's memory (cuDeviceCanAccessPeer): the peers its
+  // mappings may be granted to (sync_peers).
+  std::vector<CUdevice> all_devices;
+  std::vector<CUdevice> capable;
   for (int i = 0; i < cuda_device_count(); ++i) {
     CUdevice other = 0;
     int can = 0;
-    if (i == device || x.cuDeviceGet(&other, i) != CUDA_SUCCESS) continue;
-    if (x.cuDeviceCanAccessPeer(&can, other, dev) == CUDA_SUCCESS && can) peers.push_back(other);
+    if (x.cuDeviceGet(&other, i) != CUDA_SUCCESS) other = -1;
+    all_devices.push_back(other);
+    if (i == device || other < 0) continue;
+    if (x.cuDeviceCanAccessPeer(&can, other, dev) == CUDA_SUCCESS && can) capable.push_back(other);
   }
-  return std::make_unique<CudaBackend>(device, dev, ctx, vmm != 0, granule, std::move(peers));
+  auto b = std::make_unique<CudaBackend>(device, dev, ctx, vmm != 0, rdma != 0, granule,
+                                         std::move(all_devices), std::move(capable));
+  CudaBackend::track(b.get());
+  return b;
+}
+
+namespace {
+
+// Brings every live backend's peers in line with the registry; false, with `why`, on a failure.
+bool sync_all(PeerRegistry& r, std::string* why) {
+  bool ok = true;
+  for (CudaBackend* b : r.backends) {
+    if (b->sync_peers(r) == Status::kOk) continue;
+    if (ok && why) *why = b->last_error();
+    ok = false;
+  }
+  return ok;
+}
+
+}  // namespace
+
+void cuda_track_peer_access(bool tracked) {
+  PeerRegistry& r = peer_registry();
+  std::lock_guard lock(r.mu);
+  if (r.tracked == tracked) return;
+  r.tracked = tracked;
+  sync_all(r, nullptr);
+}
+
+bool cuda_enable_peer_access(int device, int device_to_access, std::string* error) {
+  std::string why;
+  const auto refuse = [&](std::string what) {
+    if (error) *error = std::move(what);
+    return false;
+  };
+  if (!cuda_available(&why)) return refuse(why);
+  const Driver& x = driver();
+  const int n = cuda_device_count();
+  CUdevice dev = 0;
+  CUdevice owner = 0;
+  if (device < 0 || device >= n || device_to_access < 0 || device_to_access >= n ||
+      x.cuDeviceGet(&dev, device) != CUDA_SUCCESS ||
+      x.cuDeviceGet(&owner, device_to_access) != CUDA_SUCCESS) {
+    return refuse("CUDA device " + std::to_string(device) + " or " +
+                  std::to_string(device_to_access) + " does not exist");
+  }
+  if (device == device_to_access) return true;  // a device always reaches its own memory
+  int can = 0;
+  if (x.cuDeviceCanAccessPeer(&can, dev, owner) != CUDA_SUCCESS || !can) {
+    return refuse("CUDA device " + std::to_string(device) + " cannot access memory of device " +
+                  std::to_string(device_to_access) + " (cuDeviceCanAccessPeer)");
+  }
+  PeerRegistry& r = peer_registry();
+  std::lock_guard lock(r.mu);
+  if (!r.enabled.emplace(device, device_to_access).second) return true;
+  return sync_all(r, &why) ||
+         refuse("granting CUDA device " + std::to_string(device) + " access failed: " + why);
+}
+
+void cuda_reset_peer_access() {
+  PeerRegistry& r = peer_registry();
+  std::lock_guard lock(r.mu);
+  r.enabled.clear();
+  r.tracked = false;
+  sync_all(r, nullptr);
 }
 
 }  // namespace timeshare::device

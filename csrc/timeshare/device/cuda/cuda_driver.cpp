@@ -1,0 +1,95 @@
+#include "timeshare/device/cuda/cuda_driver.h"
+
+#include <dlfcn.h>
+
+#include <cstdlib>
+
+namespace timeshare::device::cuda_api {
+
+namespace {
+
+// The driver library: TIMESHARE_CUDA_DRIVER names another one (the test double) when set.
+constexpr const char* kDriverEnv = "TIMESHARE_CUDA_DRIVER";
+constexpr const char* kDefaultDriver = "libcuda.so.1";
+
+template <typename F>
+bool resolve(void* lib, F*& fn, const char* name, std::string* missing) {
+  fn = reinterpret_cast<F*>(dlsym(lib, name));
+  if (!fn && missing->empty()) *missing = name;
+  return fn != nullptr;
+}
+
+}  // namespace
+
+const Driver& driver() {
+  static Driver d = [] {
+    Driver x;
+    const char* path = std::getenv(kDriverEnv);
+    const std::string library = path && *path ? path : kDefaultDriver;
+    void* lib = dlopen(library.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+      x.error = "the CUDA driver (" + library + ") is not installed or cannot be loaded";
+      return x;
+    }
+    std::string missing;
+    // Versioned names are the ABI the toolkit headers map the plain names to.
+    resolve(lib, x.cuInit, "cuInit", &missing);
+    resolve(lib, x.cuDeviceGetCount, "cuDeviceGetCount", &missing);
+    resolve(lib, x.cuDeviceGet, "cuDeviceGet", &missing);
+    resolve(lib, x.cuDeviceGetAttribute, "cuDeviceGetAttribute", &missing);
+    resolve(lib, x.cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain", &missing);
+    resolve(lib, x.cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2", &missing);
+    resolve(lib, x.cuDeviceCanAccessPeer, "cuDeviceCanAccessPeer", &missing);
+    resolve(lib, x.cuCtxGetCurrent, "cuCtxGetCurrent", &missing);
+    resolve(lib, x.cuCtxSetCurrent, "cuCtxSetCurrent", &missing);
+    resolve(lib, x.cuCtxSynchronize, "cuCtxSynchronize", &missing);
+    resolve(lib, x.cuGetErrorString, "cuGetErrorString", &missing);
+    resolve(lib, x.cuMemAlloc, "cuMemAlloc_v2", &missing);
+    resolve(lib, x.cuMemFree, "cuMemFree_v2", &missing);
+    resolve(lib, x.cuMemGetInfo, "cuMemGetInfo_v2", &missing);
+    resolve(lib, x.cuMemAddressReserve, "cuMemAddressReserve", &missing);
+    resolve(lib, x.cuMemAddressFree, "cuMemAddressFree", &missing);
+    resolve(lib, x.cuMemCreate, "cuMemCreate", &missing);
+    resolve(lib, x.cuMemRelease, "cuMemRelease", &missing);
+    resolve(lib, x.cuMemMap, "cuMemMap", &missing);
+    resolve(lib, x.cuMemUnmap, "cuMemUnmap", &missing);
+    resolve(lib, x.cuMemSetAccess, "cuMemSetAccess", &missing);
+    resolve(lib, x.cuMemGetAllocationGranularity, "cuMemGetAllocationGranularity", &missing);
+    resolve(lib, x.cuStreamCreate, "cuStreamCreate", &missing);
+    resolve(lib, x.cuStreamDestroy, "cuStreamDestroy_v2", &missing);
+    resolve(lib, x.cuStreamGetCtx, "cuStreamGetCtx", &missing);
+    resolve(lib, x.cuStreamWaitEvent, "cuStreamWaitEvent", &missing);
+    resolve(lib, x.cuStreamSynchronize, "cuStreamSynchronize", &missing);
+    resolve(lib, x.cuEventCreate, "cuEventCreate", &missing);
+    resolve(lib, x.cuEventDestroy, "cuEventDestroy_v2", &missing);
+    resolve(lib, x.cuEventRecord, "cuEventRecord", &missing);
+    resolve(lib, x.cuEventQuery, "cuEventQuery", &missing);
+    resolve(lib, x.cuEventSynchronize, "cuEventSynchronize", &missing);
+    resolve(lib, x.cuMemcpyAsync, "cuMemcpyAsync", &missing);
+    resolve(lib, x.cuMemHostAlloc, "cuMemHostAlloc", &missing);
+    resolve(lib, x.cuMemFreeHost, "cuMemFreeHost", &missing);
+    if (!missing.empty()) {
+      x.error = "the CUDA driver lacks " + missing + " (driver too old?)";
+      return x;
+    }
+    if (CUresult r = x.cuInit(0); r != CUDA_SUCCESS) {
+      x.error = "cuInit failed with CUDA error " + std::to_string(static_cast<int>(r));
+      return x;
+    }
+    x.ok = true;
+    return x;
+  }();
+  return d;
+}
+
+Status status_of(CUresult r) {
+  switch (r) {
+    case CUDA_SUCCESS: return Status::kOk;
+    case CUDA_ERROR_OUT_OF_MEMORY: return Status::kOutOfMemory;
+    case CUDA_ERROR_INVALID_VALUE:
+    case CUDA_ERROR_INVALID_HANDLE: return Status::kInvalid;
+    default: return Status::kError;
+  }
+}
+
+}  // namespace timeshare::device::cuda_api
