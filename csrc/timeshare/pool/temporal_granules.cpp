@@ -81,6 +81,30 @@ bool TemporalGranules::map_run(ArenaGranules& ar, std::size_t first, std::size_t
   return true;
 }
 
+std::size_t TemporalGranules::unmap_run(ArenaGranules& ar, std::size_t first, std::size_t n,
+                                        std::uint8_t* gone) {
+  const auto at = [&](std::size_t g) {
+    return reinterpret_cast<void*>(ar.base + g * granule_bytes_);
+  };
+  const device::Status st = backend_->unmap(at(first), n * granule_bytes_);
+  ++unmap_calls_;
+  if (st == device::Status::kOk) {
+    std::fill_n(gone, n, std::uint8_t{1});
+    return n;
+  }
+  // A failed unmap unmaps nothing (the Backend contract): each granule is asked alone, so that
+  // even a backend that broke it leaves the pool knowing what is mapped. A granule the backend
+  // refuses as not mapped (kInvalid: the range is otherwise always a valid one of ours) is not.
+  std::size_t done = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const device::Status one = n == 1 ? st : backend_->unmap(at(first + i), granule_bytes_);
+    if (n != 1) ++unmap_calls_;
+    gone[i] = one == device::Status::kOk || one == device::Status::kInvalid;
+    done += gone[i];
+  }
+  return done;
+}
+
 void TemporalGranules::cached_now(std::size_t k) {
   if (!trim_oldest_first_) return;
   cache_stamp_[k] = ++next_stamp_;
@@ -214,17 +238,34 @@ void TemporalGranules::drain_arena(std::size_t a) {
 
 void TemporalGranules::fence_done(ArenaGranules& ar, std::uint32_t gen) {
   release_quarantine(ar, gen);
+  const std::size_t a = static_cast<std::size_t>(&ar - arenas_.data());
   while (!ar.retiring.empty() && ar.retiring.front().gen <= gen) {
     const Quarantined r = ar.retiring.front();
     ar.retiring.pop_front();
     const std::size_t n = r.last - r.first + 1;
     // Its physical memory lives on at the alias: only the old address goes.
-    backend_->unmap(reinterpret_cast<void*>(ar.base + r.first * granule_bytes_),
-                    n * granule_bytes_);
-    ++unmap_calls_;
-    std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(r.first), n, kUnmapped);
-    retiring_changes_.push_back({static_cast<std::size_t>(&ar - arenas_.data()),
-                                 ar.base + r.first * granule_bytes_, n * granule_bytes_, false});
+    std::vector<std::uint8_t> gone(n);
+    const std::size_t done = unmap_run(ar, r.first, n, gone.data());
+    // Runs of granules unmapped are free for placement again; those the device kept stay
+    // retiring (mapped, not to be placed on or mapped over), retried at the next fence.
+    std::vector<Quarantined> kept;
+    for (std::size_t i = 0; i < n;) {
+      std::size_t j = i;
+      while (j + 1 < n && gone[j + 1] == gone[i]) ++j;
+      if (gone[i]) {
+        std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(r.first + i), j - i + 1,
+                    kUnmapped);
+        retiring_changes_.push_back({a, ar.base + (r.first + i) * granule_bytes_,
+                                     (j - i + 1) * granule_bytes_, false});
+      } else {
+        kept.push_back({r.first + i, r.first + j, r.gen});
+      }
+      i = j + 1;
+    }
+    if (done != n) {
+      ar.retiring.insert(ar.retiring.begin(), kept.begin(), kept.end());
+      return;
+    }
   }
 }
 
@@ -266,10 +307,8 @@ bool TemporalGranules::alias_run(std::size_t a, std::size_t g, std::size_t max_n
 
 void TemporalGranules::undo_alias(std::size_t a, const Alias& al) {
   ArenaGranules& ar = arenas_[a];
-  backend_->unmap(reinterpret_cast<void*>(ar.base + al.g * granule_bytes_),
-                  al.n * granule_bytes_);
-  ++unmap_calls_;
-  std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(al.g), al.n, kUnmapped);
+  std::vector<std::uint8_t> gone(al.n);
+  unmap_run(ar, al.g, al.n, gone.data());
   // The donor holds its memory alone again: quarantined as before (its retiring entry is
   // dropped by matching it).
   for (auto it = ar.retiring.begin(); it != ar.retiring.end(); ++it) {
@@ -285,8 +324,23 @@ void TemporalGranules::undo_alias(std::size_t a, const Alias& al) {
       break;
     }
   }
-  std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(al.donor), al.n, kMapped);
-  quarantine(a, al.donor, al.donor + al.n - 1);
+  for (std::size_t i = 0; i < al.n; ++i) {
+    const std::size_t g = al.g + i;
+    const std::size_t donor = al.donor + i;
+    if (gone[i]) {
+      ar.mapped[g] = kUnmapped;
+      ar.mapped[donor] = kMapped;
+      quarantine(a, donor, donor);
+      continue;
+    }
+    // The device kept the alias: it stays, holding the memory (quarantined like the donor was),
+    // and the donor's address still retires.
+    quarantine(a, g, g);
+    const std::uint32_t gen =
+        ar.retiring.empty() ? al.gen : std::max(al.gen, ar.retiring.back().gen);
+    ar.retiring.push_back({donor, donor, gen});
+    retiring_changes_.push_back({a, ar.base + donor * granule_bytes_, granule_bytes_, true});
+  }
 }
 
 void TemporalGranules::advance_fences(bool record) {
@@ -336,13 +390,16 @@ bool TemporalGranules::trim_to(std::size_t target, std::size_t incoming) {
     }
     const std::size_t g_first = first - ar.offset;
     const std::size_t n = last - first + 1;
-    void* addr = reinterpret_cast<void*>(ar.base + g_first * granule_bytes_);
-    if (backend_->unmap(addr, n * granule_bytes_) != device::Status::kOk) return false;
-    ++unmap_calls_;
-    granules_unmapped_total_ += n;
-    std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(g_first), n, kUnmapped);
-    mapped_ -= n;
-    for (std::size_t i = first; i <= last; ++i) cache_.clear(i);
+    std::vector<std::uint8_t> gone(n);
+    const std::size_t done = unmap_run(ar, g_first, n, gone.data());
+    for (std::size_t i = 0; i < n; ++i) {
+      if (!gone[i]) continue;  // still mapped (and cached): a later trim retries it
+      ar.mapped[g_first + i] = kUnmapped;
+      cache_.clear(first + i);
+    }
+    granules_unmapped_total_ += done;
+    mapped_ -= done;
+    if (done != n) return false;  // the device refuses: stop here
   }
   return mapped_ + incoming <= target;
 }
@@ -520,17 +577,26 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
   if (!ok) {
     if (ahead_n != 0) cache_.clear_range(key(a, ahead_first), key(a, ahead_first + ahead_n - 1));
     for (auto [first, n] : mapped_runs) {
-      backend_->unmap(reinterpret_cast<void*>(ar.base + first * granule_bytes_),
-                      n * granule_bytes_);
-      ++unmap_calls_;
-      granules_unmapped_total_ += n;
-      std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(first), n, kUnmapped);
-      mapped_ -= n;
+      std::vector<std::uint8_t> gone(n);
+      const std::size_t done = unmap_run(ar, first, n, gone.data());
+      granules_unmapped_total_ += done;
+      mapped_ -= done;
+      for (std::size_t i = 0; i < n; ++i) {
+        if (gone[i]) {
+          ar.mapped[first + i] = kUnmapped;
+        } else {
+          cache_.set(key(a, first + i));  // kept by the device; never used: trimmable
+          cached_now(key(a, first + i));
+        }
+      }
     }
     for (const Alias& al : aliases) undo_alias(a, al);
     // The claimed granules go back to the cache; quarantined again, since some may have been.
     for (std::size_t h = sp.first; h <= sp.last; ++h) {
-      if (ar.occupancy[h] == 0 && ar.mapped[h] == kMapped) quarantine(a, h, h);
+      if (ar.occupancy[h] == 0 && ar.mapped[h] == kMapped && !cache_.test(key(a, h)) &&
+          !quarantined_.test(key(a, h))) {
+        quarantine(a, h, h);
+      }
     }
     return false;
   }
@@ -625,14 +691,12 @@ void TemporalGranules::unmap_arena(std::size_t a) {
     if (ar.mapped[g] == kUnmapped) continue;
     std::size_t n = 1;
     while (g + n < ar.mapped.size() && ar.mapped[g + n] != kUnmapped) ++n;
-    backend_->unmap(reinterpret_cast<void*>(ar.base + g * granule_bytes_), n * granule_bytes_);
-    ++unmap_calls_;
-    granules_unmapped_total_ += n;
-    mapped_ -= static_cast<std::size_t>(
-        std::count(ar.mapped.begin() + static_cast<std::ptrdiff_t>(g),
-                   ar.mapped.begin() + static_cast<std::ptrdiff_t>(g + n), kMapped));
-    std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(g), n, kUnmapped);
+    std::vector<std::uint8_t> gone(n);
+    granules_unmapped_total_ += unmap_run(ar, g, n, gone.data());
     for (std::size_t h = g; h < g + n; ++h) {
+      if (!gone[h - g]) continue;  // kept by the device: still counted as mapped
+      if (ar.mapped[h] == kMapped) --mapped_;
+      ar.mapped[h] = kUnmapped;
       cache_.clear(key(a, h));
       quarantined_.clear(key(a, h));
       pinned_free_.clear(key(a, h));

@@ -22,10 +22,14 @@
 // once its stream has passed the free. Each arena stamps the granules it quarantines with its
 // open *generation*; a fence (an event recorded on the arena's stream) closes a generation, and
 // when the fence completes every granule of that generation or older becomes an ordinary cached
-// granule, free to trim. Fences are recorded only where trimming is wanted (mapped above the
-// mark, a limit, empty_cache), i.e. where the unsafe policy would have made a device call, so
-// the steady state records none. A host wait (synchronize on a fence) happens only where memory
-// must go back now: a request at the limit, empty_cache, teardown; each is counted (waits()).
+// granule, free to trim. A fence is recorded where trimming is wanted (mapped above the mark, a
+// limit, empty_cache), i.e. where the unsafe policy would have made a device call, and by a free
+// that quarantines granules when its arena's last such fence is at least kFenceIntervalEvents
+// (16) ticks old, so that granules become trimmable a GPU lag after their free: the steady state
+// records at most one event per arena every 16 ticks, and makes no device call. A host wait
+// (synchronize on a fence) happens only where memory must go back now: a request at the limit,
+// empty_cache, teardown; each is counted (waits()). A failed unmap leaves the granules it could not
+// unmap mapped here as they are in the device (unmap_run): never placed on as unmapped.
 // `unsafe_unmap` (a test of the sim's fault detector only) restores immediate unmapping.
 #pragma once
 
@@ -261,6 +265,10 @@ class TemporalGranules {
   // when the cache ran out first.
   bool trim_to(std::size_t target, std::size_t incoming);
   bool map_run(ArenaGranules& ar, std::size_t first, std::size_t n);
+  // Unmaps granules [first, first+n) of an arena and sets gone[i] for each granule i of them that
+  // is unmapped afterwards; returns how many are. When the device refuses, the pool's record must
+  // still be the device's: the granules it kept stay mapped here (callers keep them as they were).
+  std::size_t unmap_run(ArenaGranules& ar, std::size_t first, std::size_t n, std::uint8_t* gone);
   // Granules [first, last] of arena `a` have just lost their last block.
   void quarantine(std::size_t a, std::size_t first, std::size_t last);
   // Records a fence for arena `a`'s open generation (when it has quarantined granules).
