@@ -136,7 +136,7 @@ TEST_CASE("temporal: free ranges coalesce and best fit matches a brute force", "
   std::mt19937_64 rng(7);
   constexpr std::uintptr_t kBase = 1 << 20;
   constexpr std::size_t kSpan = 1 << 20;
-  fr.insert(kBase, kSpan);
+  REQUIRE(fr.insert(kBase, kSpan));
   for (int step = 0; step < 3000; ++step) {
     if (used.empty() || rng() % 2 == 0) {
       const std::size_t bytes = 512 * (1 + rng() % 64);
@@ -155,7 +155,7 @@ TEST_CASE("temporal: free ranges coalesce and best fit matches a brute force", "
       used.emplace(r.addr, bytes);
     } else {
       auto it = std::next(used.begin(), static_cast<long>(rng() % used.size()));
-      fr.insert(it->first, it->second);
+      REQUIRE(fr.insert(it->first, it->second));
       used.erase(it);
     }
     std::size_t in_use = 0;
@@ -183,7 +183,7 @@ TEST_CASE("temporal: every free-range query matches a model of the free ranges",
   constexpr std::uintptr_t kBase = std::uintptr_t{1} << 30;
   constexpr std::size_t kUnit = 4096;
   constexpr std::size_t kSpan = 4096 * kUnit;
-  fr.insert(kBase, kSpan);
+  REQUIRE(fr.insert(kBase, kSpan));
   model[kBase] = kSpan;
   // (size, addr) order: the order best fit and its candidates follow.
   const auto by_size = [&](std::size_t bytes) {
@@ -195,7 +195,7 @@ TEST_CASE("temporal: every free-range query matches a model of the free ranges",
     return v;
   };
   const auto give_back = [&](std::uintptr_t a, std::size_t b) {
-    fr.insert(a, b);
+    REQUIRE(fr.insert(a, b));
     auto it = model.emplace(a, b).first;
     if (auto next = std::next(it); next != model.end() && a + b == next->first) {
       it->second += next->second;
@@ -1003,4 +1003,74 @@ TEST_CASE("temporal: without virtual memory the pool falls back to segments", "[
   CHECK(pool.deallocate(a, 1) == FreeResult::kOk);
   pool.empty_cache();
   CHECK(sim.counters().reserved_bytes == 0);
+}
+
+TEST_CASE("temporal: an alias run that spans two lifespan regions goes back to each region, "
+          "never over a live block",
+          "[temporal][in_flight][issue25]") {
+  // Regions are a granule multiple apart, so a run of quarantined granules whose memory moves to
+  // an alias (map_alias) can cross from one region into the next. Its old addresses retire (not
+  // to be placed on) and, once unmapped, are free again: each region must take back its own part.
+  SimBackend sim(backed(kGiB));
+  TemporalPoolOptions o;
+  o.region_va_bytes = 8 * kMiB;  // 4 granules a region
+  o.num_timed_classes = 2;       // regions 0 and 1 timed, 2 permanent
+  o.map_ahead_granules = 0;      // blocks map only the granules they cover
+  TemporalPool pool(&sim, o);
+  constexpr device::Stream kStream = 1;
+  constexpr std::uint64_t kBusyNs = 100'000;
+  // a fills region 0 (granules 0-3), b the first half of region 1 (granules 4-5).
+  void* a = pool.allocate(8 * kMiB, kStream, {0, 10, 0});
+  void* b = pool.allocate(4 * kMiB, kStream, {1, 100, 1});
+  REQUIRE(a);
+  REQUIRE(b);
+  REQUIRE(static_cast<char*>(b) == static_cast<char*>(a) + 8 * kMiB);
+  // Both are freed while their stream still uses them: granules 0-5 are quarantined.
+  sim.touch(kStream, a, 12 * kMiB, sim.now_ns() + kBusyNs);
+  REQUIRE(pool.deallocate(a, 2) == FreeResult::kOk);
+  REQUIRE(pool.deallocate(b, 3) == FreeResult::kOk);
+  // A permanent block needs 4 granules above the mark: the memory of granules 2-5 moves to it,
+  // and their addresses retire, two in region 0 and two in region 1.
+  void* c = pool.allocate(8 * kMiB, kStream, {4, kPermanentLifespanEvents, 2});
+  REQUIRE(c);
+  REQUIRE(pool.aliases() == 1);
+  std::map<std::uintptr_t, Live> live;
+  live[reinterpret_cast<std::uintptr_t>(c)] = {8 * kMiB, 2};
+  stamp(c, 8 * kMiB, 2);
+  // The stream is done: the old addresses are unmapped and free again.
+  sim.advance(2 * kBusyNs);
+  pool.empty_cache();
+  // Regions 0 and 1 in turn take 2 MiB blocks until neither has room: every block at its own
+  // address, every byte kept.
+  std::uint64_t id = 3;
+  for (int i = 0; i < 16; ++i, ++id) {
+    const std::uint64_t lifespan = i % 2 == 0 ? 10 : 100;
+    void* p = pool.allocate(2 * kMiB, kStream, {5 + id, lifespan, id});
+    if (p == nullptr) continue;
+    REQUIRE(live.count(reinterpret_cast<std::uintptr_t>(p)) == 0);  // not handed out twice
+    live[reinterpret_cast<std::uintptr_t>(p)] = {2 * kMiB, id};
+    stamp(p, 2 * kMiB, id);
+    check_invariants(pool, sim, live);
+  }
+  for (const auto& [addr, l] : live) {
+    CHECK(intact(reinterpret_cast<void*>(addr), l.bytes, l.id));
+  }
+  CHECK(live.size() >= 1 + 8);  // regions 0 and 1 hold 4 blocks each
+  CHECK(sim.counters().device_faults == 0);
+}
+
+TEST_CASE("temporal: free ranges refuse a range that overlaps a free one", "[temporal][issue25]") {
+  ArenaFreeRanges fr;
+  REQUIRE(fr.insert(0x100000, 0x10000));
+  CHECK_FALSE(fr.insert(0x108000, 0x10000));  // over its end
+  CHECK_FALSE(fr.insert(0x0f8000, 0x10000));  // over its start
+  CHECK_FALSE(fr.insert(0x104000, 0x1000));   // inside it
+  CHECK_FALSE(fr.insert(0x0f0000, 0x30000));  // around it
+  CHECK_FALSE(fr.insert(0x200000, 0));        // nothing
+  CHECK(fr.count() == 1);
+  CHECK(fr.free_bytes() == 0x10000);
+  CHECK(fr.insert(0x110000, 0x1000));  // touching: merged
+  CHECK(fr.insert(0x0ff000, 0x1000));
+  CHECK(fr.count() == 1);
+  CHECK(fr.free_bytes() == 0x12000);
 }

@@ -45,8 +45,12 @@ void ArenaFreeRanges::size_replace(const SizeKey& old, const SizeKey& now) {
   }
 }
 
-void ArenaFreeRanges::insert(std::uintptr_t addr, std::size_t bytes) {
+bool ArenaFreeRanges::insert(std::uintptr_t addr, std::size_t bytes) {
   const std::size_t next = addr_at_or_above(addr);
+  if (bytes == 0 || (next < by_addr_.size() && by_addr_[next].addr < addr + bytes) ||
+      (next > 0 && by_addr_[next - 1].addr + by_addr_[next - 1].bytes > addr)) {
+    return false;
+  }
   const bool merge_next = next < by_addr_.size() && by_addr_[next].addr == addr + bytes;
   const bool merge_prev = next > 0 && by_addr_[next - 1].addr + by_addr_[next - 1].bytes == addr;
   free_bytes_ += bytes;
@@ -62,7 +66,7 @@ void ArenaFreeRanges::insert(std::uintptr_t addr, std::size_t bytes) {
       p.bytes += bytes;
     }
     size_replace(old, {p.bytes, p.addr});
-    return;
+    return true;
   }
   if (merge_next) {
     // Move the next range's start down to `addr`: its place by address stays.
@@ -71,10 +75,11 @@ void ArenaFreeRanges::insert(std::uintptr_t addr, std::size_t bytes) {
     n.addr = addr;
     n.bytes += bytes;
     size_replace(old, {n.bytes, n.addr});
-    return;
+    return true;
   }
   by_addr_.insert(by_addr_.begin() + static_cast<std::ptrdiff_t>(next), Range{addr, bytes});
   size_insert({bytes, addr});
+  return true;
 }
 
 void ArenaFreeRanges::carve(const Range& r, std::size_t bytes) {

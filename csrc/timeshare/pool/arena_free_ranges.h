@@ -27,8 +27,11 @@ class ArenaFreeRanges {
     std::size_t bytes = 0;
   };
 
-  // Adds [addr, addr+bytes), merging it with touching free ranges.
-  void insert(std::uintptr_t addr, std::size_t bytes);
+  // Adds [addr, addr+bytes), merging it with touching free ranges. Refuses (false, nothing
+  // changed) a range that is empty or overlaps a free one: the range, or part of it, is already
+  // free, so a caller that inserts it is wrong about what is live, and taking it would hand the
+  // same bytes out twice. Checked always (two comparisons with the neighbours the merge reads).
+  bool insert(std::uintptr_t addr, std::size_t bytes);
 
   // Removes and returns the smallest range of at least `bytes` (lowest address among equal
   // sizes). Returns false when no range is large enough.

@@ -1,5 +1,6 @@
 #include "timeshare/pool/temporal_pool.h"
 
+#include "timeshare/common/log.h"
 #include "timeshare/pool/caching_pool.h"
 
 #include <algorithm>
@@ -436,19 +437,35 @@ void TemporalPool::sync_retiring() {
       if (a->granule_index == c.arena) arena = a.get();
     }
     if (arena == nullptr) continue;
-    ArenaFreeRanges& free = arena->regions[(c.addr - arena->base) / region_va_bytes_];
-    if (!c.retiring) {
-      free.insert(c.addr, c.bytes);
-      continue;
+    // A run of granules may cross from one lifespan region into the next (regions are a whole
+    // number of granules): each region takes its own part.
+    for (std::uintptr_t at = c.addr; at < c.addr + c.bytes;) {
+      const std::size_t region = (at - arena->base) / region_va_bytes_;
+      const std::uintptr_t region_end = arena->base + (region + 1) * region_va_bytes_;
+      const std::size_t bytes = std::min<std::uintptr_t>(c.addr + c.bytes, region_end) - at;
+      ArenaFreeRanges& free = arena->regions[region];
+      if (!c.retiring) {
+        if (!free.insert(at, bytes)) {
+          log().error("temporal pool: a retired range [{:#x}, +{}) overlaps free space of region "
+                      "{}; it is not placed on again",
+                      at, bytes, region);
+        }
+      } else {
+        ArenaFreeRanges::Range r;
+        if (free.containing(at, bytes, &r)) free.carve_at(r, at, bytes);
+      }
+      at += bytes;
     }
-    ArenaFreeRanges::Range r;
-    if (free.containing(c.addr, c.bytes, &r)) free.carve_at(r, c.addr, c.bytes);
   }
 }
 
 void TemporalPool::release_range(std::uintptr_t addr, const Block& b) {
   Arena& arena = *arenas_[b.arena];
-  arena.regions[b.region].insert(addr, b.bytes);
+  if (!arena.regions[b.region].insert(addr, b.bytes)) {
+    log().error("temporal pool: the freed block [{:#x}, +{}) overlaps free space of region {}; "
+                "its range is not placed on again",
+                addr, b.bytes, b.region);
+  }
   granules_.release(arena.granule_index, addr, b.bytes);
   if (granules_.has_retiring_changes()) sync_retiring();
   stats_.active.front().decrease(1);
