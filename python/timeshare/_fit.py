@@ -11,7 +11,10 @@ restores the RNG state, so dropout draws the same masks again; every random op o
 checkpointed block is recomputed (none is replayed from a cache, which would shift the RNG
 stream of the ones after it); outputs written in place later in the block are recomputed too;
 and the block's buffers (batch-norm running statistics, ``num_batches_tracked``) are put back
-after its recomputation, so they are updated once per step, as without it.
+after its recomputation, so they are updated once per step, as without it. A backward that
+keeps the graph recomputes blocks whole (a second backward then finds the selective cache
+intact; see ``_Recompute``), and blocks that write their own input in place are never
+checkpointed (``_fit_profile``).
 
 Plan: a step (an iteration) begins at the first forward of ``model`` after a backward, so the
 forwards of micro-batches run before one backward are one step. The first step runs every
@@ -80,21 +83,34 @@ class _Meter:
 
 class _Recompute:
     """The recomputation context of a checkpointed block: the policy's cached-ops mode, the
-    block's buffers put back afterwards (updated once per step), and its time measured."""
+    block's buffers put back afterwards (updated once per step), and its time measured.
+
+    A backward that keeps its graph (``retain_graph=True``, ``create_graph=True``: a second
+    backward may come through the block again) recomputes the whole block, as full
+    checkpointing does, and leaves the cache alone: selective checkpointing hands each cached
+    output out once ("Trying to backward an extra time"), and hands it out detached, which
+    would cut the graph a ``create_graph`` backward builds through it. The backward that frees
+    the graph takes the cache as usual."""
 
     def __init__(self, owner: Fit, block: Any, inner: Any) -> None:
         self.owner, self.block, self.inner = owner, block, inner
+        self.cached = False
 
     def __enter__(self) -> _Recompute:
         self.t0 = time.perf_counter_ns()
         self.saved = [(b, b.detach().clone()) for b in self.block.buffers()]
-        self.inner.__enter__()
+        self.cached = not _keeps_graph()
+        if self.cached:
+            self.inner.__enter__()
+        else:
+            self.owner._counters["recomputations_whole"] += 1
         return self
 
     def __exit__(self, *exc: Any) -> None:
         import torch
 
-        self.inner.__exit__(*exc)
+        if self.cached:
+            self.inner.__exit__(*exc)
         with torch.no_grad():
             for b, v in self.saved:
                 with torch.autograd._unsafe_preserve_version_counter(b):
@@ -102,6 +118,18 @@ class _Recompute:
         self.saved = []
         self.owner._counters["recompute_ns"] += time.perf_counter_ns() - self.t0
         self.owner._counters["recomputations"] += 1
+
+
+def _keeps_graph() -> bool:
+    """Whether the backward running keeps its graph (another may come through it); assumed
+    where torch cannot tell."""
+    import torch
+
+    get = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    try:
+        return True if get is None else bool(get())
+    except RuntimeError:  # no backward running (an unpack outside any)
+        return True
 
 
 class Fit:
@@ -295,7 +323,8 @@ class Fit:
     def recompute_stats(self) -> dict[str, int]:
         p = "timeshare.recompute."
         out = {p + "blocks": len(self.blocks), p + "iterations": self.iterations,
-               p + "blocks_checkpointed": sum(1 for lv in self.levels if lv > 0)}
+               p + "blocks_checkpointed": sum(1 for lv in self.levels if lv > 0),
+               p + "blocks_in_place": len((self._profile or {}).get("in_place", ()))}
         for lvl, name in enumerate(_fit_plan.LEVELS[1:], 1):
             out[p + f"blocks_{name}"] = sum(1 for lv in self.levels if lv == lvl)
         c = self._choice or {}
@@ -304,7 +333,8 @@ class Fit:
         out[p + "predicted_step_ns"] = int(c.get("time", 0.0) * 1e9)
         out[p + "predicted_recompute_ns"] = int(c.get("recompute_s", 0.0) * 1e9)
         out[p + "predicted_peak_bytes"] = int(c.get("peak", 0))
-        for k in ("plans", "replans", "recompute_ns", "recomputations", "last_step_ns"):
+        for k in ("plans", "replans", "recompute_ns", "recomputations", "recomputations_whole",
+                  "last_step_ns"):
             out[p + k] = int(self._counters.get(k, 0))
         return out
 
@@ -317,7 +347,7 @@ def _block_forward(owner: Fit, i: int, orig: Any, _self: Any, *args: Any, **kwar
     if level == 0 or not torch.is_grad_enabled():
         if rec is None or not owner._stack:
             return orig(*args, **kwargs)
-        prev = rec.enter_block(i)
+        prev = rec.enter_block(i, (args, kwargs))
         try:
             return orig(*args, **kwargs)
         finally:

@@ -17,7 +17,10 @@ A profile is one iteration as the hooks saw it:
   ``pack``/``unpack`` (seconds; unpack -1 when never), ``op`` (the op that made it, -1 when
   unknown), ``block`` (the block running at its pack);
 - ``step`` (seconds, forward start to last unpack) and ``base`` (device bytes besides saved
-  activations: parameters, gradients, optimizer state).
+  activations: parameters, gradients, optimizer state);
+- ``in_place`` (optional): blocks that wrote one of their own inputs in place. They are never
+  checkpointed (their recomputation would start from an input their forward overwrote):
+  ``evaluate`` runs them at level 0 whatever it is asked.
 
 Recompute levels of a block (non-reentrant ``torch.utils.checkpoint`` with a selective policy):
 0 none (its saved tensors are kept or spilled by the offload hooks), 1 pointwise ops recomputed,
@@ -62,6 +65,12 @@ def recomputed(op: dict[str, Any], level: int) -> bool:
     if level == 2:
         return op["kind"] != "compute"
     return op["kind"] == "pointwise"
+
+
+def allowed(profile: dict[str, Any], levels: list[int]) -> list[int]:
+    """``levels`` with the blocks that write their own input in place at 0."""
+    frozen = set(profile.get("in_place", ()))
+    return [0 if b in frozen else lvl for b, lvl in enumerate(levels)]
 
 
 def spill_plan(hist: dict[int, list[int]], budget: int) -> set[int]:
@@ -291,6 +300,7 @@ def simulate(items: list[dict[str, Any]], delays: list[tuple[float, float]], tot
 def evaluate(profile: dict[str, Any], levels: list[int], bw: float, budget: int,
              offload: bool) -> dict[str, Any]:
     """One candidate: its modelled step time, peak and bytes kept / spilled / recomputed."""
+    levels = allowed(profile, levels)
     items, delays = items_for(profile, levels)
     base, total = profile["base"], profile["step"]
     look = int(PREFETCH_SHARE * budget)
@@ -353,7 +363,10 @@ def moves(profile: dict[str, Any], hull: bool = False) -> list[tuple[int, int]]:
             if recomputed(op, lvl):
                 cost[lvl][b] += op["dt"]
     out: list[tuple[float, int, int]] = []
+    frozen = set(profile.get("in_place", ()))
     for b in range(n):
+        if b in frozen:
+            continue
         if hull:  # per block only the upgrades on its lower convex hull of (seconds, bytes)
             cur = 0
             while cur < 3:

@@ -82,7 +82,7 @@ def profile_step(model: Any, run: Any, clock: Any, min_spill: int, base: int) ->
     for i, (_n, m) in enumerate(blocks):
         prev: list[int] = []
         handles.append(m.register_forward_pre_hook(
-            lambda _m, _a, i=i, prev=prev: prev.append(rec.enter_block(i))))
+            lambda _m, a, i=i, prev=prev: prev.append(rec.enter_block(i, a))))
         handles.append(m.register_forward_hook(
             lambda _m, _a, _o, i=i, prev=prev: rec.leave_block(i, prev.pop()), always_call=True))
     try:
@@ -105,6 +105,16 @@ def _tensors(x: Any) -> list[Any]:
     import torch
 
     return [t for t in torch.utils._pytree.tree_leaves(x) if isinstance(t, torch.Tensor)]
+
+
+def _written(func: Any, args: Any, kwargs: Any) -> list[Any]:
+    """The tensors an aten op writes in place (its arguments marked ``(a!)``)."""
+    out = []
+    for n, a in enumerate(func._schema.arguments):
+        if a.alias_info is not None and a.alias_info.is_write:
+            v = args[n] if n < len(args) else kwargs.get(a.name)
+            out += _tensors(v)
+    return out
 
 
 class _Rule:
@@ -140,6 +150,8 @@ class Recorder:
         self.rule = _Rule(min_spill)
         self.delegate = delegate
         self.block = -1
+        self._inputs: set[int] = set()  # storages of the running block's inputs
+        self.in_place: set[int] = set()  # blocks that wrote one of their inputs in place
         self._in_hook = False  # ops of the offload hooks themselves are not the model's
         self.spans: dict[int, list[float]] = {}
         self.ops: list[dict[str, Any]] = []
@@ -168,12 +180,13 @@ class Recorder:
                          "bytes": sum(new.values()), "forced": random,
                          "name": str(func)})
         if func._schema.is_mutable:  # a tensor written in place: its producer must rerun
-            for a, v in zip(func._schema.arguments, args):
-                if a.alias_info is not None and a.alias_info.is_write:
-                    for t in _tensors(v):
-                        p = self._producer.get(_storage_key(t))
-                        if p is not None and self.ops[p]["block"] == self.block:
-                            self.ops[p]["forced"] = True
+            for t in _written(func, args, kwargs):
+                k = _storage_key(t)
+                p = self._producer.get(k)
+                if p is not None and self.ops[p]["block"] == self.block:
+                    self.ops[p]["forced"] = True
+                if k in self._inputs:
+                    self.in_place.add(self.block)
         for k in new:
             self._producer[k] = idx
         return out
@@ -215,19 +228,24 @@ class Recorder:
         finally:
             self._in_hook = False
 
-    def enter_block(self, i: int) -> int:
-        prev, self.block = self.block, i
+    def enter_block(self, i: int, inputs: Any = ()) -> tuple[int, set[int]]:
+        """Block ``i`` starts, called with ``inputs`` (its arguments); returns what
+        ``leave_block`` puts back."""
+        prev = (self.block, self._inputs)
+        self.block = i
+        self._inputs = {_storage_key(t) for t in _tensors(inputs)}
         self.spans.setdefault(i, [self.clock() - self.start, 0.0])
         return prev
 
-    def leave_block(self, i: int, prev: int) -> None:
+    def leave_block(self, i: int, prev: tuple[int, set[int]]) -> None:
         self.spans[i][1] = self.clock() - self.start
-        self.block = prev
+        self.block, self._inputs = prev
 
     def profile(self, nblocks: int, base: int) -> dict[str, Any]:
         spans = [tuple(self.spans.get(b, (0.0, 0.0))) for b in range(nblocks)]
         return {"ops": self.ops, "units": self.units, "blocks": spans, "base": base,
-                "step": max(self.last_unpack - self.start, 1e-9)}
+                "step": max(self.last_unpack - self.start, 1e-9),
+                "in_place": sorted(b for b in self.in_place if 0 <= b < nblocks)}
 
 
 def _wall_clock(dev: Any) -> Any:

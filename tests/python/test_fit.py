@@ -201,6 +201,7 @@ def test_every_recompute_level_is_bit_identical(name: str, level: str) -> None:
     assert st[f"timeshare.recompute.blocks_{level}"] == n
     # the first step is profiled as written; the two after it recompute every block once
     assert st["timeshare.recompute.recomputations"] == n * (STEPS - 1)
+    assert st["timeshare.recompute.recomputations_whole"] == 0  # one backward: the cache serves
     assert st["timeshare.recompute.recompute_ns"] > 0
 
 
