@@ -18,6 +18,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -25,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "timeshare/allocator/observed_backend.h"
 #include "timeshare/common/options.h"
 #include "timeshare/common/stats.h"
 #include "timeshare/device/backend.h"
@@ -45,6 +48,10 @@ struct AllocatorCounters {
   std::uint64_t spill_retries = 0;    // allocations retried after the spill engine made room
 };
 
+// Decides, per allocation, whether it goes to a private pool (see Allocator::begin_allocate_to_pool):
+// torch passes a predicate on the stream (a capturing stream, or "this thread" for MemPool).
+using StreamFilter = std::function<bool(device::Stream)>;
+
 class Allocator {
  public:
   // Builds the pool and predictor that `options` name on top of `backend`.
@@ -63,7 +70,59 @@ class Allocator {
   void empty_cache();
   // Cap reserved memory at `fraction` of the device's total (torch's memory fraction).
   void set_memory_fraction(double fraction);
+  // The cap set_memory_fraction set, as a fraction of the device's total (1.0: none).
+  double memory_fraction() const;
 
+  // ---- private pools (CUDA graphs, torch.cuda.MemPool), with torch's semantics -----------
+  // A private pool is a pool of its own on the same device: memory freed inside it is reused
+  // only by it, until release_pool drops its last reference and its last block is freed; then
+  // it is destroyed and its memory goes back to the device. Every call returns "" or one line.
+  //   create_or_incref_pool: a new pool (use count 1) or one more reference to it.
+  //   begin_allocate_to_pool: from now on, allocations whose stream `filter` accepts go to
+  //     `id` (created or referenced as above); end_allocate_to_pool stops that routing.
+  //   release_pool: drops a reference (MemPool's destructor, a graph's reset).
+  std::string create_or_incref_pool(PoolId id);
+  std::string begin_allocate_to_pool(PoolId id, StreamFilter filter);
+  std::string end_allocate_to_pool(PoolId id);
+  std::string release_pool(PoolId id);
+  int pool_use_count(PoolId id) const;
+  // torch's MemPool(use_on_oom=True): an allocation outside the pool that finds no memory may
+  // take a block from it.
+  std::string set_use_on_oom(PoolId id, bool use_on_oom);
+  // Live blocks of pool `id` (kDefaultPoolId: the default pool), unordered.
+  std::vector<void*> pool_live_blocks(PoolId id) const;
+  // Releases the cached memory of pool `id` only.
+  void empty_cache(PoolId id);
+
+  // ---- what is mapped, for snapshots and cacheInfo ---------------------------------------
+  struct BlockView {
+    std::uintptr_t addr = 0;
+    std::size_t bytes = 0;           // rounded size (the span it occupies)
+    std::size_t requested_bytes = 0;
+    bool allocated = false;          // false: free space inside the segment
+  };
+  struct SegmentView {
+    std::uintptr_t addr = 0;
+    std::size_t bytes = 0;
+    PoolId pool = kDefaultPoolId;
+    device::Stream stream = device::kDefaultStream;  // of its first live block
+    std::vector<BlockView> blocks;  // in address order, covering the segment
+  };
+  // Mapped memory as segments (runs mapped by one pool), with their blocks and free gaps.
+  std::vector<SegmentView> segments() const;
+  // The largest run of mapped memory that holds no live block: an upper bound of what a
+  // malloc could get without a new device call (torch's cacheInfo, which cuDNN's autotuner
+  // uses to size its workspace).
+  std::size_t largest_cached_bytes() const;
+  // The mapped run holding `ptr` (getBaseAllocation); false when `ptr` is not mapped here.
+  bool base_allocation(const void* ptr, std::uintptr_t* base, std::size_t* bytes) const;
+  // Mapping changes as they happen (segment_map/unmap in torch's memory history); called
+  // under the allocator's lock: it must not call back into the allocator.
+  void set_segment_sink(std::function<void(const SegmentEvent&)> sink);
+  // Per private pool, its reserved bytes (torch's reserved_bytes_by_private_pools).
+  std::vector<std::pair<PoolId, StatArray>> private_pool_reserved() const;
+
+  // All pools together (the default one and every private pool).
   DeviceStats stats() const;
   predict::PredictorStats predictor_stats() const;
   AllocatorCounters counters() const;
@@ -77,18 +136,54 @@ class Allocator {
   const Options& options() const noexcept { return options_; }
   device::Backend& backend() noexcept { return *backend_; }
   const char* pool_name() const noexcept { return pool_->name(); }
+  // The stream a live block was allocated on and its requested size; false when `ptr` is not
+  // live here.
+  bool block_info(const void* ptr, device::Stream* stream, std::size_t* bytes) const;
   const char* predictor_name() const noexcept;
 
  private:
+  struct PrivatePool {
+    PoolId id;
+    std::unique_ptr<pool::Pool> pool;
+    int use_count = 1;
+    std::size_t live_blocks = 0;
+    bool use_on_oom = false;
+  };
+  struct Route {
+    PoolId id;
+    PrivatePool* pool;
+    StreamFilter filter;
+  };
   struct Live {
     std::uint64_t alloc_id;
     std::size_t bytes;
+    device::Stream stream;
+    PrivatePool* pool;  // nullptr: the default pool
   };
   std::string oom_message(std::size_t bytes, device::Stream stream) const;
+  DeviceStats stats_locked() const;
+  pool::Pool& pool_of(PrivatePool* p) noexcept { return p ? *p->pool : *pool_; }
+  const pool::Pool& pool_of(const PrivatePool* p) const noexcept { return p ? *p->pool : *pool_; }
+  // Selects the pool whose mappings the backend attributes from now on.
+  void own(PrivatePool* p) noexcept { backend_->set_owner(p ? p->id : kDefaultPoolId); }
+  PrivatePool* route_for(device::Stream stream) const;
+  // Allocates from `p` and records the block; nullptr when `p` has no room.
+  void* allocate_in(PrivatePool* p, std::size_t bytes, device::Stream stream,
+                    const pool::AllocHint& hint);
+  // Destroys a private pool nobody references any more once its last block is gone.
+  void drop_if_unused(PrivatePool* p);
+  void track_merged_peaks() noexcept;
 
   const Options options_;
-  std::unique_ptr<device::Backend> backend_;
-  std::unique_ptr<pool::Pool> pool_;
+  std::unique_ptr<ObservedBackend> backend_;
+  std::unique_ptr<pool::Pool> pool_;  // the default pool
+  std::map<PoolId, std::unique_ptr<PrivatePool>> private_;
+  std::vector<Route> routes_;
+  // Peaks of all pools together, tracked from the first private pool on (before it, the
+  // default pool's own statistics are the whole).
+  DeviceStats merged_peaks_;
+  bool merged_peaks_valid_ = false;
+  DeviceStats retired_;  // totals of destroyed private pools (their currents counted as freed)
   std::unique_ptr<predict::LifespanPredictor> predictor_;  // null under the torch policy
   mutable std::mutex mu_;
   std::unordered_map<void*, Live> live_;

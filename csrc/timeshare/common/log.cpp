@@ -1,4 +1,5 @@
 #include "timeshare/common/log.h"
+#include "timeshare/common/log_line.h"
 
 #include <cstdlib>
 #include <mutex>
@@ -46,6 +47,19 @@ bool set_log_level(std::string_view level) {
   if (!l) return false;
   if (!env_level()) log().set_level(*l);
   return true;
+}
+
+}  // namespace timeshare
+
+namespace timeshare {
+
+void log_line(LogLevel level, const std::string& message) {
+  switch (level) {
+    case LogLevel::kDebug: log().debug("{}", message); break;
+    case LogLevel::kInfo: log().info("{}", message); break;
+    case LogLevel::kWarn: log().warn("{}", message); break;
+    case LogLevel::kError: log().error("{}", message); break;
+  }
 }
 
 }  // namespace timeshare
