@@ -7,8 +7,14 @@ target environment, `libtimeshare_torch_oom.so` (raises torch.OutOfMemoryError).
 `timeshare-autoload.pth` start-up hook is installed at the site-packages root so that
 `TIMESHARE=1 python train.py` enables timeshare with no code change.
 
+Where torch is a CUDA build, it also builds the native route, `libtimeshare_native-<torch
+version>.so` (timeshare as PyTorch's own CUDAAllocator, python/timeshare/_native.py), against
+that torch; TIMESHARE_NATIVE_FOR=/path/to/python[:...] adds the torch of other interpreters (the
+test suite's CUDA-torch virtualenv).
+
 Environment knobs: TIMESHARE_CUDA=AUTO|ON|OFF, TIMESHARE_TORCH_DIR=/path/to/torch (skip the
-search), TIMESHARE_BUILD_TYPE=Release|Debug|RelWithDebInfo, CMAKE_BUILD_PARALLEL_LEVEL.
+search), TIMESHARE_NATIVE_FOR, TIMESHARE_BUILD_TYPE=Release|Debug|RelWithDebInfo,
+CMAKE_BUILD_PARALLEL_LEVEL.
 """
 
 from __future__ import annotations
@@ -26,6 +32,21 @@ ROOT = Path(__file__).resolve().parent
 PTH_NAME = "timeshare-autoload.pth"
 
 
+_TORCH_QUERY = ("import os,torch;print(os.path.dirname(torch.__file__));"
+                "print(int(torch.compiled_with_cxx11_abi()));print(torch.__version__);"
+                "print(torch.version.cuda or '')")
+
+
+def _query_torch(python: str) -> tuple[str, str, str, str] | None:
+    """(torch package dir, cxx11 abi 0/1, version, CUDA version or "") of `python`'s torch."""
+    try:
+        out = subprocess.run([python, "-I", "-c", _TORCH_QUERY], capture_output=True, text=True,
+                             timeout=300, check=True).stdout.splitlines()
+        return out[0], out[1], out[2], out[3] if len(out) > 3 else ""
+    except (subprocess.SubprocessError, OSError, IndexError):
+        return None
+
+
 def _find_target_torch() -> tuple[str, str]:
     """(torch package dir, cxx11 abi 0/1) of the torch in the target interpreter, or ("", "1").
 
@@ -34,13 +55,22 @@ def _find_target_torch() -> tuple[str, str]:
     """
     if os.environ.get("TIMESHARE_TORCH_DIR"):
         return os.environ["TIMESHARE_TORCH_DIR"], os.environ.get("TIMESHARE_TORCH_CXX11_ABI", "1")
-    code = "import os,torch;print(os.path.dirname(torch.__file__));print(int(torch.compiled_with_cxx11_abi()))"
-    try:
-        out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
-                             timeout=300, check=True).stdout.split()
-        return out[0], out[1]
-    except (subprocess.SubprocessError, OSError, IndexError):
-        return "", "1"
+    found = _query_torch(sys.executable)
+    return (found[0], found[1]) if found else ("", "1")
+
+
+def _native_torch_entries() -> str:
+    """The CUDA builds of torch to build the native layer against ("dir|version|abi;..."): the
+    target interpreter's torch, and that of every interpreter in TIMESHARE_NATIVE_FOR
+    (os.pathsep-separated paths of python executables)."""
+    pythons = [sys.executable]
+    pythons += [p for p in os.environ.get("TIMESHARE_NATIVE_FOR", "").split(os.pathsep) if p]
+    entries: dict[str, str] = {}
+    for py in pythons:
+        found = _query_torch(py)
+        if found and found[3]:  # a CUDA build
+            entries[found[2]] = f"{found[0]}|{found[2]}|{found[1]}"
+    return ";".join(entries.values())
 
 
 class CMakeExtension(Extension):
@@ -48,7 +78,7 @@ class CMakeExtension(Extension):
         super().__init__(name, sources=[])
 
 
-EXTRA_LIBS = ("libtimeshare.so", "libtimeshare_torch_oom.so")
+EXTRA_LIBS = ("libtimeshare.so", "libtimeshare_torch_oom.so", "libtimeshare_native-*.so")
 
 
 class CMakeBuild(build_ext):
@@ -57,7 +87,7 @@ class CMakeBuild(build_ext):
 
     def _extra_built(self) -> list[Path]:
         built_dir = Path(self.build_lib).resolve() / "timeshare"
-        return [built_dir / name for name in EXTRA_LIBS if (built_dir / name).exists()]
+        return sorted({p for pattern in EXTRA_LIBS for p in built_dir.glob(pattern)})
 
     def _source_pkg_dir(self) -> Path:
         return Path(self.get_finalized_command("build_py").get_package_dir("timeshare"))
@@ -98,6 +128,7 @@ class CMakeBuild(build_ext):
             "-DTIMESHARE_BUILD_PYTHON=ON",
             f"-DTIMESHARE_TORCH_DIR={torch_dir}",
             f"-DTIMESHARE_TORCH_CXX11_ABI={abi}",
+            f"-DTIMESHARE_NATIVE_TORCH={_native_torch_entries()}",
         ]
         env = dict(os.environ)
         env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", "2")

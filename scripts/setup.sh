@@ -39,5 +39,8 @@ if [ -z "${SKIP_CUDA_VENV:-}" ] && [ ! -x .venv-cuda/bin/python ]; then
 fi
 
 echo "[setup] building and installing timeshare"
+# The native route is built against each CUDA build of torch present: the target's (none here:
+# the CPU build) and the registration tests' virtualenv.
+[ -x .venv-cuda/bin/python ] && export TIMESHARE_NATIVE_FOR="$PWD/.venv-cuda/bin/python"
 $PY -m pip install -q --disable-pip-version-check --no-build-isolation . 2>&1 | grep -v "^WARNING" || true
 $PY -c "import timeshare, timeshare._C; print('[setup] timeshare', timeshare.__version__, 'at', timeshare.library_path())"

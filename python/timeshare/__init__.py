@@ -12,7 +12,7 @@ Or with no code change: ``TIMESHARE=1 python train.py`` (options in ``TIMESHARE_
 from __future__ import annotations
 
 from timeshare._config import options_table, parse_conf
-from timeshare._enable import TimeshareError, enable, is_enabled, library_path
+from timeshare._enable import TimeshareError, enable, is_enabled, library_path, route
 from timeshare._fit import fit, recompute_stats
 from timeshare._offload import (
     OffloadError,
@@ -57,6 +57,7 @@ __all__ = [
     "recompute_stats",
     "reset_accumulated_memory_stats",
     "reset_peak_memory_stats",
+    "route",
     "spill_stats",
     "uninstall_global",
 ]

@@ -15,11 +15,11 @@ from typing import Any
 from timeshare import _C
 from timeshare._config import build_conf
 
-__all__ = ["TimeshareError", "enable", "is_enabled", "library_path"]
+__all__ = ["TimeshareError", "enable", "is_enabled", "library_path", "route"]
 
 log = logging.getLogger("timeshare")
 
-_state: dict[str, Any] = {"enabled": False, "conf": None, "allocator": None}
+_state: dict[str, Any] = {"enabled": False, "conf": None, "allocator": None, "route": None}
 
 # Hook setter on torch's pluggable allocator -> our C symbol. Feature-detected by name: the
 # set of hooks changed between torch releases.
@@ -28,6 +28,12 @@ _HOOKS = {
     "set_reset_fn": "timeshare_empty_cache",
     "set_memory_fraction_fn": "timeshare_memory_fraction",
     "set_record_stream_fn": "timeshare_record_stream",
+    # Private pools for CUDA graphs and MemPool (without them torch would let graph capture
+    # allocate from the shared pool).
+    "set_begin_allocate_to_pool": "timeshare_begin_allocate_to_pool",
+    "set_end_allocate_to_pool_fn": "timeshare_end_allocate_to_pool",
+    "set_release_pool": "timeshare_release_pool",
+    "set_base_alloc_fn": "timeshare_base_alloc",
 }
 
 
@@ -47,6 +53,14 @@ def library_path() -> str:
 def is_enabled() -> bool:
     """Whether timeshare serves PyTorch's CUDA allocations in this process."""
     return bool(_state["enabled"])
+
+
+def route() -> str | None:
+    """How PyTorch reaches timeshare in this process: ``"native"`` (timeshare is PyTorch's own
+    ``CUDAAllocator``: every torch.cuda memory feature works), ``"pluggable"`` (the
+    ``CUDAPluggableAllocator`` fallback; docs/usage.md lists what it cannot do), or None when
+    timeshare is not enabled."""
+    return _state["route"]
 
 
 def _check_torch_ready(torch: Any, require_device: bool) -> None:
@@ -122,16 +136,34 @@ def _check_one_core(path: str) -> None:
         )
 
 
-def _install(conf: str, require_device: bool = True) -> None:
-    """Registers libtimeshare.so with PyTorch. `require_device=False` lets tests exercise every
-    step that needs no GPU against a CUDA build of torch on a machine without one."""
-    import torch
+_TOO_LATE = ("Call enable() before any CUDA work, or run with TIMESHARE=1.")
 
-    _check_torch_ready(torch, require_device)
-    path = library_path()
-    _check_one_core(path)
+
+def _install_native(torch: Any, wanted: str) -> bool:
+    """Installs the native CUDAAllocator when `wanted` (the `route` option) allows it and it is
+    available; False means "use the pluggable route" (logged, with why)."""
+    from timeshare import _native
+
+    if wanted == "pluggable":
+        log.info("timeshare: route:pluggable chosen; PyTorch reaches timeshare through "
+                 "CUDAPluggableAllocator")
+        return False
+    ok, why = _native.try_install(torch)
+    if ok:
+        return True
+    if "already initialized" in why:
+        raise TimeshareError(f"timeshare.enable(): PyTorch refused the allocator swap ({why}). "
+                             + _TOO_LATE)
+    if wanted == "native":
+        raise TimeshareError(f"timeshare.enable(): route:native was asked for, but {why}; use "
+                             "route:auto (falls back to the pluggable route) or route:pluggable")
+    log.warning("timeshare: native route unavailable (%s); using the pluggable route "
+                "(docs/usage.md#known-gaps lists what it cannot do)", why)
+    return False
+
+
+def _install_pluggable(torch: Any, path: str) -> tuple[Any, Any]:
     lib = ctypes.CDLL(path)
-    _C.configure(conf)
     alloc = torch.cuda.memory.CUDAPluggableAllocator(path, "timeshare_malloc", "timeshare_free")
     raw = alloc._allocator
     for setter, symbol in _HOOKS.items():
@@ -143,19 +175,37 @@ def _install(conf: str, require_device: bool = True) -> None:
         torch.cuda.memory.change_current_allocator(alloc)
     except RuntimeError as e:  # e.g. "Can't swap an already initialized allocator"
         raise TimeshareError(
-            f"timeshare.enable(): PyTorch refused the allocator swap ({e}). Call enable() before "
-            "any CUDA work, or run with TIMESHARE=1."
+            f"timeshare.enable(): PyTorch refused the allocator swap ({e}). " + _TOO_LATE
         ) from None
     from timeshare import stats
 
     stats.patch_torch(torch)
-    _state.update(enabled=True, conf=conf, allocator=alloc, lib=lib)
+    _gap_warnings(torch)
+    return lib, alloc
+
+
+def _install(conf: str, require_device: bool = True) -> None:
+    """Registers timeshare with PyTorch, on the native route where it can (see _native.py),
+    else on the pluggable one. `require_device=False` lets tests exercise every step that needs
+    no GPU against a CUDA build of torch on a machine without one."""
+    import torch
+
+    _check_torch_ready(torch, require_device)
+    path = library_path()
+    _check_one_core(path)
+    _C.configure(conf)
     opts = _C.parse_conf(conf)
+    lib = alloc = None
+    if _install_native(torch, opts["route"]):
+        chosen = "native"
+    else:
+        lib, alloc = _install_pluggable(torch, path)
+        chosen = "pluggable"
+    _state.update(enabled=True, conf=conf, allocator=alloc, lib=lib, route=chosen)
     if opts["budget"] > 0 and opts["spill"] != "none":
         from timeshare._offload import install_global
 
         install_global(conf)  # saved-tensor hooks that spill above the budget
-    _gap_warnings(torch)
 
 
 def enable(conf: str | None = None, **options: Any) -> None:
@@ -177,4 +227,5 @@ def enable(conf: str | None = None, **options: Any) -> None:
                 f"PyTorch uses the allocator (enabled with '{_state['conf']}')"
             )
         return
-    _install(merged, require_device=True)
+    # The sim backend (no GPU: tests, demos) needs no device; every other backend does.
+    _install(merged, require_device=_C.parse_conf(merged)["backend"] != "sim")

@@ -1,8 +1,9 @@
 """Memory statistics with ``torch.cuda.memory_stats()``'s key names, plus ``timeshare.*`` keys.
 
-Under a pluggable allocator PyTorch's own ``torch.cuda.memory_stats()`` family raises "does
-not yet support"; once timeshare is enabled those functions are replaced by the ones here, so
-training frameworks that log memory keep working.
+On the native route (timeshare is PyTorch's own CUDAAllocator) ``torch.cuda.memory_stats()``
+and its family answer from timeshare by themselves. Under the pluggable fallback PyTorch's own
+functions raise "does not yet support"; there, once timeshare is enabled, those functions are
+replaced by the ones here, so training frameworks that log memory keep working.
 """
 
 from __future__ import annotations
@@ -159,7 +160,11 @@ def memory_summary(device: Device = None, abbreviated: bool = False) -> str:
     """A readable table of memory_stats(device), like torch.cuda.memory_summary()."""
     idx = _device_index(device)
     stats = memory_stats(idx)
-    title = f"timeshare memory summary, device {idx} ({_C.current_conf().split(',')[0]})"
+    from timeshare._enable import route
+
+    live = route()
+    title = (f"timeshare memory summary, device {idx} ({_C.current_conf().split(',')[0]}, "
+             f"{live + ' route' if live else 'not enabled'})")
     if not stats:
         return f"{title}: no allocation yet\n"
     return format_summary(stats, title, abbreviated)

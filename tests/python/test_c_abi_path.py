@@ -355,7 +355,7 @@ def test_patched_torch_cuda_stats_report_the_c_abi(python_env: dict[str, str]) -
         import torch
         from timeshare import _enable
         assert not torch.cuda.is_available()
-        _enable._install(build_conf(backend="sim"), require_device=False)
+        _enable._install(build_conf(backend="sim", route="pluggable"), require_device=False)
         ptrs = in_threads(malloc, [(16 * MiB,)] * 3)
         say("torch", torch.cuda.memory_allocated(), torch.cuda.memory_allocated(0),
             torch.cuda.memory_stats(0)["allocation.all.current"])

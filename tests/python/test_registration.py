@@ -35,7 +35,8 @@ def test_library_loads_and_hooks_are_set(python_env: dict[str, str]) -> None:
                     "timeshare_empty_cache", "timeshare_memory_fraction",
                     "timeshare_record_stream"):
             assert getattr(lib, sym)
-        _enable._install(timeshare._config.build_conf(), require_device=False)
+        _enable._install(timeshare._config.build_conf(route="pluggable"), require_device=False)
+        assert timeshare.route() == "pluggable"
         raw = _enable._state["allocator"]._allocator
         print("hooks", sorted(h for h in _enable._HOOKS if hasattr(raw, h)))
         # torch's stats functions now answer from timeshare instead of raising
@@ -49,7 +50,9 @@ def test_library_loads_and_hooks_are_set(python_env: dict[str, str]) -> None:
         python_env,
     )
     assert r.returncode == 0, r.stderr
-    hooks = "['set_init_fn', 'set_memory_fraction_fn', 'set_record_stream_fn', 'set_reset_fn']"
+    hooks = ("['set_base_alloc_fn', 'set_begin_allocate_to_pool', 'set_end_allocate_to_pool_fn', "
+             "'set_init_fn', 'set_memory_fraction_fn', 'set_record_stream_fn', 'set_release_pool', "
+             "'set_reset_fn']")
     assert f"hooks {hooks}" in r.stdout
     assert "allocated 0 0" in r.stdout
     assert r.stdout.strip().endswith("ok")
@@ -114,7 +117,7 @@ def test_oom_shim_throws_c10_out_of_memory(python_env: dict[str, str]) -> None:
         assert "CUDA out of memory (timeshare). test" in r.stdout
 
 
-def test_cudnn_benchmark_is_guarded_with_one_warning(python_env: dict[str, str]) -> None:
+def test_cudnn_benchmark_is_guarded_with_one_warning_on_the_pluggable_route(python_env: dict[str, str]) -> None:
     r = run(
         """
         import warnings, torch, timeshare
@@ -122,7 +125,8 @@ def test_cudnn_benchmark_is_guarded_with_one_warning(python_env: dict[str, str])
         torch.backends.cudnn.benchmark = True
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
-            _enable._install(timeshare._config.build_conf(), require_device=False)
+            _enable._install(timeshare._config.build_conf(route="pluggable"),
+                             require_device=False)
             print("after enable:", torch.backends.cudnn.benchmark, len(w))
             torch.backends.cudnn.benchmark = True
             print("after set:", torch.backends.cudnn.benchmark, len(w))

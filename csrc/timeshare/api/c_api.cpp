@@ -196,6 +196,47 @@ void timeshare_record_stream(void* ptr, void* stream) {
   });
 }
 
+void timeshare_begin_allocate_to_pool(int device, TimeshareMempoolId id,
+                                      std::function<bool(CUstream_st*)> filter) {
+  std::string error = device_refusal(device);
+  Allocator* a = error.empty() ? registry::get(device, &error) : nullptr;
+  if (!a) throw std::runtime_error("timeshare cannot serve device " + std::to_string(device) + ": " + error);
+  auto f = [filter = std::move(filter)](device::Stream s) {
+    return filter(reinterpret_cast<CUstream_st*>(s));
+  };
+  if (std::string err = a->begin_allocate_to_pool({id.first, id.second}, std::move(f)); !err.empty()) {
+    throw std::runtime_error("timeshare: " + err);
+  }
+}
+
+void timeshare_end_allocate_to_pool(int device, TimeshareMempoolId id) {
+  Allocator* a = registry::existing(device);
+  const std::string err = a ? a->end_allocate_to_pool({id.first, id.second})
+                            : "no allocator for device " + std::to_string(device);
+  if (!err.empty()) throw std::runtime_error("timeshare: " + err);
+}
+
+void timeshare_release_pool(int device, TimeshareMempoolId id) {
+  Allocator* a = registry::existing(device);
+  const std::string err = a ? a->release_pool({id.first, id.second})
+                            : "no allocator for device " + std::to_string(device);
+  if (!err.empty()) throw std::runtime_error("timeshare: " + err);
+}
+
+void* timeshare_base_alloc(void* ptr, size_t* size) {
+  void* base = nullptr;
+  registry::for_each([&](int, Allocator& a) {
+    std::uintptr_t b = 0;
+    std::size_t bytes = 0;
+    if (!base && a.base_allocation(ptr, &b, &bytes)) {
+      base = reinterpret_cast<void*>(b);
+      if (size) *size = bytes;
+    }
+  });
+  if (!base) throw std::runtime_error("timeshare: getBaseAllocation: pointer is not in memory timeshare mapped");
+  return base;
+}
+
 int timeshare_configure(const char* conf, char* error, size_t error_bytes) {
   auto write_error = [&](const std::string& msg) {
     if (error && error_bytes) {

@@ -39,5 +39,25 @@ TIMESHARE_API unsigned long long timeshare_c_api_errors(void);
 TIMESHARE_API int timeshare_debug_fail_at(const char* entry, unsigned long long nth);
 
 #ifdef __cplusplus
+}  // extern "C"
+
+// Private-pool hooks of torch's CUDAPluggableAllocator (set_begin_allocate_to_pool,
+// set_end_allocate_to_pool_fn, set_release_pool, set_base_alloc_fn), so that CUDA graph capture
+// and torch.cuda.MemPool on the pluggable route get private pools too (Allocator::
+// begin_allocate_to_pool), never the shared one. Their signatures carry C++ types (torch's
+// MempoolId_t, a std::function filter on cudaStream_t, whose pointee is CUstream_st): they match
+// torch's libstdc++ ABI, which this library is built with. A refusal throws std::runtime_error,
+// which torch raises in Python as RuntimeError, at capture begin.
+#include <functional>
+#include <utility>
+struct CUstream_st;
+using TimeshareMempoolId = std::pair<unsigned long long, unsigned long long>;
+extern "C" {
+TIMESHARE_API void timeshare_begin_allocate_to_pool(int device, TimeshareMempoolId id,
+                                                    std::function<bool(CUstream_st*)> filter);
+TIMESHARE_API void timeshare_end_allocate_to_pool(int device, TimeshareMempoolId id);
+TIMESHARE_API void timeshare_release_pool(int device, TimeshareMempoolId id);
+// The start of the mapped run holding `ptr`, its size in *size (torch's getBaseAllocation).
+TIMESHARE_API void* timeshare_base_alloc(void* ptr, size_t* size);
 }
 #endif

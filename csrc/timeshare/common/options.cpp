@@ -11,11 +11,15 @@ namespace timeshare {
 
 namespace {
 
-constexpr std::array<OptionInfo, 27> kOptionTable{{
+constexpr std::array<OptionInfo, 28> kOptionTable{{
     {"policy", "choice", "timeshare", "allocation policy: timeshare (predictor + temporal pool) "
                                       "or torch (model of PyTorch's caching allocator)"},
     {"backend", "choice", "auto", "device backend: auto (cuda where a GPU is present), cuda, sim"},
     {"sim_capacity", "bytes", "80GiB", "device capacity of the sim backend"},
+    {"route", "choice", "auto", "how PyTorch reaches timeshare: auto (native where it was built "
+                                "for the running torch, else pluggable), native (PyTorch's own "
+                                "CUDAAllocator interface: every torch.cuda memory feature), "
+                                "pluggable (CUDAPluggableAllocator; the fallback)"},
     {"expandable_segments", "bool", "false", "torch policy: grow segments by mapping 2 MiB "
                                              "granules (PyTorch's expandable_segments)"},
     {"max_split_size_mb", "int", "unlimited", "torch policy: blocks above this size (MiB) are "
@@ -261,6 +265,11 @@ std::optional<Setter> setter_for(std::string_view key) {
   }
   if (key == "drift_threshold") return [](Options& o, std::string_view v) { return set_float(o.drift_threshold, v, 0.0, 1.0); };
   if (key == "seed") return [](Options& o, std::string_view v) { return set_int(o.seed, v, 0, std::numeric_limits<std::int64_t>::max()); };
+  if (key == "route") {
+    return [](Options& o, std::string_view v) {
+      return set_choice(o.route, v, {"auto", "native", "pluggable"});
+    };
+  }
   if (key == "log") {
     return [](Options& o, std::string_view v) {
       return set_choice(o.log_level, v, {"trace", "debug", "info", "warn", "error", "off"});
@@ -361,6 +370,7 @@ std::string to_conf_string(const Options& o) {
   add("policy", to_string(o.policy));
   add("backend", to_string(o.backend));
   add("sim_capacity", std::to_string(o.sim_capacity_bytes));
+  add("route", o.route);
   add("expandable_segments", o.expandable_segments ? "true" : "false");
   if (o.max_split_size_bytes != SIZE_MAX) add("max_split_size_mb", std::to_string(o.max_split_size_bytes >> 20));
   add("garbage_collection_threshold", std::to_string(o.garbage_collection_threshold));

@@ -25,6 +25,7 @@ struct Options {
   PolicyKind policy = PolicyKind::kTimeshare;
   BackendKind backend = BackendKind::kAuto;
   std::size_t sim_capacity_bytes = std::size_t{80} << 30;
+  std::string route = "auto";                    // auto, native, pluggable (python/timeshare/_native.py)
   bool expandable_segments = false;              // torch policy only
   std::size_t max_split_size_bytes = SIZE_MAX;   // torch policy only
   double garbage_collection_threshold = 0.0;     // torch policy only

@@ -36,6 +36,7 @@ py::dict options_dict(const Options& o) {
   py::dict d;
   d["policy"] = to_string(o.policy);
   d["backend"] = to_string(o.backend);
+  d["route"] = o.route;
   d["sim_capacity"] = o.sim_capacity_bytes;
   d["expandable_segments"] = o.expandable_segments;
   d["max_split_size_bytes"] = o.max_split_size_bytes == SIZE_MAX ? py::object(py::none())
