@@ -290,7 +290,8 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
     def _eligible(self, t: Any) -> bool:
         import torch
 
-        if t.layout != torch.strided or t.is_quantized or t.is_conj() or t.is_neg():
+        if (t.layout != torch.strided or t.is_nested or t.is_quantized or t.is_conj()
+                or t.is_neg()):
             self._counters["ineligible"] += 1
             return False
         if isinstance(t, torch.nn.Parameter) or (t.is_leaf and t.requires_grad):
