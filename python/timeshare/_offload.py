@@ -58,7 +58,7 @@ from typing import Any
 
 from timeshare import _C
 from timeshare._fit_plan import spill_plan
-from timeshare._offload_saved import _Kept, _OwnedLock, _Packed, _SavedView
+from timeshare._offload_saved import _current_stream, _Kept, _OwnedLock, _Packed, _SavedView
 
 __all__ = ["OffloadError", "install_global", "offload", "spill_stats", "uninstall_global"]
 
@@ -270,11 +270,8 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
 
     @staticmethod
     def _stream(device: Any) -> int:
-        if device.type != "cuda":
-            return 0
-        import torch
-
-        return int(torch.cuda.current_stream(device).cuda_stream)
+        """The engine's handle of the current stream (0 on the sim backend)."""
+        return int(_current_stream(device).cuda_stream) if device.type == "cuda" else 0
 
     def _device_bytes(self, device: Any) -> int:
         """Device bytes that count against the budget, minus spills about to release theirs."""
@@ -491,7 +488,7 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
             if hist is not None and hist[2] < 0:
                 hist[2] = time.perf_counter_ns() - self._t0
             if rec.restored is not None:
-                return rec.restored
+                return rec.restored_here()
             if rec.tensor is not None:  # resident, or its spill copy has not completed yet
                 t = rec.tensor
                 if rec.handle:
@@ -514,6 +511,7 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
             dst = rec.prefetch_dst
         if dst is None:
             dst = torch.empty(rec.nbytes, dtype=torch.uint8, device=rec.device)
+            rec.alloc_on = _current_stream(rec.device)
             if not engine.start_restore(rec.handle, dst.data_ptr(), self._stream(rec.device)):
                 dst = self._fallback_restore(rec, dst)
                 return self._finish(rec, dst, engine)
@@ -545,7 +543,7 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
             rec.restored = dst
             rec.prefetch_dst = None
             self._counters["unpacked_restored"] += 1
-        return dst
+            return rec.restored_here()
 
     def _start_prefetches(self, recs: list[_Packed]) -> None:
         import torch
@@ -555,12 +553,12 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
                 continue
             dst = torch.empty(rec.nbytes, dtype=torch.uint8, device=rec.device)
             stream = self._stream(rec.device)  # the stream dst was allocated on
+            on = _current_stream(rec.device)
             with self._lock:
                 if rec.prefetch_dst is not None or not rec.handle:
                     continue
                 if self._engine.start_restore(rec.handle, dst.data_ptr(), stream, prefetch=True):
-                    rec.prefetch_dst = dst
-                    rec.prefetch_stream = stream
+                    rec.prefetch_dst, rec.prefetch_stream, rec.alloc_on = dst, stream, on
                     self._counters["prefetches"] += 1
 
     # ---- statistics ----------------------------------------------------------------------------

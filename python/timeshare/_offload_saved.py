@@ -22,7 +22,8 @@ class _Packed:
     tensor saved twice; restoring the storage gives every view back with its own strides."""
 
     __slots__ = ("tensor", "handle", "pos", "nbytes", "device", "version", "origin", "restored",
-                 "prefetch_dst", "prefetch_stream", "stream", "owner", "spilling", "__weakref__")
+                 "prefetch_dst", "prefetch_stream", "stream", "owner", "spilling", "alloc_on",
+                 "ready_on", "__weakref__")
 
     def __init__(self, flat: Any, pos: int, owner: offload, origin: Any, stream: int) -> None:
         self.tensor = flat
@@ -41,6 +42,25 @@ class _Packed:
         self.stream = stream
         self.owner = owner
         self.spilling = False
+        # Streams of a restore's destination (torch stream objects, None while the storage
+        # is the original one): the one it was allocated on, and one ordered after its copy.
+        self.alloc_on: Any = None
+        self.ready_on: Any = None
+
+    def restored_here(self) -> Any:
+        """The restored storage, safe on the current stream: a stream other than the one
+        ordered after its copy waits for that one, and one other than its allocation stream is
+        recorded on it (``record_stream``), so that the memory cannot go back to that stream's
+        pool while this one still reads it."""
+        if self.alloc_on is not None:
+            here = _current_stream(self.device)
+            if self.ready_on is None:
+                self.ready_on = here  # the first unpack's finish_restore waited for the copy
+            elif here != self.ready_on:
+                here.wait_stream(self.ready_on)
+            if here != self.alloc_on:
+                self.restored.record_stream(here)
+        return self.restored
 
     def __del__(self) -> None:
         if self.handle and self.owner is not None:
@@ -60,6 +80,13 @@ class _Packed:
                 engine.release(self.handle)
             self.handle = 0
         self.prefetch_dst = None
+
+
+def _current_stream(device: Any) -> Any:
+    """torch's current stream on the device (torch.cpu's one stream on the CPU)."""
+    import torch
+
+    return torch.get_device_module(device.type).current_stream(device)
 
 
 class _OwnedLock:
