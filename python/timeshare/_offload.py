@@ -343,7 +343,7 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
         """Drop the device copy of every spill whose copy has completed."""
         for key, rec in list(self._pending.items()):
             if rec.handle and rec.tensor is not None and self._engine.spill_complete(rec.handle):
-                rec.tensor = None
+                rec.drop_device_copy()
                 self._pending_bytes -= rec.nbytes
                 self._pending.pop(key, None)
 
@@ -444,7 +444,7 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
             for key, rec in list(self._pending.items()):
                 if rec.handle and rec.tensor is not None:
                     self._engine.wait_spill(rec.handle)
-                    rec.tensor = None
+                    rec.drop_device_copy()
                     self._pending_bytes -= rec.nbytes
                     self._pending.pop(key, None)
                     freed += rec.nbytes

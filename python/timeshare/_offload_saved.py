@@ -4,7 +4,6 @@ version check autograd skips when saved-tensor hooks are set. Used by ``timeshar
 
 from __future__ import annotations
 
-import re
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -22,8 +21,8 @@ class _Packed:
     tensor saved twice; restoring the storage gives every view back with its own strides."""
 
     __slots__ = ("tensor", "handle", "pos", "nbytes", "device", "version", "origin", "restored",
-                 "prefetch_dst", "prefetch_stream", "stream", "owner", "spilling", "alloc_on",
-                 "ready_on", "__weakref__")
+                 "prefetch_dst", "prefetch_stream", "stream", "owner", "spilling", "views",
+                 "alloc_on", "ready_on", "__weakref__")
 
     def __init__(self, flat: Any, pos: int, owner: offload, origin: Any, stream: int) -> None:
         self.tensor = flat
@@ -42,6 +41,8 @@ class _Packed:
         self.stream = stream
         self.owner = owner
         self.spilling = False
+        # The views that hold their saved tensor while this unit holds its storage (weakly).
+        self.views: list[weakref.ref[_SavedView]] = []
         # Streams of a restore's destination (torch stream objects, None while the storage
         # is the original one): the one it was allocated on, and one ordered after its copy.
         self.alloc_on: Any = None
@@ -61,6 +62,16 @@ class _Packed:
             if here != self.alloc_on:
                 self.restored.record_stream(here)
         return self.restored
+
+    def drop_device_copy(self) -> None:
+        """The spill copy has completed: let the device memory go. Views that held their saved
+        tensor (to name it as autograd does) let it go too, remembering its grad_fn."""
+        self.tensor = None
+        for ref in self.views:
+            view = ref()
+            if view is not None:
+                view.release_source()
+        self.views.clear()
 
     def __del__(self) -> None:
         if self.handle and self.owner is not None:
@@ -120,39 +131,107 @@ class _OwnedLock:
         self.release()
 
 
-_BACKWARD_SUFFIX = re.compile(r"Backward\d*$")
+_LEGACY_TYPES = frozenset(("Byte", "Char", "Double", "Float", "Int", "Long", "Short", "Half"))
+_DISPATCH = {"cpu": "CPU", "cuda": "CUDA", "meta": "Meta", "mps": "MPS", "xpu": "XPU",
+             "hpu": "HPU", "xla": "XLA", "lazy": "Lazy", "mtia": "MTIA", "ipu": "IPU"}
 
 
-def _producer(t: Any) -> tuple[int, str, int] | None:
-    """(output_nr, grad_fn name, its sequence number) at pack: how autograd will name t."""
-    fn = t.grad_fn
-    return None if fn is None else (t.output_nr, fn.name(), fn._sequence_nr())
+def _op_name(node_name: str) -> str:
+    """``Node::forward_op_name``: the node's name less "Backward<N>", N kept unless 0."""
+    pos = node_name.rfind("Backward")
+    suffix = node_name[pos + 8:]
+    if pos < 0 or (suffix and not suffix.isdigit()):
+        return node_name
+    return node_name[:pos] + ("" if suffix in ("", "0") else suffix)
 
 
-def _version_error(now: int, saved: int, dtype: Any, device: Any, shape: Any,
-                   producer: tuple[int, str, int] | None, tensor: Any) -> RuntimeError:
-    """Autograd's error for a saved tensor modified in place since its pack. It names the node
-    being run when the tensor is that node's own output, else the tensor's grad_fn now (``tensor``
-    when the hooks hold it; else its grad_fn at pack)."""
+def _type_text(dtype: Any, device: Any, layout: Any) -> str:
+    """``Tensor::toString()`` as autograd's message reaches Python: "CPUBFloat16Type", with the
+    legacy CPU and CUDA types translated ("torch.FloatTensor", by processErrorMsg)."""
+    import warnings
+
     import torch
 
-    named = ""
-    if producer is not None:
-        nr, name, seq = producer
-        cur = torch._C._current_autograd_node()
-        own = cur is not None and (cur.name(), cur._sequence_nr()) == (name, seq)
-        if not own and tensor is not None and tensor.grad_fn is not None:
-            nr, name = tensor.output_nr, tensor.grad_fn.name()
-        named = f", which is output {nr} of {_BACKWARD_SUFFIX.sub('', name)},"
+    with warnings.catch_warnings():  # ComplexHalf warns that it is experimental
+        warnings.simplefilter("ignore")
+        legacy = torch.empty(0, dtype=dtype, device="meta").type()  # torch.meta.FloatTensor
+    scalar = legacy.rsplit(".", 1)[-1][:-len("Tensor")]
+    sparse = layout == torch.sparse_coo
+    if device.type in ("cpu", "cuda") and scalar in _LEGACY_TYPES:
+        return "torch." + ("cuda." if device.type == "cuda" else "") + (
+            "sparse." if sparse else "") + f"{scalar}Tensor"
+    key = _DISPATCH.get(device.type, device.type)
+    return f"{'Sparse' if sparse else ''}{key}{scalar}Type"
+
+
+def _shape_text(t: Any) -> str:
+    """``sizes()`` as autograd prints it; for a nested tensor, its sizes tensor as at::print
+    writes it."""
+    if not t.is_nested:
+        return str(list(t.shape))
+    rows = t._nested_tensor_size().tolist()
+    width = max((len(str(v)) for row in rows for v in row), default=0) + 1
+    body = "".join(" ".join(f"{v:>{width}}" for v in row) + "\n" for row in rows)
+    dims = ",".join(str(n) for n in (len(rows), len(rows[0]) if rows else 0))
+    return f"{body}[ torch.LongTensor{{{dims}}} ]"
+
+
+def _sequence_peek() -> int:
+    import torch
+
+    get = getattr(torch._C._autograd, "_get_sequence_nr", None)
+    return int(get()) if get is not None else -1
+
+
+class _Identity:
+    """How autograd's in-place error names a saved tensor, as ``SavedVariable::unpack`` does
+    without hooks. An output of the node being built (its grad_fn is the newest node) is named
+    after that node with its output number at pack; it is held detached, as autograd holds it
+    (holding it itself would be a reference cycle through C++ that Python's collector cannot
+    free). Any other tensor (an input, a leaf) is named after its grad_fn at unpack, output 0:
+    read from the tensor while the hooks hold it, else the last grad_fn they saw. (The output
+    of an in-place op on a view is named after the view's grad_fn at pack: autograd does so
+    while that node lives, else it names the in-place op's node, which hooks cannot see.)"""
+
+    __slots__ = ("output", "nr", "op", "leaf")
+
+    def __init__(self, t: Any) -> None:
+        fn = t.grad_fn
+        self.leaf = t.is_leaf
+        self.op = None if fn is None else _op_name(fn.name())
+        self.output = fn is not None and fn._sequence_nr() == _sequence_peek() - 1
+        self.nr = t.output_nr if self.output else 0
+
+    def remember(self, t: Any) -> None:
+        if not self.output:
+            fn = t.grad_fn
+            self.op = None if fn is None else _op_name(fn.name())
+
+    def named(self, t: Any) -> str:
+        """", which is output N of Op," or "" (a leaf), t: the tensor when still held."""
+        import torch
+
+        if t is not None:
+            self.remember(t)
+        op = self.op
+        if op is None and not self.leaf:  # detached in place: the node unpacking it
+            cur = torch._C._current_autograd_node()
+            op = None if cur is None else _op_name(cur.name())
+        return "" if op is None else f", which is output {self.nr} of {op},"
+
+
+def _version_error(now: int, saved: int, kind: str, shape: str, named: str) -> RuntimeError:
+    """Autograd's error for a saved tensor modified in place since its pack, word for word."""
+    import torch
+
     hint = ("Hint: the backtrace further above shows the operation that failed to compute "
             "its gradient. The variable in question was changed in there or anywhere later. "
             "Good luck!") if torch.is_anomaly_enabled() else (
             "Hint: enable anomaly detection to find the operation that failed to compute its "
             "gradient, with torch.autograd.set_detect_anomaly(True, check_nan=False).")
-    kind = torch.empty(0, dtype=dtype, device=device).type()
     return RuntimeError(
         "one of the variables needed for gradient computation has been modified by an "
-        f"inplace operation: [{kind} {list(shape)}]{named} is at version {now}; "
+        f"inplace operation: [{kind} {shape}]{named} is at version {now}; "
         f"expected version {saved} instead. {hint}")
 
 
@@ -175,29 +254,33 @@ def _version_alias(t: Any) -> Any:
 
 
 class _Kept:
-    """A saved tensor the hooks keep where it is (parameters, small, other layouts): itself,
-    with its version at pack, checked at unpack (autograd skips that check under hooks)."""
+    """A saved tensor the hooks keep where it is (parameters, small, other layouts), held as
+    autograd holds it (see ``_Identity``), with its version at pack, checked at unpack
+    (autograd skips that check under hooks)."""
 
-    __slots__ = ("tensor", "version", "producer")
+    __slots__ = ("tensor", "version", "who")
 
     def __init__(self, t: Any) -> None:
-        self.tensor = t
+        self.who = _Identity(t)
+        self.tensor = t.detach() if self.who.output else t
         self.version = t._version
-        self.producer = _producer(t)
 
     def check(self) -> None:
         t = self.tensor
         if t._version != self.version:
-            raise _version_error(t._version, self.version, t.dtype, t.device, t.shape,
-                                 self.producer, t)
+            raise _version_error(t._version, self.version, _type_text(t.dtype, t.device, t.layout),
+                                 _shape_text(t), self.who.named(None if self.who.output else t))
 
 
 class _SavedView:
     """What autograd holds for one saved tensor between pack and unpack: its unit, where in the
     unit's storage it lives, and its version at pack (read at unpack through ``counter``, an
-    alias that shares the tensor's version counter and no memory)."""
+    alias that shares the tensor's version counter and no memory). A saved tensor that is not
+    an output of the node being built is held (``source``) while its unit holds the storage on
+    the device, as autograd would hold it, to name it by its grad_fn then; weakly after."""
 
-    __slots__ = ("unit", "shape", "stride", "offset", "dtype", "version", "counter", "producer")
+    __slots__ = ("unit", "shape", "stride", "offset", "dtype", "version", "counter", "who",
+                 "source", "weak", "__weakref__")
 
     def __init__(self, unit: _Packed, t: Any) -> None:
         self.unit = unit
@@ -207,16 +290,30 @@ class _SavedView:
         self.dtype = t.dtype
         self.version = t._version
         self.counter = _version_alias(t)
-        self.producer = _producer(t)
+        self.who = _Identity(t)
+        self.source = self.weak = None
+        if not self.who.output:
+            self.weak = weakref.ref(t)
+            if unit.tensor is not None:
+                self.source = t
+                unit.views.append(weakref.ref(self))
+
+    def release_source(self) -> None:
+        if self.source is not None:
+            self.who.remember(self.source)
+            self.source = None
 
     def check(self) -> None:
         now = self.counter._version
         if now != self.version:
-            t = self.unit.origin()  # the unit's first saved tensor, while it lives
-            same = t is not None and (tuple(t.shape), t.stride(), t.storage_offset(), t.dtype) == (
-                self.shape, self.stride, self.offset, self.dtype)
-            raise _version_error(now, self.version, self.dtype, self.unit.device, self.shape,
-                                 self.producer, t if same else None)
+            import torch
+
+            t = self.source if self.source is not None else (
+                self.weak() if self.weak is not None else None)
+            raise _version_error(now, self.version,
+                                 _type_text(self.dtype, self.unit.device, torch.strided),
+                                 _shape_text(t) if t is not None else str(list(self.shape)),
+                                 self.who.named(t))
 
     def rebuild(self, flat: Any) -> Any:
         """This view of ``flat`` (the unit's storage, resident or restored): same dtype, shape,

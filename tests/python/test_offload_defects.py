@@ -6,8 +6,10 @@ whose Python object is gone); a graph dropped without a backward is freed at onc
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -22,6 +24,9 @@ if not hasattr(_C, "SpillEngine"):
     pytest.skip("this build of timeshare._C has no spill engine", allow_module_level=True)
 
 PINNED = 64 << 20
+# The three ways the hooks hold a saved tensor: spilled at once, resident, kept where it is.
+MODES = {"spilled": {"budget": 1, "min_spill": 1024}, "resident": {"budget": 1 << 40,
+         "min_spill": 1024}, "kept": {"budget": 1 << 40, "min_spill": 1 << 40}}
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +35,10 @@ def _fresh_contexts() -> Any:
     yield
     for ctx in list(ofl._contexts().values()):
         ctx.close()
+
+
+def _ctx(mode: str) -> Any:
+    return timeshare.offload(pinned=PINNED, **MODES[mode]) if mode else contextlib.nullcontext()
 
 
 # ---- defect 5: a prefetched restore used on another stream ----------------------------------
@@ -105,3 +114,151 @@ def test_nested_tensors_forward_and_backward(layout: str, budget: Any) -> None:
     want = run(contextlib.nullcontext())
     got = run(timeshare.offload(budget=budget, min_spill=16, pinned=PINNED))
     assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+# ---- defect 7: autograd's in-place error, word for word ---------------------------------------
+def _error(program: Any, ctx: Any) -> str:
+    with pytest.raises(RuntimeError) as info:
+        program(ctx)
+    return str(info.value)
+
+
+def _inplace(case: str, dtype: Any, device: str = "cpu") -> Any:
+    """A program whose backward meets a saved tensor modified in place."""
+    def program(ctx: Any) -> None:
+        torch.manual_seed(0)
+        grad_dtype = dtype if dtype.is_floating_point or dtype.is_complex else torch.float32
+        a = torch.randn(16, 64, device=device).to(grad_dtype).requires_grad_()
+        with ctx:
+            if case == "input":  # b saved by sin, then given a new grad_fn by add_
+                b = a * 2
+                y = b.sin()
+                b.add_(1)
+            elif case == "dropped":  # the same inside a block: b's Python object is gone
+                def block(x: Any) -> Any:
+                    b = x * 2
+                    y = b.sin()
+                    b.add_(1)
+                    return y
+                y = block(a)
+            elif case == "pow1":  # a node whose name ends in Backward1
+                b = a * 2
+                y = b.sin()
+                b.pow_(torch.full_like(b, 2).detach())
+            elif case == "view":  # a view saved, modified through itself
+                v = (a * 2)[2:]
+                y = v.sin()
+                v.mul_(3)
+            elif case == "view_of_base":  # a view saved, modified through its base
+                b = a * 2
+                y = b[2:].sin()
+                b.mul_(3)
+            elif case == "dropped_view":
+                def block(x: Any) -> Any:
+                    v = (x * 2)[2:]
+                    y = v.sin()
+                    v.mul_(3)
+                    return y
+                y = block(a)
+            elif case == "output":  # sigmoid saves its output
+                y = (a * 2).sigmoid()
+                y.mul_(2)
+            else:  # "other": an operand that needs no grad, of this dtype, dropped
+                def block(x: Any) -> Any:
+                    o = torch.ones(16, 64, device=device).to(dtype)
+                    y = x * o  # saves o
+                    with torch.no_grad():
+                        o.logical_not_() if dtype == torch.bool else o.add_(1)
+                    return y
+                y = block(a)
+        (y.abs() if y.is_complex() else y).sum().backward()
+    return program
+
+
+GRAD_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64,
+               torch.complex128]
+OTHER_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool]
+CASES = ["input", "dropped", "pow1", "view", "view_of_base", "dropped_view", "output"]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("dtype", GRAD_DTYPES, ids=str)
+def test_inplace_error_is_autograds_for_every_dtype_view_and_intermediate(
+        mode: str, dtype: Any) -> None:
+    for case in CASES:
+        if case == "pow1" and dtype.is_complex:
+            continue
+        want = _error(_inplace(case, dtype), contextlib.nullcontext())
+        assert "modified by an inplace operation" in want
+        assert _error(_inplace(case, dtype), _ctx(mode)) == want, case
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("dtype", OTHER_DTYPES, ids=str)
+def test_inplace_error_is_autograds_for_saved_operands_of_other_dtypes(
+        mode: str, dtype: Any) -> None:
+    want = _error(_inplace("other", dtype), contextlib.nullcontext())
+    assert _error(_inplace("other", dtype), _ctx(mode)) == want
+
+
+@pytest.mark.parametrize("mode", ["resident", "kept"])  # meta tensors have no bytes to spill
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_inplace_error_names_types_of_other_devices(mode: str, dtype: Any) -> None:
+    """On a device other than CPU and CUDA autograd writes "MetaFloatType"."""
+    for case in ("input", "dropped", "view"):
+        want = _error(_inplace(case, dtype, "meta"), contextlib.nullcontext())
+        assert _error(_inplace(case, dtype, "meta"), _ctx(mode)) == want, case
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")
+def test_inplace_error_on_a_nested_tensor_is_autograds() -> None:
+    def program(ctx: Any) -> None:
+        a = torch.randn(2, 3, requires_grad=True)
+        b = torch.randn(4, 3, requires_grad=True)
+        with ctx:
+            z = torch.nested.as_nested_tensor([a, b]) * 2
+            s = z.sin()
+            z.mul_(2)
+        torch.nested.to_padded_tensor(s, 0.0).sum().backward()
+
+    want = _error(program, contextlib.nullcontext())
+    for mode in MODES:
+        assert _error(program, _ctx(mode)) == want, mode
+
+
+# ---- defect 8: a graph dropped without a backward ---------------------------------------------
+def _forward_refs(ctx: Any) -> list[Any]:
+    """Weak references to a forward's activations; the forward's output is dropped."""
+    lin = torch.nn.Linear(64, 64)
+    x = torch.randn(32, 64)
+    with ctx:
+        h = lin(x)
+        e = h.exp()  # exp saves its output
+        y = e.sigmoid()  # so does sigmoid
+        z = (y * h).tanh()
+    return [weakref.ref(t) for t in (h, e, y, z)]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_graph_dropped_without_backward_is_freed(mode: str) -> None:
+    gc.collect()
+    gc.disable()  # freed by reference counting alone: the collector never runs
+    try:
+        refs = _forward_refs(_ctx(mode))
+        assert [r() is None for r in refs] == [True] * len(refs)
+    finally:
+        gc.enable()
+
+
+def test_graphs_dropped_under_install_global_are_freed() -> None:
+    ctx = ofl.install_global("budget:20GiB,spill:host,pinned:64MiB")  # default min_spill
+    gc.collect()
+    gc.disable()
+    try:
+        assert ctx is not None
+        alive = sum(r() is not None for _ in range(50)
+                    for r in _forward_refs(contextlib.nullcontext()))
+        assert alive == 0
+    finally:
+        gc.enable()
+        ofl.uninstall_global()
