@@ -8,7 +8,14 @@ PY=${PYTHON:-python3}
 JOBS=${JOBS:-2}
 
 echo "== C++: configure and build (build/) =="
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTIMESHARE_BUILD_PYTHON=OFF >/dev/null
+# The native route's C++ tests (tests/native/) build against the CUDA build of torch in
+# .venv-cuda, where scripts/setup.sh made one.
+NATIVE=""
+if [ -x .venv-cuda/bin/python ]; then
+  NATIVE=$(.venv-cuda/bin/python -I -c "import os,torch;print(os.path.dirname(torch.__file__)+'|'+torch.__version__+'|'+str(int(torch.compiled_with_cxx11_abi())))" 2>/dev/null || true)
+fi
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTIMESHARE_BUILD_PYTHON=OFF \
+  -DTIMESHARE_NATIVE_TORCH="$NATIVE" >/dev/null
 cmake --build build -j"$JOBS" 2>&1 | grep -E "error|warning:" || true
 cmake --build build -j"$JOBS" >/dev/null  # fails the script on a build error
 echo "== C++: Catch2 suite =="
