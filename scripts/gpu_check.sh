@@ -7,7 +7,9 @@
 # time, peak memory, bytes spilled, losses (identical to the default's, or the first step that
 # differs), whether torch.cuda.memory_stats() under timeshare is non-zero and follows a probe
 # tensor exactly, and any CUDA error with its message (a sticky one ends the run). Each step
-# uploads its batch on a side stream and hands it over with wait_stream + record_stream.
+# uploads its batch on a side stream and hands it over with wait_stream + record_stream. Then
+# scripts/gpu_torch_features.py checks torch.cuda's memory features on the native route
+# (cudnn.benchmark, a CUDA graph, torch.compile(mode="reduce-overhead"), memory_viz).
 # Only plain device allocations are used (cuMemAlloc / cuMemCreate); never managed memory.
 #
 #   scripts/gpu_check.sh                  # exit 0: every check held
@@ -43,6 +45,10 @@ $PY -c "import timeshare, timeshare._C as c; print('[gpu_check] timeshare', time
 left=$((TOTAL_S - ($(date +%s) - t0)))
 echo "[gpu_check] build done after $(( $(date +%s) - t0 )) s; runs get ${left} s; results in $OUT"
 status=0
-$PY scripts/gpu_train_check.py --all --out "$OUT" --steps "$STEPS" --deadline-s "$((left - 40))" || status=$?
+$PY scripts/gpu_train_check.py --all --out "$OUT" --steps "$STEPS" --deadline-s "$((left - 130))" || status=$?
+# torch.cuda's memory features on the native route (cudnn.benchmark, CUDA graphs,
+# torch.compile(mode="reduce-overhead"), memory history and memory_viz, memory_stats).
+left=$((TOTAL_S - ($(date +%s) - t0)))
+timeout "$((left > 20 ? left - 10 : 10))" $PY scripts/gpu_torch_features.py || status=$?
 echo "[gpu_check] total $(( $(date +%s) - t0 )) s, exit $status"
 exit $status

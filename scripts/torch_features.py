@@ -37,7 +37,8 @@ else:
     lib = ctypes.CDLL(timeshare.library_path())
     lib.timeshare_malloc.restype = ctypes.c_void_p
     lib.timeshare_malloc.argtypes = [ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
-    lib.timeshare_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+    lib.timeshare_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                                   ctypes.c_void_p]
     alloc = lambda n: lib.timeshare_malloc(n, 0, None)
     free = lambda p: lib.timeshare_free(p, 0, 0, None)
 p = alloc(3 * MiB)
@@ -81,7 +82,9 @@ PROBES = [
 
 
 def cuda_python() -> str | None:
-    for c in (os.environ.get("TIMESHARE_CUDA_TORCH_PYTHON", ""), str(ROOT / ".venv-cuda/bin/python")):
+    candidates = (os.environ.get("TIMESHARE_CUDA_TORCH_PYTHON", ""),
+                  str(ROOT / ".venv-cuda/bin/python"))
+    for c in candidates:
         if c and Path(c).exists():
             return c
     return None
@@ -104,15 +107,16 @@ def probe(py: str, path: str, route: str, code: str) -> str:
     if "PROBE-OK" in r.stdout:
         return "works"
     lines = [ln.strip() for ln in r.stderr.splitlines() if ln.strip()]
-    last = next((ln for ln in reversed(lines) if "Error" in ln.split(":")[0]), lines[-1] if lines else "?")
+    errors = [ln for ln in lines if "Error" in ln.split(":")[0]]
+    last = errors[-1] if errors else (lines[-1] if lines else "?")
     msg = last.split(": ", 1)[-1]
     return "error: " + (msg[:110] + "…" if len(msg) > 110 else msg)
 
 
 def table(py: str) -> str:
     path = package_path()
-    rows = ["| feature | PyTorch's allocator | timeshare, native route | timeshare, pluggable route |",
-            "| --- | --- | --- | --- |"]
+    rows = ["| feature | PyTorch's allocator | timeshare, native route "
+            "| timeshare, pluggable route |", "| --- | --- | --- | --- |"]
     for feature, code in PROBES:
         cells = [probe(py, path, route, code) for route in ("native", "pluggable")]
         rows.append(f"| {feature} | works | {cells[0]} | {cells[1]} |")

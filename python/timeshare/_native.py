@@ -16,7 +16,8 @@ import ctypes
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cache_info", "is_current", "library_for", "record_history", "try_install", "unavailable_reason"]
+__all__ = ["cache_info", "is_current", "library_for", "record_history", "try_install",
+           "unavailable_reason"]
 
 _ERROR_BYTES = 1024
 

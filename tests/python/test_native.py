@@ -110,7 +110,8 @@ def test_stats_through_torch(python_env: dict[str, str], route: str) -> None:
         ts = timeshare.memory_stats(0)
         print("allocated", s["allocated_bytes.all.current"], torch.cuda.memory_allocated(0))
         print("peak", torch.cuda.max_memory_allocated(0))
-        print("reserved>=allocated", torch.cuda.memory_reserved(0) >= s["allocated_bytes.all.current"])
+        allocated = s["allocated_bytes.all.current"]
+        print("reserved>=allocated", torch.cuda.memory_reserved(0) >= allocated)
         same = all(ts[k] == v for k, v in s.items() if k in ts and not k.startswith("timeshare."))
         print("same as timeshare", same, len(s) > 20)
         torch.cuda.reset_peak_memory_stats(0)

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "timeshare/allocator/registry.h"
+#include "timeshare/device/cuda/cuda_backend.h"
 #include "timeshare/common/log_line.h"
 
 namespace timeshare::native {
@@ -429,9 +430,15 @@ class NativeAllocator final : public cca::CUDAAllocator {
     const cudaError_t err = cudaDeviceEnablePeerAccess(dev_to_access, 0);
     if (err == cudaErrorPeerAccessAlreadyEnabled) {
       (void)cudaGetLastError();  // clear the sticky "already enabled"
-      return;
+    } else {
+      C10_CUDA_CHECK(err);
     }
-    C10_CUDA_CHECK(err);
+    // Memory mapped with cuMemMap is reachable from a peer only where cuMemSetAccess granted
+    // it: the CUDA backend grants the pairs enabled here (tracked since install).
+    std::string why;
+    TORCH_CHECK(device::cuda_enable_peer_access(dev, dev_to_access, &why),
+                "timeshare: enablePeerAccess(", static_cast<int>(dev), ", ",
+                static_cast<int>(dev_to_access), "): ", why);
   }
   cudaError_t memcpyAsync(void* dst, int dst_device, const void* src, int src_device,
                           std::size_t count, cudaStream_t stream, bool p2p_enabled) override {
@@ -595,6 +602,9 @@ int timeshare_native_install(char* error, std::size_t error_bytes) {
   try {
     const bool sim = registry::options().backend == BackendKind::kSim;
     auto a = std::make_shared<native::NativeAllocator>(sim);
+    // This route hears every enablePeerAccess: maps grant only the peers enabled (the
+    // pluggable route cannot, and grants every capable peer).
+    if (!sim) device::cuda_track_peer_access(true);
     torch::cuda::CUDAPluggableAllocator::changeCurrentAllocator(a);
     native::g_instance = a.get();
     log_line(LogLevel::kInfo, std::string("native CUDAAllocator installed (torch ") +
