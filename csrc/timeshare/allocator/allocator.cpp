@@ -200,14 +200,22 @@ bool Allocator::block_info(const void* ptr, device::Stream* stream, std::size_t*
 }
 
 void Allocator::empty_cache() {
+  // The default pool only, as torch: a private pool's free memory may be what a CUDA graph
+  // replays into; it goes back with releasePool (or empty_cache(id), asked for by name).
   std::lock_guard lock(mu_);
   ++counters_.empty_cache_calls;
   own(nullptr);
   pool_->empty_cache();
-  for (auto& [id, p] : private_) {
-    own(p.get());
-    p->pool->empty_cache();
-  }
+}
+
+void Allocator::set_capturing(bool begin) {
+  std::lock_guard lock(mu_);
+  backend_->set_capturing(begin);
+}
+
+std::uint64_t Allocator::calls_held_for_capture() const {
+  std::lock_guard lock(mu_);
+  return backend_->calls_held_for_capture();
 }
 
 void Allocator::empty_cache(PoolId id) {
@@ -262,7 +270,7 @@ std::string Allocator::create_or_incref_pool(PoolId id) {
   }
   auto p = std::make_unique<PrivatePool>();
   p->id = id;
-  p->pool = make_pool(options_, *backend_);
+  p->pool = make_private_pool(options_, *backend_);
   private_.emplace(id, std::move(p));
   return {};
 }

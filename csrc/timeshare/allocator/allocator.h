@@ -89,6 +89,11 @@ class Allocator {
   // torch's MemPool(use_on_oom=True): an allocation outside the pool that finds no memory may
   // take a block from it.
   std::string set_use_on_oom(PoolId id, bool use_on_oom);
+  // A stream of this device begins / ends capturing a CUDA graph (ObservedBackend::
+  // set_capturing: no event query, no host wait meanwhile).
+  void set_capturing(bool begin);
+  // Event queries and host waits not made because a capture was under way.
+  std::uint64_t calls_held_for_capture() const;
   // Live blocks of pool `id` (kDefaultPoolId: the default pool), unordered.
   std::vector<void*> pool_live_blocks(PoolId id) const;
   // Releases the cached memory of pool `id` only.
@@ -194,6 +199,10 @@ class Allocator {
 
 // Builds the pool `options` select (CachingPool for policy torch, TemporalPool for timeshare).
 std::unique_ptr<pool::Pool> make_pool(const Options& options, device::Backend& backend);
+// The same pool as a private pool (CUDA graphs, MemPool): it keeps every granule it mapped
+// until empty_cache(id) or its destruction, because a graph replays into the addresses its
+// capture freed (torch's private pools release nothing before releasePool either).
+std::unique_ptr<pool::Pool> make_private_pool(const Options& options, device::Backend& backend);
 // The TemporalPool's options that `options` select on `backend` (make_pool's, and the replay's).
 pool::TemporalPoolOptions temporal_pool_options(const Options& options,
                                                 const device::Backend& backend);

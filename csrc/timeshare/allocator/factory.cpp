@@ -22,6 +22,15 @@ std::unique_ptr<pool::Pool> make_pool(const Options& options, device::Backend& b
   return std::make_unique<pool::TemporalPool>(&backend, temporal_pool_options(options, backend));
 }
 
+std::unique_ptr<pool::Pool> make_private_pool(const Options& options, device::Backend& backend) {
+  if (options.policy == PolicyKind::kTorch) return make_pool(options, backend);
+  pool::TemporalPoolOptions to = temporal_pool_options(options, backend);
+  // Free granules are cached up to the observed need plus this slack: with it no trim ever
+  // unmaps one (empty_cache and the destructor still do).
+  to.slack_granules = std::size_t{1} << 40;
+  return std::make_unique<pool::TemporalPool>(&backend, to);
+}
+
 pool::TemporalPoolOptions temporal_pool_options(const Options& options,
                                                 const device::Backend& backend) {
   pool::TemporalPoolOptions to;

@@ -53,6 +53,14 @@ class ObservedBackend final : public device::Backend {
   std::size_t mapped_bytes() const noexcept { return mapped_bytes_; }
 
   void set_owner(PoolId pool) noexcept { owner_ = pool; }
+  // While a stream captures a CUDA graph (torch's markCaptureBegin/End; nested captures
+  // count), no event is queried and no host waits for the device, as PyTorch's allocator skips
+  // its event processing then: query() answers "not yet" (a pending block stays pending) and
+  // the synchronize calls fail without reaching the device (the pools keep the memory).
+  // Mapping stays allowed, as PyTorch's cudaMalloc during capture is.
+  void set_capturing(bool begin) noexcept { captures_ += begin ? 1 : (captures_ > 0 ? -1 : 0); }
+  bool capturing() const noexcept { return captures_ > 0; }
+  std::uint64_t calls_held_for_capture() const noexcept { return held_for_capture_; }
   // Called after each successful segment call; null = none (the default).
   void set_sink(std::function<void(const SegmentEvent&)> sink) { sink_ = std::move(sink); }
   device::Backend& inner() noexcept { return *inner_; }
@@ -81,17 +89,25 @@ class ObservedBackend final : public device::Backend {
   device::Status create_event(device::Event* out) override { return inner_->create_event(out); }
   device::Status destroy_event(device::Event e) override { return inner_->destroy_event(e); }
   device::Status record(device::Event e, device::Stream s) override { return inner_->record(e, s); }
-  bool query(device::Event e) override { return inner_->query(e); }
+  bool query(device::Event e) override {
+    if (captures_ > 0) {
+      ++held_for_capture_;
+      return false;
+    }
+    return inner_->query(e);
+  }
   device::Status stream_wait(device::Stream s, device::Event e) override {
     return inner_->stream_wait(s, e);
   }
   device::Status synchronize_event(device::Event e) override {
-    return inner_->synchronize_event(e);
+    return captures_ > 0 ? held() : inner_->synchronize_event(e);
   }
   device::Status synchronize_stream(device::Stream s) override {
-    return inner_->synchronize_stream(s);
+    return captures_ > 0 ? held() : inner_->synchronize_stream(s);
   }
-  device::Status synchronize_device() override { return inner_->synchronize_device(); }
+  device::Status synchronize_device() override {
+    return captures_ > 0 ? held() : inner_->synchronize_device();
+  }
   device::Status copy_async(void* dst, const void* src, std::size_t bytes, device::CopyKind kind,
                             device::Stream s) override {
     return inner_->copy_async(dst, src, bytes, kind, s);
@@ -108,6 +124,10 @@ class ObservedBackend final : public device::Backend {
     std::size_t bytes = 0;
     PoolId pool = kDefaultPoolId;
   };
+  device::Status held() noexcept {
+    ++held_for_capture_;
+    return device::Status::kError;
+  }
   void add(std::uintptr_t addr, std::size_t bytes, SegmentAction action);
   void remove(std::uintptr_t addr, std::size_t bytes, SegmentAction action);
 
@@ -115,6 +135,8 @@ class ObservedBackend final : public device::Backend {
   std::map<std::uintptr_t, Piece> pieces_;  // by start address; never overlapping
   std::size_t mapped_bytes_ = 0;
   PoolId owner_ = kDefaultPoolId;
+  int captures_ = 0;
+  std::uint64_t held_for_capture_ = 0;
   std::function<void(const SegmentEvent&)> sink_;
 };
 

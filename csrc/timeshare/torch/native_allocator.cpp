@@ -407,8 +407,8 @@ class NativeAllocator final : public cca::CUDAAllocator {
     if (live.size() != expected.size()) return false;
     return std::all_of(live.begin(), live.end(), [&](void* p) { return expected.count(p) > 0; });
   }
-  void markCaptureBegin(DeviceIndex) override {}
-  void markCaptureEnd(DeviceIndex) override {}
+  void markCaptureBegin(DeviceIndex device) override { allocator_for(device)->set_capturing(true); }
+  void markCaptureEnd(DeviceIndex device) override { allocator_for(device)->set_capturing(false); }
 
   // ---- what timeshare does not do (one clear error each) ---------------------------------------
   cca::ShareableHandle shareIpcHandle(void*) override {
