@@ -266,7 +266,7 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
 
 
 SAFETY = """\
-The sim models work in flight (`device/sim/sim_backend.h`, `trace/replayer.h`): each block is
+The sim models work in flight (`device/sim/sim_backend.h`, `replay/replayer.h`): each block is
 used by work on its stream from its allocation to its free, and the work queued by the time of
 the free completes when the host reaches the event 128 allocator events later (that event's
 `time_us`): the GPU runs a launch queue behind the host. Unmapping memory before that work is

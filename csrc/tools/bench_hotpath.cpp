@@ -3,7 +3,7 @@
 // measured in the same run on the same traces.
 //
 // Each trace's events are replayed in order with their real sizes and streams on a simulated
-// device with fake addresses (as trace/replayer.cpp does); the clock is the event index. A
+// device with fake addresses (as replay/replayer.cpp does); the clock is the event index. A
 // variant is a pool, a predictor, or both:
 //
 //   torch                    CachingPool, no predictor (the reference)

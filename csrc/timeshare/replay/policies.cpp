@@ -1,4 +1,4 @@
-#include "timeshare/trace/policies.h"
+#include "timeshare/replay/policies.h"
 
 #include <algorithm>
 #include <memory>
@@ -17,7 +17,7 @@
 #include "timeshare/predict/online_predictor.h"
 #include "timeshare/predict/predictor.h"
 #include "timeshare/predict/predictor_options.h"
-#include "timeshare/trace/oracle_planner.h"
+#include "timeshare/replay/oracle_planner.h"
 
 namespace timeshare::trace {
 
