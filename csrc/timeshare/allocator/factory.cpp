@@ -6,7 +6,7 @@
 #include "timeshare/pool/caching_pool.h"
 #include "timeshare/pool/temporal_pool.h"
 #include "timeshare/predict/async_predictor.h"
-#include "timeshare/predict/layout_planner.h"
+#include "timeshare/allocator/layout_planner.h"
 #include "timeshare/predict/online_predictor.h"
 
 namespace timeshare {
@@ -50,7 +50,7 @@ std::unique_ptr<predict::LifespanPredictor> make_predictor_for(
   p.deterministic = deterministic;
   std::unique_ptr<predict::LifespanPredictor> predictor = predict::make_predictor(p);
   if (predictor && board && options.plan) {
-    predictor = std::make_unique<predict::PlanningPredictor>(std::move(predictor), std::move(board));
+    predictor = std::make_unique<PlanningPredictor>(std::move(predictor), std::move(board));
   }
   // Off the malloc path unless asked (predict_sync); a deterministic predictor (replays, tests)
   // stays synchronous, since its answers must follow the events one by one.

@@ -13,7 +13,7 @@
 #include "timeshare/pool/temporal_pool.h"
 #include "timeshare/predict/async_predictor.h"
 #include "timeshare/predict/hybrid_predictor.h"
-#include "timeshare/predict/layout_planner.h"
+#include "timeshare/allocator/layout_planner.h"
 #include "timeshare/predict/online_predictor.h"
 #include "timeshare/predict/predictor.h"
 #include "timeshare/predict/predictor_options.h"
@@ -128,10 +128,10 @@ ReplayResult run_temporal(std::string_view policy, predict::LifespanPredictor& p
   if (!conf.plan) return run_pool(policy, pool, &predictor, backend, events, n, ro, limited);
   // As the allocator runs it: the predictor's answers feed the layout planner, whose plans
   // the pool follows (pool/layout_plan.h).
-  std::unique_ptr<predict::PlanningPredictor> planning;
+  std::unique_ptr<PlanningPredictor> planning;
   if (!board) {
     board = std::make_shared<pool::PlanBoard>();
-    planning = std::make_unique<predict::PlanningPredictor>(&predictor, board);
+    planning = std::make_unique<PlanningPredictor>(&predictor, board);
   }
   pool.set_plan_board(board);
   ReplayResult r = run_pool(policy, pool, planning ? static_cast<predict::LifespanPredictor*>(planning.get()) : &predictor,
@@ -295,7 +295,7 @@ ReplayResult run_policy(std::string_view policy, const Event* events, std::size_
     std::shared_ptr<pool::PlanBoard> board;
     if (conf.plan) {
       board = std::make_shared<pool::PlanBoard>();
-      inner = std::make_unique<predict::PlanningPredictor>(std::move(inner), board);
+      inner = std::make_unique<PlanningPredictor>(std::move(inner), board);
     }
     std::unique_ptr<predict::LifespanPredictor> timed =
         std::make_unique<predict::AsyncPredictor>(std::move(inner), async_feed_options(conf));
