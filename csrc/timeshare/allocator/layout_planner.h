@@ -6,12 +6,12 @@
 // synchronously). It runs its own PeriodDetector (predict/) over the sizes. Once a period P is
 // known and P allocations have passed since the last plan, the last P allocations become a
 // cycle of intervals: allocation k lives over [t_k, t_k + L_k) ticks, modulo the cycle's
-// length T in ticks. Allocations without a prediction, predicted to live a whole cycle or more (parameters,
-// optimizer state), or on another stream than most of the cycle's are left out (the pool places
-// them as without a plan). The rest are packed greedy by size: largest first (ties: longer
-// lifespan first), each at the lowest offset where it overlaps in address no placed block whose
-// cyclic lifetime overlaps its own (O(n^2) for n planned allocations, off the malloc path; a
-// period longer than kMaxPlanAllocs is not planned).
+// length T in ticks. Allocations without a prediction, predicted to live a whole cycle or more
+// (parameters, optimizer state), or on another stream than most of the cycle's are left out
+// (the pool places them as without a plan). The rest are packed greedy by size: largest first
+// (ties: longer lifespan first), each at the lowest offset where it overlaps in address no
+// placed block whose cyclic lifetime overlaps its own (O(n^2) for n planned allocations, off the
+// malloc path; a period longer than kMaxPlanAllocs is not planned).
 //
 // A new plan is published only when it differs from the last one in more than
 // kReplanChangedShare of its slots (sizes or offsets), so a fixed-shape loop publishes once and
