@@ -21,12 +21,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench_plan import _traces, write_section  # the shipped traces, then the GPU snapshots
-from timeshare.replay import replay_events
-from timeshare.snapshot import load_trace
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: benchlib, also under runpy
+import benchlib  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "temporal_pool.md"
+from timeshare.replay import replay_events  # noqa: E402
+from timeshare.snapshot import load_trace  # noqa: E402
+
+DOC = benchlib.ROOT / "docs" / "temporal_pool.md"
 BEGIN, END = "<!-- bench_calls:begin -->", "<!-- bench_calls:end -->"
 MiB = 1 << 20
 FORECAST = "free_forecast:128"
@@ -112,7 +113,7 @@ def main(argv: list[str]) -> int:
     print("\n".join(head))
     rows, figures = [], {}
     shipped = []
-    for path in _traces():
+    for path in benchlib.traces():  # the shipped traces, then the GPU snapshots
         row, fig = measure(path)
         rows.append(row)
         name = load_trace(path).name
@@ -126,7 +127,8 @@ def main(argv: list[str]) -> int:
     print("\n".join(lines))
     if args.write_docs:
         table = "\n".join(head + rows) + "\n\n" + "\n".join(f"- {ln}" for ln in lines)
-        write_section(DOC, BEGIN, END, table)
+        benchlib.write_section(DOC, BEGIN, END, table)
+        print(f"wrote {DOC}")
     return 0
 
 

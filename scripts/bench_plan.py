@@ -19,29 +19,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from timeshare.replay import replay_events
-from timeshare.snapshot import load_trace
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: benchlib, also under runpy
+import benchlib  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "temporal_pool.md"
+from timeshare.replay import replay_events  # noqa: E402
+from timeshare.snapshot import load_trace  # noqa: E402
+
+DOC = benchlib.ROOT / "docs" / "temporal_pool.md"
 BEGIN, END = "<!-- bench_plan:begin -->", "<!-- bench_plan:end -->"
 POLICIES = ["timeshare", "timeshare-true", "timeshare-const", "timeshare-shuffled"]
-
-
-def _traces() -> list[Path]:
-    shipped = sorted((ROOT / "python" / "timeshare" / "traces").glob("*.pkl.gz"))
-    gpu_dir = next((p for p in (ROOT.parent / "shared" / "traces-gpu", Path("/work/shared/traces-gpu"))
-                    if p.is_dir()), None)
-    gpu = sorted(gpu_dir.glob("*.pkl.gz")) if gpu_dir else []
-    return shipped + gpu
-
-
-def write_section(doc: Path, begin: str, end: str, body: str) -> None:
-    """Replaces what lies between the markers `begin` and `end` of `doc` with `body`."""
-    pre, _, rest = doc.read_text().partition(begin)
-    _, _, post = rest.partition(end)
-    doc.write_text(f"{pre}{begin}\n{body}\n{end}{post}")
-    print(f"wrote {doc}")
 
 
 STEADY_ITERATIONS = 6
@@ -88,10 +74,11 @@ def main(argv: list[str]) -> int:
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     print("\n".join(head))
     rows = []
-    for path in _traces():
+    for path in benchlib.traces():
         rows += measure(path)
     if args.write_docs:
-        write_section(DOC, BEGIN, END, "\n".join(head + rows))
+        benchlib.write_section(DOC, BEGIN, END, "\n".join(head + rows))
+        print(f"wrote {DOC}")
     return 0
 
 

@@ -19,7 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: benchlib, also under runpy
+import benchlib  # noqa: E402
+
+ROOT = benchlib.ROOT
 SYNTHETIC = ("synth-cnn", "synth-dynamic", "synth-transformer", "synth-small-mlp")
 
 

@@ -3,7 +3,7 @@
 // measured in the same run on the same traces.
 //
 // Each trace's events are replayed in order with their real sizes and streams on a simulated
-// device with fake addresses (as trace/replayer.cpp does); the clock is the event index. A
+// device with fake addresses (as replay/replayer.cpp does); the clock is the event index. A
 // variant is a pool, a predictor, or both:
 //
 //   torch                    CachingPool, no predictor (the reference)
@@ -58,9 +58,7 @@
 #include "timeshare/common/options.h"
 #include "timeshare/common/page_faults.h"
 #include "timeshare/device/sim/sim_backend.h"
-#include "timeshare/pool/caching_pool.h"
 #include "timeshare/pool/pool.h"
-#include "timeshare/pool/temporal_pool.h"
 #include "timeshare/predict/async_predictor.h"
 #include "timeshare/predict/hybrid_predictor.h"
 #include "timeshare/predict/online_predictor.h"
@@ -217,14 +215,12 @@ Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t b
   so.capacity_bytes = kReplayCapacityBytes;
   so.backing = false;
   device::SimBackend backend(so);
-  // The allocator's own rules turn the options into the pool's and the feed's settings.
+  // The allocator's factory builds the pool and the feed from the options, as it runs them.
   Options conf;
   if (v.forecast) conf.free_forecast_events = kForecastWindowEvents;
+  if (v.pool == "torch") conf.policy = PolicyKind::kTorch;
   std::unique_ptr<pool::Pool> pool;
-  if (v.pool == "torch") pool = std::make_unique<pool::CachingPool>(backend);
-  if (v.pool == "temporal") {
-    pool = std::make_unique<pool::TemporalPool>(&backend, temporal_pool_options(conf, backend));
-  }
+  if (!v.pool.empty()) pool = make_pool(conf, backend);
   std::unique_ptr<predict::LifespanPredictor> predictor;
   if (!v.kind.empty()) {
     predict::PredictorOptions o;
@@ -242,8 +238,7 @@ Run run_once(const Variant& v, const trace::Trace& t, double rate, std::size_t b
   }
   const auto* hybrid = dynamic_cast<const predict::HybridPredictor*>(predictor.get());
   if (v.async) {  // after the warm-up: the timed loop only pushes events to the feed
-    predictor =
-        std::make_unique<predict::AsyncPredictor>(std::move(predictor), async_feed_options(conf));
+    predictor = make_predictor_stack(std::move(predictor), conf, nullptr, /*async=*/true);
   }
   const std::uint64_t evals0 = hybrid ? hybrid->lstm_evaluations() : 0;
   std::vector<void*> ptrs(t.allocs, nullptr);

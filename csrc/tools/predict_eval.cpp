@@ -91,7 +91,7 @@ Figures replay(const std::vector<trace::Event>& events, const std::vector<std::u
   f.ns_per_event = events.empty() ? 0.0 : ns / double(events.size());
   std::vector<double> err;
   std::size_t within = 0, warm = 0, warm_within = 0;
-  // The replayer's windows (trace/replayer.h): cold = [first mark, second mark), warm = from
+  // The replayer's windows (replay/replayer.h): cold = [first mark, second mark), warm = from
   // the second mark.
   const bool marked = marks.size() >= 2;
   const std::uint64_t cold_from = marked ? marks[0] : 0, cold_to = marked ? marks[1] : 0;

@@ -21,7 +21,7 @@
 //   lastsize  online: the last lifespan observed for a free of the same size (0 before any)
 // and, for reference, the other policies on the same sim: `torch` and `torch-expandable`
 // (CachingPool, PyTorch's default policy and expandable segments) and `offline` (the offline
-// planner of trace/oracle_planner.h, which knows every lifetime; one device call).
+// planner of replay/oracle_planner.h, which knows every lifetime; one device call).
 // Fragmentation is peak reserved (mapped granules) / peak live (requested bytes). Time per
 // event is the wall time of the pool calls only (predictions are computed beforehand); the
 // `setfit` line times a bare std::set best-fit with an address map, the reference for the
@@ -44,8 +44,8 @@
 #include "timeshare/pool/caching_pool.h"
 #include "timeshare/pool/temporal_pool.h"
 #include "timeshare/trace/events.h"
-#include "timeshare/trace/oracle_planner.h"
-#include "timeshare/trace/replayer.h"
+#include "timeshare/replay/oracle_planner.h"
+#include "timeshare/replay/replayer.h"
 
 namespace ts = timeshare;
 using ts::trace::Event;
@@ -323,7 +323,7 @@ struct Result {
   double ns_per_event = 0;
   double device_ns_per_event = 0;  // of which inside device calls (sim map/unmap/reserve)
   std::size_t ooms = 0;
-  std::uint64_t device_faults = 0;  // the strict sim's (trace/replayer.h: work in flight)
+  std::uint64_t device_faults = 0;  // the strict sim's (replay/replayer.h: work in flight)
   std::uint64_t device_waits = 0;
 };
 

@@ -17,6 +17,8 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/: zoo
+import zoo  # noqa: E402
 from models import Row, by_name  # noqa: E402
 
 try:
@@ -255,17 +257,6 @@ def make_optimizer(row: Row, params: list[torch.nn.Parameter]) -> torch.optim.Op
 # ---- one micro-batch per kind --------------------------------------------------------------
 
 
-def _targets(n: int, size: int, gen: torch.Generator) -> list[dict[str, torch.Tensor]]:
-    out = []
-    for _ in range(n):
-        k = int(torch.randint(1, 7, (1,), generator=gen))
-        xy = torch.rand(k, 2, generator=gen) * (size * 0.7)
-        wh = torch.rand(k, 2, generator=gen) * (size * 0.25) + 8
-        boxes = torch.cat([xy, (xy + wh).clamp(max=size - 1)], dim=1)
-        out.append({"boxes": boxes, "labels": torch.randint(1, 21, (k,), generator=gen)})
-    return out
-
-
 def loss_of(row: Row, model: torch.nn.Module, it: int, gen: torch.Generator) -> torch.Tensor:
     """Forward one micro-batch of random data and return its loss."""
     varying = row.shapes == "varying"
@@ -281,7 +272,7 @@ def loss_of(row: Row, model: torch.nn.Module, it: int, gen: torch.Generator) -> 
             else row.image
         )
         images = [torch.rand(3, size, size, generator=gen) for _ in range(row.batch)]
-        losses = model(images, _targets(row.batch, size, gen))
+        losses = model(images, zoo.random_targets(row.batch, size, gen, 21))
         return sum(losses.values())
     if row.kind == "segmentation":
         x = torch.randn(row.batch, 3, row.image, row.image, generator=gen)

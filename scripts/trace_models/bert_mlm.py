@@ -4,20 +4,19 @@
 part of the batch. Forward, backward, AdamW. CPU.
 """
 
-import argparse
+import sys
+from pathlib import Path
 
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: zoo
+import zoo  # noqa: E402
+
 
 def main() -> None:
     """Parse options and train."""
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq", type=int, default=128)
-    a = p.parse_args()
-    torch.manual_seed(0)
+    a = zoo.options(__doc__, batch=4, seq=128)
     config = BertConfig()  # bert-base: 12 layers, 12 heads, hidden 768, vocab 30522
     model = BertForMaskedLM(config)
     model.train()

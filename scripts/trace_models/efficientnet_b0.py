@@ -4,34 +4,28 @@ Many small tensors: depthwise convolutions, squeeze-and-excitation blocks, stoch
 Forward, cross-entropy, backward, RMSprop (as in the EfficientNet recipe).
 """
 
-import argparse
+import sys
+from pathlib import Path
 
 import torch
 import torchvision
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: zoo
+import zoo  # noqa: E402
+
 
 def main() -> None:
     """Parse options and train."""
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--image", type=int, default=128)
-    a = p.parse_args()
-    torch.manual_seed(0)
-    model = torchvision.models.efficientnet_b0(num_classes=100)
-    model.train()
-    opt = torch.optim.RMSprop(
-        model.parameters(), lr=0.016, alpha=0.9, eps=1e-3, momentum=0.9, weight_decay=1e-5
+    a = zoo.options(__doc__, batch=8, image=128)
+    zoo.train_classifier(
+        a,
+        lambda: torchvision.models.efficientnet_b0(num_classes=100),
+        lambda m: torch.optim.RMSprop(
+            m.parameters(), lr=0.016, alpha=0.9, eps=1e-3, momentum=0.9, weight_decay=1e-5
+        ),
+        100,
+        torch.nn.CrossEntropyLoss(),
     )
-    loss_fn = torch.nn.CrossEntropyLoss()
-    for step in range(a.steps):
-        images = torch.randn(a.batch, 3, a.image, a.image)
-        labels = torch.randint(0, 100, (a.batch,))
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(images), labels)
-        loss.backward()
-        opt.step()
-        print(f"step {step} loss {loss.item():.4f}")
 
 
 if __name__ == "__main__":

@@ -5,32 +5,19 @@ image, region proposals and RoI sampling, so tensor shapes change inside every i
 Forward returns the loss dict; backward; SGD with momentum. CPU.
 """
 
-import argparse
+import sys
+from pathlib import Path
 
 import torch
 import torchvision
 
-
-def random_targets(n: int, size: int, gen: torch.Generator) -> list[dict[str, torch.Tensor]]:
-    """Random boxes (1..6 per image) and labels for ``n`` images of ``size`` pixels."""
-    targets = []
-    for _ in range(n):
-        k = int(torch.randint(1, 7, (1,), generator=gen))
-        xy = torch.rand(k, 2, generator=gen) * (size * 0.7)
-        wh = torch.rand(k, 2, generator=gen) * (size * 0.25) + 8
-        boxes = torch.cat([xy, (xy + wh).clamp(max=size - 1)], dim=1)
-        labels = torch.randint(1, 91, (k,), generator=gen)
-        targets.append({"boxes": boxes, "labels": labels})
-    return targets
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: zoo
+import zoo  # noqa: E402
 
 
 def main() -> None:
     """Parse options and train."""
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--batch", type=int, default=2)
-    a = p.parse_args()
-    torch.manual_seed(0)
+    a = zoo.options(__doc__, batch=2)
     gen = torch.Generator().manual_seed(0)
     model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
         weights=None, weights_backbone=None, num_classes=91
@@ -42,7 +29,7 @@ def main() -> None:
     for step in range(a.steps):
         size = sizes[step % len(sizes)]
         images = [torch.rand(3, size, size, generator=gen) for _ in range(a.batch)]
-        targets = random_targets(a.batch, size, gen)
+        targets = zoo.random_targets(a.batch, size, gen, 91)
         opt.zero_grad(set_to_none=True)
         losses = model(images, targets)
         loss = sum(losses.values())

@@ -4,20 +4,19 @@ Every step has the same sequence length (--seq). Forward with labels (shifted cr
 inside the model), backward, gradient clipping, AdamW, linear warm-up schedule.
 """
 
-import argparse
+import sys
+from pathlib import Path
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: zoo
+import zoo  # noqa: E402
+
 
 def main() -> None:
     """Parse options and train."""
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--seq", type=int, default=128)
-    a = p.parse_args()
-    torch.manual_seed(0)
+    a = zoo.options(__doc__, batch=2, seq=128)
     config = GPT2Config()  # GPT-2 small: 12 layers, 12 heads, d_model 768, vocab 50257
     model = GPT2LMHeadModel(config)
     model.train()

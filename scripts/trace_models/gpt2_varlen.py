@@ -4,21 +4,21 @@ Each step draws its sequence length from a fixed seeded list (as with length-buc
 so the allocation sizes change from one iteration to the next. Otherwise as gpt2_fixed.py.
 """
 
-import argparse
+import sys
+from pathlib import Path
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: zoo
+import zoo  # noqa: E402
 
 SEQ_LENGTHS = [96, 160, 64, 128, 192, 80, 144, 112]
 
 
 def main() -> None:
     """Parse options and train."""
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--batch", type=int, default=2)
-    a = p.parse_args()
-    torch.manual_seed(0)
+    a = zoo.options(__doc__, batch=2)
     config = GPT2Config()
     model = GPT2LMHeadModel(config)
     model.train()

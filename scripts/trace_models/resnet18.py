@@ -4,32 +4,26 @@ A plain training loop: forward, cross-entropy, backward, SGD with momentum. Run 
 (``python resnet18.py``) or under ``python -m timeshare capture``.
 """
 
-import argparse
+import sys
+from pathlib import Path
 
 import torch
 import torchvision
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: zoo
+import zoo  # noqa: E402
+
 
 def main() -> None:
     """Parse options and train."""
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--image", type=int, default=128)
-    a = p.parse_args()
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=100)
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    for step in range(a.steps):
-        images = torch.randn(a.batch, 3, a.image, a.image)
-        labels = torch.randint(0, 100, (a.batch,))
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(images), labels)
-        loss.backward()
-        opt.step()
-        print(f"step {step} loss {loss.item():.4f}")
+    a = zoo.options(__doc__, batch=8, image=128)
+    zoo.train_classifier(
+        a,
+        lambda: torchvision.models.resnet18(num_classes=100),
+        lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4),
+        100,
+        torch.nn.CrossEntropyLoss(),
+    )
 
 
 if __name__ == "__main__":

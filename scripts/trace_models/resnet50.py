@@ -3,34 +3,28 @@
 Forward, cross-entropy with label smoothing, backward, SGD with Nesterov momentum.
 """
 
-import argparse
+import sys
+from pathlib import Path
 
 import torch
 import torchvision
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: zoo
+import zoo  # noqa: E402
+
 
 def main() -> None:
     """Parse options and train."""
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--image", type=int, default=128)
-    a = p.parse_args()
-    torch.manual_seed(0)
-    model = torchvision.models.resnet50(num_classes=1000)
-    model.train()
-    opt = torch.optim.SGD(
-        model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-5
+    a = zoo.options(__doc__, batch=4, image=128)
+    zoo.train_classifier(
+        a,
+        lambda: torchvision.models.resnet50(num_classes=1000),
+        lambda m: torch.optim.SGD(
+            m.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-5
+        ),
+        1000,
+        torch.nn.CrossEntropyLoss(label_smoothing=0.1),
     )
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-    for step in range(a.steps):
-        images = torch.randn(a.batch, 3, a.image, a.image)
-        labels = torch.randint(0, 1000, (a.batch,))
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(images), labels)
-        loss.backward()
-        opt.step()
-        print(f"step {step} loss {loss.item():.4f}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@
 #include "timeshare/device/sim/sim_backend.h"
 #include "timeshare/pool/caching_pool.h"
 #include "timeshare/pool/temporal_pool.h"
-#include "timeshare/trace/policies.h"
+#include "timeshare/replay/policies.h"
 
 using namespace timeshare;
 using namespace timeshare::pool;

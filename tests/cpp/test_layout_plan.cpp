@@ -1,4 +1,4 @@
-// Layout plans: the planner's packing (predict/layout_planner.h) and the pool following it
+// Layout plans: the planner's packing (allocator/layout_planner.h) and the pool following it
 // (TemporalPool::set_plan_board) on a backed, strict sim.
 #include <catch2/catch.hpp>
 
@@ -11,7 +11,7 @@
 #include "timeshare/device/sim/sim_backend.h"
 #include "timeshare/pool/layout_plan.h"
 #include "timeshare/pool/temporal_pool.h"
-#include "timeshare/predict/layout_planner.h"
+#include "timeshare/allocator/layout_planner.h"
 
 using namespace timeshare;
 
@@ -41,7 +41,7 @@ struct Driver {
   device::SimBackend backend;
   pool::TemporalPool pool;
   std::shared_ptr<pool::PlanBoard> board = std::make_shared<pool::PlanBoard>();
-  predict::LayoutPlanner planner{board};
+  LayoutPlanner planner{board};
   std::uint64_t tick = 0;
   std::uint64_t id = 0;
   std::multimap<std::uint64_t, std::pair<void*, std::uint64_t>> due;  // alloc ordinal -> block
@@ -100,7 +100,7 @@ struct Driver {
 TEST_CASE("the planner packs a cycle without overlaps and close to its peak", "[plan]") {
   const Loop l = make_loop(300, 7);
   auto board = std::make_shared<pool::PlanBoard>();
-  predict::LayoutPlanner planner(board);
+  LayoutPlanner planner(board);
   std::uint64_t tick = 0;
   for (int it = 0; it < 4; ++it) {
     for (std::size_t i = 0; i < l.bytes.size(); ++i) {

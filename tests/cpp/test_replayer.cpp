@@ -6,9 +6,9 @@
 #include <catch2/catch.hpp>
 
 #include "timeshare/common/units.h"
-#include "timeshare/trace/oracle_planner.h"
-#include "timeshare/trace/policies.h"
-#include "timeshare/trace/replayer.h"
+#include "timeshare/replay/oracle_planner.h"
+#include "timeshare/replay/policies.h"
+#include "timeshare/replay/replayer.h"
 
 using namespace timeshare;
 using namespace timeshare::trace;

@@ -286,6 +286,8 @@ def test_bench_spill_uses_the_installed_package(tmp_path: Path) -> None:
     (fake / "python" / "timeshare" / "__init__.py").write_text("from timeshare import _C\n")
     script = fake / "scripts" / "bench_spill.py"
     script.write_text((ROOT / "scripts" / "bench_spill.py").read_text())
+    helper = fake / "scripts" / "benchlib.py"  # the benches' shared helper: it picks the package
+    helper.write_text((ROOT / "scripts" / "benchlib.py").read_text())
     code = (f"import runpy; m = runpy.run_path({str(script)!r}); "
             "print(m['plan']([{'bytes': 4096, 'pack': 0.0, 'unpack': 1.0, 'spill': 1}], 0, 1))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,11 +1,9 @@
 #include "timeshare/allocator/allocator.h"
 
 #include <algorithm>
-#include <cstdio>
 
 #include "timeshare/common/log.h"
 #include "timeshare/common/units.h"
-#include "timeshare/pool/temporal_pool.h"
 #include "timeshare/spill/make_room.h"
 
 namespace timeshare {
@@ -13,12 +11,6 @@ namespace timeshare {
 namespace {
 
 constexpr std::uint64_t kUnknownFreeLogEvery = 1000;  // log the 1st, 1001st, ... unknown free
-
-std::string mib(std::int64_t bytes) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.2f MiB", static_cast<double>(bytes) / kMiB);
-  return buf;
-}
 
 // Every StatArray of DeviceStats, for summing the pools' statistics.
 constexpr StatArray DeviceStats::*kStatArrays[] = {
@@ -64,13 +56,9 @@ void raise_peaks(DeviceStats& peaks, const DeviceStats& now, bool reset) noexcep
 Allocator::Allocator(const Options& options, std::unique_ptr<device::Backend> backend)
     : options_(options), backend_(std::make_unique<ObservedBackend>(std::move(backend))) {
   set_log_level(options_.log_level);
-  pool_ = make_pool(options_, *backend_);
-  std::shared_ptr<pool::PlanBoard> board;
-  if (auto* temporal = dynamic_cast<pool::TemporalPool*>(pool_.get()); temporal && options_.plan) {
-    board = std::make_shared<pool::PlanBoard>();
-    temporal->set_plan_board(board);
-  }
-  predictor_ = make_predictor_for(options_, /*deterministic=*/false, board);
+  Stack stack = make_stack(options_, *backend_, /*deterministic=*/false);
+  pool_ = std::move(stack.pool);
+  predictor_ = std::move(stack.predictor);
   if (options_.budget_bytes > 0) pool_->set_limit_bytes(options_.budget_bytes);
   log().info("allocator for {} device {}: pool {}, predictor {}", backend_->name(),
              backend_->device_index(), pool_->name(), predictor_name());
@@ -507,20 +495,19 @@ std::vector<std::pair<std::uintptr_t, std::size_t>> Allocator::live_blocks() con
 std::string Allocator::oom_message(std::size_t bytes, device::Stream stream) const {
   const DeviceStats s = stats_locked();
   const auto info = backend_->mem_info();
-  const std::int64_t allocated = s.allocated_bytes[kAggregate].current;
-  const std::int64_t reserved = s.reserved_bytes[kAggregate].current;
-  std::string msg = "CUDA out of memory (timeshare). Tried to allocate " +
-                    mib(static_cast<std::int64_t>(bytes)) + " on stream " +
-                    std::to_string(stream) + ". Device " +
+  const auto allocated = static_cast<std::size_t>(s.allocated_bytes[kAggregate].current);
+  const auto reserved = static_cast<std::size_t>(s.reserved_bytes[kAggregate].current);
+  std::string msg = "CUDA out of memory (timeshare). Tried to allocate " + format_bytes(bytes) +
+                    " on stream " + std::to_string(stream) + ". Device " +
                     std::to_string(backend_->device_index()) + " (" + backend_->name() +
-                    ") has a total capacity of " +
-                    mib(static_cast<std::int64_t>(info.total_bytes)) + " of which " +
-                    mib(static_cast<std::int64_t>(info.free_bytes)) + " is free. " +
-                    std::to_string(live_.size()) + " live blocks hold " + mib(allocated) +
-                    "; timeshare reserves " + mib(reserved) + " (" + mib(reserved - allocated) +
+                    ") has a total capacity of " + format_bytes(info.total_bytes) + " of which " +
+                    format_bytes(info.free_bytes) + " is free. " +
+                    std::to_string(live_.size()) + " live blocks hold " +
+                    format_bytes(allocated) + "; timeshare reserves " + format_bytes(reserved) +
+                    " (" + format_bytes(reserved - std::min(reserved, allocated)) +
                     " reserved but unallocated).";
   if (pool_->limit_bytes() > 0) {
-    msg += " The budget/limit is " + mib(static_cast<std::int64_t>(pool_->limit_bytes())) +
+    msg += " The budget/limit is " + format_bytes(pool_->limit_bytes()) +
            ": raise it (TIMESHARE_CONF=budget:...) or let activations spill "
            "(spill:host).";
   } else {

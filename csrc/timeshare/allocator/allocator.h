@@ -36,8 +36,13 @@
 #include "timeshare/pool/temporal_options.h"
 #include "timeshare/predict/async_predictor.h"
 #include "timeshare/predict/predictor.h"
+#include "timeshare/predict/predictor_options.h"
 
 namespace timeshare {
+
+namespace pool {
+class TemporalPool;
+}  // namespace pool
 
 struct AllocatorCounters {
   std::uint64_t clock_events = 0;     // mallocs + frees seen
@@ -197,23 +202,49 @@ class Allocator {
   std::string last_oom_;
 };
 
+// ---- the factory (factory.cpp): the one recipe for every pool and predictor stack -------------
+// The allocator, the replay's policies (replay/policies.cpp) and the tools (csrc/tools/) build
+// their pools and predictor stacks here, so that each runs what the allocator runs.
+
+// A pool and the predictor stack that feeds it: what an Allocator runs.
+struct Stack {
+  std::unique_ptr<pool::Pool> pool;
+  std::unique_ptr<predict::LifespanPredictor> predictor;  // null under the torch policy
+};
+// The pool and predictor stack `options` select on `backend`. With option `plan` (timeshare
+// policy), the TemporalPool follows the PlanBoard that the stack's layout planner publishes on.
+Stack make_stack(const Options& options, device::Backend& backend, bool deterministic);
+
 // Builds the pool `options` select (CachingPool for policy torch, TemporalPool for timeshare).
 std::unique_ptr<pool::Pool> make_pool(const Options& options, device::Backend& backend);
 // The same pool as a private pool (CUDA graphs, MemPool): it keeps every granule it mapped
 // until empty_cache(id) or its destruction, because a graph replays into the addresses its
 // capture freed (torch's private pools release nothing before releasePool either).
 std::unique_ptr<pool::Pool> make_private_pool(const Options& options, device::Backend& backend);
-// The TemporalPool's options that `options` select on `backend` (make_pool's, and the replay's).
+// The TemporalPool `options` select on `backend`, whatever the policy (make_pool's, and the
+// replay's timeshare policies, which read its plan statistics).
+std::unique_ptr<pool::TemporalPool> make_temporal_pool(const Options& options,
+                                                       device::Backend& backend);
+// The TemporalPool's options that `options` select on `backend` (make_temporal_pool's).
 pool::TemporalPoolOptions temporal_pool_options(const Options& options,
                                                 const device::Backend& backend);
+// The predictor options (kind, history, LSTM size, retraining, seed) that `options` select.
+predict::PredictorOptions predictor_options(const Options& options, bool deterministic);
 // Builds the predictor `options` select; null under the torch policy. With a plan board (and
 // option `plan`), the predictor's answers also feed a layout planner that publishes there
 // (inside the asynchronous feed, so planning runs on the predictor's thread).
 std::unique_ptr<predict::LifespanPredictor> make_predictor_for(
     const Options& options, bool deterministic,
     std::shared_ptr<pool::PlanBoard> board = nullptr);
-// How make_predictor_for's AsyncPredictor feeds (and the replay's timing pass): the answer board
-// is on only when one of the pool's options uses lifespans (free_forecast).
+// The layers make_predictor_for puts around a predictor (null stays null): a PlanningPredictor
+// publishing on `board` when there is one and option `plan` is on (allocator/layout_planner.h),
+// then, with `async`, an AsyncPredictor feeding it on its own thread (async_feed_options). The
+// allocator asks for `async` unless predict_sync (or a deterministic predictor).
+std::unique_ptr<predict::LifespanPredictor> make_predictor_stack(
+    std::unique_ptr<predict::LifespanPredictor> predictor, const Options& options,
+    std::shared_ptr<pool::PlanBoard> board, bool async);
+// How make_predictor_stack's AsyncPredictor feeds: the answer board is on only when one of the
+// pool's options uses lifespans (free_forecast).
 predict::AsyncFeedOptions async_feed_options(const Options& options);
 
 }  // namespace timeshare

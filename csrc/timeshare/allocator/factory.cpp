@@ -1,15 +1,33 @@
-// Maps the user-facing Options onto the parts' own option structs.
+// The factory: maps the user-facing Options onto the parts' own option structs, and assembles
+// the pool and predictor stack the allocator (and every replay and tool) runs.
 #include <string_view>
 
 #include "timeshare/allocator/allocator.h"
+#include "timeshare/allocator/layout_planner.h"
 #include "timeshare/common/log.h"
 #include "timeshare/pool/caching_pool.h"
 #include "timeshare/pool/temporal_pool.h"
 #include "timeshare/predict/async_predictor.h"
-#include "timeshare/predict/layout_planner.h"
 #include "timeshare/predict/online_predictor.h"
 
 namespace timeshare {
+
+Stack make_stack(const Options& options, device::Backend& backend, bool deterministic) {
+  Stack s;
+  std::shared_ptr<pool::PlanBoard> board;
+  if (options.policy == PolicyKind::kTorch) {
+    s.pool = make_pool(options, backend);
+  } else {
+    std::unique_ptr<pool::TemporalPool> temporal = make_temporal_pool(options, backend);
+    if (options.plan) {
+      board = std::make_shared<pool::PlanBoard>();
+      temporal->set_plan_board(board);
+    }
+    s.pool = std::move(temporal);
+  }
+  s.predictor = make_predictor_for(options, deterministic, std::move(board));
+  return s;
+}
 
 std::unique_ptr<pool::Pool> make_pool(const Options& options, device::Backend& backend) {
   if (options.policy == PolicyKind::kTorch) {
@@ -19,6 +37,11 @@ std::unique_ptr<pool::Pool> make_pool(const Options& options, device::Backend& b
     o.garbage_collection_threshold = options.garbage_collection_threshold;
     return std::make_unique<pool::CachingPool>(backend, o);
   }
+  return make_temporal_pool(options, backend);
+}
+
+std::unique_ptr<pool::TemporalPool> make_temporal_pool(const Options& options,
+                                                       device::Backend& backend) {
   return std::make_unique<pool::TemporalPool>(&backend, temporal_pool_options(options, backend));
 }
 
@@ -46,9 +69,7 @@ pool::TemporalPoolOptions temporal_pool_options(const Options& options,
   return to;
 }
 
-std::unique_ptr<predict::LifespanPredictor> make_predictor_for(
-    const Options& options, bool deterministic, std::shared_ptr<pool::PlanBoard> board) {
-  if (options.policy == PolicyKind::kTorch) return nullptr;
+predict::PredictorOptions predictor_options(const Options& options, bool deterministic) {
   predict::PredictorOptions p;
   p.kind = options.predictor;
   p.history_bytes = options.history_bytes;
@@ -57,15 +78,29 @@ std::unique_ptr<predict::LifespanPredictor> make_predictor_for(
   p.drift_threshold = options.drift_threshold;
   p.seed = options.seed;
   p.deterministic = deterministic;
-  std::unique_ptr<predict::LifespanPredictor> predictor = predict::make_predictor(p);
-  if (predictor && board && options.plan) {
-    predictor = std::make_unique<predict::PlanningPredictor>(std::move(predictor), std::move(board));
-  }
+  return p;
+}
+
+std::unique_ptr<predict::LifespanPredictor> make_predictor_for(
+    const Options& options, bool deterministic, std::shared_ptr<pool::PlanBoard> board) {
+  if (options.policy == PolicyKind::kTorch) return nullptr;
   // Off the malloc path unless asked (predict_sync); a deterministic predictor (replays, tests)
   // stays synchronous, since its answers must follow the events one by one.
-  if (predictor && !options.predict_sync && !deterministic) {
-    return std::make_unique<predict::AsyncPredictor>(std::move(predictor),
-                                                     async_feed_options(options));
+  return make_predictor_stack(predict::make_predictor(predictor_options(options, deterministic)),
+                              options, std::move(board),
+                              /*async=*/!options.predict_sync && !deterministic);
+}
+
+std::unique_ptr<predict::LifespanPredictor> make_predictor_stack(
+    std::unique_ptr<predict::LifespanPredictor> predictor, const Options& options,
+    std::shared_ptr<pool::PlanBoard> board, bool async) {
+  if (!predictor) return predictor;
+  if (board && options.plan) {
+    predictor = std::make_unique<PlanningPredictor>(std::move(predictor), std::move(board));
+  }
+  if (async) {
+    predictor = std::make_unique<predict::AsyncPredictor>(std::move(predictor),
+                                                          async_feed_options(options));
   }
   return predictor;
 }

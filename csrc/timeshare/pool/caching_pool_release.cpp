@@ -4,21 +4,10 @@
 
 #include <fmt/format.h>
 
+#include "timeshare/common/units.h"
 #include "timeshare/pool/caching_pool.h"
 
 namespace timeshare::pool {
-
-namespace {
-
-// torch's format_size: bytes, KiB, MiB or GiB with two decimals.
-std::string format_size(std::size_t bytes) {
-  if (bytes <= kKiB) return fmt::format("{} bytes", bytes);
-  if (bytes <= kMiB) return fmt::format("{:.2f} KiB", static_cast<double>(bytes) / kKiB);
-  if (bytes <= kGiB) return fmt::format("{:.2f} MiB", static_cast<double>(bytes) / kMiB);
-  return fmt::format("{:.2f} GiB", static_cast<double>(bytes) / kGiB);
-}
-
-}  // namespace
 
 // ---- releasing cached segments -----------------------------------------------------------------
 
@@ -271,18 +260,18 @@ std::string CachingPool::describe() const {
   std::string out;
   if (last_oom_.happened) {
     out += fmt::format("Out of memory. Tried to allocate {} (a {} request on stream {}). ",
-                       format_size(last_oom_.alloc_bytes), format_size(last_oom_.requested_bytes),
+                       format_bytes(last_oom_.alloc_bytes), format_bytes(last_oom_.requested_bytes),
                        last_oom_.stream);
   }
   out += fmt::format("Device {} has a total capacity of {} of which {} is free. ",
-                     backend_.device_index(), format_size(info.total_bytes),
-                     format_size(info.free_bytes));
-  if (limit_bytes_ > 0) out += fmt::format("{} allowed; ", format_size(limit_bytes_));
+                     backend_.device_index(), format_bytes(info.total_bytes),
+                     format_bytes(info.free_bytes));
+  if (limit_bytes_ > 0) out += fmt::format("{} allowed; ", format_bytes(limit_bytes_));
   out += fmt::format(
       "Of the allocated memory {} is allocated by the '{}' pool, and {} is reserved but "
       "unallocated ({} of it free in cache; {} segments, {} inactive split blocks).",
-      format_size(allocated), name(), format_size(reserved - std::min(reserved, allocated)),
-      format_size(cached), stats_.segment[kAggregate].current,
+      format_bytes(allocated), name(), format_bytes(reserved - std::min(reserved, allocated)),
+      format_bytes(cached), stats_.segment[kAggregate].current,
       stats_.inactive_split[kAggregate].current);
   if (!options_.expandable_segments && reserved > allocated + reserved / 4) {
     out += " If reserved but unallocated memory is large, try expandable_segments:True "

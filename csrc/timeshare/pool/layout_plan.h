@@ -5,7 +5,7 @@
 // one period of it, with a predicted lifespan for each allocation, it can plan where every
 // allocation of the *next* iterations goes: a 2-D packing of (predicted lifetime x bytes) on a
 // cycle, like the offline planner's, so that what dies together shares granules and the same
-// addresses serve every iteration (predict/layout_planner.h builds it). The pool then places
+// addresses serve every iteration (allocator/layout_planner.h builds it). The pool then places
 // allocation `alloc_id` at slot (alloc_id - start_alloc_id) mod period of the plan when the size
 // matches and the planned range is free, and keeps the granules the plan uses mapped: in steady
 // state no device call at all, and memory close to the packing's footprint.

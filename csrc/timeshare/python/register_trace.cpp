@@ -14,9 +14,9 @@
 
 #include "timeshare/python/bindings.h"
 #include "timeshare/trace/events.h"
-#include "timeshare/trace/oracle_planner.h"
-#include "timeshare/trace/policies.h"
-#include "timeshare/trace/replayer.h"
+#include "timeshare/replay/oracle_planner.h"
+#include "timeshare/replay/policies.h"
+#include "timeshare/replay/replayer.h"
 
 namespace py = pybind11;
 

@@ -1,4 +1,6 @@
-// trace/ — allocation traces in a compact array form.
+// trace/ — allocation traces in a compact array form: the event format, its reader and writer.
+// The ground floor: every layer may read it (predict/ trains from it). The replayer, the
+// reference policies and the oracle planner that consume it sit above allocator/, in replay/.
 //
 // Real traces are PyTorch memory snapshots (see docs/traces.md); the Python reader
 // (timeshare.snapshot) resolves their addresses into this compact form: one 32-byte record per

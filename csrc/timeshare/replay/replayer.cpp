@@ -1,4 +1,4 @@
-#include "timeshare/trace/replayer.h"
+#include "timeshare/replay/replayer.h"
 
 #include <algorithm>
 #include <chrono>

@@ -3,15 +3,15 @@
 //
 // It is fed every allocation with the answer of the wrapped predictor (PlanningPredictor, below)
 // on the predictor's own thread (AsyncPredictor's worker; in a deterministic replay,
-// synchronously). It runs its own PeriodDetector over the sizes. Once a period P is known and P
-// allocations have passed since the last plan, the last P allocations become a cycle of
-// intervals: allocation k lives over [t_k, t_k + L_k) ticks, modulo the cycle's length T in
-// ticks. Allocations without a prediction, predicted to live a whole cycle or more (parameters,
-// optimizer state), or on another stream than most of the cycle's are left out (the pool places
-// them as without a plan). The rest are packed greedy by size: largest first (ties: longer
-// lifespan first), each at the lowest offset where it overlaps in address no placed block whose
-// cyclic lifetime overlaps its own (O(n^2) for n planned allocations, off the malloc path; a
-// period longer than kMaxPlanAllocs is not planned).
+// synchronously). It runs its own PeriodDetector (predict/) over the sizes. Once a period P is
+// known and P allocations have passed since the last plan, the last P allocations become a
+// cycle of intervals: allocation k lives over [t_k, t_k + L_k) ticks, modulo the cycle's
+// length T in ticks. Allocations without a prediction, predicted to live a whole cycle or more
+// (parameters, optimizer state), or on another stream than most of the cycle's are left out
+// (the pool places them as without a plan). The rest are packed greedy by size: largest first
+// (ties: longer lifespan first), each at the lowest offset where it overlaps in address no
+// placed block whose cyclic lifetime overlaps its own (O(n^2) for n planned allocations, off the
+// malloc path; a period longer than kMaxPlanAllocs is not planned).
 //
 // A new plan is published only when it differs from the last one in more than
 // kReplanChangedShare of its slots (sizes or offsets), so a fixed-shape loop publishes once and
@@ -20,6 +20,10 @@
 // The plan is exactly as good as the lifespans it was given: with the true lifespans a
 // training loop's layout packs to within a few percent of peak live memory; with a constant
 // answer it is useless, and the pool stops following it (temporal_pool.h).
+//
+// It lives in allocator/, above both predict/ (whose answers it reads) and pool/ (whose plan it
+// writes), so that neither of those depends on the other; the factory (allocator.h,
+// make_predictor_stack) puts it in a predictor stack when option `plan` is on.
 #pragma once
 
 #include <cstdint>
@@ -30,7 +34,7 @@
 #include "timeshare/predict/period_detector.h"
 #include "timeshare/predict/predictor.h"
 
-namespace timeshare::predict {
+namespace timeshare {
 
 inline constexpr std::uint64_t kMaxPlanAllocs = 16384;
 inline constexpr std::uint64_t kMinPlanAllocs = 64;
@@ -42,7 +46,7 @@ class LayoutPlanner {
  public:
   explicit LayoutPlanner(std::shared_ptr<pool::PlanBoard> board);
   // One allocation and the lifespan predicted for it (0: none).
-  void on_alloc(const AllocEvent& e, std::uint64_t predicted_lifespan);
+  void on_alloc(const predict::AllocEvent& e, std::uint64_t predicted_lifespan);
   // Plans the last `period` allocations now (tests; on_alloc calls it when due).
   std::shared_ptr<pool::LayoutPlan> build(std::uint64_t period) const;
 
@@ -58,7 +62,7 @@ class LayoutPlanner {
   bool changed(const pool::LayoutPlan& plan) const;
 
   std::shared_ptr<pool::PlanBoard> board_;
-  PeriodDetector detector_;
+  predict::PeriodDetector detector_;
   std::vector<Rec> ring_;
   std::uint64_t count_ = 0;
   std::uint64_t last_plan_at_ = 0;  // count_ when the last plan was built
@@ -68,27 +72,27 @@ class LayoutPlanner {
 
 // Wraps a predictor: forwards every call and feeds the wrapped predictor's answers to a
 // LayoutPlanner. Put it inside AsyncPredictor so that planning runs on the predictor's thread.
-class PlanningPredictor final : public LifespanPredictor {
+class PlanningPredictor final : public predict::LifespanPredictor {
  public:
-  PlanningPredictor(std::unique_ptr<LifespanPredictor> inner,
+  PlanningPredictor(std::unique_ptr<predict::LifespanPredictor> inner,
                     std::shared_ptr<pool::PlanBoard> board)
       : owned_(std::move(inner)), inner_(owned_.get()), planner_(std::move(board)) {}
   // Not owning: `inner` must outlive this.
-  PlanningPredictor(LifespanPredictor* inner, std::shared_ptr<pool::PlanBoard> board)
+  PlanningPredictor(predict::LifespanPredictor* inner, std::shared_ptr<pool::PlanBoard> board)
       : inner_(inner), planner_(std::move(board)) {}
   const char* name() const noexcept override { return inner_->name(); }
-  std::uint64_t on_alloc(const AllocEvent& e) override {
+  std::uint64_t on_alloc(const predict::AllocEvent& e) override {
     const std::uint64_t life = inner_->on_alloc(e);
     planner_.on_alloc(e, life);
     return life;
   }
-  void on_free(const FreeEvent& e) override { inner_->on_free(e); }
-  PredictorStats stats() const override { return inner_->stats(); }
+  void on_free(const predict::FreeEvent& e) override { inner_->on_free(e); }
+  predict::PredictorStats stats() const override { return inner_->stats(); }
 
  private:
-  std::unique_ptr<LifespanPredictor> owned_;
-  LifespanPredictor* inner_;
+  std::unique_ptr<predict::LifespanPredictor> owned_;
+  predict::LifespanPredictor* inner_;
   LayoutPlanner planner_;
 };
 
-}  // namespace timeshare::predict
+}  // namespace timeshare

@@ -20,7 +20,7 @@
 
 #include "timeshare/common/units.h"
 #include "timeshare/trace/events.h"
-#include "timeshare/trace/replayer.h"
+#include "timeshare/replay/replayer.h"
 
 namespace timeshare::trace {
 

@@ -1,4 +1,4 @@
-#include "timeshare/predict/layout_planner.h"
+#include "timeshare/allocator/layout_planner.h"
 
 #include <algorithm>
 #include <unordered_map>
@@ -7,12 +7,12 @@
 #include "timeshare/common/units.h"
 #include "timeshare/pool/temporal_options.h"
 
-namespace timeshare::predict {
+namespace timeshare {
 
 LayoutPlanner::LayoutPlanner(std::shared_ptr<pool::PlanBoard> board)
-    : board_(std::move(board)), ring_(kMaxPeriodAllocs) {}
+    : board_(std::move(board)), ring_(predict::kMaxPeriodAllocs) {}
 
-void LayoutPlanner::on_alloc(const AllocEvent& e, std::uint64_t predicted_lifespan) {
+void LayoutPlanner::on_alloc(const predict::AllocEvent& e, std::uint64_t predicted_lifespan) {
   Rec& r = ring_[count_ & (ring_.size() - 1)];
   r.alloc_id = e.alloc_id;
   r.bytes = round_up(e.bytes == 0 ? 1 : e.bytes, pool::kPlanAlignBytes);
@@ -199,4 +199,4 @@ std::shared_ptr<pool::LayoutPlan> LayoutPlanner::build(std::uint64_t p) const {
   return plan;
 }
 
-}  // namespace timeshare::predict
+}  // namespace timeshare

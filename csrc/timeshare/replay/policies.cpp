@@ -1,4 +1,4 @@
-#include "timeshare/trace/policies.h"
+#include "timeshare/replay/policies.h"
 
 #include <algorithm>
 #include <memory>
@@ -8,16 +8,14 @@
 #include "timeshare/allocator/allocator.h"
 #include "timeshare/common/options.h"
 #include "timeshare/device/sim/sim_backend.h"
-#include "timeshare/pool/caching_pool.h"
 #include "timeshare/pool/temporal_options.h"
 #include "timeshare/pool/temporal_pool.h"
 #include "timeshare/predict/async_predictor.h"
 #include "timeshare/predict/hybrid_predictor.h"
-#include "timeshare/predict/layout_planner.h"
 #include "timeshare/predict/online_predictor.h"
 #include "timeshare/predict/predictor.h"
 #include "timeshare/predict/predictor_options.h"
-#include "timeshare/trace/oracle_planner.h"
+#include "timeshare/replay/oracle_planner.h"
 
 namespace timeshare::trace {
 
@@ -101,10 +99,11 @@ ReplayResult run_pool(std::string_view policy, pool::Pool& pool,
 ReplayResult run_caching(std::string_view policy, bool expandable, const Event* events,
                          std::size_t n, const ReplayOptions& ro, const PolicyOptions& po) {
   device::SimBackend backend(sim_options(po));
-  pool::CachingPoolOptions options;
+  Options options;
+  options.policy = PolicyKind::kTorch;
   options.expandable_segments = expandable;
-  pool::CachingPool pool(backend, options);
-  return run_pool(policy, pool, nullptr, backend, events, n, ro, po);
+  std::unique_ptr<pool::Pool> pool = make_pool(options, backend);
+  return run_pool(policy, *pool, nullptr, backend, events, n, ro, po);
 }
 
 // The conf string of a replay, parsed (defaults when empty).
@@ -114,29 +113,26 @@ Options parse_conf(const PolicyOptions& po) {
   return *r.options;
 }
 
-// `board`: the predictor already feeds a layout planner publishing there (inside an
-// AsyncPredictor, as the allocator runs); else, with conf.plan, the planner is fed here,
-// synchronously.
+// The board a replay's temporal pool follows: one per run under option `plan` (the predictor
+// stack's layout planner publishes on it, pool/layout_plan.h), else none.
+std::shared_ptr<pool::PlanBoard> plan_board(const Options& conf) {
+  return conf.plan ? std::make_shared<pool::PlanBoard>() : nullptr;
+}
+
+// `predictor`: a stack from make_predictor_stack, which feeds a layout planner publishing on
+// `board` when there is one (as the allocator runs it).
 ReplayResult run_temporal(std::string_view policy, predict::LifespanPredictor& predictor,
                           const Event* events, std::size_t n, const ReplayOptions& ro,
                           const PolicyOptions& po, const Options& conf,
-                          std::shared_ptr<pool::PlanBoard> board = nullptr) {
+                          const std::shared_ptr<pool::PlanBoard>& board) {
   device::SimBackend backend(sim_options(po));
-  pool::TemporalPool pool(&backend, temporal_pool_options(conf, backend));
+  std::unique_ptr<pool::TemporalPool> pool = make_temporal_pool(conf, backend);
   PolicyOptions limited = po;
   if (limited.limit_bytes == 0) limited.limit_bytes = conf.budget_bytes;
-  if (!conf.plan) return run_pool(policy, pool, &predictor, backend, events, n, ro, limited);
-  // As the allocator runs it: the predictor's answers feed the layout planner, whose plans
-  // the pool follows (pool/layout_plan.h).
-  std::unique_ptr<predict::PlanningPredictor> planning;
-  if (!board) {
-    board = std::make_shared<pool::PlanBoard>();
-    planning = std::make_unique<predict::PlanningPredictor>(&predictor, board);
-  }
-  pool.set_plan_board(board);
-  ReplayResult r = run_pool(policy, pool, planning ? static_cast<predict::LifespanPredictor*>(planning.get()) : &predictor,
-                            backend, events, n, ro, limited);
-  const pool::TemporalPool::PlanStats ps = pool.plan_stats();
+  if (!board) return run_pool(policy, *pool, &predictor, backend, events, n, ro, limited);
+  pool->set_plan_board(board);
+  ReplayResult r = run_pool(policy, *pool, &predictor, backend, events, n, ro, limited);
+  const pool::TemporalPool::PlanStats ps = pool->plan_stats();
   r.plan_hits = ps.hits;
   r.plan_misses = ps.misses;
   r.plans = ps.plans;
@@ -247,17 +243,16 @@ ReplayResult run_policy(std::string_view policy, const Event* events, std::size_
       std::mt19937_64 rng(policy_options.seed);
       std::shuffle(lifespans.begin(), lifespans.end(), rng);
     }
-    TruthPredictor predictor(std::move(lifespans));
-    return run_temporal(policy, predictor, events, n, replay_options, policy_options, conf);
+    const std::shared_ptr<pool::PlanBoard> board = plan_board(conf);
+    const std::unique_ptr<predict::LifespanPredictor> predictor = make_predictor_stack(
+        std::make_unique<TruthPredictor>(std::move(lifespans)), conf, board, /*async=*/false);
+    return run_temporal(policy, *predictor, events, n, replay_options, policy_options, conf,
+                        board);
   }
-  predict::PredictorOptions options;
-  options.deterministic = true;  // training happens at fixed events: one trace, one answer
+  // Training happens at fixed events (deterministic): one trace, one answer.
+  predict::PredictorOptions options = predictor_options(conf, /*deterministic=*/true);
   // An explicit replay seed wins; else the conf's (both default to kReplaySeed).
   options.seed = policy_options.seed != kReplaySeed ? policy_options.seed : conf.seed;
-  options.history_bytes = conf.history_bytes;
-  options.hidden = conf.hidden;
-  options.retrain_interval_events = conf.retrain_interval_events;
-  options.drift_threshold = conf.drift_threshold;
   options.kind = policy == kTimeshareConst ? "constant"
                  : policy.starts_with(kWithPredictor)
                      ? std::string(policy.substr(kWithPredictor.size()))
@@ -281,9 +276,12 @@ ReplayResult run_policy(std::string_view policy, const Event* events, std::size_
     RecordingPredictor* rec = recording.get();
     predict::AsyncPredictor answered(std::move(recording), {.inline_feed = true});
     ro.own_answers = &rec->answers();
-    r = run_temporal(policy, answered, events, n, ro, policy_options, conf);
+    r = run_temporal(policy, answered, events, n, ro, policy_options, conf, nullptr);
   } else {
-    r = run_temporal(policy, *predictor, events, n, ro, policy_options, conf);
+    // The hybrid pointer above stays valid: the stack owns the predictor.
+    const std::shared_ptr<pool::PlanBoard> board = plan_board(conf);
+    predictor = make_predictor_stack(std::move(predictor), conf, board, /*async=*/false);
+    r = run_temporal(policy, *predictor, events, n, ro, policy_options, conf, board);
   }
   if (policy == kTimeshare) {
     // The deterministic pass trains synchronously inside the loop. Time the hot path as it runs
@@ -291,14 +289,10 @@ ReplayResult run_policy(std::string_view policy, const Event* events, std::size_
     // through AsyncPredictor (its own thread; its trainer on another), the pool not waiting.
     predict::PredictorOptions realtime = options;
     realtime.deterministic = false;
-    std::unique_ptr<predict::LifespanPredictor> inner = predict::make_predictor(realtime);
-    std::shared_ptr<pool::PlanBoard> board;
-    if (conf.plan) {
-      board = std::make_shared<pool::PlanBoard>();
-      inner = std::make_unique<predict::PlanningPredictor>(std::move(inner), board);
-    }
-    std::unique_ptr<predict::LifespanPredictor> timed =
-        std::make_unique<predict::AsyncPredictor>(std::move(inner), async_feed_options(conf));
+    // Always through the feed (even under predict_sync): the timing of the default path.
+    const std::shared_ptr<pool::PlanBoard> board = plan_board(conf);
+    const std::unique_ptr<predict::LifespanPredictor> timed = make_predictor_stack(
+        predict::make_predictor(realtime), conf, board, /*async=*/true);
     ReplayOptions timing = replay_options;
     timing.detected_cycle_alloc = nullptr;
     const ReplayResult t =

@@ -1,4 +1,4 @@
-#include "timeshare/trace/oracle_planner.h"
+#include "timeshare/replay/oracle_planner.h"
 
 #include <algorithm>
 #include <chrono>

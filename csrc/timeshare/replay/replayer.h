@@ -1,7 +1,11 @@
+// replay/ — above allocator/: the replayer (this file), the named policies a replay compares
+// (policies.h; their pools and predictor stacks come from the allocator's factory) and the
+// offline oracle planner (oracle_planner.h). Traces themselves are trace/'s (events.h).
+//
 // Replayer — drives a real pool (and optionally a lifespan predictor) through a recorded trace.
 //
 // Every figure of the project is measured here. A trace is a compact array of `trace::Event`
-// records (events.h): allocations with dense ids and the frees that name them. The replayer
+// records (trace/events.h): allocations with dense ids and the frees that name them. The replayer
 // walks it once, in order, against a `pool::Pool` built on a `device::SimBackend` with fake
 // addresses (`backing = false`), so multi-GiB training traces replay in milliseconds and
 // nothing is really allocated. The allocator clock is the event index: every allocation and
