@@ -8,7 +8,9 @@
 //
 // enable() configures timeshare (options in the TIMESHARE_CONF syntax; the TIMESHARE_CONF
 // environment variable is read first and `conf` overrides it key by key) and installs it as
-// PyTorch's CUDA allocator through LibTorch's pluggable-allocator API, with the init, reset
+// PyTorch's CUDA allocator: as LibTorch's own CUDAAllocator (the native route: every
+// c10::cuda::CUDACachingAllocator entry point answered), or, where that cannot be installed or
+// with option route:pluggable, through LibTorch's pluggable-allocator API, with the init, reset
 // (empty_cache), memory-fraction and record-stream hooks set. Link the program with
 // libtimeshare_libtorch.so (examples/CMakeLists.txt builds it), which needs libtimeshare.so and
 // a CUDA build of LibTorch.

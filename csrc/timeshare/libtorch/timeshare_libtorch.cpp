@@ -1,7 +1,8 @@
 // libtimeshare_libtorch.so: timeshare::enable() for LibTorch programs (include/timeshare/timeshare.h).
 //
 // Built only against a CUDA build of LibTorch (examples/CMakeLists.txt): it needs c10_cuda and
-// torch_cuda for the pluggable-allocator API. The allocator itself stays in libtimeshare.so,
+// torch_cuda. enable() installs the native route (csrc/timeshare/torch/, compiled in: timeshare
+// as LibTorch's own CUDAAllocator) and falls back to the pluggable-allocator API below. The allocator itself stays in libtimeshare.so,
 // reached through its extern "C" entry points (api/c_api.h), exactly as PyTorch's Python
 // CUDAPluggableAllocator reaches it, so C++ and Python programs share one implementation.
 #include "timeshare/timeshare.h"
@@ -14,7 +15,10 @@
 #include <memory>
 #include <mutex>
 
+#include "timeshare/allocator/registry.h"
 #include "timeshare/api/c_api.h"
+#include "timeshare/common/log_line.h"
+#include "timeshare/torch/native_allocator.h"
 
 namespace timeshare {
 
@@ -63,6 +67,25 @@ void enable(const std::string& conf) {
   char error[kErrorBytes] = {0};
   if (timeshare_configure(wanted.c_str(), error, sizeof error) != 0) {
     throw EnableError("timeshare::enable(): " + first_line(error));
+  }
+  // The native route first (every c10::cuda::CUDACachingAllocator entry point served), unless
+  // the options ask for the pluggable one.
+  const std::string route = registry::options().route;
+  if (route != "pluggable") {
+    if (timeshare_native_install(error, sizeof error) == 0) {
+      g_enabled = true;
+      g_conf = wanted;
+      return;
+    }
+    const std::string why = first_line(error);
+    if (why.find("already initialized") != std::string::npos) {
+      throw EnableError("timeshare::enable(): LibTorch refused the allocator swap (" + why +
+                        "); call it before any CUDA work");
+    }
+    if (route == "native") {
+      throw EnableError("timeshare::enable(): route:native was asked for, but " + why);
+    }
+    log_line(LogLevel::kWarn, "native route unavailable (" + why + "); using the pluggable route");
   }
   auto allocator = pluggable::createCustomAllocator(
       [](std::size_t bytes, int device, cudaStream_t stream) {
