@@ -15,6 +15,7 @@ checked by scripts/gpu_check.sh.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -107,7 +108,7 @@ def probe(py: str, path: str, route: str, code: str) -> str:
     if "PROBE-OK" in r.stdout:
         return "works"
     lines = [ln.strip() for ln in r.stderr.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "Error" in ln.split(":")[0]]
+    errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception): ", ln)]
     last = errors[-1] if errors else (lines[-1] if lines else "?")
     msg = last.split(": ", 1)[-1]
     return "error: " + (msg[:110] + "…" if len(msg) > 110 else msg)

@@ -77,10 +77,9 @@ def record_history(enabled: bool = True, max_entries: int = 100_000) -> None:
     ``torch.cuda.memory._record_memory_history()`` is the way on a GPU; it initialises CUDA
     first, so on a machine without one (the sim backend) this reaches the same C++ entry point.
     """
-    if not _LOADED:
-        raise RuntimeError("timeshare: the native route is not installed in this process")
     err = ctypes.create_string_buffer(_ERROR_BYTES)
-    lib = _LOADED[0]
+    # c10's entry point reaches whichever allocator is current (the pluggable one refuses).
+    lib = _LOADED[0] if _LOADED else ctypes.CDLL(str(library_for(_torch_version())))
     lib.timeshare_native_record_history.restype = ctypes.c_int
     lib.timeshare_native_record_history.argtypes = [ctypes.c_int, ctypes.c_size_t,
                                                     ctypes.c_char_p, ctypes.c_size_t]
