@@ -26,6 +26,7 @@
 #include "timeshare/allocator/registry.h"
 #include "timeshare/device/cuda/cuda_backend.h"
 #include "timeshare/common/log_line.h"
+#include "timeshare/torch/memory_history.h"
 
 namespace timeshare::native {
 
@@ -57,18 +58,6 @@ void to_c10(const Stat& in, c10::CachingAllocator::Stat& out) {
   out.allocated = in.allocated;
   out.freed = in.freed;
 }
-
-// The memory history of one device (torch.cuda.memory._record_memory_history): a ring of trace
-// entries, the contexts of live blocks, and what to record.
-struct History {
-  bool enabled = false;
-  cda::CreateContextFn recorder = nullptr;
-  cda::RecordContext when = cda::RecordContext::NEVER;
-  std::size_t max_entries = 0;
-  std::unordered_set<cda::TraceEntry::Action> skip;
-  std::deque<cda::TraceEntry> ring;
-  std::unordered_map<const void*, std::shared_ptr<c10::GatheredContext>> live_contexts;
-};
 
 cda::TraceEntry::Action to_action(SegmentAction a) {
   switch (a) {
@@ -117,20 +106,19 @@ class NativeAllocator final : public cca::CUDAAllocator {
   void* malloc_on(DeviceIndex device, std::size_t nbytes, device::Stream stream) {
     Core* a = allocator_for(device);
     std::shared_ptr<c10::GatheredContext> context;
-    if (history_on_.load(std::memory_order_relaxed)) context = gather(device, /*at_free=*/false);
+    if (history_.enabled()) context = history_.gather(device, /*at_free=*/false);
     void* p = a->malloc(nbytes, stream);
     if (!p) out_of_memory(device, *a, nbytes, stream);
-    if (history_on_.load(std::memory_order_relaxed) || tracking_.load(std::memory_order_relaxed)) {
-      record(device, cda::TraceEntry::ALLOC, reinterpret_cast<std::size_t>(p), nbytes, stream,
-             context, p);
+    if (history_.active()) {
+      history_.record(device, cda::TraceEntry::ALLOC, reinterpret_cast<std::size_t>(p), nbytes,
+                      stream_ptr(stream), context, p);
     }
     return p;
   }
 
   void free_block(void* ptr) {
     if (!ptr) return;
-    const bool tracing =
-        history_on_.load(std::memory_order_relaxed) || tracking_.load(std::memory_order_relaxed);
+    const bool tracing = history_.active();
     for (int d = 0; d < registry::kMaxDevices; ++d) {
       Core* a = registry::existing(d);
       if (!a) {
@@ -143,11 +131,13 @@ class NativeAllocator final : public cca::CUDAAllocator {
       if (!a->free(ptr)) continue;
       if (tracing) {
         const auto device = static_cast<DeviceIndex>(d);
-        auto context = history_on_.load() ? gather(device, /*at_free=*/true) : nullptr;
+        auto context = history_.enabled() ? history_.gather(device, /*at_free=*/true) : nullptr;
         const auto addr = reinterpret_cast<std::size_t>(ptr);
-        record(device, cda::TraceEntry::FREE_REQUESTED, addr, bytes, stream, context, nullptr);
-        record(device, cda::TraceEntry::FREE_COMPLETED, addr, bytes, stream, context, nullptr);
-        forget_context(device, ptr);
+        history_.record(device, cda::TraceEntry::FREE_REQUESTED, addr, bytes, stream_ptr(stream),
+                        context, nullptr);
+        history_.record(device, cda::TraceEntry::FREE_COMPLETED, addr, bytes, stream_ptr(stream),
+                        context, nullptr);
+        history_.forget(device, ptr);
       }
       return;
     }
@@ -277,7 +267,8 @@ class NativeAllocator final : public cca::CUDAAllocator {
             info.allocated_size += b.bytes;
             info.active_size += b.bytes;
             info.requested_size += b.requested_bytes;
-            block.context_when_allocated = context_of(d, reinterpret_cast<const void*>(b.addr));
+            block.context_when_allocated =
+                history_.context_of(d, reinterpret_cast<const void*>(b.addr));
           }
           info.blocks.push_back(std::move(block));
         }
@@ -286,17 +277,7 @@ class NativeAllocator final : public cca::CUDAAllocator {
     });
     const int devices = std::max(max_device + 1, device_count_hint());
     out.device_traces.resize(static_cast<std::size_t>(std::max(devices, 0)));
-    if (include_traces) {
-      auto to_ns = clock_.makeConverter();
-      std::lock_guard lock(history_mu_);
-      for (int d = 0; d < devices && d < registry::kMaxDevices; ++d) {
-        for (const cda::TraceEntry& e : history_[d].ring) {
-          cda::TraceEntry copy = e;
-          copy.time_.t_ = to_ns(e.time_.approx_t_) / 1000;  // microseconds, as torch's snapshot
-          out.device_traces[d].push_back(std::move(copy));
-        }
-      }
-    }
+    if (include_traces) out.device_traces = history_.traces(devices);
     out.config_metadata.garbage_collection_threshold = 0.0;
     out.config_metadata.max_split_size = SIZE_MAX;
     out.config_metadata.pinned_num_register_threads = 1;
@@ -313,24 +294,7 @@ class NativeAllocator final : public cca::CUDAAllocator {
   void recordHistory(bool enabled, cda::CreateContextFn recorder, std::size_t max_entries,
                      cda::RecordContext when, bool clear_history,
                      const std::vector<std::string>& skip_actions) override {
-    std::unordered_set<cda::TraceEntry::Action> skip;
-    for (const std::string& a : skip_actions) skip.insert(cda::parseTraceEntryAction(a));
-    {
-      std::lock_guard lock(history_mu_);
-      for (History& h : history_) {
-        h.enabled = enabled;
-        h.recorder = recorder;
-        h.when = enabled ? when : cda::RecordContext::NEVER;
-        h.max_entries = std::max<std::size_t>(max_entries, 1);
-        h.skip = skip;
-        if (clear_history || !enabled) h.ring.clear();
-        while (h.ring.size() > h.max_entries) h.ring.pop_front();
-        if (h.when == cda::RecordContext::NEVER || h.when == cda::RecordContext::STATE) {
-          if (!enabled) h.live_contexts.clear();
-        }
-      }
-    }
-    history_on_.store(enabled, std::memory_order_relaxed);
+    history_.configure(enabled, recorder, max_entries, when, clear_history, skip_actions);
     if (enabled) {
       // Mapping changes happen inside the core: its segment sink records them.
       for (int d = 0; d < registry::kMaxDevices; ++d) {
@@ -338,13 +302,9 @@ class NativeAllocator final : public cca::CUDAAllocator {
       }
     }
   }
-  bool isHistoryEnabled() override { return history_on_.load(std::memory_order_relaxed); }
+  bool isHistoryEnabled() override { return history_.enabled(); }
   std::shared_ptr<c10::GatheredContext> getContextForPointer(const void* ptr) override {
-    std::lock_guard lock(history_mu_);
-    for (History& h : history_) {
-      if (auto it = h.live_contexts.find(ptr); it != h.live_contexts.end()) return it->second;
-    }
-    return nullptr;
+    return history_.any_context_of(ptr);
   }
   void attachOutOfMemoryObserver(cca::OutOfMemoryObserver observer) override {
     std::lock_guard lock(observers_mu_);
@@ -357,11 +317,7 @@ class NativeAllocator final : public cca::CUDAAllocator {
     rejection_observers_.push_back(std::move(observer));
   }
   void attachAllocatorTraceTracker(cda::AllocatorTraceTracker tracker) override {
-    {
-      std::lock_guard lock(observers_mu_);
-      trackers_.push_back(std::move(tracker));
-    }
-    tracking_.store(true);
+    history_.add_tracker(std::move(tracker));
     for (int d = 0; d < registry::kMaxDevices; ++d) {
       if (Core* a = registry::existing(d)) watch_segments(*a, static_cast<DeviceIndex>(d));
     }
@@ -484,9 +440,7 @@ class NativeAllocator final : public cca::CUDAAllocator {
     Core* a = registry::get(device, &error);
     TORCH_CHECK(a != nullptr, "timeshare cannot serve device ", static_cast<int>(device), ": ",
                 error);
-    if (history_on_.load(std::memory_order_relaxed) || tracking_.load(std::memory_order_relaxed)) {
-      watch_segments(*a, device);
-    }
+    if (history_.active()) watch_segments(*a, device);
     return a;
   }
 
@@ -494,8 +448,8 @@ class NativeAllocator final : public cca::CUDAAllocator {
   void watch_segments(Core& a, DeviceIndex device) {
     if (watched_[device].exchange(true)) return;
     a.set_segment_sink([this, device](const SegmentEvent& e) {
-      record(device, to_action(e.action), e.addr, e.bytes, device::kDefaultStream, nullptr,
-             nullptr, MempoolId_t{e.pool.first, e.pool.second});
+      history_.record(device, to_action(e.action), e.addr, e.bytes, nullptr, nullptr, nullptr,
+                      MempoolId_t{e.pool.first, e.pool.second});
     });
   }
 
@@ -503,7 +457,8 @@ class NativeAllocator final : public cca::CUDAAllocator {
                                   device::Stream stream) {
     const DeviceStats s = a.stats();
     const device::MemInfo info = a.backend().mem_info();
-    record(device, cda::TraceEntry::OOM, info.free_bytes, nbytes, stream, nullptr, nullptr);
+    history_.record(device, cda::TraceEntry::OOM, info.free_bytes, nbytes, stream_ptr(stream),
+                    nullptr, nullptr);
     std::vector<cca::OutOfMemoryObserver> observers;
     {
       std::lock_guard lock(observers_mu_);
@@ -516,70 +471,15 @@ class NativeAllocator final : public cca::CUDAAllocator {
     TORCH_CHECK_WITH(OutOfMemoryError, false, a.last_oom_message());
   }
 
-  std::shared_ptr<c10::GatheredContext> gather(DeviceIndex device, bool at_free) {
-    cda::CreateContextFn recorder = nullptr;
-    cda::RecordContext when = cda::RecordContext::NEVER;
-    {
-      std::lock_guard lock(history_mu_);
-      recorder = history_[device].recorder;
-      when = history_[device].when;
-    }
-    if (!recorder || when == cda::RecordContext::NEVER) return nullptr;
-    if (at_free && when != cda::RecordContext::ALL) return nullptr;
-    return recorder();  // outside our lock: it may take the GIL
-  }
-
-  void record(DeviceIndex device, cda::TraceEntry::Action action, std::size_t addr,
-              std::size_t bytes, device::Stream stream,
-              std::shared_ptr<c10::GatheredContext> context, const void* live_block,
-              MempoolId_t pool = {0, 0}) {
-    std::vector<cda::AllocatorTraceTracker> trackers;
-    if (tracking_.load(std::memory_order_relaxed)) {
-      std::lock_guard lock(observers_mu_);
-      trackers = trackers_;
-    }
-    cda::TraceEntry entry(action, device, addr, bytes, stream_ptr(stream), pool,
-                          c10::getApproximateTime(), context);
-    for (const auto& t : trackers) t(entry);
-    std::lock_guard lock(history_mu_);
-    History& h = history_[device];
-    if (!h.enabled) return;
-    if (live_block && h.when != cda::RecordContext::NEVER && context) {
-      h.live_contexts[live_block] = context;
-    }
-    if (h.skip.count(action)) return;
-    // STATE keeps stacks for live blocks only, not in the trace.
-    if (h.when == cda::RecordContext::STATE) entry.context_ = nullptr;
-    h.ring.push_back(std::move(entry));
-    while (h.ring.size() > h.max_entries) h.ring.pop_front();
-  }
-
-  void forget_context(DeviceIndex device, const void* ptr) {
-    std::lock_guard lock(history_mu_);
-    history_[device].live_contexts.erase(ptr);
-  }
-
-  std::shared_ptr<c10::GatheredContext> context_of(int device, const void* ptr) {
-    std::lock_guard lock(history_mu_);
-    auto& m = history_[device].live_contexts;
-    auto it = m.find(ptr);
-    return it == m.end() ? nullptr : it->second;
-  }
-
   const bool sim_;
   std::atomic<int> device_count_{-1};
   std::atomic<bool> initialized_{false};
   std::atomic<bool> enabled_{true};
-  std::atomic<bool> history_on_{false};
-  std::atomic<bool> tracking_{false};
   std::array<std::atomic<bool>, registry::kMaxDevices> watched_{};
-  std::mutex history_mu_;
-  std::array<History, registry::kMaxDevices> history_;
+  MemoryHistory history_;
   std::mutex observers_mu_;
   std::vector<cca::OutOfMemoryObserver> oom_observers_;
   std::vector<cca::OomRejectionObserver> rejection_observers_;
-  std::vector<cda::AllocatorTraceTracker> trackers_;
-  c10::ApproximateClockToUnixTimeConverter clock_;
 };
 
 void delete_block(void* ptr) {
