@@ -365,6 +365,24 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
         self._by_handle[h] = rec
         return True
 
+    def _release_dropped(self, rec: _Packed) -> None:
+        """A unit dropped still holding its spill (its graph freed unpacked): let the spill go."""
+        engine = self._engine
+        if engine is None:
+            return
+        if rec.prefetch_dst is not None:
+            # Never unpacked with its restore in flight: the destination stays alive until the
+            # copy into it is ordered before its reuse (the stream it was allocated on waits on
+            # the copy's event; on the host, the copy completes).
+            engine.finish_restore(rec.handle, rec.prefetch_stream,
+                                  host_wait=rec.device.type != "cuda")
+            self._counters["prefetches_unused"] += 1
+        if rec.tensor is not None and not engine.spill_complete(rec.handle):
+            # Dropped with its spill copy in flight: that copy still reads the device memory
+            # the unit is about to free.
+            engine.wait_spill(rec.handle)
+        engine.release(rec.handle)
+
     # ---- hooks ---------------------------------------------------------------------------------
     def _pack(self, t: Any) -> Any:
         if t.is_inference():
@@ -395,7 +413,7 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
                 self._cur[pos] = [0, now, -1, 0, 0]
                 return _SavedView(unit, t)
             flat = torch.empty(0, dtype=torch.uint8, device=t.device).set_(t.untyped_storage())
-            rec = _Packed(flat, pos, self, t, self._stream(t.device))
+            rec = _Packed(flat, pos, t, self._stream(t.device), self._release_dropped)
             self._units[key] = rec
             nbytes = rec.nbytes
             self._cur[pos] = [nbytes, now, -1, 0, 1]

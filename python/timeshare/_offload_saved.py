@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from timeshare._offload import offload
+from collections.abc import Callable
+from typing import Any
 
 __all__: list[str] = []  # internal
 
@@ -18,13 +16,17 @@ class _Packed:
     """The unit that moves: one storage (as a flat uint8 tensor) behind one or more saved
     tensors. Spilling whole storages is what frees memory when autograd saves several views of
     one buffer (q, k, v of a fused projection; the halves of a chunk), and what deduplicates a
-    tensor saved twice; restoring the storage gives every view back with its own strides."""
+    tensor saved twice; restoring the storage gives every view back with its own strides.
+
+    ``release`` is called when the unit is dropped still holding a spill (``handle``; its graph
+    freed before backward reached it): whoever made the spill lets it go."""
 
     __slots__ = ("tensor", "handle", "pos", "nbytes", "device", "version", "origin", "restored",
-                 "prefetch_dst", "prefetch_stream", "stream", "owner", "spilling", "views",
+                 "prefetch_dst", "prefetch_stream", "stream", "release", "spilling", "views",
                  "alloc_on", "ready_on", "__weakref__")
 
-    def __init__(self, flat: Any, pos: int, owner: offload, origin: Any, stream: int) -> None:
+    def __init__(self, flat: Any, pos: int, origin: Any, stream: int,
+                 release: Callable[[_Packed], None]) -> None:
         self.tensor = flat
         self.handle = 0
         self.pos = pos
@@ -39,7 +41,7 @@ class _Packed:
         self.prefetch_stream = 0
         # The stream current at pack: the producer's, on which a spill's copy fences.
         self.stream = stream
-        self.owner = owner
+        self.release = release
         self.spilling = False
         # The views that hold their saved tensor while this unit holds its storage (weakly).
         self.views: list[weakref.ref[_SavedView]] = []
@@ -74,21 +76,8 @@ class _Packed:
         self.views.clear()
 
     def __del__(self) -> None:
-        if self.handle and self.owner is not None:
-            engine = self.owner._engine
-            if engine is not None:
-                if self.prefetch_dst is not None:
-                    # Never unpacked with its restore in flight: the destination stays alive until
-                    # the copy into it is ordered before its reuse (the stream it was allocated on
-                    # waits on the copy's event; on the host, the copy completes).
-                    engine.finish_restore(self.handle, self.prefetch_stream,
-                                          host_wait=self.device.type != "cuda")
-                    self.owner._counters["prefetches_unused"] += 1
-                if self.tensor is not None and not engine.spill_complete(self.handle):
-                    # Dropped with its spill copy in flight: that copy still reads the device
-                    # memory this unit is about to free.
-                    engine.wait_spill(self.handle)
-                engine.release(self.handle)
+        if self.handle:
+            self.release(self)
             self.handle = 0
         self.prefetch_dst = None
 
