@@ -49,21 +49,27 @@ spill fences on the stream current at its pack, the producer's).
 
 from __future__ import annotations
 
-import threading
 import time
 import weakref
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from timeshare import _C
+from timeshare import _C, _offload_contexts
 from timeshare._fit_plan import spill_plan
-from timeshare._offload_saved import _current_stream, _Kept, _OwnedLock, _Packed, _SavedView
+from timeshare._offload_contexts import _contexts, spill_stats
+from timeshare._offload_saved import (
+    _current_stream,
+    _Kept,
+    _OwnedLock,
+    _Packed,
+    _SavedView,
+    kept_because,
+)
 
 __all__ = ["OffloadError", "install_global", "offload", "spill_stats", "uninstall_global"]
 
 _TIERS = {"host": False, "host+ssd": True}
-_CUMULATIVE_SKIP = ("current_bytes", "entries", "pinned_capacity")
 
 
 class OffloadError(ValueError):
@@ -86,14 +92,6 @@ def _bytes(name: str, value: int | str | None, default: int) -> int:
 
 
 MAKE_ROOM_WAIT_S = 2.0
-# Contexts a thread keeps for reuse by their arguments (each may hold a pinned arena).
-MAX_CONTEXTS_PER_THREAD = 8
-
-
-# A view is spilled with its whole storage only when the storage is at most this many times
-# the view's bytes (q, k and v of one projection: 3x); a small slice of a big buffer stays.
-_MAX_SPAN = 4
-
 
 class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
     """Context manager: spill saved activations to keep device memory under ``budget``.
@@ -131,12 +129,7 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
         ctx = super().__new__(cls)
         ctx._key_ = key
         if key is not None:
-            contexts[key] = ctx
-            while len(contexts) > MAX_CONTEXTS_PER_THREAD:  # e.g. a new memory_fn every step
-                old = next(iter(contexts.values()))
-                if old._hooks:
-                    break
-                old.close()
+            _offload_contexts.keep(key, ctx)
         return ctx
 
     @staticmethod
@@ -156,7 +149,7 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
         try:
             self._setup(budget, spill, spill_dir, pinned, prefetch, min_spill, memory_fn)
         except OffloadError:
-            _contexts().pop(self._key_, None)
+            _offload_contexts.forget(self._key_, self)
             raise
         self._ready = True
 
@@ -212,7 +205,7 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
         hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
         hooks.__enter__()
         self._hooks.append((hooks, _C.register_make_room(self._make_room)))
-        _LIVE.add(self)
+        _offload_contexts.enter(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -221,18 +214,15 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
             _C.unregister_make_room(token)
             hooks.__exit__(*exc)
 
+    def in_with(self) -> bool:
+        """Whether a ``with`` of this context is open."""
+        return bool(self._hooks)
+
     def close(self) -> None:
         """End this context: the next ``offload(...)`` with its arguments starts cold. What it
         still holds (saved tensors not yet unpacked) stays valid; its engine goes with them."""
-        contexts = _contexts()
-        if contexts.get(self._key_) is self:
-            del contexts[self._key_]
-        _LIVE.discard(self)
-        stats = self.stats()
-        for k, v in stats.items():
-            if not any(s in k for s in _CUMULATIVE_SKIP):
-                _RETIRED[k] += v - self._retired.get(k, 0)  # once, even if closed again
-        self._retired = stats
+        _offload_contexts.forget(self._key_, self)
+        self._retired = _offload_contexts.retire(self, self._retired)
 
     # ---- fault injection (tests) -------------------------------------------------------------
     def inject_fault(self, kind: str, nth: int = 1) -> None:
@@ -285,31 +275,11 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
 
     # ---- policy ------------------------------------------------------------------------------
     def _eligible(self, t: Any) -> bool:
-        import torch
-
-        if (t.layout != torch.strided or t.is_nested or t.is_quantized or t.is_conj()
-                or t.is_neg()):
-            self._counters["ineligible"] += 1
-            return False
-        if isinstance(t, torch.nn.Parameter) or (t.is_leaf and t.requires_grad):
-            self._counters["parameters"] += 1
-            return False
-        if type(t) is not torch.Tensor:  # a subclass (DTensor, wrappers): its own storage rules
-            self._counters["ineligible"] += 1
-            return False
-        base = t._base
-        if base is not None and (isinstance(base, torch.nn.Parameter) or
-                                 (base.is_leaf and base.requires_grad)):
-            self._counters["parameters"] += 1
-            return False
-        storage_bytes = t.untyped_storage().nbytes()
-        if storage_bytes < max(self.min_spill, 1):
-            self._counters["small"] += 1
-            return False
-        if storage_bytes > _MAX_SPAN * max(t.numel() * t.element_size(), 1):
-            self._counters["sparse_views"] += 1
-            return False
-        return True
+        """Whether t may spill; if not, counted under why it stays (``kept_because``)."""
+        why = kept_because(t, self.min_spill)
+        if why is not None:
+            self._counters[why] += 1
+        return why is None
 
     @staticmethod
     def _unit_key(t: Any) -> int:
@@ -591,19 +561,7 @@ class offload:  # noqa: N801 - used like torch.autograd.graph.save_on_cpu
         return out
 
 
-_LIVE: weakref.WeakSet[offload] = weakref.WeakSet()
-_RETIRED: Counter[str] = Counter()
 _GLOBAL: dict[str, Any] = {"offload": None}
-_THREAD = threading.local()
-
-
-def _contexts() -> OrderedDict[tuple[Any, ...], offload]:
-    """This thread's contexts by their arguments, least recently made first (they go with the
-    thread; past MAX_CONTEXTS_PER_THREAD the oldest one not in a ``with`` is closed)."""
-    contexts = getattr(_THREAD, "contexts", None)
-    if contexts is None:
-        contexts = _THREAD.contexts = OrderedDict()
-    return contexts
 
 
 def _graph_task_id() -> int:
@@ -612,15 +570,6 @@ def _graph_task_id() -> int:
 
     get = getattr(torch._C, "_current_graph_task_id", None)
     return int(get()) if get is not None else -1
-
-
-def spill_stats() -> dict[str, int]:
-    """``timeshare.spill.*`` figures over every offload context of the process (the lead merges
-    them into ``timeshare.memory_stats()``)."""
-    total: Counter[str] = Counter(_RETIRED)
-    for o in list(_LIVE):
-        total.update(o.stats())
-    return dict(sorted(total.items()))
 
 
 def install_global(conf: str | dict[str, Any]) -> offload | None:

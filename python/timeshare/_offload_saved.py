@@ -1,6 +1,7 @@
 """What the offload hooks hold for a saved tensor between pack and unpack: the unit that moves
-(one storage), the view of it each saved tensor is, the tensors kept where they are, and the
-version check autograd skips when saved-tensor hooks are set. Used by ``timeshare._offload``."""
+(one storage), the view of it each saved tensor is, the tensors kept where they are (and which
+those are), and the version check autograd skips when saved-tensor hooks are set. Used by
+``timeshare._offload``."""
 
 from __future__ import annotations
 
@@ -240,6 +241,37 @@ def _version_alias(t: Any) -> Any:
     with torch.autograd._unsafe_preserve_version_counter(alias):
         alias.set_(storage)
     return alias
+
+
+# A view is spilled with its whole storage only when the storage is at most this many times
+# the view's bytes (q, k and v of one projection: 3x); a small slice of a big buffer stays.
+_MAX_SPAN = 4
+
+
+def kept_because(t: Any, min_spill: int) -> str | None:
+    """Why the hooks keep t where it is, as the counter it is counted under ("ineligible":
+    not plain strided memory, or a tensor subclass; "parameters": a parameter or a view of one;
+    "small": a storage under min_spill; "sparse_views": a small slice of a larger storage), or
+    None: it may spill."""
+    import torch
+
+    if (t.layout != torch.strided or t.is_nested or t.is_quantized or t.is_conj()
+            or t.is_neg()):
+        return "ineligible"
+    if isinstance(t, torch.nn.Parameter) or (t.is_leaf and t.requires_grad):
+        return "parameters"
+    if type(t) is not torch.Tensor:  # a subclass (DTensor, wrappers): its own storage rules
+        return "ineligible"
+    base = t._base
+    if base is not None and (isinstance(base, torch.nn.Parameter) or
+                             (base.is_leaf and base.requires_grad)):
+        return "parameters"
+    storage_bytes = t.untyped_storage().nbytes()
+    if storage_bytes < max(min_spill, 1):
+        return "small"
+    if storage_bytes > _MAX_SPAN * max(t.numel() * t.element_size(), 1):
+        return "sparse_views"
+    return None
 
 
 class _Kept:

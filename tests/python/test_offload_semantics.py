@@ -17,6 +17,7 @@ import timeshare  # noqa: E402
 from timeshare import _C  # noqa: E402
 
 ofl = importlib.import_module("timeshare._offload")
+contexts_mod = importlib.import_module("timeshare._offload_contexts")
 
 if not hasattr(_C, "SpillEngine"):
     pytest.skip("this build of timeshare._C has no spill engine", allow_module_level=True)
@@ -253,10 +254,10 @@ def test_a_new_context_per_step_keeps_history_and_plan() -> None:
 
 
 def test_contexts_kept_per_thread_are_bounded() -> None:
-    n = 3 * ofl.MAX_CONTEXTS_PER_THREAD
+    n = 3 * contexts_mod.MAX_CONTEXTS_PER_THREAD
     made = [ofl.offload(budget=1 << 20, memory_fn=lambda: 0) for _ in range(n)]
     assert len({id(c) for c in made}) == len(made)  # a new memory_fn: a new context
-    assert len(ofl._contexts()) == ofl.MAX_CONTEXTS_PER_THREAD  # the oldest were closed
+    assert len(ofl._contexts()) == contexts_mod.MAX_CONTEXTS_PER_THREAD  # the oldest were closed
 
 
 # ---- defect 6: public names ------------------------------------------------------------------
