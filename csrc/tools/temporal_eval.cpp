@@ -499,6 +499,10 @@ int main(int argc, char** argv) {
     else if (a == "--empty-runs") o.empty_run_candidates = std::stoull(next());
     else if (a == "--no-tail-first") o.mapped_tail_first = false;
     else if (a == "--map-ahead") o.map_ahead_granules = std::stoull(next());
+    else if (a == "--map-ahead-permille") o.map_ahead_permille = std::stoull(next());
+    else if (a == "--snap") o.snap_to_granules = static_cast<unsigned>(std::stoul(next()));
+    else if (a == "--map-ahead-page") o.map_ahead_page_granules = std::stoull(next());
+    else if (a == "--small-bytes") o.small_block_bytes = std::stoull(next());
     else if (a == "--forecast") o.forecast_window_events = std::stoull(next());
     else if (a == "--repeat") repeat = std::stoi(next());
     else if (!a.empty() && a[0] == '-') {

@@ -741,6 +741,8 @@ TEST_CASE("temporal: growth maps ahead in one call, within the limit and the dev
     SimBackend sim({.capacity_bytes = capacity_bytes});
     TemporalPoolOptions o;
     o.map_ahead_granules = ahead;
+    o.map_ahead_permille = 0;  // a fixed map-ahead, as before the pool sized it (issue 28)
+    o.map_ahead_page_granules = 0;
     TemporalPool pool(&sim, o);
     pool.set_limit_bytes(limit_bytes);
     std::size_t peak_mapped = 0;
@@ -774,6 +776,29 @@ TEST_CASE("temporal: growth maps ahead in one call, within the limit and the dev
   const auto small_device = grow(9, 0, 8 * kMiB);
   CHECK(small_device.placed == 8);
   CHECK(small_device.peak_mapped == 4);
+}
+
+TEST_CASE("temporal: map-ahead sized by the pool: a tenth of the peak, whole 20 MiB pages",
+          "[temporal][calls]") {
+  // Growth block by block, 1 MiB each, with the defaults: what is mapped and not needed never
+  // passes a tenth of the peak of demand (plus the granule a block itself starts), and the
+  // mapped total after a growth call stays within the 20 MiB page that the demand reached.
+  SimBackend sim(backed(kGiB));
+  TemporalPool pool(&sim);
+  REQUIRE(pool.options().map_ahead_page_granules == 10);
+  REQUIRE(pool.options().map_ahead_permille == 100);
+  for (std::uint64_t i = 0; i < 400; ++i) {
+    void* p = pool.allocate(kMiB, 0, {i, 1000, i});
+    REQUIRE(p != nullptr);
+    std::memset(p, 1, kMiB);
+    const std::size_t needed = pool.needed_granules();
+    CHECK(pool.mapped_granules() <= needed + std::max<std::size_t>(1, needed / 10));
+    CHECK(pool.mapped_granules() <= (needed + 9) / 10 * 10);
+  }
+  CHECK(sim.counters().device_faults == 0);
+  // 200 granules grown in whole pages once the pool is large enough: far fewer calls than
+  // one per granule (a map of several granules is one call).
+  CHECK(pool.stats().num_device_alloc - 1 < 60);
 }
 
 TEST_CASE("free forecast: bytes predicted to be freed in a window, forgotten at the free",
@@ -811,6 +836,8 @@ TEST_CASE("temporal: predicted frees cut the map-ahead; wrong ones cost calls, n
     SimBackend sim(backed(kGiB));
     TemporalPoolOptions o;
     o.map_ahead_granules = 9;
+    o.map_ahead_permille = 0;  // a fixed map-ahead, as before the pool sized it (issue 28)
+    o.map_ahead_page_granules = 0;
     o.forecast_window_events = window;
     TemporalPool pool(&sim, o);
     std::size_t peak_mapped = 0;

@@ -550,6 +550,10 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
         const std::size_t back = forecast_->due(now_events_, forecast_window_) / granule_bytes_;
         want -= std::min(back, want);
       }
+      if (ahead_page_ != 0) {
+        const std::size_t after = mapped_ + n;
+        want = std::min(want, (ahead_page_ - after % ahead_page_) % ahead_page_);
+      }
       while (ahead < want && sp.last + 1 + ahead < ar.mapped.size() &&
              ar.mapped[sp.last + 1 + ahead] == kUnmapped &&
              (limit_bytes == 0 || (mapped_ + n + ahead + 1) * granule_bytes_ <= limit_bytes)) {

@@ -91,6 +91,10 @@ class TemporalGranules {
     forecast_window_ = window_events;
   }
 
+  // Growth maps ahead only up to the next multiple of `granules` of the mapped total (0: all
+  // `ahead_granules`).
+  void set_ahead_page(std::size_t granules) noexcept { ahead_page_ = granules; }
+
   // Unmaps every cached granule (empty_cache, or before a retry at the limit), waiting for the
   // fences of quarantined ones.
   void release_all_cached();
@@ -209,6 +213,36 @@ class TemporalGranules {
     }
     return true;
   }
+  // What placing a block at [addr, addr+bytes) of arena `a` would cost in granules: `fresh`,
+  // granules it would add to the needed ones (holding no block yet), and `to_map`, those of them
+  // not mapped. The inside of a free range holds no block, so only the two boundary granules
+  // are looked at one by one (the inside is a count of mapped bytes).
+  struct Cost {
+    std::size_t fresh = 0;
+    std::size_t to_map = 0;
+  };
+  Cost cost_of(std::size_t a, std::uintptr_t addr, std::size_t bytes) const {
+    const ArenaGranules& ar = arenas_[a];
+    const std::size_t g0 = granule_of(addr - ar.base);
+    const std::size_t g1 = granule_of(addr + bytes - 1 - ar.base);
+    Cost c;
+    const auto end = [&](std::size_t g) {
+      if (ar.occupancy[g] != 0) return;
+      ++c.fresh;
+      c.to_map += ar.mapped[g] != 1;
+    };
+    end(g0);
+    if (g1 != g0) end(g1);
+    if (g1 > g0 + 1) {  // the inside of a free range holds no block: a count of mapped bytes
+      const std::size_t n = g1 - g0 - 1;
+      c.fresh += n;
+      c.to_map += n - static_cast<std::size_t>(
+          std::count(ar.mapped.begin() + static_cast<std::ptrdiff_t>(g0 + 1),
+                     ar.mapped.begin() + static_cast<std::ptrdiff_t>(g1), std::uint8_t{1}));
+    }
+    return c;
+  }
+
   // Granule index of a byte offset (a shift: granules are powers of two on every backend we
   // know; a division otherwise).
   std::size_t granule_of(std::size_t offset_bytes) const noexcept {
@@ -322,6 +356,7 @@ class TemporalGranules {
   std::size_t prev_window_peak_ = 0;  // and in the previous one
   std::uint64_t window_start_events_ = 0;
   std::uint64_t now_events_ = 0;  // the last tick() seen
+  std::size_t ahead_page_ = 0;
   FreeForecast* forecast_ = nullptr;
   std::uint64_t forecast_window_ = 0;
   std::uint64_t map_calls_ = 0;

@@ -74,6 +74,28 @@ struct TemporalPoolOptions {
   // close to the 20 MiB pages of expandable segments) cut the first iterations' calls 3-6x for
   // 0-30 MiB more peak reserved; 0 maps only what blocks cover.
   std::size_t map_ahead_granules = 9;  // TIMESHARE_CONF map_ahead, rounded up to granules
+  // ... and at most this many thousandths of the observed peak of demand (0 = no such bound):
+  // map-ahead sized by the pool. A fixed 18 MiB is 4-10 % of a 180-500 MiB model's peak, and
+  // what is mapped ahead and still unused when demand peaks is reserved for nothing.
+  std::size_t map_ahead_permille = 100;
+  // ... and only up to the next multiple of this many granules of the mapped total (0 = no such
+  // bound): growth then maps whole pages of the pool's memory, as expandable segments map 20 MiB
+  // pages, so what is mapped and unused at the peak is at most part of one page.
+  std::size_t map_ahead_page_granules = 10;
+
+  // Where in the chosen free range a block goes: at its start (the old rule), or at the
+  // granule boundary inside it, or at its end, whichever adds the fewest granules to the needed
+  // ones (and maps no more than the start would). A block that ends mid-granule leaves the rest
+  // of that granule to its neighbour's hole; one moved to the hole's end shares the granule its
+  // neighbour already holds.
+  // 0: at the start; 1: the start or the granule boundary; 2: the start or the end; 3: any.
+  unsigned snap_to_granules = 0;
+
+  // Blocks of at most this many bytes get a region of their own (0 = none), as PyTorch keeps
+  // small blocks in 2 MiB segments of their own: a small block between large ones shifts every
+  // large block after it off the granule grid, and each hole between them then wastes part of
+  // a granule at both ends.
+  std::size_t small_block_bytes = 0;
   // Predicted frees (pool/free_forecast.h): at growth, map ahead that many granules fewer as
   // the live blocks are predicted to give back in the next `forecast_window_events` ticks
   // (0 = off: always map_ahead_granules).
@@ -127,6 +149,18 @@ inline std::size_t lifespan_region(const TemporalPoolOptions& o,
 
 inline std::size_t num_regions(const TemporalPoolOptions& o) noexcept {
   return o.num_timed_classes + 2;
+}
+
+// Regions of an arena: the lifespan regions, then the plan region (pool/layout_plan.h), then
+// the small-block region (TemporalPoolOptions::small_block_bytes).
+inline std::size_t plan_region_index(const TemporalPoolOptions& o) noexcept {
+  return num_regions(o);
+}
+inline std::size_t small_region_index(const TemporalPoolOptions& o) noexcept {
+  return num_regions(o) + 1;
+}
+inline std::size_t arena_regions(const TemporalPoolOptions& o) noexcept {
+  return num_regions(o) + 2;
 }
 
 }  // namespace timeshare::pool

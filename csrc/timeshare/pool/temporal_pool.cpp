@@ -47,11 +47,12 @@ TemporalPool::TemporalPool(device::Backend* backend, TemporalPoolOptions options
       reassign_(options.reassign_min_bytes, options.reassign_horizon_events,
                 options.reassign_max_promises),
       events_(*backend) {
-  plan_region_ = num_regions(options_);  // one more region, after the lifespan ones
+  plan_region_ = plan_region_index(options_);  // one more region, after the lifespan ones
   if (options_.forecast_window_events != 0) {
     forecast_ = std::make_unique<FreeForecast>();
     granules_.set_forecast(forecast_.get(), options_.forecast_window_events);
   }
+  granules_.set_ahead_page(options_.map_ahead_page_granules);
   if (!backend->supports_virtual_memory()) fallback_ = std::make_unique<CachingPool>(*backend);
 }
 
@@ -67,7 +68,7 @@ TemporalPool::Arena* TemporalPool::arena_for(device::Stream stream) {
   for (auto& a : arenas_) {
     if (a->stream == stream) return a.get();
   }
-  const std::size_t n_regions = num_regions(options_) + 1;  // + the plan region
+  const std::size_t n_regions = arena_regions(options_);  // + the plan and small regions
   auto a = std::make_unique<Arena>();
   a->stream = stream;
   a->index = static_cast<std::uint32_t>(arenas_.size());
@@ -90,14 +91,43 @@ bool TemporalPool::fits_mapped(const Arena& arena, std::uintptr_t addr, std::siz
   return granules_.all_mapped(arena.granule_index, addr, bytes);
 }
 
+std::size_t TemporalPool::map_ahead() const noexcept {
+  if (options_.map_ahead_permille == 0) return options_.map_ahead_granules;
+  return std::min(options_.map_ahead_granules,
+                  granules_.peak_demand() * options_.map_ahead_permille / 1000);
+}
+
+std::uintptr_t TemporalPool::snap(const Arena& arena, std::size_t region,
+                                  const ArenaFreeRanges::Range& r, std::size_t bytes) const {
+  if (options_.snap_to_granules == 0 || r.bytes == bytes) return r.addr;
+  const std::size_t g = granules_.granule_bytes();
+  const std::uintptr_t end = r.addr + r.bytes;
+  // The region's tail is not a hole: its end is the end of the region's virtual space.
+  const bool tail = end == arena.base + (region + 1) * region_va_bytes_;
+  std::uintptr_t best = r.addr;
+  TemporalGranules::Cost best_cost = granules_.cost_of(arena.granule_index, r.addr, bytes);
+  if (best_cost.fresh == 0) return best;
+  const auto consider = [&](std::uintptr_t at) {
+    if (at == best || at < r.addr || at + bytes > end) return;
+    const TemporalGranules::Cost c = granules_.cost_of(arena.granule_index, at, bytes);
+    if (c.fresh < best_cost.fresh && c.to_map <= best_cost.to_map) {
+      best = at;
+      best_cost = c;
+    }
+  };
+  if (options_.snap_to_granules & 1u) consider(round_up(r.addr, g));
+  if ((options_.snap_to_granules & 2u) && !tail) consider(end - bytes);
+  return best;
+}
+
 bool TemporalPool::commit(Arena& arena, std::size_t region, const ArenaFreeRanges::Range& r,
                           std::size_t bytes, std::uintptr_t* addr) {
-  if (!granules_.acquire(arena.granule_index, r.addr, bytes, limit_bytes_,
-                         options_.map_ahead_granules)) {
+  const std::uintptr_t at = snap(arena, region, r, bytes);
+  if (!granules_.acquire(arena.granule_index, at, bytes, limit_bytes_, map_ahead())) {
     return false;
   }
-  arena.regions[region].carve(r, bytes);
-  *addr = r.addr;
+  arena.regions[region].carve_at(r, at, bytes);
+  *addr = at;
   return true;
 }
 
@@ -154,8 +184,7 @@ bool TemporalPool::place_in_empty_run(Arena& arena, std::size_t region, std::siz
         best_len = len;  // every candidate is looked at: the shortest run that fits wins
       });
   if (best_len == 0) return false;
-  if (!granules_.acquire(arena.granule_index, best_at, bytes, limit_bytes_,
-                         options_.map_ahead_granules)) {
+  if (!granules_.acquire(arena.granule_index, best_at, bytes, limit_bytes_, map_ahead())) {
     return false;
   }
   free.carve_at(best_range, best_at, bytes);
@@ -241,7 +270,10 @@ void* TemporalPool::allocate(std::size_t bytes, device::Stream stream, const All
   if (!pending_.empty()) process_pending(/*wait=*/false);
   Arena* arena = arena_for(stream);
   const std::size_t rounded = round_up(bytes, options_.align_bytes);
-  const std::size_t region = lifespan_region(options_, hint.predicted_lifespan);
+  std::size_t region = lifespan_region(options_, hint.predicted_lifespan);
+  if (rounded <= options_.small_block_bytes && region != options_.num_timed_classes) {
+    region = small_region_index(options_);
+  }
   std::uintptr_t addr = 0;
   std::size_t placed_region = region;
   if (board_) refresh_plan();
@@ -568,7 +600,7 @@ void TemporalPool::sync_reserved() noexcept {
 }
 
 std::vector<TemporalPool::RegionUsage> TemporalPool::region_usage() const {
-  std::vector<RegionUsage> out(num_regions(options_) + 1);
+  std::vector<RegionUsage> out(arena_regions(options_));
   std::vector<std::set<std::uintptr_t>> touched(out.size());
   const std::size_t g = granules_.granule_bytes();
   live_.for_each([&](std::uintptr_t addr, const Block& b) {

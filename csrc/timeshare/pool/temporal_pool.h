@@ -197,6 +197,11 @@ class TemporalPool final : public Pool {
   bool commit(Arena& arena, std::size_t region, const ArenaFreeRanges::Range& r,
               std::size_t bytes, std::uintptr_t* addr);
   bool fits_mapped(const Arena& arena, std::uintptr_t addr, std::size_t bytes) const;
+  // Where in the free range `r` of `region` a block of `bytes` goes (snap_to_granules).
+  std::uintptr_t snap(const Arena& arena, std::size_t region, const ArenaFreeRanges::Range& r,
+                      std::size_t bytes) const;
+  // Granules mapped ahead at growth: map_ahead_granules, bounded by map_ahead_permille.
+  std::size_t map_ahead() const noexcept;
   // The slot promised by the re-assignment queue, when one fits and is still free and mapped.
   bool place_promised(Arena& arena, std::size_t region, std::size_t bytes, std::uintptr_t* addr);
   void release_range(std::uintptr_t addr, const Block& block);
