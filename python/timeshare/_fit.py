@@ -19,21 +19,29 @@ checkpointed (``_fit_profile``).
 Plan: a step (an iteration) begins at the first forward of ``model`` after a backward, so the
 forwards of micro-batches run before one backward are one step. The first step runs every
 block as written (offload reactive, as today) while a
-profiler records each forward op (block, kind, time, bytes) and each saved tensor (bytes, pack
-and unpack time, producing op). The planner (``timeshare._fit_plan.choose``, the same code the
-benchmark runs) then picks per block the level with the shortest modelled step that holds the
-budget, given the link bandwidth and the copies the offload hooks will plan. When the measured
-step drifts from the modelled one by more than ``drift`` for two iterations in a row, the next
-iteration is profiled again and the plan remade.
+profiler records each forward op (block, kind, time, bytes), each saved tensor (bytes, pack
+and unpack time, producing op) and the rest of the step's memory: the forward's temporaries,
+each block's own peak, and through hooks on the backward's nodes the gradients alive and when
+each node ends (a saved tensor lives until the node that unpacked it has run). The planner
+(``timeshare._fit_plan.choose``, the same code the benchmark runs) then picks per block the
+level with the shortest modelled step whose whole-step peak (restores and recomputations in
+flight, gradients, temporaries) holds the budget, given the link bandwidth and the copies the
+offload hooks will plan. Where none does, it warns and runs the plan with the lowest peak
+(``timeshare.recompute.budget_held`` 0). When the measured step drifts from the modelled one
+by more than ``drift`` for two iterations in a row, the next iteration is profiled again and
+the plan remade.
 
-On CPU tensors the budget counts the bytes of saved activations: what the offload hooks hold
-plus what the checkpointed blocks hold (policy caches and block inputs); on CUDA it is device
-memory (``torch.cuda.memory_allocated``), as for offload.
+The budget is the whole step's: on CUDA device memory (``torch.cuda.memory_allocated``, as for
+offload: parameters, gradients and optimizer state included); on CPU tensors the bytes of the
+storages the step's own ops make. The offload hooks measure, on CPU tensors, what they hold
+plus what the checkpointed blocks hold (policy caches, what a recomputation rebuilds, saved
+tensors backward has unpacked).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import time
 import types
 import weakref
@@ -50,6 +58,7 @@ from timeshare._fit_profile import (
     profile_step,
 )
 from timeshare._offload import OffloadError, _bytes, offload
+from timeshare._offload_saved import _SavedView
 
 __all__ = ["Fit", "find_blocks", "fit", "profile_step", "recompute_stats"]
 
@@ -60,8 +69,10 @@ MIN_ITERATIONS_BETWEEN_PROFILES = 8
 
 
 class _Meter:
-    """Bytes of storages the checkpointed blocks hold (policy caches, block inputs), by weak
-    reference to each storage: what the offload hooks cannot see on CPU tensors."""
+    """Bytes of storages the checkpointed blocks hold (policy caches, what their recomputation
+    rebuilds) and of the saved tensors backward has unpacked and still holds, by weak reference
+    to each storage: what the offload hooks cannot see on CPU tensors (their inputs the
+    checkpoint saves through the hooks, which count them)."""
 
     def __init__(self) -> None:
         self._refs: dict[int, tuple[Any, int]] = {}
@@ -74,11 +85,34 @@ class _Meter:
         if k not in self._refs and s.nbytes():
             self._refs[k] = (StorageWeakRef(s), s.nbytes())
 
-    def live(self) -> int:
+    def add_new(self, out: Any, args: Any) -> None:
+        """The storages an op made (not those of its arguments: views, in-place results)."""
+        old = {int(t.untyped_storage()._cdata) for t in _tensors(args)}
+        for t in _tensors(out):
+            if int(t.untyped_storage()._cdata) not in old:
+                self.add(t)
+
+    def mode(self) -> Any:
+        """A dispatch mode that adds every storage an op makes (a recomputation's)."""
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        meter = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func: Any, types: Any, args: Any = (),
+                                   kwargs: Any = None) -> Any:
+                out = func(*args, **(kwargs or {}))
+                meter.add_new(out, (args, kwargs))
+                return out
+
+        return _Mode()
+
+    def live(self, besides: Any = ()) -> int:
+        """Bytes alive, but for the storages in ``besides`` (counted elsewhere)."""
         dead = [k for k, (r, _n) in self._refs.items() if r.expired()]
         for k in dead:
             del self._refs[k]
-        return sum(n for _r, n in self._refs.values())
+        return sum(n for k, (_r, n) in self._refs.items() if k not in besides)
 
 
 class _Recompute:
@@ -100,6 +134,8 @@ class _Recompute:
         self.t0 = time.perf_counter_ns()
         self.saved = [(b, b.detach().clone()) for b in self.block.buffers()]
         self.cached = not _keeps_graph()
+        self.metering = self.owner._meter.mode()
+        self.metering.__enter__()
         if self.cached:
             self.inner.__enter__()
         else:
@@ -111,6 +147,7 @@ class _Recompute:
 
         if self.cached:
             self.inner.__exit__(*exc)
+        self.metering.__exit__(*exc)
         with torch.no_grad():
             for b, v in self.saved:
                 with torch.autograd._unsafe_preserve_version_counter(b):
@@ -227,12 +264,15 @@ class Fit:
         if self._profile_next:
             self.levels = [0] * len(self.blocks)
             self._base = int(torch.cuda.memory_allocated(dev)) if dev.type == "cuda" else 0
-            self._recorder = Recorder(_wall_clock(dev), self._min_spill, self._ctx)
+            self._recorder = Recorder(_wall_clock(dev), self._min_spill, self._ctx,
+                                      whole_step=True)
 
-    def _post(self, _module: Any, _args: Any, _out: Any) -> None:
+    def _post(self, _module: Any, _args: Any, out: Any) -> None:
         self._depth -= 1
         if self._depth > 0 or not self._stack:
             return
+        if self._recorder is not None:
+            self._recorder.watch(out)
         for c in reversed(self._stack):
             c.__exit__(None, None, None)
         self._stack = []
@@ -242,7 +282,10 @@ class Fit:
 
     def _unpack(self, saved: Any) -> Any:
         self._last_unpack = time.perf_counter()
-        return self._ctx._unpack(saved)
+        out = self._ctx._unpack(saved)
+        if isinstance(saved, _SavedView):  # an activation (no parameter, nothing small)
+            self._meter.add(out)  # held by backward until its node has run
+        return out
 
     def _finish_iteration(self) -> None:
         """At the next forward: plan from a profile just taken, or check the step for drift."""
@@ -255,17 +298,24 @@ class Fit:
         if rec is not None:
             self._recorder = None
             self._profile_next = False
-            self._profile = rec.profile(len(self.blocks), self._base)
+            prof = self._profile = rec.profile(len(self.blocks), self._base)
+            budget = self.budget
             if self.recompute == "auto":
-                self._choice = _fit_plan.choose(self._profile, self.budget, self.link_bps)
+                self._choice = _fit_plan.choose(prof, budget, self.link_bps)
             else:
                 fixed = [_fit_plan.LEVELS.index(self.recompute)] * len(self.blocks)
-                self._choice = _fit_plan.evaluate(self._profile, fixed, self.link_bps,
-                                                  self.budget, True)
+                self._choice = _fit_plan.evaluate(prof, fixed, self.link_bps, budget, True)
             self.levels = list(self._choice["levels"])
+            if not _fit_plan._fits(self._choice, budget):
+                logging.getLogger("timeshare").warning(
+                    "timeshare.fit: no plan holds the budget (%d bytes) over the whole step at "
+                    "a %.3g B/s link; running the one with the lowest modelled peak (%d bytes)",
+                    budget, self.link_bps, int(self._choice["peak"]))
             # the offload hooks plan their spills against the target the planner found holds
             # the budget (below it where restores in flight or recomputations add to the peak)
-            self._ctx.budget = max(1, min(self.budget, int(self._choice["spill_budget"])))
+            self._ctx.budget = max(1, min(budget, int(self._choice["spill_budget"])))
+            # the hooks' history is the profiled step's, as written: the next step starts anew
+            self._ctx._cur = {}
             self._counters["plans"] += 1
             self._since_profile = 0
             self._drifted = 0
@@ -285,7 +335,8 @@ class Fit:
     def _cpu_bytes(self) -> int:
         """Device bytes for the offload hooks on CPU tensors: theirs plus the blocks'."""
         ctx = self._ctx
-        return ctx._resident_bytes + ctx._pending_bytes + self._meter.live()
+        held = {k for k, u in ctx._units.items() if u.tensor is not None}  # the hooks' own
+        return ctx._resident_bytes + ctx._pending_bytes + self._meter.live(held)
 
     # ---- checkpointing -------------------------------------------------------------------------
     def _contexts(self, i: int, level: int) -> tuple[Any, Any]:
@@ -306,8 +357,7 @@ class Fit:
                 prof = {"kind": kind, "forced": True}  # not the profiled sequence: recompute
             if _fit_plan.recomputed({"kind": kind, "forced": prof["forced"] or random}, level):
                 return CheckpointPolicy.PREFER_RECOMPUTE
-            for t in _tensors(ctx.op_output):
-                meter.add(t)
+            meter.add_new(ctx.op_output, (args, kwargs))
             return CheckpointPolicy.MUST_SAVE
 
         fwd, rec = create_selective_checkpoint_contexts(policy)
@@ -323,6 +373,8 @@ class Fit:
     def recompute_stats(self) -> dict[str, int]:
         p = "timeshare.recompute."
         out = {p + "blocks": len(self.blocks), p + "iterations": self.iterations,
+               p + "budget_held": int(bool(self._choice and _fit_plan._fits(self._choice,
+                                                                         self.budget))),
                p + "blocks_checkpointed": sum(1 for lv in self.levels if lv > 0),
                p + "blocks_in_place": len((self._profile or {}).get("in_place", ()))}
         for lvl, name in enumerate(_fit_plan.LEVELS[1:], 1):
@@ -352,8 +404,7 @@ def _block_forward(owner: Fit, i: int, orig: Any, _self: Any, *args: Any, **kwar
             return orig(*args, **kwargs)
         finally:
             rec.leave_block(i, prev)
-    for t in _tensors((args, kwargs)):
-        owner._meter.add(t)  # the checkpoint holds its inputs until the block's backward
+    # the checkpoint saves its inputs through the hooks (counted there, as any saved tensor)
     return torch.utils.checkpoint.checkpoint(
         orig, *args, use_reentrant=False,
         context_fn=functools.partial(owner._contexts, i, level), **_legacy_sac_kwargs(),

@@ -20,7 +20,16 @@ A profile is one iteration as the hooks saw it:
   activations: parameters, gradients, optimizer state);
 - ``in_place`` (optional): blocks that wrote one of their own inputs in place. They are never
   checkpointed (their recomputation would start from an input their forward overwrote):
-  ``evaluate`` runs them at level 0 whatever it is asked.
+  ``evaluate`` runs them at level 0 whatever it is asked;
+- with ``whole_step`` (fit's own profiles; the benchmark's carry the saved tensors only): the
+  rest of the step's memory, so that the plan holds the budget over the whole step. ``temps``:
+  the forward's outputs never saved (``op``, ``bytes``, ``free``: when they died, -1: alive at
+  the forward's end, so until the backward starts); ``block_peak``: per block, the most bytes
+  of its own storages alive at once in its forward (what its recomputation holds beyond the
+  tensors it rebuilds and the cache); ``grads``: the gradients alive in backward (``bytes``,
+  ``from``, ``to``), measured by hooks on its nodes; ``ends``: when each node ended, so that a
+  saved tensor is freed when the node that unpacked it has run, not at the unpack. Their plans
+  are simulated with the spill engine's own choice of prefetches (``simulate``'s ``engine``).
 
 Recompute levels of a block (non-reentrant ``torch.utils.checkpoint`` with a selective policy):
 0 none (its saved tensors are kept or spilled by the offload hooks), 1 pointwise ops recomputed,
@@ -34,6 +43,7 @@ times), and none of those can be spilled (the hooks never see them).
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from typing import Any
 
@@ -124,17 +134,21 @@ def items_for(profile: dict[str, Any], levels: list[int]) -> tuple[list[dict[str
     for u in units:
         b = u["block"]
         lvl = levels[b] if b >= 0 else 0
+        op = ops[u["op"]] if u["op"] >= 0 else None
+        ob = op["block"] if op is not None else -1
+        if (ob >= 0 and ob != b and ob in first and levels[ob] > 0
+                and not recomputed(op, levels[ob])):
+            continue  # the output of another block's cached op: the cache item below holds it
         if lvl == 0 or b not in first:
             items.append({"bytes": u["bytes"], "pack": u["pack"], "unpack": u["unpack"],
                           "spill": u["spill"], "cat": "kept"})
             continue
-        op = ops[u["op"]] if u["op"] >= 0 else None
         if op is None or op["block"] != b:  # an input of the block: the checkpoint holds it
             items.append({"bytes": u["bytes"], "pack": u["pack"], "unpack": last[b],
                           "spill": 0, "cat": "kept"})
         elif recomputed(op, lvl):
             items.append({"bytes": u["bytes"], "pack": first[b] - _EPS, "unpack": u["unpack"],
-                          "spill": 0, "cat": "recomputed"})
+                          "spill": 0, "cat": "recomputed", "block": b})
         else:
             op_unpack[u["op"]] = max(op_unpack.get(u["op"], -1.0), u["unpack"])
     cost: dict[int, float] = {}
@@ -148,15 +162,53 @@ def items_for(profile: dict[str, Any], levels: list[int]) -> tuple[list[dict[str
         elif op["bytes"]:  # in the policy's cache until the recomputation, then saved
             items.append({"bytes": op["bytes"], "pack": op["t"],
                           "unpack": max(first[b], op_unpack.get(i, -1.0)), "spill": 0,
-                          "cat": "kept"})
+                          "cat": "kept", "block": b})
     for b, dt in cost.items():
         delays.append((first[b] - 2 * _EPS, dt))
+    _transients(profile, levels, first, items)
+    ends = profile.get("ends")
+    if ends:  # a saved tensor lives on until the node that unpacked it has run
+        for it in items:
+            if it["unpack"] >= 0 and it["cat"] != "temp":
+                k = bisect.bisect_left(ends, it["unpack"])
+                it["free"] = ends[k] if k < len(ends) else it["unpack"]
     return items, delays
+
+
+def _transients(profile: dict[str, Any], levels: list[int], first: dict[int, float],
+                items: list[dict[str, Any]]) -> None:
+    """The memory no saved tensor holds (profiles that recorded it): the forward's temporaries
+    (outputs never saved, from their op to their death; those alive at the forward's end, to
+    the backward's start), and per checkpointed block, what its recomputation holds beyond the
+    saved tensors it rebuilds and the cache (the block's forward peak of its own storages)."""
+    ops = profile["ops"]
+    unpacks = [u["unpack"] for u in profile["units"] if u["unpack"] >= 0]
+    backward = min(unpacks) if unpacks else profile["step"]
+    for tmp in profile.get("temps", ()):
+        t = ops[tmp["op"]]["t"]
+        items.append({"bytes": tmp["bytes"], "pack": t, "spill": 0, "cat": "temp",
+                      "unpack": max(t, tmp["free"] if tmp["free"] >= 0 else backward)})
+    for g in profile.get("grads", ()):
+        items.append({"bytes": g["bytes"], "pack": g["from"], "unpack": g["to"], "spill": 0,
+                      "cat": "temp"})
+    peaks = profile.get("block_peak")
+    if not peaks:
+        return
+    rebuilt: dict[int, int] = {}
+    for it in items:
+        if it.get("block", -1) >= 0:
+            rebuilt[it["block"]] = rebuilt.get(it["block"], 0) + it["bytes"]
+    for b, t in first.items():
+        extra = peaks[b] - rebuilt.get(b, 0) if levels[b] > 0 else 0
+        if extra > 0:
+            items.append({"bytes": extra, "pack": t - _EPS, "unpack": t, "spill": 0,
+                          "cat": "recomputed"})
 
 
 def _other_at_pack(items: list[dict[str, Any]], base: int) -> list[int]:
     """Per item, the device bytes at its pack besides spillable items: base + unspillable items
-    alive (what the offload hooks measure as 'other' at a pack)."""
+    alive, the forward's temporaries included (what the offload hooks measure as 'other' at a
+    pack)."""
     ev = []
     for i, it in enumerate(items):
         ev.append((it["pack"], 1, i))
@@ -187,7 +239,7 @@ def plan_spills(items: list[dict[str, Any]], base: int, budget: int) -> set[int]
 
 def simulate(items: list[dict[str, Any]], delays: list[tuple[float, float]], total: float,
              base: int, bw: float, strategy: str, spill: set[int], lookahead: int,
-             budget: int = 0) -> tuple[float, int]:
+             budget: int = 0, engine: bool = False) -> tuple[float, int]:
     """Step time (s) and peak device bytes. Compute runs the recorded timeline, plus the
     recomputation delays; copies take COPY_LATENCY_S + bytes / bw on a device-to-host and a
     host-to-device stream beside compute. strategy: "sync" (every spill copied at pack and
@@ -195,9 +247,14 @@ def simulate(items: list[dict[str, Any]], delays: list[tuple[float, float]], tot
     restores on demand), "planned" (the offload hooks: spills at pack on the side stream; at
     every unpack, restores of the next needed start in need order within the look-ahead or the
     room left under the budget; an allocation that would pass the budget waits for spill copies
-    to complete, the make_room path)."""
+    to complete, the make_room path). ``engine``: the restores started at an unpack are the spill
+    engine's own choice (its ``prefetch_candidates``: the soonest needed always, then more
+    within the window), as fit's whole-step plans model them; without it, only those that fit
+    the room left."""
     events = sorted([(it["pack"], 2, i) for i, it in enumerate(items)] +
                     [(it["unpack"], 1, i) for i, it in enumerate(items) if it["unpack"] >= 0] +
+                    [(max(it["unpack"], it["free"]), 1.5, i)
+                     for i, it in enumerate(items) if it["unpack"] >= 0 and "free" in it] +
                     [(t, 0, -1 - k) for k, (t, _dt) in enumerate(delays)])
     need = [i for _t, k, i in events if k == 1 and i in spill]  # unpack order of spilled
 
@@ -216,6 +273,8 @@ def simulate(items: list[dict[str, Any]], delays: list[tuple[float, float]], tot
     pos_total = 0
     neg_heap: list[tuple[float, int]] = []
     neg_done = 0
+    unpacked: set[int] = set()  # spilled items unpacked (the engine has released them)
+    first_left = 0
 
     def add(when: float, d: int) -> None:
         nonlocal pos_total
@@ -225,6 +284,17 @@ def simulate(items: list[dict[str, Any]], delays: list[tuple[float, float]], tot
         else:
             heapq.heappush(neg_heap, (when, d))
 
+    def restore(k: int, held: int) -> int:
+        """A prefetch of item k starts now, after those before it on the copy stream."""
+        nonlocal h2d, inflight
+        nb = items[k]["bytes"]
+        start = max(c, h2d)
+        h2d = start + cp(nb)
+        ready[k] = h2d
+        inflight += nb
+        add(start, nb)
+        return held + nb
+
     for t, kind, i in events:
         c += t - last
         last = t
@@ -232,6 +302,11 @@ def simulate(items: list[dict[str, Any]], delays: list[tuple[float, float]], tot
             c += delays[-1 - i][1]
             continue
         n = items[i]["bytes"]
+        if kind == 1.5:  # the node that unpacked it has run: its memory goes
+            add(c, -n)
+            if i not in spill:
+                live -= n
+            continue
         if kind == 2:
             if budget:
                 while releases and releases[0][0] <= c:
@@ -251,44 +326,63 @@ def simulate(items: list[dict[str, Any]], delays: list[tuple[float, float]], tot
                     add(d2h, -n)
                     heapq.heappush(releases, (d2h, n))
             continue
-        if i not in spill:
+        if i in spill:  # restored: held from here until its node has run
+            if strategy == "sync":
+                add(c, n)
+                c += cp(n)
+            elif i in ready:
+                c = max(c, ready.pop(i))
+                inflight -= n
+            else:
+                start = max(c, h2d, d2h)
+                add(start, n)
+                h2d = start + cp(n)
+                c = h2d
+        if "free" not in items[i]:  # no node ends recorded: its memory goes at the unpack
             add(c, -n)
-            live -= n
-        elif strategy == "sync":
-            add(c, n)
-            c += cp(n)
-            add(c, -n)
-        elif i in ready:
-            c = max(c, ready.pop(i))
-            inflight -= n
-            add(c, -n)
-        else:
-            start = max(c, h2d, d2h)
-            add(start, n)
-            h2d = start + cp(n)
-            c = h2d
-            add(c, -n)
+            if i not in spill:
+                live -= n
+        if strategy == "planned" and engine:
+            # the offload hooks ask the engine at every unpack of a tensor they hold: its
+            # prefetch_candidates, the spilled entries not yet unpacked soonest first while
+            # their bytes fit a window of the look-ahead or the room left under the budget,
+            # whichever is larger; the soonest one not yet restoring is always started
+            if not (items[i]["spill"] and items[i]["cat"] == "kept"):
+                continue
+            unpacked.add(i)
+            while first_left < len(need) and need[first_left] in unpacked:
+                first_left += 1
+            while neg_heap and neg_heap[0][0] <= c:
+                neg_done += heapq.heappop(neg_heap)[1]
+            held = base + pos_total + neg_done
+            window = max(lookahead, budget - held)
+            taken, started = 0, False
+            for k in need[first_left:]:
+                if k in unpacked:
+                    continue
+                taken += items[k]["bytes"]
+                if window <= 0 or taken > window and (started or k in ready):
+                    break
+                if k not in ready:
+                    held = restore(k, held)
+                    started = True
+                if taken > window:
+                    break
+            continue
         if strategy == "planned":  # every unpack starts restores of the next needed
             while next_need < len(need) and need[next_need] != i and need[next_need] in ready:
                 next_need += 1
             if next_need < len(need) and need[next_need] == i:
                 next_need += 1
-            j = next_need
-            while j < len(need):
-                k = need[j]
+            while neg_heap and neg_heap[0][0] <= c:
+                neg_done += heapq.heappop(neg_heap)[1]
+            held = base + pos_total + neg_done
+            for k in need[next_need:]:
                 nb = items[k]["bytes"]
                 if k not in ready:
-                    while neg_heap and neg_heap[0][0] <= c:
-                        neg_done += heapq.heappop(neg_heap)[1]
-                    held = base + pos_total + neg_done
                     if inflight + nb > max(lookahead, 1) and held + nb > budget + lookahead:
                         break
-                    start = max(c, h2d)
-                    h2d = start + cp(nb)
-                    ready[k] = h2d
-                    inflight += nb
-                    add(start, nb)
-                j += 1
+                    held = restore(k, held)
     c += total - last
     cur = peak = 0
     for _t, delta in sorted(mem, key=lambda e: (e[0], -e[1])):
@@ -312,13 +406,15 @@ def evaluate(profile: dict[str, Any], levels: list[int], bw: float, budget: int,
         # blocks still pass the budget, plan again against a target lowered by the excess
         for _attempt in range(TIGHTEN_ATTEMPTS):
             spills = plan_spills(items, base, target)
-            t, peak = simulate(items, delays, total, base, bw, "planned", spills, look, target)
+            t, peak = simulate(items, delays, total, base, bw, "planned", spills, look, target,
+                               bool(profile.get("whole_step")))
             if peak <= budget * (1 + BUDGET_TOLERANCE) or target <= base:
                 break
             target = max(base, target - (peak - budget))
     split = {"kept": 0, "spilled": 0, "recomputed": 0}
     for i, it in enumerate(items):
-        split["spilled" if i in spills else it["cat"]] += it["bytes"]
+        if it["cat"] != "temp":  # the forward's temporaries are no saved activation
+            split["spilled" if i in spills else it["cat"]] += it["bytes"]
     return {"levels": list(levels), "offload": offload, "time": t, "peak": peak,
             "spill_budget": target if spills else budget,
             "recompute_s": sum(dt for _t, dt in delays), "spilled_units": spills,
@@ -337,7 +433,7 @@ def _held_by_block(profile: dict[str, Any], nblocks: int, level: int) -> list[in
     # items are in unit order then op order; attribute by pack time to the block running then
     spans = profile["blocks"]
     for it in items:
-        if it["cat"] == "recomputed":
+        if it["cat"] in ("recomputed", "temp"):
             continue
         for b, (s, e) in enumerate(spans):
             if s <= it["pack"] <= e:

@@ -135,7 +135,8 @@ class Recorder:
     the block wrappers); ``delegate``: the offload context whose hooks hold the tensors (None:
     the tensor itself is held)."""
 
-    def __init__(self, clock: Any, min_spill: int, delegate: Any = None) -> None:
+    def __init__(self, clock: Any, min_spill: int, delegate: Any = None,
+                 whole_step: bool = False) -> None:
         from torch.utils._python_dispatch import TorchDispatchMode
 
         rec = self
@@ -149,6 +150,7 @@ class Recorder:
         self.clock = clock
         self.rule = _Rule(min_spill)
         self.delegate = delegate
+        self.whole_step = whole_step
         self.block = -1
         self._inputs: set[int] = set()  # storages of the running block's inputs
         self.in_place: set[int] = set()  # blocks that wrote one of their inputs in place
@@ -158,6 +160,16 @@ class Recorder:
         self.units: list[dict[str, Any]] = []
         self._producer: dict[int, int] = {}  # storage -> index of the op that made it
         self._seen: dict[int, tuple[Any, int, int]] = {}  # storage -> (weakref, version, unit)
+        # storages the forward made and that are alive: key -> [weak ref, bytes, op, saved]
+        self._alive: dict[int, list[Any]] = {}
+        # storages never saved, with their lifetime: (op that made them, bytes, death, -1: alive)
+        self._temps: list[tuple[int, int, float]] = []
+        self.block_peak: dict[int, int] = {}  # per block: most bytes its own storages held
+        # gradients alive in backward, through hooks on the graph's nodes (``watch``)
+        self._hooked: set[int] = set()
+        self._grad_refs: dict[int, tuple[Any, int]] = {}
+        self._grad_curve: list[tuple[float, int]] = []
+        self._ends: list[float] = []  # when each node of the backward ended
         self.start = clock()
         self.last_unpack = self.start
 
@@ -179,6 +191,8 @@ class Recorder:
         self.ops.append({"block": self.block, "kind": kind, "t": t0 - self.start, "dt": dt,
                          "bytes": sum(new.values()), "forced": random,
                          "name": str(func)})
+        if self.whole_step:
+            self._track(out, new, idx, t0 - self.start)
         if func._schema.is_mutable:  # a tensor written in place: its producer must rerun
             for t in _written(func, args, kwargs):
                 k = _storage_key(t)
@@ -190,6 +204,25 @@ class Recorder:
         for k in new:
             self._producer[k] = idx
         return out
+
+    def _track(self, out: Any, new: dict[int, int], idx: int, now: float) -> None:
+        """Lifetimes of the forward's storages: those never saved are the forward's
+        temporaries; per block, the most bytes of its own storages alive at once (what its
+        recomputation holds at its peak)."""
+        from torch.multiprocessing.reductions import StorageWeakRef
+
+        for k in [k for k, e in self._alive.items() if e[0].expired()]:
+            _ref, nbytes, op, saved = self._alive.pop(k)
+            if not saved:
+                self._temps.append((op, nbytes, now))
+        for t in _tensors(out):
+            k = _storage_key(t)
+            if k in new and k not in self._alive:
+                self._alive[k] = [StorageWeakRef(t.untyped_storage()), new[k], idx, False]
+        b = self.block
+        if b >= 0:
+            held = sum(e[1] for e in self._alive.values() if self.ops[e[2]]["block"] == b)
+            self.block_peak[b] = max(self.block_peak.get(b, 0), held)
 
     # ---- saved tensors ---------------------------------------------------------------------
     def pack(self, t: Any) -> Any:
@@ -203,6 +236,9 @@ class Recorder:
         if isinstance(t, torch.nn.Parameter) or isinstance(t._base, torch.nn.Parameter):
             return (-1, held)
         key = _storage_key(t)
+        alive = self._alive.get(key)
+        if alive is not None:
+            alive[3] = True
         prev = self._seen.get(key)
         if prev is not None and prev[0]() is not None and prev[1] == t._version:
             return (prev[2], held)  # another view of a storage already recorded: one unit
@@ -220,6 +256,8 @@ class Recorder:
         self.last_unpack = max(self.last_unpack, now)
         if i >= 0 and self.units[i]["unpack"] < 0:
             self.units[i]["unpack"] = now - self.start
+        if self.whole_step:
+            self._grads_now(now - self.start)
         if self.delegate is None:
             return held
         self._in_hook = True
@@ -227,6 +265,39 @@ class Recorder:
             return self.delegate._unpack(held)
         finally:
             self._in_hook = False
+
+    def watch(self, outputs: Any) -> None:
+        """Hooks on every node of the graph behind ``outputs`` (the model's forward): the
+        gradients its backward makes, while they live, are the step's gradient curve."""
+        todo = [t.grad_fn for t in _tensors(outputs) if t.grad_fn is not None]
+        for fn in todo:
+            fn.register_prehook(lambda grads: self._grad_hook(grads, ()))
+        while todo:
+            fn = todo.pop()
+            if fn is None or id(fn) in self._hooked:
+                continue
+            self._hooked.add(id(fn))
+            fn.register_hook(self._grad_hook)
+            todo.extend(f for f, _i in fn.next_functions)
+
+    def _grad_hook(self, grad_inputs: Any, _grad_outputs: Any) -> None:
+        from torch.multiprocessing.reductions import StorageWeakRef
+
+        for g in _tensors(grad_inputs):
+            s = g.untyped_storage()
+            if s.nbytes() and int(s._cdata) not in self._grad_refs:
+                self._grad_refs[int(s._cdata)] = (StorageWeakRef(s), s.nbytes())
+        now = self.clock() - self.start
+        self._ends.append(now)
+        self._grads_now(now)
+
+    def _grads_now(self, now: float) -> None:
+        """The bytes of gradients alive now (at a node's end or an unpack): the step's
+        gradient curve, measured."""
+        refs = self._grad_refs
+        for k in [k for k, (r, _n) in refs.items() if r.expired()]:
+            del refs[k]
+        self._grad_curve.append((now, sum(n for _r, n in refs.values())))
 
     def enter_block(self, i: int, inputs: Any = ()) -> tuple[int, set[int]]:
         """Block ``i`` starts, called with ``inputs`` (its arguments); returns what
@@ -243,9 +314,18 @@ class Recorder:
 
     def profile(self, nblocks: int, base: int) -> dict[str, Any]:
         spans = [tuple(self.spans.get(b, (0.0, 0.0))) for b in range(nblocks)]
-        return {"ops": self.ops, "units": self.units, "blocks": spans, "base": base,
-                "step": max(self.last_unpack - self.start, 1e-9),
-                "in_place": sorted(b for b in self.in_place if 0 <= b < nblocks)}
+        out = {"ops": self.ops, "units": self.units, "blocks": spans, "base": base,
+               "step": max(self.last_unpack - self.start, 1e-9),
+               "in_place": sorted(b for b in self.in_place if 0 <= b < nblocks)}
+        if self.whole_step:
+            temps = self._temps + [(e[2], e[1], -1.0) for e in self._alive.values() if not e[3]]
+            curve = self._grad_curve
+            out.update(whole_step=True, ends=sorted(self._ends),
+                       grads=[{"bytes": n, "from": t0, "to": t1}
+                              for (t0, n), (t1, _m) in zip(curve, curve[1:]) if n],
+                       temps=[{"op": o, "bytes": n, "free": f} for o, n, f in temps if n],
+                       block_peak=[self.block_peak.get(b, 0) for b in range(nblocks)])
+        return out
 
 
 def _wall_clock(dev: Any) -> Any:

@@ -1,8 +1,9 @@
 """timeshare.fit: keep, spill or recompute. A CNN with batch norm, a transformer encoder and an
 MLP with dropout, trained 3 SGD steps, give bit-identical losses, gradients and buffers to
-training without fit, at several budgets and at every recompute level; the budget is held
-(live bytes of the step's tensors, measured by a dispatch mode of the test's own); the plan
-depends on the link as it should; stats reach timeshare.memory_stats()."""
+training without fit, at several budgets and at every recompute level; the budget is held over
+the whole step (live bytes of every storage the step's ops make, forward, backward and the
+optimizer's step, measured by a dispatch mode of the test's own); the plan depends on the link
+as it should; stats reach timeshare.memory_stats()."""
 
 from __future__ import annotations
 
@@ -99,7 +100,9 @@ def _model_and_data(name: str) -> tuple[Any, list[tuple[Any, Any]]]:
 
 class LiveBytes(TorchDispatchMode):
     """The test's own meter: bytes of the storages that ops made during the step and that are
-    still alive, at every op (forward, recomputation, backward); its peak."""
+    still alive, at every op (forward, loss, backward with its restores and recomputations,
+    the optimizer's step); its peak. Only what existed before the step is left out
+    (parameters, gradients and momentum kept from the step before, the batch)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -114,11 +117,18 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
+        # an output on the storage of an argument (a view, an in-place result, set_) is no
+        # new memory: parameters, their gradients and the batch are not the step's
+        old = {int(x._cdata) if isinstance(x, torch.UntypedStorage) else
+               int(x.untyped_storage()._cdata)
+               for x in torch.utils._pytree.tree_leaves((args, kwargs))
+               if isinstance(x, (torch.Tensor, torch.UntypedStorage))}
         for t in torch.utils._pytree.tree_leaves(out):
             if isinstance(t, torch.Tensor) and t.device.type == "cpu":
                 s = t.untyped_storage()
-                if int(s._cdata) not in self.refs and s.nbytes():
-                    self.refs[int(s._cdata)] = (StorageWeakRef(s), s.nbytes())
+                k = int(s._cdata)
+                if k not in old and k not in self.refs and s.nbytes():
+                    self.refs[k] = (StorageWeakRef(s), s.nbytes())
         cur = self.live()
         self.peak = max(self.peak, cur)
         self.samples.append(cur)
@@ -134,23 +144,24 @@ def _loss(name: str, out: Any, y: Any) -> Any:
 def _train(name: str, model: Any, data: list[tuple[Any, Any]]) -> tuple[list[Any], list[Any],
                                                                          list[Any], list[int]]:
     """STEPS steps (grads kept between steps, so a step allocates no new gradient storage);
-    losses, every step's gradients, the buffers at the end, and each step's peak live bytes."""
+    losses, every step's gradients, the buffers at the end, and each step's whole peak of live
+    bytes (forward, loss, backward, optimizer step)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    losses, grads, peaks, fwd = [], [], [], []
+    losses, grads, peaks = [], [], []
     torch.manual_seed(1234)  # dropout draws from here
     for x, y in data:
         meter = LiveBytes()
         with meter:
             out = model(x)
-            fwd.append(meter.live())  # at the end of the forward: what is kept for backward
             loss = _loss(name, out, y)
             del out
             loss.backward()
-        peaks.append((meter.peak, fwd[-1]))
-        losses.append(loss.detach().clone())
+        losses.append(loss.detach().clone())  # the test's copies: not the step's memory
         grads.append([p.grad.clone() for p in model.parameters()])
-        opt.step()
-        opt.zero_grad(set_to_none=False)
+        with meter:
+            opt.step()
+            opt.zero_grad(set_to_none=False)
+        peaks.append(meter.peak)
     return losses, grads, [b.clone() for b in model.buffers()], peaks
 
 
@@ -205,30 +216,49 @@ def test_every_recompute_level_is_bit_identical(name: str, level: str) -> None:
     assert st["timeshare.recompute.recompute_ns"] > 0
 
 
+# The whole step's peak may pass the reference's peak less the cut by this share of the
+# reference's peak, at most (the issue's bound: 2%).
+PEAK_TOLERANCE = 0.02
+
+
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("share", [0.3, 0.5, 0.7])
-def test_planned_fit_is_bit_identical_and_holds_the_budget(name: str, share: float) -> None:
-    """Budgets at 30/50/70% of the saved-activation peak. A slow link (10 MB/s) makes the
-    planner recompute; the later steps' peak of live bytes (everything the step's ops made and
-    still alive: saved, cached, recomputed, temporaries) must fall by at least the cut, up to
-    the temporaries of one op and the spill copies in flight (the tolerance)."""
+def test_planned_fit_is_bit_identical_and_holds_the_budget(
+        name: str, share: float, caplog: pytest.LogCaptureFixture) -> None:
+    """Budgets at 30/50/70% of the saved-activation peak (the cut: the other 70/50/30%), a slow
+    link (100 kB/s: a spill takes seconds, so only recomputation frees memory within a step).
+    Over the whole step (forward, loss, backward with its restores and recomputations in
+    flight, optimizer step) the peak of live bytes, every storage the step's ops make, must be
+    at most the reference's peak (training without fit) less the cut, plus PEAK_TOLERANCE of
+    the reference's peak, wherever fit's plan holds the budget; all of them do at 70%. At 30%
+    none can: a block's recomputation with its gradients and the other blocks' inputs already
+    pass it, and a spill cannot free memory before the step ends; fit says so (a warning,
+    ``budget_held`` 0) and its peak is no higher than it predicted."""
     model, data = _model_and_data(name)
     ref = _train(name, copy.deepcopy(model), data)
     saved = _saved_peak(name, model, data)
     budget = int(saved * share)
     m = timeshare.fit(copy.deepcopy(model), budget=budget, link=1e5, pinned=PINNED,
                       min_spill=MIN_SPILL)
-    got = _train(name, m, data)
+    with caplog.at_level("WARNING", logger="timeshare"):
+        got = _train(name, m, data)
     _same(ref, got)
     st = m.timeshare_fit.stats()
     assert st["timeshare.recompute.plans"] == 1
-    ref_peak = max(p for p, _f in ref[3][1:])
-    fit_peak = max(p for p, _f in got[3][1:])
-    ref_fwd = max(f for _p, f in ref[3][1:])
-    fit_fwd = max(f for _p, f in got[3][1:])
-    slack = max(0, ref_fwd - saved) + saved // 20
-    assert fit_fwd <= budget + slack, (fit_fwd, budget, slack, saved, ref_fwd)
-    assert fit_peak < ref_peak, (fit_peak, ref_peak)
+    ref_peak = max(ref[3][1:])  # the steps after the first (profiled, planned) one
+    fit_peak = max(got[3][1:])
+    tolerance = int(PEAK_TOLERANCE * ref_peak)
+    held = st["timeshare.recompute.budget_held"]
+    assert held == (1 if share == 0.7 else 0 if share == 0.3 else held)
+    warned = any("no plan holds the budget" in r.getMessage() for r in caplog.records)
+    assert warned == (not held)
+    if held:
+        bound = ref_peak - (saved - budget) + tolerance
+        assert fit_peak <= bound, (fit_peak, bound, ref_peak, saved, budget,
+                                   m.timeshare_fit.levels)
+    else:
+        predicted = st["timeshare.recompute.predicted_peak_bytes"]
+        assert fit_peak <= predicted + tolerance, (fit_peak, predicted, m.timeshare_fit.levels)
 
 
 def test_a_fast_link_spills_a_slow_one_recomputes() -> None:
