@@ -15,7 +15,7 @@ save-everything offload strategies, from real pack/unpack sequences.
    views cost nothing. FLOPs come from torch.utils.flop_counter's formulas (matmul,
    convolution, attention). Attention is FlashAttention (``_scaled_dot_product_flash_attention``,
    which saves O(sequence) state), as on a GPU. Pack and unpack times are the modelled clock.
-3. Model a step (``timeshare._fit_plan.simulate``, the planner's own model): copies take
+3. Model a step (``timeshare._step_plan.simulate``, the planner's own model): copies take
    COPY_LATENCY_S + bytes / link bandwidth, on a device-to-host and a host-to-device stream
    beside compute (full duplex). Device memory = parameters, gradients and two Adam moments (4x
    parameter bytes) + saved tensors alive on the device (spilled ones until their copy
@@ -36,7 +36,7 @@ save-everything offload strategies, from real pack/unpack sequences.
      spill copies (make_room).
    - full-ckpt: every block under non-reentrant checkpoint, everything recomputed.
    - selective: every block under selective checkpointing of its pointwise ops only.
-   - timeshare: ``timeshare._fit_plan.choose``, what ``timeshare.fit`` runs: per block a
+   - timeshare: ``timeshare._step_plan.choose``, what ``timeshare.fit`` runs: per block a
      recompute level (none, pointwise, all but compute ops, full) and offload for the rest,
      the shortest modelled step that holds the budget.
    *bound*, per strategy, the least step time it could reach at the budget (or at its own peak
@@ -71,18 +71,18 @@ import benchlib  # noqa: E402
 ROOT = benchlib.ROOT
 benchlib.use_checkout_package()  # installed, on PYTHONPATH, or a checkout with the built .so files
 
-from timeshare import _fit, _fit_plan  # noqa: E402
+from timeshare import _fit, _step_plan  # noqa: E402
 
 # H100 SXM figures (NVIDIA's data sheet: 989 TFLOP/s dense BF16, 3.35 TB/s HBM3), derated to
 # what training kernels reach: half the matmul peak, 70% of the memory bandwidth.
 MATMUL_TFLOPS = 495.0
 HBM_GBPS = 2350.0
 KERNEL_MIN_US = 2.0
-COPY_LATENCY_US = _fit_plan.COPY_LATENCY_S * 1e6
+COPY_LATENCY_US = _step_plan.COPY_LATENCY_S * 1e6
 BANDWIDTHS = {"PCIe 4 (25 GB/s)": 25e9, "PCIe 5 (50 GB/s)": 50e9,
               "NVLink-C2C (450 GB/s)": 450e9}
 SHARES = (0.3, 0.5, 0.7)
-PREFETCH_SHARE = _fit_plan.PREFETCH_SHARE
+PREFETCH_SHARE = _step_plan.PREFETCH_SHARE
 MIN_SPILL = 1 << 20
 
 
@@ -226,7 +226,7 @@ def record(factory: Any, make_input: Any, loss_fn: Any) -> tuple[dict[str, Any],
 
 def plan(recs: list[dict[str, Any]], base: int, budget: int) -> set[int]:
     """The offload hooks' spill plan for saved tensors (bytes, pack, unpack, spill)."""
-    return _fit_plan.plan_spills(recs, base, budget)
+    return _step_plan.plan_spills(recs, base, budget)
 
 
 STRATEGIES = ("none", "sync-all", "async-no-prefetch", "offload", "full-ckpt", "selective",
@@ -241,13 +241,13 @@ def combined_bound(prof: dict[str, Any], p0: int, target: int, bw: float, t0: fl
     """Least over the greedy upgrade prefixes k of max(1 + their recompute time, 2 x the bytes
     still above target / bandwidth), relative to t0."""
     n = len(prof["blocks"])
-    seq = _fit_plan.moves(prof)
-    held = [_fit_plan._held_by_block(prof, n, lvl) for lvl in range(4)]
+    seq = _step_plan.moves(prof)
+    held = [_step_plan._held_by_block(prof, n, lvl) for lvl in range(4)]
     cost = [[0.0] * n for _ in range(4)]
     for op in prof["ops"]:
         if op["block"] >= 0:
             for lvl in range(1, 4):
-                if _fit_plan.recomputed(op, lvl):
+                if _step_plan.recomputed(op, lvl):
                     cost[lvl][op["block"]] += op["dt"]
     lv = [0] * n
     gain = rc = 0.0
@@ -263,37 +263,37 @@ def combined_bound(prof: dict[str, Any], p0: int, target: int, bw: float, t0: fl
 def rows_for(name: str, prof: dict[str, Any]) -> list[dict[str, Any]]:
     n = len(prof["blocks"])
     base, total = prof["base"], prof["step"]
-    items, delays = _fit_plan.items_for(prof, [0] * n)
+    items, delays = _step_plan.items_for(prof, [0] * n)
     everything = {i for i, it in enumerate(items) if it["spill"]}
     rows = []
     for link, bw in BANDWIDTHS.items():
-        t0, p0 = _fit_plan.simulate(items, delays, total, base, bw, "none", set(), 0)
+        t0, p0 = _step_plan.simulate(items, delays, total, base, bw, "none", set(), 0)
         fixed = {
             "none": (t0, p0),
-            "sync-all": _fit_plan.simulate(items, delays, total, base, bw, "sync", everything, 0),
-            "async-no-prefetch": _fit_plan.simulate(items, delays, total, base, bw, "async",
-                                                    everything, 0),
+            "sync-all": _step_plan.simulate(items, delays, total, base, bw, "sync", everything, 0),
+            "async-no-prefetch": _step_plan.simulate(items, delays, total, base, bw, "async",
+                                                     everything, 0),
         }
         for s, lvl in (("full-ckpt", 3), ("selective", 1)):
-            c = _fit_plan.evaluate(prof, [lvl] * n, bw, p0, False)
+            c = _step_plan.evaluate(prof, [lvl] * n, bw, p0, False)
             fixed[s] = (c["time"], c["peak"])
-        floor_off = _fit_plan.evaluate(prof, [0] * n, bw, 1, True)["peak"]
-        floor_ts = min(_fit_plan.evaluate(prof, [lvl] * n, bw, 1, True)["peak"]
+        floor_off = _step_plan.evaluate(prof, [0] * n, bw, 1, True)["peak"]
+        floor_ts = min(_step_plan.evaluate(prof, [lvl] * n, bw, 1, True)["peak"]
                        for lvl in range(4))
         for share in SHARES:
             budget = int(p0 * share)
-            tol = budget * (1 + _fit_plan.BUDGET_TOLERANCE)
+            tol = budget * (1 + _step_plan.BUDGET_TOLERANCE)
             got: dict[str, tuple[float, int, float, float, str]] = {}
             for s in ("none", "sync-all", "async-no-prefetch"):
                 t, p = fixed[s]
                 got[s] = (t, p, 1.0 if s == "none" else link_bound(p0, p, bw, t0), p / p0, "")
-            off = _fit_plan.evaluate(prof, [0] * n, bw, budget, True)
+            off = _step_plan.evaluate(prof, [0] * n, bw, budget, True)
             got["offload"] = (off["time"], off["peak"],
                               link_bound(p0, max(off["peak"], budget), bw, t0), floor_off / p0, "")
             for s in ("full-ckpt", "selective"):
                 t, p = fixed[s]
                 got[s] = (t, p, t / t0, p / p0, "")
-            ch = _fit_plan.choose(prof, budget, bw)
+            ch = _step_plan.choose(prof, budget, bw)
             desc = "/".join(str(sum(1 for v in ch["levels"] if v == lvl)) for lvl in range(4))
             desc += " +offload" if ch["spilled_units"] else ""
             got["timeshare"] = (ch["time"], ch["peak"],
@@ -374,7 +374,7 @@ def main() -> None:
              f"kernels >= {KERNEL_MIN_US:.0f} us; copies {COPY_LATENCY_US:.0f} us + bytes / link. "
              f"Look-ahead {PREFETCH_SHARE:.0%} of the budget. Each cell: step time @ peak, both "
              "relative to no offload and no recomputation; ✗: the strategy does not hold the "
-             f"budget (peak more than {_fit_plan.BUDGET_TOLERANCE:.0%} above it). *bound*: the "
+             f"budget (peak more than {_step_plan.BUDGET_TOLERANCE:.0%} above it). *bound*: the "
              "least step time the strategy could reach there; *floor*: the lowest peak it "
              "reaches at any budget (the script's docstring states every assumption). "
              "timeshare's plan: blocks at recompute level none/pointwise/cheap/full.",

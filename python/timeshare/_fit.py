@@ -23,7 +23,7 @@ profiler records each forward op (block, kind, time, bytes), each saved tensor (
 and unpack time, producing op) and the rest of the step's memory: the forward's temporaries,
 each block's own peak, and through hooks on the backward's nodes the gradients alive and when
 each node ends (a saved tensor lives until the node that unpacked it has run). The planner
-(``timeshare._fit_plan.choose``, the same code the benchmark runs) then picks per block the
+(``timeshare._step_plan.choose``, the same code the benchmark runs) then picks per block the
 level with the shortest modelled step whose whole-step peak (restores and recomputations in
 flight, gradients, temporaries) holds the budget, given the link bandwidth and the copies the
 offload hooks will plan. Where none does, it warns and runs the plan with the lowest peak
@@ -48,7 +48,7 @@ import weakref
 from collections import Counter
 from typing import Any
 
-from timeshare import _fit_plan
+from timeshare import _step_plan
 from timeshare._fit_profile import (
     Recorder,
     _classify,
@@ -180,14 +180,14 @@ class Fit:
         self.budget = _bytes("budget", budget, 0)
         if self.budget <= 0:
             raise OffloadError("timeshare.fit: budget must be a positive size (e.g. '20GiB')")
-        if recompute != "auto" and recompute not in _fit_plan.LEVELS:
+        if recompute != "auto" and recompute not in _step_plan.LEVELS:
             raise OffloadError(f"timeshare.fit: recompute must be 'auto' or one of "
-                               f"{', '.join(_fit_plan.LEVELS)}, not {recompute!r}")
+                               f"{', '.join(_step_plan.LEVELS)}, not {recompute!r}")
         self.recompute = recompute
         self.link_bps = _link(link)
         self.drift = float(drift)
         if prefetch is None:  # the look-ahead the planner models: a share of the budget
-            prefetch = max(1, int(_fit_plan.PREFETCH_SHARE * self.budget))
+            prefetch = max(1, int(_step_plan.PREFETCH_SHARE * self.budget))
         self._ctx_args = dict(budget=self.budget, spill=spill, spill_dir=spill_dir,
                               pinned=pinned, prefetch=prefetch, min_spill=min_spill)
         from timeshare import _C
@@ -301,12 +301,12 @@ class Fit:
             prof = self._profile = rec.profile(len(self.blocks), self._base)
             budget = self.budget
             if self.recompute == "auto":
-                self._choice = _fit_plan.choose(prof, budget, self.link_bps)
+                self._choice = _step_plan.choose(prof, budget, self.link_bps)
             else:
-                fixed = [_fit_plan.LEVELS.index(self.recompute)] * len(self.blocks)
-                self._choice = _fit_plan.evaluate(prof, fixed, self.link_bps, budget, True)
+                fixed = [_step_plan.LEVELS.index(self.recompute)] * len(self.blocks)
+                self._choice = _step_plan.evaluate(prof, fixed, self.link_bps, budget, True)
             self.levels = list(self._choice["levels"])
-            if not _fit_plan._fits(self._choice, budget):
+            if not _step_plan._fits(self._choice, budget):
                 logging.getLogger("timeshare").warning(
                     "timeshare.fit: no plan holds the budget (%d bytes) over the whole step at "
                     "a %.3g B/s link; running the one with the lowest modelled peak (%d bytes)",
@@ -355,7 +355,7 @@ class Fit:
             prof = ops[n] if ops is not None and n < len(ops) else None
             if prof is None or prof["name"] != str(func):
                 prof = {"kind": kind, "forced": True}  # not the profiled sequence: recompute
-            if _fit_plan.recomputed({"kind": kind, "forced": prof["forced"] or random}, level):
+            if _step_plan.recomputed({"kind": kind, "forced": prof["forced"] or random}, level):
                 return CheckpointPolicy.PREFER_RECOMPUTE
             meter.add_new(ctx.op_output, (args, kwargs))
             return CheckpointPolicy.MUST_SAVE
@@ -373,11 +373,11 @@ class Fit:
     def recompute_stats(self) -> dict[str, int]:
         p = "timeshare.recompute."
         out = {p + "blocks": len(self.blocks), p + "iterations": self.iterations,
-               p + "budget_held": int(bool(self._choice and _fit_plan._fits(self._choice,
-                                                                         self.budget))),
+               p + "budget_held": int(bool(self._choice and _step_plan._fits(self._choice,
+                                                                          self.budget))),
                p + "blocks_checkpointed": sum(1 for lv in self.levels if lv > 0),
                p + "blocks_in_place": len((self._profile or {}).get("in_place", ()))}
-        for lvl, name in enumerate(_fit_plan.LEVELS[1:], 1):
+        for lvl, name in enumerate(_step_plan.LEVELS[1:], 1):
             out[p + f"blocks_{name}"] = sum(1 for lv in self.levels if lv == lvl)
         c = self._choice or {}
         for k in ("kept", "spilled", "recomputed"):

@@ -1,4 +1,4 @@
-"""The profile of one step, the planner's input (``timeshare._fit_plan``): the repeated blocks
+"""The profile of one step, the planner's input (``timeshare._step_plan``): the repeated blocks
 of a model found by structure, and a ``Recorder`` (a dispatch mode for the forward ops and
 saved-tensor hooks for the saved storages) that ``timeshare.fit`` runs in its profiled step and
 ``scripts/bench_spill.py`` runs on a modelled clock (``profile_step``). It also notes the blocks

@@ -56,7 +56,6 @@ from collections.abc import Callable
 from typing import Any
 
 from timeshare import _C, _offload_contexts
-from timeshare._fit_plan import spill_plan
 from timeshare._offload_contexts import _contexts, spill_stats
 from timeshare._offload_saved import (
     _current_stream,
@@ -66,6 +65,7 @@ from timeshare._offload_saved import (
     _SavedView,
     kept_because,
 )
+from timeshare._step_plan import spill_plan
 
 __all__ = ["OffloadError", "install_global", "offload", "spill_stats", "uninstall_global"]
 

@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 import timeshare  # noqa: E402
 
 fit_mod = importlib.import_module("timeshare._fit")
-plan_mod = importlib.import_module("timeshare._fit_plan")
+plan_mod = importlib.import_module("timeshare._step_plan")
 
 STEPS = 3
 
