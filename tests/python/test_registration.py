@@ -117,7 +117,9 @@ def test_oom_shim_throws_c10_out_of_memory(python_env: dict[str, str]) -> None:
         assert "CUDA out of memory (timeshare). test" in r.stdout
 
 
-def test_cudnn_benchmark_is_guarded_with_one_warning_on_the_pluggable_route(python_env: dict[str, str]) -> None:
+def test_cudnn_benchmark_is_guarded_with_one_warning_on_the_pluggable_route(
+    python_env: dict[str, str],
+) -> None:
     r = run(
         """
         import warnings, torch, timeshare
