@@ -108,6 +108,14 @@ void for_each(const std::function<void(int, Allocator&)>& f) {
   }
 }
 
+bool base_allocation(const void* ptr, std::uintptr_t* base, std::size_t* bytes) {
+  bool found = false;
+  for_each([&](int, Allocator& a) {
+    if (!found) found = a.base_allocation(ptr, base, bytes);
+  });
+  return found;
+}
+
 std::string reset() {
   State& s = state();
   std::lock_guard lock(s.mu);

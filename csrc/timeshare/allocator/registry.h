@@ -5,6 +5,8 @@
 // unless the options are identical, so a half-configured allocator can never serve memory.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -26,6 +28,9 @@ Allocator* get(int device, std::string* error = nullptr);
 // An allocator that already exists, or nullptr (never creates).
 Allocator* existing(int device);
 void for_each(const std::function<void(int, Allocator&)>& f);
+// The mapped run holding `ptr` on whichever device maps it (torch's getBaseAllocation, on both
+// routes); false when no allocator maps it.
+bool base_allocation(const void* ptr, std::uintptr_t* base, std::size_t* bytes);
 
 // Destroys every allocator (tests and the sim demo only). Refused ("" = done) while any holds
 // live blocks, because their memory would be freed under the caller.

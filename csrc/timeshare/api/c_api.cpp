@@ -224,17 +224,13 @@ void timeshare_release_pool(int device, TimeshareMempoolId id) {
 }
 
 void* timeshare_base_alloc(void* ptr, size_t* size) {
-  void* base = nullptr;
-  registry::for_each([&](int, Allocator& a) {
-    std::uintptr_t b = 0;
-    std::size_t bytes = 0;
-    if (!base && a.base_allocation(ptr, &b, &bytes)) {
-      base = reinterpret_cast<void*>(b);
-      if (size) *size = bytes;
-    }
-  });
-  if (!base) throw std::runtime_error("timeshare: getBaseAllocation: pointer is not in memory timeshare mapped");
-  return base;
+  std::uintptr_t base = 0;
+  std::size_t bytes = 0;
+  if (!registry::base_allocation(ptr, &base, &bytes)) {
+    throw std::runtime_error("timeshare: getBaseAllocation: pointer is not in memory timeshare mapped");
+  }
+  if (size) *size = bytes;
+  return reinterpret_cast<void*>(base);
 }
 
 int timeshare_configure(const char* conf, char* error, size_t error_bytes) {

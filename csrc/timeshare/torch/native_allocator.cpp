@@ -183,18 +183,10 @@ class NativeAllocator final : public cca::CUDAAllocator {
     *largest = a ? a->largest_cached_bytes() : 0;
   }
   void* getBaseAllocation(void* ptr, std::size_t* size) override {
-    void* base = nullptr;
-    registry::for_each([&](int, Core& a) {
-      std::uintptr_t b = 0;
-      std::size_t bytes = 0;
-      if (!base && a.base_allocation(ptr, &b, &bytes)) {
-        base = reinterpret_cast<void*>(b);
-        *size = bytes;
-      }
-    });
-    TORCH_CHECK(base != nullptr, "timeshare: getBaseAllocation: ", ptr,
-                " is not in memory timeshare mapped");
-    return base;
+    std::uintptr_t base = 0;
+    TORCH_CHECK(registry::base_allocation(ptr, &base, size), "timeshare: getBaseAllocation: ",
+                ptr, " is not in memory timeshare mapped");
+    return reinterpret_cast<void*>(base);
   }
   void recordStream(const c10::DataPtr& ptr, c10::cuda::CUDAStream stream) override {
     if (!ptr.get()) return;
@@ -491,6 +483,20 @@ void write_error(char* error, std::size_t bytes, const std::string& msg) {
   std::snprintf(error, bytes, "%s", msg.c_str());
 }
 
+// Runs `body` for a C entry point: 0, or -1 with torch's (or the standard) message in `error`.
+template <class Body>
+int reporting_errors(char* error, std::size_t error_bytes, Body&& body) {
+  try {
+    body();
+    return 0;
+  } catch (const c10::Error& e) {
+    write_error(error, error_bytes, e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    write_error(error, error_bytes, e.what());
+  }
+  return -1;
+}
+
 }  // namespace
 
 }  // namespace timeshare::native
@@ -499,7 +505,7 @@ extern "C" {
 
 int timeshare_native_install(char* error, std::size_t error_bytes) {
   using namespace timeshare;
-  try {
+  return native::reporting_errors(error, error_bytes, [] {
     const bool sim = registry::options().backend == BackendKind::kSim;
     auto a = std::make_shared<native::NativeAllocator>(sim);
     // This route hears every enablePeerAccess: maps grant only the peers enabled (the
@@ -510,45 +516,26 @@ int timeshare_native_install(char* error, std::size_t error_bytes) {
     log_line(LogLevel::kInfo, std::string("native CUDAAllocator installed (torch ") +
                                   TIMESHARE_NATIVE_TORCH_VERSION + ", " + (sim ? "sim" : "cuda") +
                                   " backend)");
-    return 0;
-  } catch (const c10::Error& e) {
-    native::write_error(error, error_bytes, e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    native::write_error(error, error_bytes, e.what());
-  }
-  return -1;
+  });
 }
 
 const char* timeshare_native_torch_version(void) { return TIMESHARE_NATIVE_TORCH_VERSION; }
 
 int timeshare_native_record_history(int enabled, std::size_t max_entries, char* error,
                                      std::size_t error_bytes) {
-  namespace cca = c10::cuda::CUDACachingAllocator;
   namespace cda = c10::CachingDeviceAllocator;
-  try {
-    cca::recordHistory(enabled != 0, nullptr, max_entries,
-                       enabled ? cda::RecordContext::ALL : cda::RecordContext::NEVER,
-                       /*clearHistory=*/false, {});
-    return 0;
-  } catch (const c10::Error& e) {
-    timeshare::native::write_error(error, error_bytes, e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    timeshare::native::write_error(error, error_bytes, e.what());
-  }
-  return -1;
+  return timeshare::native::reporting_errors(error, error_bytes, [&] {
+    c10::cuda::CUDACachingAllocator::recordHistory(
+        enabled != 0, nullptr, max_entries,
+        enabled ? cda::RecordContext::ALL : cda::RecordContext::NEVER, /*clearHistory=*/false, {});
+  });
 }
 
 int timeshare_native_cache_info(int device, std::size_t* largest, char* error,
                                 std::size_t error_bytes) {
-  try {
+  return timeshare::native::reporting_errors(error, error_bytes, [&] {
     c10::cuda::CUDACachingAllocator::cacheInfo(static_cast<c10::DeviceIndex>(device), largest);
-    return 0;
-  } catch (const c10::Error& e) {
-    timeshare::native::write_error(error, error_bytes, e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    timeshare::native::write_error(error, error_bytes, e.what());
-  }
-  return -1;
+  });
 }
 
 int timeshare_native_is_current(void) {
