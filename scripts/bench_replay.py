@@ -41,7 +41,7 @@ GPU_TRACES = benchlib.GPU_TRACES
 
 TORCH_MODEL = """\
 The `torch` and `torch-expandable` policies are `timeshare::pool::CachingPool`
-(`csrc/timeshare/pool/caching_pool.h`), a model of PyTorch's `CUDACachingAllocator` default
+(`csrc/timeshare/pool/caching/caching_pool.h`), a model of PyTorch's `CUDACachingAllocator` default
 policy written from its rules. **Modelled:** 512-byte rounding (and optional
 `roundup_power2_divisions`); separate small (<= 1 MiB) and large pools; segment sizes (2 MiB for
 small requests, 20 MiB for large requests under 10 MiB, the request rounded to 2 MiB above);

@@ -40,9 +40,9 @@
 
 #include "timeshare/common/units.h"
 #include "timeshare/device/sim/sim_backend.h"
-#include "timeshare/pool/arena_free_ranges.h"
-#include "timeshare/pool/caching_pool.h"
-#include "timeshare/pool/temporal_pool.h"
+#include "timeshare/pool/temporal/arena_free_ranges.h"
+#include "timeshare/pool/caching/caching_pool.h"
+#include "timeshare/pool/temporal/temporal_pool.h"
 #include "timeshare/trace/events.h"
 #include "timeshare/replay/oracle_planner.h"
 #include "timeshare/replay/replayer.h"

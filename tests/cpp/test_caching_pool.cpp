@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "timeshare/device/sim/sim_backend.h"
-#include "timeshare/pool/caching_pool.h"
+#include "timeshare/pool/caching/caching_pool.h"
 
 using namespace timeshare;
 using namespace timeshare::pool;

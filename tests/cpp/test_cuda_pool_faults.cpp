@@ -18,7 +18,7 @@
 #include "timeshare/allocator/allocator.h"
 #include "timeshare/common/units.h"
 #include "timeshare/device/cuda/cuda_backend.h"
-#include "timeshare/pool/temporal_pool.h"
+#include "timeshare/pool/temporal/temporal_pool.h"
 
 using namespace timeshare;
 using namespace timeshare::device;

@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "timeshare/device/sim/sim_backend.h"
-#include "timeshare/pool/caching_pool.h"
-#include "timeshare/pool/temporal_pool.h"
+#include "timeshare/pool/caching/caching_pool.h"
+#include "timeshare/pool/temporal/temporal_pool.h"
 #include "timeshare/replay/policies.h"
 
 using namespace timeshare;

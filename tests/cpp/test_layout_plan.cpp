@@ -10,7 +10,7 @@
 
 #include "timeshare/device/sim/sim_backend.h"
 #include "timeshare/pool/layout_plan.h"
-#include "timeshare/pool/temporal_pool.h"
+#include "timeshare/pool/temporal/temporal_pool.h"
 #include "timeshare/allocator/layout_planner.h"
 
 using namespace timeshare;

@@ -8,16 +8,18 @@
 #include <map>
 #include <random>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "timeshare/allocator/allocator.h"
 #include "timeshare/common/page_faults.h"
 #include "timeshare/device/sim/sim_backend.h"
-#include "timeshare/pool/arena_free_ranges.h"
-#include "timeshare/pool/free_forecast.h"
-#include "timeshare/pool/temporal_bit_index.h"
-#include "timeshare/pool/temporal_granules.h"
-#include "timeshare/pool/temporal_pool.h"
+#include "timeshare/pool/temporal/arena_free_ranges.h"
+#include "timeshare/pool/temporal/free_forecast.h"
+#include "timeshare/pool/temporal/temporal_bit_index.h"
+#include "timeshare/pool/temporal/temporal_granules.h"
+#include "timeshare/pool/temporal/temporal_pool.h"
 
 using namespace timeshare;
 using namespace timeshare::pool;
@@ -1019,8 +1021,15 @@ class NoVmBackend final : public device::Backend {
 TEST_CASE("temporal: without virtual memory the pool falls back to segments", "[temporal]") {
   SimBackend sim(backed(64 * kMiB));
   NoVmBackend novm(sim);
-  TemporalPool pool(&novm);
-  CHECK(std::string(pool.name()).find("fallback") != std::string::npos);
+  // The pool itself refuses such a device; the factory every stack is built by (allocator,
+  // replay, tools) serves it with PyTorch's policy, under a name that says so.
+  CHECK_THROWS_AS(TemporalPool(&novm), std::invalid_argument);
+  Options options;
+  options.policy = PolicyKind::kTimeshare;
+  std::unique_ptr<Pool> owned = make_pool(options, novm);
+  Pool& pool = *owned;
+  CHECK(std::string(pool.name()) == "temporal(fallback:torch)");
+  CHECK(make_stack(options, novm, true).pool->name() == std::string("temporal(fallback:torch)"));
   void* a = pool.allocate(3 * kMiB, 0, {0, 10, 0});
   REQUIRE(a != nullptr);
   std::memset(a, 7, 3 * kMiB);

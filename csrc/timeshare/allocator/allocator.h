@@ -33,7 +33,7 @@
 #include "timeshare/device/backend.h"
 #include "timeshare/pool/layout_plan.h"
 #include "timeshare/pool/pool.h"
-#include "timeshare/pool/temporal_options.h"
+#include "timeshare/pool/temporal/temporal_options.h"
 #include "timeshare/predict/async_predictor.h"
 #include "timeshare/predict/predictor.h"
 #include "timeshare/predict/predictor_options.h"
@@ -215,7 +215,8 @@ struct Stack {
 // policy), the TemporalPool follows the PlanBoard that the stack's layout planner publishes on.
 Stack make_stack(const Options& options, device::Backend& backend, bool deterministic);
 
-// Builds the pool `options` select (CachingPool for policy torch, TemporalPool for timeshare).
+// Builds the pool `options` select: CachingPool for policy torch, TemporalPool for timeshare
+// (a CachingPool named "temporal(fallback:torch)" where the backend has no virtual memory).
 std::unique_ptr<pool::Pool> make_pool(const Options& options, device::Backend& backend);
 // The same pool as a private pool (CUDA graphs, MemPool): it keeps every granule it mapped
 // until empty_cache(id) or its destruction, because a graph replays into the addresses its

@@ -5,8 +5,8 @@
 #include "timeshare/allocator/allocator.h"
 #include "timeshare/allocator/layout_planner.h"
 #include "timeshare/common/log.h"
-#include "timeshare/pool/caching_pool.h"
-#include "timeshare/pool/temporal_pool.h"
+#include "timeshare/pool/caching/caching_pool.h"
+#include "timeshare/pool/temporal/temporal_pool.h"
 #include "timeshare/predict/async_predictor.h"
 #include "timeshare/predict/online_predictor.h"
 
@@ -15,7 +15,7 @@ namespace timeshare {
 Stack make_stack(const Options& options, device::Backend& backend, bool deterministic) {
   Stack s;
   std::shared_ptr<pool::PlanBoard> board;
-  if (options.policy == PolicyKind::kTorch) {
+  if (options.policy == PolicyKind::kTorch || !backend.supports_virtual_memory()) {
     s.pool = make_pool(options, backend);
   } else {
     std::unique_ptr<pool::TemporalPool> temporal = make_temporal_pool(options, backend);
@@ -30,14 +30,23 @@ Stack make_stack(const Options& options, device::Backend& backend, bool determin
 }
 
 std::unique_ptr<pool::Pool> make_pool(const Options& options, device::Backend& backend) {
-  if (options.policy == PolicyKind::kTorch) {
-    pool::CachingPoolOptions o;
+  const bool temporal = options.policy != PolicyKind::kTorch;
+  if (temporal && backend.supports_virtual_memory()) return make_temporal_pool(options, backend);
+  pool::CachingPoolOptions o;
+  if (temporal) {
+    // The temporal pool maps granules under a fixed address range: without virtual memory
+    // PyTorch's policy serves, and says so in its name.
+    o.label = "temporal(fallback:torch)";
+    log().info("the {} backend has no virtual memory: PyTorch's policy serves the temporal "
+               "policy's requests", backend.name());
+  } else {
     o.expandable_segments = options.expandable_segments && backend.supports_virtual_memory();
-    if (options.max_split_size_bytes != SIZE_MAX) o.max_split_size_bytes = options.max_split_size_bytes;
+    if (options.max_split_size_bytes != SIZE_MAX) {
+      o.max_split_size_bytes = options.max_split_size_bytes;
+    }
     o.garbage_collection_threshold = options.garbage_collection_threshold;
-    return std::make_unique<pool::CachingPool>(backend, o);
   }
-  return make_temporal_pool(options, backend);
+  return std::make_unique<pool::CachingPool>(backend, o);
 }
 
 std::unique_ptr<pool::TemporalPool> make_temporal_pool(const Options& options,
@@ -46,7 +55,9 @@ std::unique_ptr<pool::TemporalPool> make_temporal_pool(const Options& options,
 }
 
 std::unique_ptr<pool::Pool> make_private_pool(const Options& options, device::Backend& backend) {
-  if (options.policy == PolicyKind::kTorch) return make_pool(options, backend);
+  if (options.policy == PolicyKind::kTorch || !backend.supports_virtual_memory()) {
+    return make_pool(options, backend);
+  }
   pool::TemporalPoolOptions to = temporal_pool_options(options, backend);
   // Free granules are cached up to the observed need plus this slack: with it no trim ever
   // unmaps one (empty_cache and the destructor still do).

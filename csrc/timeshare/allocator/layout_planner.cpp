@@ -5,7 +5,7 @@
 #include <utility>
 
 #include "timeshare/common/units.h"
-#include "timeshare/pool/temporal_options.h"
+#include "timeshare/pool/temporal/temporal_options.h"
 
 namespace timeshare {
 

@@ -49,7 +49,7 @@ struct Options {
   // while memory grows, for at most this much more peak reserved; 0 = map only what blocks use).
   std::size_t map_ahead_bytes = std::size_t{18} << 20;
   // Temporal pool: at growth, map ahead less by the bytes the live blocks are predicted to free
-  // within this many allocator events (pool/free_forecast.h; 0 = off).
+  // within this many allocator events (pool/temporal/free_forecast.h; 0 = off).
   std::uint64_t free_forecast_events = 0;
   std::size_t history_bytes = std::size_t{8} << 20;
   int hidden = 32;

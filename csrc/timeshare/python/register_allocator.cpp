@@ -73,7 +73,7 @@ py::dict stats_dict(const Allocator& a) {
   d["timeshare.empty_cache_calls"] = c.empty_cache_calls;
   d["timeshare.spill_retries"] = c.spill_retries;
   d["timeshare.c_api_errors"] = timeshare_c_api_errors();  // process-wide (api/c_api.h)
-  // Giving memory back without unmapping it under running kernels (pool/temporal_granules.h).
+  // Giving memory back without unmapping it under running kernels (pool/temporal/temporal_granules.h).
   const pool::ReleaseStats rs = a.release_stats();
   d["timeshare.release.device_waits"] = rs.device_waits;
   d["timeshare.release.fences"] = rs.fences;

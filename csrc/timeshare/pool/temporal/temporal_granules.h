@@ -44,8 +44,8 @@
 
 #include "timeshare/device/backend.h"
 #include "timeshare/pool/event_pool.h"
-#include "timeshare/pool/free_forecast.h"
-#include "timeshare/pool/temporal_bit_index.h"
+#include "timeshare/pool/temporal/free_forecast.h"
+#include "timeshare/pool/temporal/temporal_bit_index.h"
 #include "timeshare/pool/zeroed_array.h"
 
 namespace timeshare::pool {

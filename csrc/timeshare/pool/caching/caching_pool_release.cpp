@@ -5,7 +5,7 @@
 #include <fmt/format.h>
 
 #include "timeshare/common/units.h"
-#include "timeshare/pool/caching_pool.h"
+#include "timeshare/pool/caching/caching_pool.h"
 
 namespace timeshare::pool {
 

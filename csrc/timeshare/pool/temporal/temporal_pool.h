@@ -52,9 +52,10 @@
 // calls. Small/large pool split: blocks of at most 1 MiB are "small"; reserved memory is
 // all counted in the large pool.
 //
-// Without virtual memory (Backend::supports_virtual_memory() false) there are no granules to
-// map under a fixed address range, so the pool delegates every call to a CachingPool
-// (PyTorch's policy); name() then says "temporal(fallback:torch)".
+// It needs virtual memory (Backend::supports_virtual_memory()): without it there are no
+// granules to map under a fixed address range, and the constructor throws. The factory
+// (make_pool, allocator/factory.cpp) builds PyTorch's policy, a CachingPool named
+// "temporal(fallback:torch)", on such a device instead.
 #pragma once
 
 #include <cstddef>
@@ -64,15 +65,15 @@
 #include <string>
 #include <vector>
 
-#include "timeshare/pool/arena_free_ranges.h"
+#include "timeshare/pool/temporal/arena_free_ranges.h"
 #include "timeshare/pool/event_pool.h"
-#include "timeshare/pool/free_forecast.h"
+#include "timeshare/pool/temporal/free_forecast.h"
 #include "timeshare/pool/layout_plan.h"
 #include "timeshare/pool/pool.h"
-#include "timeshare/pool/temporal_granules.h"
-#include "timeshare/pool/temporal_live_map.h"
-#include "timeshare/pool/temporal_options.h"
-#include "timeshare/pool/temporal_reassign.h"
+#include "timeshare/pool/temporal/temporal_granules.h"
+#include "timeshare/pool/temporal/temporal_live_map.h"
+#include "timeshare/pool/temporal/temporal_options.h"
+#include "timeshare/pool/temporal/temporal_reassign.h"
 
 namespace timeshare::pool {
 
@@ -83,9 +84,7 @@ class TemporalPool final : public Pool {
   TemporalPool(const TemporalPool&) = delete;
   TemporalPool& operator=(const TemporalPool&) = delete;
 
-  const char* name() const noexcept override {
-    return fallback_ ? "temporal(fallback:torch)" : "temporal";
-  }
+  const char* name() const noexcept override { return "temporal"; }
   void* allocate(std::size_t bytes, device::Stream stream, const AllocHint& hint) override;
   FreeResult deallocate(void* ptr, std::uint64_t now_events) override;
   void record_stream(void* ptr, device::Stream stream) override;
@@ -219,7 +218,6 @@ class TemporalPool final : public Pool {
   void count_block(const Block& b, bool add) noexcept;
 
   device::Backend* backend_;
-  std::unique_ptr<Pool> fallback_;  // set when the backend has no virtual memory
   const TemporalPoolOptions options_;
   std::size_t region_va_bytes_ = 0;
   TemporalGranules granules_;

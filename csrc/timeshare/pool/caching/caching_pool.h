@@ -68,8 +68,8 @@
 #include "timeshare/common/stats.h"
 #include "timeshare/common/units.h"
 #include "timeshare/device/backend.h"
-#include "timeshare/pool/block.h"
-#include "timeshare/pool/expandable_segment.h"
+#include "timeshare/pool/caching/block.h"
+#include "timeshare/pool/caching/expandable_segment.h"
 #include "timeshare/pool/event_pool.h"
 #include "timeshare/pool/pool.h"
 
@@ -100,6 +100,9 @@ struct CachingPoolOptions {
   // interval [2^i MiB, 2^(i+1) MiB) (entry 0 also covers everything below 1 MiB, the last entry
   // everything above). Values 0 or 1 mean plain 512-byte rounding.
   std::vector<std::size_t> roundup_power2_divisions = {};
+  // What name() says (nullptr: "torch" or "torch-expandable"): the factory labels the pool
+  // that serves a temporal policy on a device without virtual memory.
+  const char* label = nullptr;
 };
 
 // A view of one segment, in torch's snapshot() shape (tests, replays, summaries).
@@ -132,6 +135,7 @@ class CachingPool final : public Pool {
   CachingPool& operator=(const CachingPool&) = delete;
 
   const char* name() const noexcept override {
+    if (options_.label != nullptr) return options_.label;
     return options_.expandable_segments ? "torch-expandable" : "torch";
   }
   void* allocate(std::size_t bytes, device::Stream stream, const AllocHint& hint) override;

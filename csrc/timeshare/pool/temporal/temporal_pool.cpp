@@ -1,12 +1,13 @@
-#include "timeshare/pool/temporal_pool.h"
+#include "timeshare/pool/temporal/temporal_pool.h"
 
 #include "timeshare/common/log.h"
-#include "timeshare/pool/caching_pool.h"
+#include "timeshare/common/units.h"
 
 #include <algorithm>
 #include <iterator>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 
 namespace timeshare::pool {
 
@@ -14,22 +15,12 @@ namespace {
 
 constexpr std::size_t kSmallBlockBytes = kMiB;  // torch's kSmallSize: small/large pool split
 
-std::string format_bytes(std::size_t bytes) {
-  std::ostringstream os;
-  os.setf(std::ios::fixed);
-  os.precision(2);
-  if (bytes >= kGiB) {
-    os << static_cast<double>(bytes) / static_cast<double>(kGiB) << " GiB";
-  } else if (bytes >= kMiB) {
-    os << static_cast<double>(bytes) / static_cast<double>(kMiB) << " MiB";
-  } else {
-    os << bytes << " bytes";
-  }
-  return os.str();
-}
-
 std::size_t resolve_region_va(device::Backend* backend, const TemporalPoolOptions& o) {
-  if (!backend->supports_virtual_memory()) return 0;  // the CachingPool fallback serves
+  if (!backend->supports_virtual_memory()) {
+    throw std::invalid_argument(std::string("the temporal pool needs virtual memory, which the ") +
+                                backend->name() + " backend lacks (make_pool picks PyTorch's "
+                                "policy there)");
+  }
   const std::size_t g = backend->granule_bytes();
   const std::size_t want = o.region_va_bytes != 0 ? o.region_va_bytes : backend->mem_info().total_bytes;
   return round_up(std::max(want, g), g);
@@ -53,7 +44,6 @@ TemporalPool::TemporalPool(device::Backend* backend, TemporalPoolOptions options
     granules_.set_forecast(forecast_.get(), options_.forecast_window_events);
   }
   granules_.set_ahead_page(options_.map_ahead_page_granules);
-  if (!backend->supports_virtual_memory()) fallback_ = std::make_unique<CachingPool>(*backend);
 }
 
 TemporalPool::~TemporalPool() {
@@ -263,7 +253,6 @@ bool TemporalPool::place(Arena& arena, std::size_t region, std::size_t bytes,
 }
 
 void* TemporalPool::allocate(std::size_t bytes, device::Stream stream, const AllocHint& hint) {
-  if (fallback_) return fallback_->allocate(bytes, stream, hint);
   if (bytes == 0) return nullptr;
   now_events_ = hint.now_events;
   granules_.tick(now_events_);
@@ -324,7 +313,6 @@ void* TemporalPool::allocate(std::size_t bytes, device::Stream stream, const All
 }
 
 void TemporalPool::set_plan_board(std::shared_ptr<PlanBoard> board) {
-  if (fallback_) return;
   board_ = std::move(board);
   plan_version_ = 0;
   drop_plan();
@@ -431,7 +419,6 @@ bool TemporalPool::place_planned(Arena& arena, std::size_t rounded, std::uint64_
 }
 
 FreeResult TemporalPool::deallocate(void* ptr, std::uint64_t now_events) {
-  if (fallback_) return fallback_->deallocate(ptr, now_events);
   Block b;
   if (!live_.take(reinterpret_cast<std::uintptr_t>(ptr), &b)) return FreeResult::kUnknownPointer;
   now_events_ = now_events;
@@ -531,7 +518,6 @@ void TemporalPool::process_pending(bool wait) {
 }
 
 void TemporalPool::record_stream(void* ptr, device::Stream stream) {
-  if (fallback_) return fallback_->record_stream(ptr, stream);
   Block* found = live_.find(reinterpret_cast<std::uintptr_t>(ptr));
   if (found == nullptr) return;
   Block& b = *found;
@@ -542,7 +528,6 @@ void TemporalPool::record_stream(void* ptr, device::Stream stream) {
 }
 
 void TemporalPool::empty_cache() {
-  if (fallback_) return fallback_->empty_cache();
   process_pending(/*wait=*/false);
   granules_.release_all_cached();
   if (granules_.has_retiring_changes()) sync_retiring();
@@ -550,7 +535,6 @@ void TemporalPool::empty_cache() {
 }
 
 std::size_t TemporalPool::block_size(void* ptr) const {
-  if (fallback_) return fallback_->block_size(ptr);
   const Block* b = live_.find(reinterpret_cast<std::uintptr_t>(ptr));
   return b == nullptr ? 0 : b->bytes;
 }
@@ -613,21 +597,18 @@ std::vector<TemporalPool::RegionUsage> TemporalPool::region_usage() const {
 }
 
 const DeviceStats& TemporalPool::stats() const noexcept {
-  return fallback_ ? fallback_->stats() : stats_;
+  return stats_;
 }
 
 void TemporalPool::reset_peak_stats() noexcept {
-  if (fallback_) fallback_->reset_peak_stats();
   stats_.reset_peak();
 }
 
 void TemporalPool::reset_accumulated_stats() noexcept {
-  if (fallback_) fallback_->reset_accumulated_stats();
   stats_.reset_accumulated();
 }
 
 void TemporalPool::set_limit_bytes(std::size_t bytes) noexcept {
-  if (fallback_) fallback_->set_limit_bytes(bytes);
   limit_bytes_ = bytes;
 }
 
@@ -641,7 +622,6 @@ std::vector<TemporalPool::LiveBlockInfo> TemporalPool::live_blocks() const {
 }
 
 std::string TemporalPool::describe() const {
-  if (fallback_) return "TemporalPool (no virtual memory: CachingPool fallback)\n" + fallback_->describe();
   std::ostringstream os;
   const std::size_t g = granules_.granule_bytes();
   os << "TemporalPool: " << format_bytes(static_cast<std::size_t>(stats_.allocated_bytes[0].current))

@@ -96,7 +96,7 @@ struct TemporalPoolOptions {
   // large block after it off the granule grid, and each hole between them then wastes part of
   // a granule at both ends.
   std::size_t small_block_bytes = 0;
-  // Predicted frees (pool/free_forecast.h): at growth, map ahead that many granules fewer as
+  // Predicted frees (pool/temporal/free_forecast.h): at growth, map ahead that many granules fewer as
   // the live blocks are predicted to give back in the next `forecast_window_events` ticks
   // (0 = off: always map_ahead_granules).
   std::uint64_t forecast_window_events = 0;

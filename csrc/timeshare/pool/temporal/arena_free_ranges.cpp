@@ -1,4 +1,4 @@
-#include "timeshare/pool/arena_free_ranges.h"
+#include "timeshare/pool/temporal/arena_free_ranges.h"
 
 #include <algorithm>
 #include <iterator>

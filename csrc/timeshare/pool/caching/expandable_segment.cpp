@@ -1,4 +1,4 @@
-#include "timeshare/pool/expandable_segment.h"
+#include "timeshare/pool/caching/expandable_segment.h"
 
 namespace timeshare::pool {
 

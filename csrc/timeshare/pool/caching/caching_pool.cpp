@@ -1,7 +1,7 @@
 // CachingPool: allocate, deallocate, splitting, coalescing, stream events, statistics.
 // Releasing memory (empty_cache, retries, garbage collection) and expandable segments are in
 // caching_pool_release.cpp. The policy is explained in caching_pool.h.
-#include "timeshare/pool/caching_pool.h"
+#include "timeshare/pool/caching/caching_pool.h"
 
 #include <algorithm>
 #include <bit>

@@ -1,4 +1,4 @@
-#include "timeshare/pool/block.h"
+#include "timeshare/pool/caching/block.h"
 
 namespace timeshare::pool {
 

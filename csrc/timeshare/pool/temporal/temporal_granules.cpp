@@ -1,4 +1,4 @@
-#include "timeshare/pool/temporal_granules.h"
+#include "timeshare/pool/temporal/temporal_granules.h"
 
 #include <algorithm>
 #include <bit>
