@@ -1,7 +1,8 @@
 // The CUDA backend's own code, run against the driver test double (tests/cuda_double/): what
 // the conformance suite cannot see from the Backend interface alone. The caller's current
 // context is restored by every call (several GPUs), mapped memory is accessible to the owning
-// device and to every peer that can access it, each driver failure is reported with the right
+// device and to every peer that can access it (peer access untracked; tracked, see
+// test_cuda_pool_faults.cpp), each driver failure is reported with the right
 // Status and text (out of memory only when it is), a failed or partial unmap loses nothing,
 // primary contexts are released, and the Allocator (TemporalPool and CachingPool with
 // expandable segments) runs over the backend without breaking a driver rule. Built only with the
@@ -17,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "cuda_fixture.h"
 #include "fake_cuda_control.h"
 #include "timeshare/allocator/allocator.h"
 #include "timeshare/common/units.h"
@@ -24,32 +26,9 @@
 
 using namespace timeshare;
 using namespace timeshare::device;
+using namespace timeshare::test;
 
 namespace {
-
-// Before any test runs: the CUDA backend of this process loads the double.
-const bool kFakeDriver = (fakecuda_use_for_backend(TIMESHARE_FAKE_CUDA_PATH), true);
-
-// A fresh double with `devices` devices, and no peer access enabled, for one test.
-struct FakeDriver {
-  explicit FakeDriver(int devices = 2) {
-    fakecuda_reset();
-    fakecuda_set_device_count(devices);
-    cuda_reset_peer_access();
-  }
-  ~FakeDriver() {
-    cuda_reset_peer_access();
-    fakecuda_reset();
-  }
-};
-
-std::unique_ptr<Backend> cuda(int device) {
-  std::string error;
-  auto b = make_cuda_backend(device, &error);
-  INFO(error);
-  REQUIRE(b);
-  return b;
-}
 
 // Makes device `device`'s primary context current on this thread (-1: none), as PyTorch's
 // device guard would.
@@ -60,13 +39,6 @@ void set_current_device(int device) {
     REQUIRE(cuDevicePrimaryCtxRelease(device) == CUDA_SUCCESS);
   }
   REQUIRE(cuCtxSetCurrent(ctx) == CUDA_SUCCESS);
-}
-
-void check_violations(unsigned long long allowed = 0) {
-  for (unsigned long long i = 0; i < fakecuda_violations(); ++i) {
-    UNSCOPED_INFO(fakecuda_violation(i));
-  }
-  CHECK(fakecuda_violations() == allowed);
 }
 
 // Every Backend call, each leaving the backend as it found it.

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_fixture.h"
 #include "fake_cuda_control.h"
 #include "timeshare/allocator/allocator.h"
 #include "timeshare/common/units.h"
@@ -22,39 +23,9 @@
 
 using namespace timeshare;
 using namespace timeshare::device;
+using namespace timeshare::test;
 
 namespace {
-
-// Before any test runs: the CUDA backend of this process loads the double.
-const bool kFakeDriver = (fakecuda_use_for_backend(TIMESHARE_FAKE_CUDA_PATH), true);
-
-// A fresh double with `devices` devices, and no peer access enabled, for one test.
-struct FakeDriver {
-  explicit FakeDriver(int devices) {
-    fakecuda_reset();
-    fakecuda_set_device_count(devices);
-    cuda_reset_peer_access();
-  }
-  ~FakeDriver() {
-    cuda_reset_peer_access();
-    fakecuda_reset();
-  }
-};
-
-std::unique_ptr<Backend> cuda(int device) {
-  std::string error;
-  auto b = make_cuda_backend(device, &error);
-  INFO(error);
-  REQUIRE(b);
-  return b;
-}
-
-void check_violations(unsigned long long allowed = 0) {
-  for (unsigned long long i = 0; i < fakecuda_violations(); ++i) {
-    UNSCOPED_INFO(fakecuda_violation(i));
-  }
-  CHECK(fakecuda_violations() == allowed);
-}
 
 Options options_of(const std::string& conf) {
   auto r = parse_options(conf);
@@ -74,42 +45,80 @@ void write_on_device(Backend& b, void* p, std::size_t bytes, int value) {
 
 // ---- item 1: a failed cuMemUnmap ----------------------------------------------------------
 
-TEST_CASE("cuda: a trim whose second cuMemUnmap fails leaves the pool's mapped memory the "
-          "driver's, and the next block is mapped before use",
-          "[cuda][allocator][faults][issue25]") {
-  // Once: the retry of the granule succeeds. Twice: the retry meets the failure again and the
-  // granule stays mapped, in the driver and in the pool.
-  const unsigned failures = GENERATE(1u, 2u);
-  INFO(failures << " failing cuMemUnmap call(s)");
+namespace {
+
+// The driver's mapped bytes before and after an empty_cache whose cuMemUnmap calls fail
+// `failures` times from the second on, once a written 6 MiB block of an allocator built from
+// `conf` is freed. Checks on the way: whatever the pool believes mapped after the failure, the
+// driver has mapped; the next 6 MiB block is written by a kernel without a fault (never placed
+// on memory the driver unmapped, never mapped over a mapping); later empty_cache calls give
+// everything back; no driver rule broken.
+struct Mapped {
+  std::size_t before = 0;
+  std::size_t after = 0;
+};
+Mapped empty_cache_with_failing_unmap(const std::string& conf, unsigned failures) {
+  INFO(conf << ", " << failures << " failing cuMemUnmap call(s)");
   FakeDriver fake(1);
+  Mapped m;
   {
-    // Blocks map only the granules they cover: the 6 MiB block is a run of 3 granules.
-    Allocator a(options_of("policy:timeshare,map_ahead:0"), cuda(0));
+    Allocator a(options_of(conf), cuda(0));
+    const auto reserved = [&] {
+      return static_cast<std::size_t>(a.stats().reserved_bytes.front().current);
+    };
     void* p = a.malloc(6 * kMiB, kDefaultStream);
     REQUIRE(p);
     write_on_device(a.backend(), p, 6 * kMiB, 1);
     REQUIRE(a.free(p));
-    REQUIRE(fakecuda_mapped_bytes(0) == 6 * kMiB);
+    m.before = fakecuda_mapped_bytes(0);
     const auto unmaps = fakecuda_calls("cuMemUnmap");
     fakecuda_fail_calls("cuMemUnmap", 1, failures, CUDA_ERROR_UNKNOWN);  // from the 2nd granule
     a.empty_cache();
     CHECK(fakecuda_calls("cuMemUnmap") >= unmaps + 2);
-    // Whatever the pool now believes mapped, the driver has mapped.
-    CHECK(static_cast<std::size_t>(a.stats().reserved_bytes.front().current) ==
-          fakecuda_mapped_bytes(0));
-    // The next 6 MiB block: a kernel writes all of it without faulting.
+    m.after = fakecuda_mapped_bytes(0);
+    CHECK(reserved() == m.after);
     void* q = a.malloc(6 * kMiB, kDefaultStream);
     REQUIRE(q);
     write_on_device(a.backend(), q, 6 * kMiB, 2);
-    CHECK(static_cast<std::size_t>(a.stats().reserved_bytes.front().current) ==
-          fakecuda_mapped_bytes(0));
+    CHECK(reserved() == fakecuda_mapped_bytes(0));
     REQUIRE(a.free(q));
-    a.empty_cache();
+    // Given back by the next empty_cache, or by the one after where the second failing call
+    // met the first of these unmaps.
+    for (unsigned i = 0; i < failures && fakecuda_mapped_bytes(0) != 0; ++i) a.empty_cache();
     CHECK(fakecuda_mapped_bytes(0) == 0);
+    CHECK(reserved() == 0);
   }
   CHECK(fakecuda_live_handles() == 0);
   CHECK(fakecuda_reservations() == 0);
   check_violations();
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("cuda: a trim whose second cuMemUnmap fails leaves the pool's mapped memory the "
+          "driver's, and the next block is mapped before use",
+          "[cuda][allocator][faults][issue25]") {
+  // Once: the retry of the granule succeeds. Twice: the retry meets the failure again and the
+  // granule stays mapped, in the driver and in the pool. Blocks map only the granules they
+  // cover (map_ahead:0): the 6 MiB block is a run of 3 granules.
+  const Mapped m =
+      empty_cache_with_failing_unmap("policy:timeshare,map_ahead:0", GENERATE(1u, 2u));
+  CHECK(m.before == 6 * kMiB);
+}
+
+TEST_CASE("cuda: an expandable segment whose page unmap fails keeps the page mapped, in the pool "
+          "as in the driver, and unmaps it later",
+          "[cuda][caching][faults]") {
+  // PyTorch's policy with expandable segments (the torch-expandable replay policy): a page whose
+  // cuMemUnmap fails stays mapped in the driver (the CUDA backend's unmap is all or nothing), so
+  // the segment must keep it mapped too: not counted as released, not mapped over by the next
+  // block (before the fix: reserved 0 while the driver kept the 20 MiB page mapped, and that
+  // page and its 10 handles were never given back).
+  const Mapped m =
+      empty_cache_with_failing_unmap("policy:torch,expandable_segments:true", GENERATE(1u, 2u));
+  CHECK(m.before >= 6 * kMiB);
+  CHECK(m.after == m.before);  // the driver kept the page
 }
 
 TEST_CASE("cuda: an address whose memory moved to an alias and whose unmap fails stays known, "

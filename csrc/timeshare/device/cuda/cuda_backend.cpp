@@ -6,12 +6,12 @@
 #include <chrono>
 #include <map>
 #include <mutex>
-#include <set>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "timeshare/device/cuda/cuda_driver.h"
+#include "timeshare/device/cuda/cuda_peer_access.h"
 #include "timeshare/device/cuda/cuda_stand_in_events.h"
 
 namespace timeshare::device {
@@ -38,35 +38,14 @@ CUmemAllocationProp make_allocation_prop(CUdevice dev, bool rdma) {
   return prop;
 }
 
-class CudaBackend;
-
-// Peer access as PyTorch tracks it (CUDAAllocator::enablePeerAccess): whether it is reported
-// (cuda_track_peer_access), the pairs (device, device to access) enabled in this process, and the
-// live backends whose mappings must follow. Never destroyed: backends may outlive statics.
-struct PeerRegistry {
-  std::mutex mu;
-  bool tracked = false;
-  std::set<std::pair<int, int>> enabled;  // (device, device_to_access)
-  std::vector<CudaBackend*> backends;
-};
-
-PeerRegistry& peer_registry() {
-  static auto* r = new PeerRegistry();
-  return *r;
-}
-
-class CudaBackend final : public Backend {
+class CudaBackend final : public Backend, public cuda_api::PeerFollower {
  public:
   CudaBackend(int index, CUdevice dev, CUcontext ctx, bool vmm, bool rdma, std::size_t granule,
               std::vector<CUdevice> all_devices, std::vector<CUdevice> capable)
       : index_(index), dev_(dev), ctx_(ctx), vmm_(vmm), rdma_(rdma), granule_(granule),
         all_devices_(std::move(all_devices)), capable_(std::move(capable)) {}
   ~CudaBackend() override {
-    {
-      PeerRegistry& r = peer_registry();
-      std::lock_guard lock(r.mu);
-      r.backends.erase(std::remove(r.backends.begin(), r.backends.end(), this), r.backends.end());
-    }
+    cuda_api::remove_peer_follower(this);
     {
       Guard g(*this);
       stand_ins_.destroy_all();
@@ -78,28 +57,16 @@ class CudaBackend final : public Backend {
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
 
-  // Registers the backend for peer access: what it maps is granted to the peers the registry
-  // says (sync_peers), now and as they change. Registry lock order: r.mu, then mu_.
-  static void track(CudaBackend* b) {
-    PeerRegistry& r = peer_registry();
-    std::lock_guard lock(r.mu);
-    b->sync_peers(r);
-    r.backends.push_back(b);
-  }
-
   int index() const noexcept { return index_; }
 
-  // The peers granted access to what this backend maps: every device that can access it while
-  // peer access is not tracked, else those with peer access enabled. A peer added is granted
-  // the granules already mapped too; one removed keeps the access it has. r.mu held.
-  Status sync_peers(const PeerRegistry& r) {
+  // The peers granted access to what this backend maps (PeerAccess::granted). A peer added is
+  // granted the granules already mapped too; one removed keeps the access it has. Called by the
+  // peer registry, its lock held.
+  Status follow(const cuda_api::PeerAccess& access, std::string* why) override {
     std::vector<CUdevice> want;
     for (CUdevice peer : capable_) {
-      int device = 0;
-      for (; device < static_cast<int>(all_devices_.size()); ++device) {
-        if (all_devices_[device] == peer) break;
-      }
-      if (!r.tracked || r.enabled.count({device, index_}) != 0) want.push_back(peer);
+      const auto at = std::find(all_devices_.begin(), all_devices_.end(), peer);
+      if (access.granted(static_cast<int>(at - all_devices_.begin()), index_)) want.push_back(peer);
     }
     Status status = Status::kOk;
     {
@@ -111,6 +78,7 @@ class CudaBackend final : public Backend {
     for (CUdevice peer : want) {
       if (Status st = add_peer(peer); st != Status::kOk) status = st;
     }
+    if (status != Status::kOk && why) *why = last_error();
     return status;
   }
 
@@ -463,7 +431,7 @@ class CudaBackend final : public Backend {
     return Status::kOk;
   }
 
-  // Read and write access to a mapped range for the owner and its peers (sync_peers); mu_ held.
+  // Read and write access to a mapped range for the owner and its peers (follow); mu_ held.
   Status set_access(CUdeviceptr base, std::size_t bytes) {
     std::vector<CUmemAccessDesc> access(1 + peers_.size());
     for (std::size_t i = 0; i < access.size(); ++i) {
@@ -567,27 +535,6 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
-bool cuda_available(std::string* why_not) {
-  const Driver& x = driver();
-  if (!x.ok) {
-    if (why_not) *why_not = x.error;
-    return false;
-  }
-  int n = 0;
-  if (x.cuDeviceGetCount(&n) != CUDA_SUCCESS || n == 0) {
-    if (why_not) *why_not = "the CUDA driver reports no devices";
-    return false;
-  }
-  return true;
-}
-
-int cuda_device_count() {
-  const Driver& x = driver();
-  int n = 0;
-  if (!x.ok || x.cuDeviceGetCount(&n) != CUDA_SUCCESS) return 0;
-  return n;
-}
-
 std::unique_ptr<Backend> make_cuda_backend(int device, std::string* error) {
   std::string why;
   if (!cuda_available(&why)) {
@@ -621,7 +568,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device, std::string* error) {
     }
   }
   // The devices that can access this one's memory (cuDeviceCanAccessPeer): the peers its
-  // mappings may be granted to (sync_peers).
+  // mappings may be granted to (follow).
   std::vector<CUdevice> all_devices;
   std::vector<CUdevice> capable;
   for (int i = 0; i < cuda_device_count(); ++i) {
@@ -634,69 +581,8 @@ std::unique_ptr<Backend> make_cuda_backend(int device, std::string* error) {
   }
   auto b = std::make_unique<CudaBackend>(device, dev, ctx, vmm != 0, rdma != 0, granule,
                                          std::move(all_devices), std::move(capable));
-  CudaBackend::track(b.get());
+  cuda_api::add_peer_follower(b.get());
   return b;
-}
-
-namespace {
-
-// Brings every live backend's peers in line with the registry; false, with `why`, on a failure.
-bool sync_all(PeerRegistry& r, std::string* why) {
-  bool ok = true;
-  for (CudaBackend* b : r.backends) {
-    if (b->sync_peers(r) == Status::kOk) continue;
-    if (ok && why) *why = b->last_error();
-    ok = false;
-  }
-  return ok;
-}
-
-}  // namespace
-
-void cuda_track_peer_access(bool tracked) {
-  PeerRegistry& r = peer_registry();
-  std::lock_guard lock(r.mu);
-  if (r.tracked == tracked) return;
-  r.tracked = tracked;
-  sync_all(r, nullptr);
-}
-
-bool cuda_enable_peer_access(int device, int device_to_access, std::string* error) {
-  std::string why;
-  const auto refuse = [&](std::string what) {
-    if (error) *error = std::move(what);
-    return false;
-  };
-  if (!cuda_available(&why)) return refuse(why);
-  const Driver& x = driver();
-  const int n = cuda_device_count();
-  CUdevice dev = 0;
-  CUdevice owner = 0;
-  if (device < 0 || device >= n || device_to_access < 0 || device_to_access >= n ||
-      x.cuDeviceGet(&dev, device) != CUDA_SUCCESS ||
-      x.cuDeviceGet(&owner, device_to_access) != CUDA_SUCCESS) {
-    return refuse("CUDA device " + std::to_string(device) + " or " +
-                  std::to_string(device_to_access) + " does not exist");
-  }
-  if (device == device_to_access) return true;  // a device always reaches its own memory
-  int can = 0;
-  if (x.cuDeviceCanAccessPeer(&can, dev, owner) != CUDA_SUCCESS || !can) {
-    return refuse("CUDA device " + std::to_string(device) + " cannot access memory of device " +
-                  std::to_string(device_to_access) + " (cuDeviceCanAccessPeer)");
-  }
-  PeerRegistry& r = peer_registry();
-  std::lock_guard lock(r.mu);
-  if (!r.enabled.emplace(device, device_to_access).second) return true;
-  return sync_all(r, &why) ||
-         refuse("granting CUDA device " + std::to_string(device) + " access failed: " + why);
-}
-
-void cuda_reset_peer_access() {
-  PeerRegistry& r = peer_registry();
-  std::lock_guard lock(r.mu);
-  r.enabled.clear();
-  r.tracked = false;
-  sync_all(r, nullptr);
 }
 
 }  // namespace timeshare::device

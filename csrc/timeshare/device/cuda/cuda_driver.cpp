@@ -1,5 +1,7 @@
 #include "timeshare/device/cuda/cuda_driver.h"
 
+#include "timeshare/device/cuda/cuda_backend.h"
+
 #include <dlfcn.h>
 
 #include <cstdlib>
@@ -93,3 +95,28 @@ Status status_of(CUresult r) {
 }
 
 }  // namespace timeshare::device::cuda_api
+
+namespace timeshare::device {
+
+bool cuda_available(std::string* why_not) {
+  const cuda_api::Driver& x = cuda_api::driver();
+  if (!x.ok) {
+    if (why_not) *why_not = x.error;
+    return false;
+  }
+  int n = 0;
+  if (x.cuDeviceGetCount(&n) != CUDA_SUCCESS || n == 0) {
+    if (why_not) *why_not = "the CUDA driver reports no devices";
+    return false;
+  }
+  return true;
+}
+
+int cuda_device_count() {
+  const cuda_api::Driver& x = cuda_api::driver();
+  int n = 0;
+  if (!x.ok || x.cuDeviceGetCount(&n) != CUDA_SUCCESS) return 0;
+  return n;
+}
+
+}  // namespace timeshare::device

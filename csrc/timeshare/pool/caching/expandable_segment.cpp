@@ -1,5 +1,7 @@
 #include "timeshare/pool/caching/expandable_segment.h"
 
+#include "timeshare/common/log.h"
+
 namespace timeshare::pool {
 
 using device::Status;
@@ -61,17 +63,24 @@ SegmentRange ExpandableSegment::unmap(SegmentRange range) {
   if (begin >= end) return {range.addr, 0};
   // Unmapping does not wait for the GPU: let the segment's stream drain first.
   backend_.synchronize_stream(stream_);
-  unmap_pages(begin, end);
-  return pages_range(begin, end);
+  return pages_range(begin, unmap_pages(begin, end));
 }
 
-void ExpandableSegment::unmap_pages(std::size_t begin, std::size_t end) {
+std::size_t ExpandableSegment::unmap_pages(std::size_t begin, std::size_t end) {
   for (std::size_t i = begin; i < end; ++i) {
     if (!page_mapped_[i]) continue;
-    backend_.unmap(reinterpret_cast<void*>(base_ + i * page_bytes_), page_bytes_);
+    const device::Status st =
+        backend_.unmap(reinterpret_cast<void*>(base_ + i * page_bytes_), page_bytes_);
+    if (st != device::Status::kOk) {
+      last_status_ = st;
+      log().warn("expandable segment: unmapping a page at {:#x} failed ({}); it stays mapped",
+                 base_ + i * page_bytes_, backend_.last_error());
+      return i;
+    }
     page_mapped_[i] = false;
     --mapped_pages_;
   }
+  return end;
 }
 
 }  // namespace timeshare::pool

@@ -7,7 +7,9 @@
 // torch does. Reserved bytes are the mapped bytes. `map` maps whole pages covering a range
 // (all or nothing: on failure the pages it mapped are unmapped again); `unmap` unmaps the
 // pages lying completely inside a range, after the segment's stream has finished its work
-// (torch synchronises the stream because unmapping does not wait for the GPU).
+// (torch synchronises the stream because unmapping does not wait for the GPU). A page the device
+// fails to unmap stays mapped, here as in the device (the backend's unmap is all or nothing):
+// `unmap` stops there and returns the pages before it.
 #pragma once
 
 #include <cstddef>
@@ -39,7 +41,8 @@ class ExpandableSegment {
   // Maps every page touching `range` (range.addr must be page-aligned). Returns the range
   // mapped (whole pages, possibly larger than asked), or bytes == 0 when the device refused.
   SegmentRange map(SegmentRange range);
-  // Unmaps the pages lying entirely inside `range`; returns them (bytes == 0: none).
+  // Unmaps the pages lying entirely inside `range`; returns those unmapped (bytes == 0: none),
+  // from the first up to a page the device failed to unmap (last_status() then says why).
   SegmentRange unmap(SegmentRange range);
 
   std::uintptr_t base() const noexcept { return base_; }
@@ -52,7 +55,9 @@ class ExpandableSegment {
  private:
   ExpandableSegment(device::Backend& backend, device::Stream stream, std::uintptr_t base,
                     std::size_t num_pages, std::size_t page_bytes);
-  void unmap_pages(std::size_t begin, std::size_t end);
+  // Unmaps the mapped pages of [begin, end) in order, stopping at the first the device fails
+  // to unmap (it stays mapped); returns the index of that page, or `end`.
+  std::size_t unmap_pages(std::size_t begin, std::size_t end);
   SegmentRange pages_range(std::size_t begin, std::size_t end) const noexcept {
     return {base_ + begin * page_bytes_, (end - begin) * page_bytes_};
   }
