@@ -217,6 +217,7 @@ TemporalGranules::Span TemporalGranules::span_of(const ArenaGranules& ar, std::u
   return sp;
 }
 
+// ---- acquire -----------------------------------------------------------------------------------
 
 bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t bytes,
                                std::size_t limit_bytes, std::size_t ahead_granules) {
@@ -226,66 +227,91 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
     ++ar.occupancy[sp.first];
     return true;
   }
+  const Request r{a, sp, block_cost(ar, sp), limit_bytes, ahead_granules};
+  if (!fits_limit(r)) return false;
+  if (r.cost.to_map == 0) {  // no device call, nothing can fail
+    claim(r);
+    count_in(r);
+    return true;
+  }
+  if (r.cost.fresh != r.cost.to_map) claim(r);
+  const std::size_t alias_budget = make_room(r);
+  wait_out_retiring(r);
+  Mapping m;
+  if (!map_missing(r, alias_budget, &m)) {
+    undo_mapping(r, m);
+    return false;
+  }
+  count_in(r);
+  // What was mapped ahead counts in the peak, so the mark keeps it for the blocks to come.
+  if (m.ahead_n != 0) window_peak_ = std::max(window_peak_, mapped_);
+  return true;
+}
+
+TemporalGranules::Cost TemporalGranules::block_cost(const ArenaGranules& ar,
+                                                    const Span& sp) const {
   // Granules fully covered by the block belong to it alone (blocks never overlap): they are
   // free before and after, and are handled as a range. Only the (at most two) partly covered
   // boundary granules are counted one by one.
-  const auto boundary = [&](auto&& fn) {
-    if (!sp.full(sp.first)) fn(sp.first);
-    if (sp.last != sp.first && !sp.full(sp.last)) fn(sp.last);
-  };
   const std::size_t n_full = sp.full_end - sp.full_begin;
-  std::size_t fresh = n_full;
-  std::size_t to_map = n_full - static_cast<std::size_t>(
+  Cost c;
+  c.fresh = n_full;
+  c.to_map = n_full - static_cast<std::size_t>(
       std::count(ar.mapped.begin() + static_cast<std::ptrdiff_t>(sp.full_begin),
                  ar.mapped.begin() + static_cast<std::ptrdiff_t>(sp.full_end), kMapped));
-  boundary([&](std::size_t g) {
+  sp.for_each_partial([&](std::size_t g) {
     if (ar.occupancy[g] != 0) return;
-    ++fresh;
-    if (ar.mapped[g] != kMapped) ++to_map;
+    ++c.fresh;
+    if (ar.mapped[g] != kMapped) ++c.to_map;
   });
-  if (limit_bytes != 0 && (mapped_ + to_map) * granule_bytes_ > limit_bytes) {
-    // Cached granules outside this block may go to make room, but the limit decides.
-    // (Pinned free granules are not given back here: the retry at the limit unpins them.)
-    const std::size_t cached_inside = fresh - to_map;
-    const std::size_t trimmable = cache_.count() + quarantined().count();
-    if ((mapped_ - std::min(mapped_, trimmable - std::min(trimmable, cached_inside)) + to_map) *
-            granule_bytes_ > limit_bytes) {
-      return false;
-    }
-  }
-  // Claim the cached granules of this block so trimming cannot take them.
-  // Quarantined ones too: the same arena (stream) reuses them, which stream order makes safe.
-  const auto claim = [&] {
-    boundary([&](std::size_t g) {
-      if (ar.occupancy[g] == 0 && ar.mapped[g] == kMapped) {
-        cache_.clear(key(a, g));
-        release_.forget(key(a, g));
-        pinned_free_.clear(key(a, g));
-      }
-    });
-    if (n_full != 0) {
-      cache_.clear_range(key(a, sp.full_begin), key(a, sp.full_end - 1));
-      release_.forget(key(a, sp.full_begin), key(a, sp.full_end - 1));
-      if (!pinned_free_.empty()) {
-        pinned_free_.clear_range(key(a, sp.full_begin), key(a, sp.full_end - 1));
-      }
-    }
-  };
-  const auto count_in = [&] {
-    boundary([&](std::size_t g) { ++ar.occupancy[g]; });
-    std::fill(ar.occupancy.begin() + static_cast<std::ptrdiff_t>(sp.full_begin),
-              ar.occupancy.begin() + static_cast<std::ptrdiff_t>(sp.full_end), 1u);
-    needed_ += fresh;
-    window_peak_ = std::max(window_peak_, needed_ + pinned_free_.count());
-  };
-  if (to_map == 0) {  // no device call, nothing can fail
-    claim();
-    count_in();
+  return c;
+}
+
+bool TemporalGranules::fits_limit(const Request& r) const {
+  if (r.limit_bytes == 0 || (mapped_ + r.cost.to_map) * granule_bytes_ <= r.limit_bytes) {
     return true;
   }
-  if (fresh != to_map) claim();
-  std::size_t target = std::max(mark(), needed_ + fresh);
-  if (limit_bytes != 0) target = std::min(target, limit_bytes / granule_bytes_);
+  // Cached granules outside this block may go to make room, but the limit decides.
+  // (Pinned free granules are not given back here: the retry at the limit unpins them.)
+  const std::size_t cached_inside = r.cost.fresh - r.cost.to_map;
+  const std::size_t trimmable = cache_.count() + quarantined().count();
+  return (mapped_ - std::min(mapped_, trimmable - std::min(trimmable, cached_inside)) +
+          r.cost.to_map) * granule_bytes_ <= r.limit_bytes;
+}
+
+void TemporalGranules::claim(const Request& r) {
+  // Quarantined granules too: the same arena (stream) reuses them, which stream order makes safe.
+  ArenaGranules& ar = arenas_[r.a];
+  const Span& sp = r.sp;
+  sp.for_each_partial([&](std::size_t g) {
+    if (ar.occupancy[g] == 0 && ar.mapped[g] == kMapped) {
+      cache_.clear(key(r.a, g));
+      release_.forget(key(r.a, g));
+      pinned_free_.clear(key(r.a, g));
+    }
+  });
+  if (sp.full_end != sp.full_begin) {
+    cache_.clear_range(key(r.a, sp.full_begin), key(r.a, sp.full_end - 1));
+    release_.forget(key(r.a, sp.full_begin), key(r.a, sp.full_end - 1));
+    if (!pinned_free_.empty()) {
+      pinned_free_.clear_range(key(r.a, sp.full_begin), key(r.a, sp.full_end - 1));
+    }
+  }
+}
+
+void TemporalGranules::count_in(const Request& r) {
+  ArenaGranules& ar = arenas_[r.a];
+  r.sp.for_each_partial([&](std::size_t g) { ++ar.occupancy[g]; });
+  std::fill(ar.occupancy.begin() + static_cast<std::ptrdiff_t>(r.sp.full_begin),
+            ar.occupancy.begin() + static_cast<std::ptrdiff_t>(r.sp.full_end), 1u);
+  needed_ += r.cost.fresh;
+  window_peak_ = std::max(window_peak_, needed_ + pinned_free_.count());
+}
+
+std::size_t TemporalGranules::make_room(const Request& r) {
+  const std::size_t to_map = r.cost.to_map;
+  std::size_t target = std::max(mark(), needed_ + r.cost.fresh);
+  if (r.limit_bytes != 0) target = std::min(target, r.limit_bytes / granule_bytes_);
   if (mapped_ + to_map > target && cache_.count() < mapped_ + to_map - target &&
       !quarantined().empty()) {
     advance_fences(/*record=*/true);  // quarantined granules whose streams are done may go
@@ -293,34 +319,38 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
   trim_to(target, to_map);
   // Still above the target: the physical memory of this arena's quarantined granules can move
   // here at once (same stream), their old addresses retiring until their fences complete.
-  std::size_t alias_budget =
-      release_.can_alias(a) && mapped_ + to_map > target
-          ? std::min(to_map, mapped_ + to_map - target)
-          : 0;
-  if (limit_bytes != 0 && (mapped_ + to_map - alias_budget) * granule_bytes_ > limit_bytes) {
+  const std::size_t alias_budget = release_.can_alias(r.a) && mapped_ + to_map > target
+                                        ? std::min(to_map, mapped_ + to_map - target)
+                                        : 0;
+  if (r.limit_bytes != 0 &&
+      (mapped_ + to_map - alias_budget) * granule_bytes_ > r.limit_bytes) {
     // At the limit, memory must go back now: wait for the quarantined granules' streams.
-    wait_for_quarantine(mapped_ + to_map - alias_budget - limit_bytes / granule_bytes_);
+    wait_for_quarantine(mapped_ + to_map - alias_budget - r.limit_bytes / granule_bytes_);
     trim_to(target, to_map);
   }
+  return alias_budget;
+}
+
+void TemporalGranules::wait_out_retiring(const Request& r) {
   // An address still retiring cannot be mapped over: unmapped once its stream has passed it
   // (a fence that completed), else after a wait.
+  const ArenaGranules& ar = arenas_[r.a];
   const auto retiring_inside = [&] {
-    return std::any_of(ar.mapped.begin() + static_cast<std::ptrdiff_t>(sp.first),
-                       ar.mapped.begin() + static_cast<std::ptrdiff_t>(sp.last + 1),
+    return std::any_of(ar.mapped.begin() + static_cast<std::ptrdiff_t>(r.sp.first),
+                       ar.mapped.begin() + static_cast<std::ptrdiff_t>(r.sp.last + 1),
                        [](std::uint8_t m) { return m == kRetiring; });
   };
-  if (release_.has_retiring(a) && retiring_inside()) {
+  if (release_.has_retiring(r.a) && retiring_inside()) {
     advance_fences(/*record=*/true);
-    if (retiring_inside()) drain_arena(a);
+    if (retiring_inside()) drain_arena(r.a);
   }
-  // Map the missing runs (aliases first, within the budget); undo everything on a failure.
-  bool ok = true;
+}
+
+bool TemporalGranules::map_missing(const Request& r, std::size_t alias_budget, Mapping* m) {
+  ArenaGranules& ar = arenas_[r.a];
+  const Span& sp = r.sp;
   std::size_t g = sp.first;
-  std::vector<std::pair<std::size_t, std::size_t>> mapped_runs;
-  std::vector<Alias> aliases;
-  std::size_t ahead_first = 0;  // granules mapped ahead of the block (see below)
-  std::size_t ahead_n = 0;
-  while (ok && g <= sp.last) {
+  while (g <= sp.last) {
     if (ar.mapped[g] == kMapped) {
       ++g;
       continue;
@@ -329,101 +359,106 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
     while (g + n <= sp.last && ar.mapped[g + n] != kMapped) ++n;
     while (alias_budget != 0 && n != 0) {
       Alias al;
-      if (!alias_run(a, g, std::min(n, alias_budget), &al)) break;
-      aliases.push_back(al);
+      if (!alias_run(r.a, g, std::min(n, alias_budget), &al)) break;
+      m->aliases.push_back(al);
       alias_budget -= al.n;
       g += al.n;
       n -= al.n;
     }
     if (n == 0) continue;
-    if (limit_bytes != 0 && (mapped_ + n) * granule_bytes_ > limit_bytes) {
+    if (r.limit_bytes != 0 && (mapped_ + n) * granule_bytes_ > r.limit_bytes) {
       // Fewer aliases than hoped: the rest must fit under the limit by waiting.
-      wait_for_quarantine(mapped_ + n - limit_bytes / granule_bytes_);
-      trim_to(limit_bytes / granule_bytes_, n);
+      wait_for_quarantine(mapped_ + n - r.limit_bytes / granule_bytes_);
+      trim_to(r.limit_bytes / granule_bytes_, n);
     }
-    // Growth: at a new peak of demand, the run that ends the block maps up to
-    // `ahead_granules` more after it, for the blocks that follow (one call instead of several).
-    std::size_t ahead = 0;
-    if (ahead_granules != 0 && g + n - 1 == sp.last && needed_ + fresh > peak_demand()) {
-      std::size_t want = ahead_granules;
-      if (forecast_ != nullptr) {
-        // What the blocks predicted to die in the window will give back serves the blocks
-        // that follow instead: only the rest is mapped ahead.
-        const std::size_t back = forecast_->due(now_events_, forecast_window_) / granule_bytes_;
-        want -= std::min(back, want);
-      }
-      if (ahead_page_ != 0) {
-        const std::size_t after = mapped_ + n;
-        want = std::min(want, (ahead_page_ - after % ahead_page_) % ahead_page_);
-      }
-      while (ahead < want && sp.last + 1 + ahead < ar.mapped.size() &&
-             ar.mapped[sp.last + 1 + ahead] == kUnmapped &&
-             (limit_bytes == 0 || (mapped_ + n + ahead + 1) * granule_bytes_ <= limit_bytes)) {
-        ++ahead;
-      }
-    }
-    ok = map_run(ar, g, n + ahead);
+    std::size_t ahead = g + n - 1 == sp.last ? ahead_of(r, n) : 0;
+    bool ok = map_run(ar, g, n + ahead);
     // The device may have room for the block but not for what was to come after it.
     if (!ok && ahead != 0) {
       ahead = 0;
       ok = map_run(ar, g, n);
     }
-    if (ok) {
-      mapped_runs.emplace_back(g, n + ahead);
-      if (ahead != 0) {
-        // Never used: trimmable at once (no work of any stream can touch them).
-        cache_.set_range(key(a, sp.last + 1), key(a, sp.last + ahead));
-        for (std::size_t h = sp.last + 1; h <= sp.last + ahead; ++h) cached_now(key(a, h));
-        ahead_first = sp.last + 1;
-        ahead_n = ahead;
-      }
+    if (!ok) return false;
+    m->runs.emplace_back(g, n + ahead);
+    if (ahead != 0) {
+      // Never used: trimmable at once (no work of any stream can touch them).
+      cache_.set_range(key(r.a, sp.last + 1), key(r.a, sp.last + ahead));
+      for (std::size_t h = sp.last + 1; h <= sp.last + ahead; ++h) cached_now(key(r.a, h));
+      m->ahead_first = sp.last + 1;
+      m->ahead_n = ahead;
     }
     g += n;
   }
-  if (!ok) {
-    if (ahead_n != 0) cache_.clear_range(key(a, ahead_first), key(a, ahead_first + ahead_n - 1));
-    for (auto [first, n] : mapped_runs) {
-      std::vector<std::uint8_t> gone(n);
-      const std::size_t done = unmap_run(ar, first, n, gone.data());
-      granules_unmapped_total_ += done;
-      mapped_ -= done;
-      for (std::size_t i = 0; i < n; ++i) {
-        if (gone[i]) {
-          ar.mapped[first + i] = kUnmapped;
-        } else {
-          cache_.set(key(a, first + i));  // kept by the device; never used: trimmable
-          cached_now(key(a, first + i));
-        }
-      }
-    }
-    for (const Alias& al : aliases) undo_alias(a, al);
-    // The claimed granules go back to the cache; quarantined again, since some may have been.
-    for (std::size_t h = sp.first; h <= sp.last; ++h) {
-      if (ar.occupancy[h] == 0 && ar.mapped[h] == kMapped && !cache_.test(key(a, h)) &&
-          !quarantined().test(key(a, h))) {
-        quarantine(a, h, h);
-      }
-    }
-    return false;
-  }
-  count_in();
-  // What was mapped ahead counts in the peak, so the mark keeps it for the blocks to come.
-  if (ahead_n != 0) window_peak_ = std::max(window_peak_, mapped_);
   return true;
 }
+
+std::size_t TemporalGranules::ahead_of(const Request& r, std::size_t n) const {
+  // Growth: at a new peak of demand, the run that ends the block maps up to
+  // `ahead_granules` more after it, for the blocks that follow (one call instead of several).
+  if (r.ahead_granules == 0 || needed_ + r.cost.fresh <= peak_demand()) return 0;
+  const ArenaGranules& ar = arenas_[r.a];
+  std::size_t want = r.ahead_granules;
+  if (forecast_ != nullptr) {
+    // What the blocks predicted to die in the window will give back serves the blocks
+    // that follow instead: only the rest is mapped ahead.
+    const std::size_t back = forecast_->due(now_events_, forecast_window_) / granule_bytes_;
+    want -= std::min(back, want);
+  }
+  if (ahead_page_ != 0) {
+    const std::size_t after = mapped_ + n;
+    want = std::min(want, (ahead_page_ - after % ahead_page_) % ahead_page_);
+  }
+  const std::size_t first = r.sp.last + 1;
+  std::size_t ahead = 0;
+  while (ahead < want && first + ahead < ar.mapped.size() &&
+         ar.mapped[first + ahead] == kUnmapped &&
+         (r.limit_bytes == 0 || (mapped_ + n + ahead + 1) * granule_bytes_ <= r.limit_bytes)) {
+    ++ahead;
+  }
+  return ahead;
+}
+
+void TemporalGranules::undo_mapping(const Request& r, const Mapping& m) {
+  ArenaGranules& ar = arenas_[r.a];
+  if (m.ahead_n != 0) {
+    cache_.clear_range(key(r.a, m.ahead_first), key(r.a, m.ahead_first + m.ahead_n - 1));
+  }
+  for (auto [first, n] : m.runs) {
+    std::vector<std::uint8_t> gone(n);
+    const std::size_t done = unmap_run(ar, first, n, gone.data());
+    granules_unmapped_total_ += done;
+    mapped_ -= done;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (gone[i]) {
+        ar.mapped[first + i] = kUnmapped;
+      } else {
+        cache_.set(key(r.a, first + i));  // kept by the device; never used: trimmable
+        cached_now(key(r.a, first + i));
+      }
+    }
+  }
+  for (const Alias& al : m.aliases) undo_alias(r.a, al);
+  // The claimed granules go back to the cache; quarantined again, since some may have been.
+  for (std::size_t h = r.sp.first; h <= r.sp.last; ++h) {
+    if (ar.occupancy[h] == 0 && ar.mapped[h] == kMapped && !cache_.test(key(r.a, h)) &&
+        !quarantined().test(key(r.a, h))) {
+      quarantine(r.a, h, h);
+    }
+  }
+}
+
+// ---- release, pins, teardown -------------------------------------------------------------------
 
 void TemporalGranules::release(std::size_t a, std::uintptr_t addr, std::size_t bytes) {
   ArenaGranules& ar = arenas_[a];
   const Span sp = span_of(ar, addr, bytes);
   bool emptied = false;
-  const auto one = [&](std::size_t g) {
+  sp.for_each_partial([&](std::size_t g) {
     if (--ar.occupancy[g] != 0) return;
     --needed_;
     quarantine(a, g, g);
     emptied = true;
-  };
-  if (!sp.full(sp.first)) one(sp.first);
-  if (sp.last != sp.first && !sp.full(sp.last)) one(sp.last);
+  });
   const std::size_t n_full = sp.full_end - sp.full_begin;
   if (n_full != 0) {
     std::fill(ar.occupancy.begin() + static_cast<std::ptrdiff_t>(sp.full_begin),

@@ -249,6 +249,12 @@ class TemporalGranules {
     std::size_t full_begin = 0;
     std::size_t full_end = 0;
     bool full(std::size_t g) const noexcept { return g >= full_begin && g < full_end; }
+    // Calls fn(g) on the (at most two) granules the block covers only in part, first first.
+    template <class Fn>
+    void for_each_partial(Fn&& fn) const {
+      if (!full(first)) fn(first);
+      if (last != first && !full(last)) fn(last);
+    }
   };
   Span span_of(const ArenaGranules& ar, std::uintptr_t addr, std::size_t bytes) const noexcept;
   std::size_t mark() const noexcept;
@@ -275,6 +281,41 @@ class TemporalGranules {
   bool alias_run(std::size_t a, std::size_t g, std::size_t max_n, Alias* out);
   // GranuleRelease::undo_alias, and the granules it moved back marked and quarantined.
   void undo_alias(std::size_t a, const Alias& al);
+
+  // The steps of acquire, for one request: the block's granules and what it costs.
+  struct Request {
+    std::size_t a = 0;
+    Span sp;
+    Cost cost;
+    std::size_t limit_bytes = 0;
+    std::size_t ahead_granules = 0;
+  };
+  // What mapping a request did, undone when a later part of it fails.
+  struct Mapping {
+    std::vector<std::pair<std::size_t, std::size_t>> runs;  // (first, n) mapped fresh
+    std::vector<Alias> aliases;
+    std::size_t ahead_first = 0;  // granules mapped ahead of the block (trimmable)
+    std::size_t ahead_n = 0;
+  };
+  Cost block_cost(const ArenaGranules& ar, const Span& sp) const;
+  // Whether the request can fit under the limit, once cached granules outside it go.
+  bool fits_limit(const Request& r) const;
+  // Takes the block's cached granules out of the cache, quarantine and pins, so that trimming
+  // cannot take them.
+  void claim(const Request& r);
+  // The block's granules count it; its fresh granules are needed now.
+  void count_in(const Request& r);
+  // Unmaps cached granules (waiting for quarantine at the limit) so that the request stays
+  // under the mark; returns how many granules it may alias instead of mapping.
+  std::size_t make_room(const Request& r);
+  // Waits until no address under the block is retiring (it cannot be mapped over).
+  void wait_out_retiring(const Request& r);
+  // Maps the block's missing runs, aliases first (within `alias_budget`); false on a failure.
+  bool map_missing(const Request& r, std::size_t alias_budget, Mapping* m);
+  // Granules to map ahead after the run of `n` granules that ends the block (growth).
+  std::size_t ahead_of(const Request& r, std::size_t n) const;
+  // Undoes what map_missing did (and the claim) when it failed.
+  void undo_mapping(const Request& r, const Mapping& m);
 
   device::Backend* backend_;
   std::size_t granule_bytes_;
