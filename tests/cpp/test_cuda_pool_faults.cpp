@@ -126,7 +126,7 @@ TEST_CASE("cuda: an address whose memory moved to an alias and whose unmap fails
           "[cuda][temporal][faults][issue25]") {
   // The pool moves the memory of a freed block still used by queued work to a new block of the
   // same stream (map_alias) and unmaps the old address once a fence says the work is done
-  // (TemporalGranules::fence_done). That unmap fails once: the old address stays mapped in the
+  // (GranuleRelease::fence_done). That unmap fails once: the old address stays mapped in the
   // driver, so the pool must keep it (not place on it, not map over it) and unmap it later.
   const unsigned failures = GENERATE(1u, 2u);
   INFO(failures << " failing cuMemUnmap call(s)");

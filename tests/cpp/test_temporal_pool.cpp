@@ -82,7 +82,7 @@ void check_invariants(const TemporalPool& pool, SimBackend& sim,
 }
 
 // A predictor for the random-trace property test; `truth` is the real lifespan.
-std::uint64_t predicted(const std::string& kind, std::uint64_t truth, std::mt19937_64& rng) {
+std::uint64_t predicted_lifespan(const std::string& kind, std::uint64_t truth, std::mt19937_64& rng) {
   if (kind == "oracle") return truth;
   if (kind == "constant") return 100;
   if (kind == "none") return 0;
@@ -475,7 +475,7 @@ TEST_CASE("temporal: random traces keep every invariant under adversarial predic
   for (std::uint64_t t = 0; t < ops.size(); ++t) {
     const RandomOp& op = ops[t];
     if (op.alloc) {
-      void* p = pool.allocate(op.bytes, op.stream, {t, predicted(kind, truth[op.id], rng), op.id});
+      void* p = pool.allocate(op.bytes, op.stream, {t, predicted_lifespan(kind, truth[op.id], rng), op.id});
       REQUIRE(p != nullptr);
       REQUIRE(pool.block_size(p) >= op.bytes);
       REQUIRE(reinterpret_cast<std::uintptr_t>(p) % 512 == 0);

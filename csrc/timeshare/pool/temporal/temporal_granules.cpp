@@ -3,15 +3,11 @@
 #include <algorithm>
 #include <bit>
 
+#include "timeshare/pool/temporal/granule_unmap.h"
+
 namespace timeshare::pool {
 
 namespace {
-// Fences in flight per arena; past this, new quarantined granules wait for a later fence.
-constexpr std::size_t kMaxFencesPerArena = 8;
-// A free that quarantines granules records a fence when the arena's last one is at least this
-// many ticks old: granules become trimmable a GPU lag after their free, whether or not a trim
-// wanted them then, for one event record per this many ticks at most.
-constexpr std::uint64_t kFenceIntervalEvents = 16;
 // Values of ArenaGranules::mapped.
 constexpr std::uint8_t kUnmapped = 0;
 constexpr std::uint8_t kMapped = 1;
@@ -29,15 +25,9 @@ TemporalGranules::TemporalGranules(device::Backend* backend, std::size_t granule
       slack_permille_(slack_permille),
       trim_oldest_first_(trim_oldest_first),
       unsafe_unmap_(unsafe_unmap),
-      events_(*backend) {
+      release_(backend, granule_bytes) {
   if (std::has_single_bit(granule_bytes_)) {
     granule_shift_ = static_cast<unsigned>(std::countr_zero(granule_bytes_));
-  }
-}
-
-TemporalGranules::~TemporalGranules() {
-  for (ArenaGranules& ar : arenas_) {
-    for (const Fence& f : ar.fences) events_.give(f.event);  // destroyed with events_
   }
 }
 
@@ -46,12 +36,10 @@ std::size_t TemporalGranules::add_arena(std::uintptr_t base, std::size_t granule
   ArenaGranules ar;
   ar.base = base;
   ar.offset = cache_.capacity();
-  ar.stream = stream;
   ar.occupancy = ZeroedArray<std::uint32_t>(granules);
   ar.mapped = ZeroedArray<std::uint8_t>(granules);
-  ar.cached_gen = ZeroedArray<std::uint32_t>(granules);
+  release_.add_arena(base, ar.offset, granules, stream);
   cache_.resize(ar.offset + granules);
-  quarantined_.resize(ar.offset + granules);
   pinned_free_.resize(ar.offset + granules);
   if (trim_oldest_first_) cache_stamp_.resize(ar.offset + granules, 0);
   arenas_.push_back(std::move(ar));
@@ -83,26 +71,7 @@ bool TemporalGranules::map_run(ArenaGranules& ar, std::size_t first, std::size_t
 
 std::size_t TemporalGranules::unmap_run(ArenaGranules& ar, std::size_t first, std::size_t n,
                                         std::uint8_t* gone) {
-  const auto at = [&](std::size_t g) {
-    return reinterpret_cast<void*>(ar.base + g * granule_bytes_);
-  };
-  const device::Status st = backend_->unmap(at(first), n * granule_bytes_);
-  ++unmap_calls_;
-  if (st == device::Status::kOk) {
-    std::fill_n(gone, n, std::uint8_t{1});
-    return n;
-  }
-  // A failed unmap unmaps nothing (the Backend contract): each granule is asked alone, so that
-  // even a backend that broke it leaves the pool knowing what is mapped. A granule the backend
-  // refuses as not mapped (kInvalid: the range is otherwise always a valid one of ours) is not.
-  std::size_t done = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    const device::Status one = n == 1 ? st : backend_->unmap(at(first + i), granule_bytes_);
-    if (n != 1) ++unmap_calls_;
-    gone[i] = one == device::Status::kOk || one == device::Status::kInvalid;
-    done += gone[i];
-  }
-  return done;
+  return unmap_granules(*backend_, ar.base, granule_bytes_, first, n, gone, &unmap_calls_);
 }
 
 void TemporalGranules::cached_now(std::size_t k) {
@@ -118,6 +87,15 @@ void TemporalGranules::cached_now(std::size_t k) {
   }
 }
 
+void TemporalGranules::cache_keys(std::size_t first, std::size_t last) {
+  if (first == last) {
+    cache_.set(first);
+  } else {
+    cache_.set_range(first, last);
+  }
+  for (std::size_t k = first; trim_oldest_first_ && k <= last; ++k) cached_now(k);
+}
+
 bool TemporalGranules::pick_oldest(std::size_t* key) {
   while (!lru_.empty()) {
     const auto [k, stamp] = lru_.front();
@@ -130,15 +108,7 @@ bool TemporalGranules::pick_oldest(std::size_t* key) {
   return false;
 }
 
-void TemporalGranules::poll_fences(ArenaGranules& ar) {
-  std::uint32_t done = 0;
-  while (!ar.fences.empty() && backend_->query(ar.fences.front().event)) {
-    done = ar.fences.front().gen;
-    events_.give(ar.fences.front().event);
-    ar.fences.pop_front();
-  }
-  if (done != 0) fence_done(ar, done);
-}
+// ---- the release side --------------------------------------------------------------------------
 
 void TemporalGranules::quarantine(std::size_t a, std::size_t first, std::size_t last) {
   ArenaGranules& ar = arenas_[a];
@@ -156,223 +126,54 @@ void TemporalGranules::quarantine(std::size_t a, std::size_t first, std::size_t 
     return;
   }
   if (unsafe_unmap_) {  // the detector test: trimmable at once, as before the fix
-    if (first == last) {
-      cache_.set(key(a, first));
-    } else {
-      cache_.set_range(key(a, first), key(a, last));
-    }
-    for (std::size_t g = first; trim_oldest_first_ && g <= last; ++g) cached_now(key(a, g));
+    cache_keys(key(a, first), key(a, last));
     return;
   }
-  if (first == last) {
-    quarantined_.set(key(a, first));
-  } else {
-    quarantined_.set_range(key(a, first), key(a, last));
-  }
-  std::fill(ar.cached_gen.begin() + static_cast<std::ptrdiff_t>(first),
-            ar.cached_gen.begin() + static_cast<std::ptrdiff_t>(last + 1), ar.open_gen);
-  if (!ar.quarantine.empty()) {
-    Quarantined& back = ar.quarantine.back();
-    if (back.gen == ar.open_gen && back.last + 1 == first) {
-      back.last = last;
-      ar.dirty = true;
-      return;
-    }
-  }
-  ar.quarantine.push_back({first, last, ar.open_gen});
-  ar.dirty = true;
+  release_.quarantine(a, first, last);
 }
 
-void TemporalGranules::release_quarantine(ArenaGranules& ar, std::uint32_t gen) {
-  while (!ar.quarantine.empty() && ar.quarantine.front().gen <= gen) {
-    const Quarantined q = ar.quarantine.front();
-    ar.quarantine.pop_front();
-    // Stale when the granule was reused (and maybe quarantined again later) since.
-    const auto current = [&](std::size_t g) {
-      return quarantined_.test(ar.offset + g) && ar.cached_gen[g] == q.gen;
-    };
-    // Runs of current granules move as ranges (a big block's run is thousands of granules).
-    for (std::size_t g = q.first; g <= q.last; ++g) {
-      if (!current(g)) continue;
-      std::size_t h = g;
-      while (h < q.last && current(h + 1)) ++h;
-      if (g == h) {
-        quarantined_.clear(ar.offset + g);
-        cache_.set(ar.offset + g);
-      } else {
-        quarantined_.clear_range(ar.offset + g, ar.offset + h);
-        cache_.set_range(ar.offset + g, ar.offset + h);
-      }
-      for (std::size_t i = g; trim_oldest_first_ && i <= h; ++i) cached_now(ar.offset + i);
-      g = h;
-    }
-  }
-}
-
-void TemporalGranules::fence(std::size_t a) {
-  ArenaGranules& ar = arenas_[a];
-  if (!ar.dirty || ar.fences.size() >= kMaxFencesPerArena) return;
-  const device::Event e = events_.take();
-  if (e == device::kNoEvent || backend_->record(e, ar.stream) != device::Status::kOk) {
-    // No fence to be had: wait for the stream here rather than ever unmap under its work.
-    events_.give(e);
-    drain_arena(a);
-    return;
-  }
-  ar.fences.push_back({e, ar.open_gen});
-  ++fences_recorded_;
-  ++ar.open_gen;
-  ar.dirty = false;
-}
-
-void TemporalGranules::drain_arena(std::size_t a) {
-  ArenaGranules& ar = arenas_[a];
-  ++waits_;
-  if (backend_->synchronize_stream(ar.stream) != device::Status::kOk) return;  // stays as is
-  for (const Fence& f : ar.fences) events_.give(f.event);
-  ar.fences.clear();
-  fence_done(ar, ar.open_gen);
-  ++ar.open_gen;
-  ar.dirty = false;
-}
-
-void TemporalGranules::fence_done(ArenaGranules& ar, std::uint32_t gen) {
-  release_quarantine(ar, gen);
-  const std::size_t a = static_cast<std::size_t>(&ar - arenas_.data());
-  while (!ar.retiring.empty() && ar.retiring.front().gen <= gen) {
-    const Quarantined r = ar.retiring.front();
-    ar.retiring.pop_front();
-    const std::size_t n = r.last - r.first + 1;
-    // Its physical memory lives on at the alias: only the old address goes.
-    std::vector<std::uint8_t> gone(n);
-    const std::size_t done = unmap_run(ar, r.first, n, gone.data());
-    // Runs of granules unmapped are free for placement again; those the device kept stay
-    // retiring (mapped, not to be placed on or mapped over), retried at the next fence.
-    std::vector<Quarantined> kept;
-    for (std::size_t i = 0; i < n;) {
-      std::size_t j = i;
-      while (j + 1 < n && gone[j + 1] == gone[i]) ++j;
-      if (gone[i]) {
-        std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(r.first + i), j - i + 1,
-                    kUnmapped);
-        retiring_changes_.push_back({a, ar.base + (r.first + i) * granule_bytes_,
-                                     (j - i + 1) * granule_bytes_, false});
-      } else {
-        kept.push_back({r.first + i, r.first + j, r.gen});
-      }
-      i = j + 1;
-    }
-    if (done != n) {
-      ar.retiring.insert(ar.retiring.begin(), kept.begin(), kept.end());
-      return;
-    }
-  }
-}
-
-bool TemporalGranules::alias_run(std::size_t a, std::size_t g, std::size_t max_n, Alias* out) {
-  ArenaGranules& ar = arenas_[a];
-  // The donor: the highest run of this arena's quarantined granules (retiring addresses then
-  // sit high in the arena, away from the low addresses placement prefers).
-  const std::size_t end_key = ar.offset + ar.mapped.size();
-  const std::size_t last = quarantined_.find_prev(end_key);
-  if (last == TemporalBitIndex::npos || last < ar.offset) return false;
-  std::size_t first = last;
-  while (last - first + 1 < max_n && first > ar.offset && quarantined_.test(first - 1)) --first;
-  const std::size_t n = last - first + 1;
-  const std::size_t donor = first - ar.offset;
-  const device::Status st =
-      backend_->map_alias(reinterpret_cast<void*>(ar.base + g * granule_bytes_),
-                          reinterpret_cast<const void*>(ar.base + donor * granule_bytes_),
-                          n * granule_bytes_);
-  if (st != device::Status::kOk) {
-    if (st == device::Status::kInvalid) alias_ok_ = false;  // unsupported: map fresh memory
-    return false;
-  }
-  std::uint32_t gen = 0;
-  for (std::size_t d = donor; d < donor + n; ++d) gen = std::max(gen, ar.cached_gen[d]);
-  quarantined_.clear_range(first, last);  // their quarantine entries become stale
-  std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(donor), n, kRetiring);
-  std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(g), n, kMapped);
-  // Retiring addresses are unmapped in generation order: a donor older than the newest
-  // retiring entry waits for that entry's generation (later, never earlier).
-  const std::uint32_t retire_gen = ar.retiring.empty() ? gen : std::max(gen, ar.retiring.back().gen);
-  ar.retiring.push_back({donor, donor + n - 1, retire_gen});
-  retiring_changes_.push_back({a, ar.base + donor * granule_bytes_, n * granule_bytes_, true});
-  ++map_calls_;
-  ++aliases_;
-  granules_mapped_total_ += n;
-  *out = {g, donor, n, gen};
-  return true;
-}
-
-void TemporalGranules::undo_alias(std::size_t a, const Alias& al) {
-  ArenaGranules& ar = arenas_[a];
-  std::vector<std::uint8_t> gone(al.n);
-  unmap_run(ar, al.g, al.n, gone.data());
-  // The donor holds its memory alone again: quarantined as before (its retiring entry is
-  // dropped by matching it).
-  for (auto it = ar.retiring.begin(); it != ar.retiring.end(); ++it) {
-    if (it->first == al.donor && it->last == al.donor + al.n - 1) {
-      ar.retiring.erase(it);
-      break;
-    }
-  }
-  const std::uintptr_t donor_addr = ar.base + al.donor * granule_bytes_;
-  for (auto it = retiring_changes_.rbegin(); it != retiring_changes_.rend(); ++it) {
-    if (it->retiring && it->arena == a && it->addr == donor_addr) {
-      retiring_changes_.erase(std::next(it).base());
-      break;
-    }
-  }
-  for (std::size_t i = 0; i < al.n; ++i) {
-    const std::size_t g = al.g + i;
-    const std::size_t donor = al.donor + i;
-    if (gone[i]) {
-      ar.mapped[g] = kUnmapped;
-      ar.mapped[donor] = kMapped;
-      quarantine(a, donor, donor);
-      continue;
-    }
-    // The device kept the alias: it stays, holding the memory (quarantined like the donor was),
-    // and the donor's address still retires.
-    quarantine(a, g, g);
-    const std::uint32_t gen =
-        ar.retiring.empty() ? al.gen : std::max(al.gen, ar.retiring.back().gen);
-    ar.retiring.push_back({donor, donor, gen});
-    retiring_changes_.push_back({a, ar.base + donor * granule_bytes_, granule_bytes_, true});
-  }
-}
-
-void TemporalGranules::advance_fences(bool record) {
-  for (std::size_t a = 0; a < arenas_.size(); ++a) {
-    ArenaGranules& ar = arenas_[a];
-    if (ar.fences.empty() && !(record && ar.dirty)) continue;
-    // Completed fences first (they free slots for a new one), then the new fence, which an
-    // idle stream completes at once.
-    poll_fences(ar);
-    if (!record || !ar.dirty) continue;
-    fence(a);
-    poll_fences(ar);
+void TemporalGranules::act_on(const GranuleRelease::Completed& done) {
+  for (const auto& [first, last] : done.trimmable) cache_keys(first, last);
+  for (const GranuleRelease::Unmapped& u : done.unmapped) {
+    std::fill_n(arenas_[u.arena].mapped.begin() + static_cast<std::ptrdiff_t>(u.first), u.n,
+                kUnmapped);
   }
 }
 
 void TemporalGranules::wait_for_quarantine(std::size_t granules) {
   const std::size_t want = cache_.count() + granules;
   advance_fences(/*record=*/true);
-  for (std::size_t a = 0; a < arenas_.size() && cache_.count() < want && !quarantined_.empty();
+  for (std::size_t a = 0; a < arenas_.size() && cache_.count() < want && !quarantined().empty();
        ++a) {
-    ArenaGranules& ar = arenas_[a];
-    if (ar.quarantine.empty()) continue;
-    if (ar.dirty || ar.fences.empty()) {
-      // Granules not covered by a fence (the arena had its most in flight): the stream itself.
-      drain_arena(a);
-      continue;
-    }
-    ++waits_;
-    backend_->synchronize_event(ar.fences.back().event);
-    poll_fences(ar);
+    act_on(release_.wait_for_arena(a));
   }
 }
+
+bool TemporalGranules::alias_run(std::size_t a, std::size_t g, std::size_t max_n, Alias* out) {
+  if (!release_.alias_run(a, g, max_n, out)) return false;
+  ArenaGranules& ar = arenas_[a];
+  std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(out->donor), out->n, kRetiring);
+  std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(g), out->n, kMapped);
+  return true;
+}
+
+void TemporalGranules::undo_alias(std::size_t a, const Alias& al) {
+  ArenaGranules& ar = arenas_[a];
+  const std::vector<std::uint8_t> gone = release_.undo_alias(a, al);
+  for (std::size_t i = 0; i < al.n; ++i) {
+    const std::size_t g = al.g + i;
+    const std::size_t donor = al.donor + i;
+    if (gone[i]) {  // the donor holds its memory alone again: quarantined as before
+      ar.mapped[g] = kUnmapped;
+      ar.mapped[donor] = kMapped;
+      quarantine(a, donor, donor);
+    } else {  // the device kept the alias: it holds the memory (quarantined like the donor was)
+      quarantine(a, g, g);
+    }
+  }
+}
+
+// ---- the mapped granules -----------------------------------------------------------------------
 
 bool TemporalGranules::trim_to(std::size_t target, std::size_t incoming) {
   while (mapped_ + incoming > target && !cache_.empty()) {
@@ -416,6 +217,8 @@ TemporalGranules::Span TemporalGranules::span_of(const ArenaGranules& ar, std::u
   return sp;
 }
 
+// ---- acquire -----------------------------------------------------------------------------------
+
 bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t bytes,
                                std::size_t limit_bytes, std::size_t ahead_granules) {
   ArenaGranules& ar = arenas_[a];
@@ -424,101 +227,130 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
     ++ar.occupancy[sp.first];
     return true;
   }
+  const Request r{a, sp, block_cost(ar, sp), limit_bytes, ahead_granules};
+  if (!fits_limit(r)) return false;
+  if (r.cost.to_map == 0) {  // no device call, nothing can fail
+    claim(r);
+    count_in(r);
+    return true;
+  }
+  if (r.cost.fresh != r.cost.to_map) claim(r);
+  const std::size_t alias_budget = make_room(r);
+  wait_out_retiring(r);
+  Mapping m;
+  if (!map_missing(r, alias_budget, &m)) {
+    undo_mapping(r, m);
+    return false;
+  }
+  count_in(r);
+  // What was mapped ahead counts in the peak, so the mark keeps it for the blocks to come.
+  if (m.ahead_n != 0) window_peak_ = std::max(window_peak_, mapped_);
+  return true;
+}
+
+TemporalGranules::Cost TemporalGranules::block_cost(const ArenaGranules& ar,
+                                                    const Span& sp) const {
   // Granules fully covered by the block belong to it alone (blocks never overlap): they are
   // free before and after, and are handled as a range. Only the (at most two) partly covered
   // boundary granules are counted one by one.
-  const auto boundary = [&](auto&& fn) {
-    if (!sp.full(sp.first)) fn(sp.first);
-    if (sp.last != sp.first && !sp.full(sp.last)) fn(sp.last);
-  };
   const std::size_t n_full = sp.full_end - sp.full_begin;
-  std::size_t fresh = n_full;
-  std::size_t to_map = n_full - static_cast<std::size_t>(
+  Cost c;
+  c.fresh = n_full;
+  c.to_map = n_full - static_cast<std::size_t>(
       std::count(ar.mapped.begin() + static_cast<std::ptrdiff_t>(sp.full_begin),
                  ar.mapped.begin() + static_cast<std::ptrdiff_t>(sp.full_end), kMapped));
-  boundary([&](std::size_t g) {
+  sp.for_each_partial([&](std::size_t g) {
     if (ar.occupancy[g] != 0) return;
-    ++fresh;
-    if (ar.mapped[g] != kMapped) ++to_map;
+    ++c.fresh;
+    if (ar.mapped[g] != kMapped) ++c.to_map;
   });
-  if (limit_bytes != 0 && (mapped_ + to_map) * granule_bytes_ > limit_bytes) {
-    // Cached granules outside this block may go to make room, but the limit decides.
-    // (Pinned free granules are not given back here: the retry at the limit unpins them.)
-    const std::size_t cached_inside = fresh - to_map;
-    const std::size_t trimmable = cache_.count() + quarantined_.count();
-    if ((mapped_ - std::min(mapped_, trimmable - std::min(trimmable, cached_inside)) + to_map) *
-            granule_bytes_ > limit_bytes) {
-      return false;
-    }
-  }
-  // Claim the cached granules of this block so trimming cannot take them.
-  // Quarantined ones too: the same arena (stream) reuses them, which stream order makes safe.
-  const auto claim = [&] {
-    boundary([&](std::size_t g) {
-      if (ar.occupancy[g] == 0 && ar.mapped[g] == kMapped) {
-        cache_.clear(key(a, g));
-        quarantined_.clear(key(a, g));
-        pinned_free_.clear(key(a, g));
-      }
-    });
-    if (n_full != 0) {
-      cache_.clear_range(key(a, sp.full_begin), key(a, sp.full_end - 1));
-      quarantined_.clear_range(key(a, sp.full_begin), key(a, sp.full_end - 1));
-      if (!pinned_free_.empty()) {
-        pinned_free_.clear_range(key(a, sp.full_begin), key(a, sp.full_end - 1));
-      }
-    }
-  };
-  const auto count_in = [&] {
-    boundary([&](std::size_t g) { ++ar.occupancy[g]; });
-    std::fill(ar.occupancy.begin() + static_cast<std::ptrdiff_t>(sp.full_begin),
-              ar.occupancy.begin() + static_cast<std::ptrdiff_t>(sp.full_end), 1u);
-    needed_ += fresh;
-    window_peak_ = std::max(window_peak_, needed_ + pinned_free_.count());
-  };
-  if (to_map == 0) {  // no device call, nothing can fail
-    claim();
-    count_in();
+  return c;
+}
+
+bool TemporalGranules::fits_limit(const Request& r) const {
+  if (r.limit_bytes == 0 || (mapped_ + r.cost.to_map) * granule_bytes_ <= r.limit_bytes) {
     return true;
   }
-  if (fresh != to_map) claim();
-  std::size_t target = std::max(mark(), needed_ + fresh);
-  if (limit_bytes != 0) target = std::min(target, limit_bytes / granule_bytes_);
+  // Cached granules outside this block may go to make room, but the limit decides.
+  // (Pinned free granules are not given back here: the retry at the limit unpins them.)
+  const std::size_t cached_inside = r.cost.fresh - r.cost.to_map;
+  const std::size_t trimmable = cache_.count() + quarantined().count();
+  return (mapped_ - std::min(mapped_, trimmable - std::min(trimmable, cached_inside)) +
+          r.cost.to_map) * granule_bytes_ <= r.limit_bytes;
+}
+
+void TemporalGranules::claim(const Request& r) {
+  // Quarantined granules too: the same arena (stream) reuses them, which stream order makes safe.
+  ArenaGranules& ar = arenas_[r.a];
+  const Span& sp = r.sp;
+  sp.for_each_partial([&](std::size_t g) {
+    if (ar.occupancy[g] == 0 && ar.mapped[g] == kMapped) {
+      cache_.clear(key(r.a, g));
+      release_.forget(key(r.a, g));
+      pinned_free_.clear(key(r.a, g));
+    }
+  });
+  if (sp.full_end != sp.full_begin) {
+    cache_.clear_range(key(r.a, sp.full_begin), key(r.a, sp.full_end - 1));
+    release_.forget(key(r.a, sp.full_begin), key(r.a, sp.full_end - 1));
+    if (!pinned_free_.empty()) {
+      pinned_free_.clear_range(key(r.a, sp.full_begin), key(r.a, sp.full_end - 1));
+    }
+  }
+}
+
+void TemporalGranules::count_in(const Request& r) {
+  ArenaGranules& ar = arenas_[r.a];
+  r.sp.for_each_partial([&](std::size_t g) { ++ar.occupancy[g]; });
+  std::fill(ar.occupancy.begin() + static_cast<std::ptrdiff_t>(r.sp.full_begin),
+            ar.occupancy.begin() + static_cast<std::ptrdiff_t>(r.sp.full_end), 1u);
+  needed_ += r.cost.fresh;
+  window_peak_ = std::max(window_peak_, needed_ + pinned_free_.count());
+}
+
+std::size_t TemporalGranules::make_room(const Request& r) {
+  const std::size_t to_map = r.cost.to_map;
+  std::size_t target = std::max(mark(), needed_ + r.cost.fresh);
+  if (r.limit_bytes != 0) target = std::min(target, r.limit_bytes / granule_bytes_);
   if (mapped_ + to_map > target && cache_.count() < mapped_ + to_map - target &&
-      !quarantined_.empty()) {
+      !quarantined().empty()) {
     advance_fences(/*record=*/true);  // quarantined granules whose streams are done may go
   }
   trim_to(target, to_map);
   // Still above the target: the physical memory of this arena's quarantined granules can move
   // here at once (same stream), their old addresses retiring until their fences complete.
-  std::size_t alias_budget =
-      alias_ok_ && !ar.quarantine.empty() && mapped_ + to_map > target
-          ? std::min(to_map, mapped_ + to_map - target)
-          : 0;
-  if (limit_bytes != 0 && (mapped_ + to_map - alias_budget) * granule_bytes_ > limit_bytes) {
+  const std::size_t alias_budget = release_.can_alias(r.a) && mapped_ + to_map > target
+                                        ? std::min(to_map, mapped_ + to_map - target)
+                                        : 0;
+  if (r.limit_bytes != 0 &&
+      (mapped_ + to_map - alias_budget) * granule_bytes_ > r.limit_bytes) {
     // At the limit, memory must go back now: wait for the quarantined granules' streams.
-    wait_for_quarantine(mapped_ + to_map - alias_budget - limit_bytes / granule_bytes_);
+    wait_for_quarantine(mapped_ + to_map - alias_budget - r.limit_bytes / granule_bytes_);
     trim_to(target, to_map);
   }
+  return alias_budget;
+}
+
+void TemporalGranules::wait_out_retiring(const Request& r) {
   // An address still retiring cannot be mapped over: unmapped once its stream has passed it
   // (a fence that completed), else after a wait.
+  const ArenaGranules& ar = arenas_[r.a];
   const auto retiring_inside = [&] {
-    return std::any_of(ar.mapped.begin() + static_cast<std::ptrdiff_t>(sp.first),
-                       ar.mapped.begin() + static_cast<std::ptrdiff_t>(sp.last + 1),
+    return std::any_of(ar.mapped.begin() + static_cast<std::ptrdiff_t>(r.sp.first),
+                       ar.mapped.begin() + static_cast<std::ptrdiff_t>(r.sp.last + 1),
                        [](std::uint8_t m) { return m == kRetiring; });
   };
-  if (!ar.retiring.empty() && retiring_inside()) {
+  if (release_.has_retiring(r.a) && retiring_inside()) {
     advance_fences(/*record=*/true);
-    if (retiring_inside()) drain_arena(a);
+    if (retiring_inside()) drain_arena(r.a);
   }
-  // Map the missing runs (aliases first, within the budget); undo everything on a failure.
-  bool ok = true;
+}
+
+bool TemporalGranules::map_missing(const Request& r, std::size_t alias_budget, Mapping* m) {
+  ArenaGranules& ar = arenas_[r.a];
+  const Span& sp = r.sp;
   std::size_t g = sp.first;
-  std::vector<std::pair<std::size_t, std::size_t>> mapped_runs;
-  std::vector<Alias> aliases;
-  std::size_t ahead_first = 0;  // granules mapped ahead of the block (see below)
-  std::size_t ahead_n = 0;
-  while (ok && g <= sp.last) {
+  while (g <= sp.last) {
     if (ar.mapped[g] == kMapped) {
       ++g;
       continue;
@@ -527,101 +359,106 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
     while (g + n <= sp.last && ar.mapped[g + n] != kMapped) ++n;
     while (alias_budget != 0 && n != 0) {
       Alias al;
-      if (!alias_run(a, g, std::min(n, alias_budget), &al)) break;
-      aliases.push_back(al);
+      if (!alias_run(r.a, g, std::min(n, alias_budget), &al)) break;
+      m->aliases.push_back(al);
       alias_budget -= al.n;
       g += al.n;
       n -= al.n;
     }
     if (n == 0) continue;
-    if (limit_bytes != 0 && (mapped_ + n) * granule_bytes_ > limit_bytes) {
+    if (r.limit_bytes != 0 && (mapped_ + n) * granule_bytes_ > r.limit_bytes) {
       // Fewer aliases than hoped: the rest must fit under the limit by waiting.
-      wait_for_quarantine(mapped_ + n - limit_bytes / granule_bytes_);
-      trim_to(limit_bytes / granule_bytes_, n);
+      wait_for_quarantine(mapped_ + n - r.limit_bytes / granule_bytes_);
+      trim_to(r.limit_bytes / granule_bytes_, n);
     }
-    // Growth: at a new peak of demand, the run that ends the block maps up to
-    // `ahead_granules` more after it, for the blocks that follow (one call instead of several).
-    std::size_t ahead = 0;
-    if (ahead_granules != 0 && g + n - 1 == sp.last && needed_ + fresh > peak_demand()) {
-      std::size_t want = ahead_granules;
-      if (forecast_ != nullptr) {
-        // What the blocks predicted to die in the window will give back serves the blocks
-        // that follow instead: only the rest is mapped ahead.
-        const std::size_t back = forecast_->due(now_events_, forecast_window_) / granule_bytes_;
-        want -= std::min(back, want);
-      }
-      if (ahead_page_ != 0) {
-        const std::size_t after = mapped_ + n;
-        want = std::min(want, (ahead_page_ - after % ahead_page_) % ahead_page_);
-      }
-      while (ahead < want && sp.last + 1 + ahead < ar.mapped.size() &&
-             ar.mapped[sp.last + 1 + ahead] == kUnmapped &&
-             (limit_bytes == 0 || (mapped_ + n + ahead + 1) * granule_bytes_ <= limit_bytes)) {
-        ++ahead;
-      }
-    }
-    ok = map_run(ar, g, n + ahead);
+    std::size_t ahead = g + n - 1 == sp.last ? ahead_of(r, n) : 0;
+    bool ok = map_run(ar, g, n + ahead);
     // The device may have room for the block but not for what was to come after it.
     if (!ok && ahead != 0) {
       ahead = 0;
       ok = map_run(ar, g, n);
     }
-    if (ok) {
-      mapped_runs.emplace_back(g, n + ahead);
-      if (ahead != 0) {
-        // Never used: trimmable at once (no work of any stream can touch them).
-        cache_.set_range(key(a, sp.last + 1), key(a, sp.last + ahead));
-        for (std::size_t h = sp.last + 1; h <= sp.last + ahead; ++h) cached_now(key(a, h));
-        ahead_first = sp.last + 1;
-        ahead_n = ahead;
-      }
+    if (!ok) return false;
+    m->runs.emplace_back(g, n + ahead);
+    if (ahead != 0) {
+      // Never used: trimmable at once (no work of any stream can touch them).
+      cache_.set_range(key(r.a, sp.last + 1), key(r.a, sp.last + ahead));
+      for (std::size_t h = sp.last + 1; h <= sp.last + ahead; ++h) cached_now(key(r.a, h));
+      m->ahead_first = sp.last + 1;
+      m->ahead_n = ahead;
     }
     g += n;
   }
-  if (!ok) {
-    if (ahead_n != 0) cache_.clear_range(key(a, ahead_first), key(a, ahead_first + ahead_n - 1));
-    for (auto [first, n] : mapped_runs) {
-      std::vector<std::uint8_t> gone(n);
-      const std::size_t done = unmap_run(ar, first, n, gone.data());
-      granules_unmapped_total_ += done;
-      mapped_ -= done;
-      for (std::size_t i = 0; i < n; ++i) {
-        if (gone[i]) {
-          ar.mapped[first + i] = kUnmapped;
-        } else {
-          cache_.set(key(a, first + i));  // kept by the device; never used: trimmable
-          cached_now(key(a, first + i));
-        }
-      }
-    }
-    for (const Alias& al : aliases) undo_alias(a, al);
-    // The claimed granules go back to the cache; quarantined again, since some may have been.
-    for (std::size_t h = sp.first; h <= sp.last; ++h) {
-      if (ar.occupancy[h] == 0 && ar.mapped[h] == kMapped && !cache_.test(key(a, h)) &&
-          !quarantined_.test(key(a, h))) {
-        quarantine(a, h, h);
-      }
-    }
-    return false;
-  }
-  count_in();
-  // What was mapped ahead counts in the peak, so the mark keeps it for the blocks to come.
-  if (ahead_n != 0) window_peak_ = std::max(window_peak_, mapped_);
   return true;
 }
+
+std::size_t TemporalGranules::ahead_of(const Request& r, std::size_t n) const {
+  // Growth: at a new peak of demand, the run that ends the block maps up to
+  // `ahead_granules` more after it, for the blocks that follow (one call instead of several).
+  if (r.ahead_granules == 0 || needed_ + r.cost.fresh <= peak_demand()) return 0;
+  const ArenaGranules& ar = arenas_[r.a];
+  std::size_t want = r.ahead_granules;
+  if (forecast_ != nullptr) {
+    // What the blocks predicted to die in the window will give back serves the blocks
+    // that follow instead: only the rest is mapped ahead.
+    const std::size_t back = forecast_->due(now_events_, forecast_window_) / granule_bytes_;
+    want -= std::min(back, want);
+  }
+  if (ahead_page_ != 0) {
+    const std::size_t after = mapped_ + n;
+    want = std::min(want, (ahead_page_ - after % ahead_page_) % ahead_page_);
+  }
+  const std::size_t first = r.sp.last + 1;
+  std::size_t ahead = 0;
+  while (ahead < want && first + ahead < ar.mapped.size() &&
+         ar.mapped[first + ahead] == kUnmapped &&
+         (r.limit_bytes == 0 || (mapped_ + n + ahead + 1) * granule_bytes_ <= r.limit_bytes)) {
+    ++ahead;
+  }
+  return ahead;
+}
+
+void TemporalGranules::undo_mapping(const Request& r, const Mapping& m) {
+  ArenaGranules& ar = arenas_[r.a];
+  if (m.ahead_n != 0) {
+    cache_.clear_range(key(r.a, m.ahead_first), key(r.a, m.ahead_first + m.ahead_n - 1));
+  }
+  for (auto [first, n] : m.runs) {
+    std::vector<std::uint8_t> gone(n);
+    const std::size_t done = unmap_run(ar, first, n, gone.data());
+    granules_unmapped_total_ += done;
+    mapped_ -= done;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (gone[i]) {
+        ar.mapped[first + i] = kUnmapped;
+      } else {
+        cache_.set(key(r.a, first + i));  // kept by the device; never used: trimmable
+        cached_now(key(r.a, first + i));
+      }
+    }
+  }
+  for (const Alias& al : m.aliases) undo_alias(r.a, al);
+  // The claimed granules go back to the cache; quarantined again, since some may have been.
+  for (std::size_t h = r.sp.first; h <= r.sp.last; ++h) {
+    if (ar.occupancy[h] == 0 && ar.mapped[h] == kMapped && !cache_.test(key(r.a, h)) &&
+        !quarantined().test(key(r.a, h))) {
+      quarantine(r.a, h, h);
+    }
+  }
+}
+
+// ---- release, pins, teardown -------------------------------------------------------------------
 
 void TemporalGranules::release(std::size_t a, std::uintptr_t addr, std::size_t bytes) {
   ArenaGranules& ar = arenas_[a];
   const Span sp = span_of(ar, addr, bytes);
   bool emptied = false;
-  const auto one = [&](std::size_t g) {
+  sp.for_each_partial([&](std::size_t g) {
     if (--ar.occupancy[g] != 0) return;
     --needed_;
     quarantine(a, g, g);
     emptied = true;
-  };
-  if (!sp.full(sp.first)) one(sp.first);
-  if (sp.last != sp.first && !sp.full(sp.last)) one(sp.last);
+  });
   const std::size_t n_full = sp.full_end - sp.full_begin;
   if (n_full != 0) {
     std::fill(ar.occupancy.begin() + static_cast<std::ptrdiff_t>(sp.full_begin),
@@ -631,13 +468,9 @@ void TemporalGranules::release(std::size_t a, std::uintptr_t addr, std::size_t b
     emptied = true;
   }
   if (!emptied) return;
-  if (!unsafe_unmap_ && now_events_ - ar.last_fence_events >= kFenceIntervalEvents) {
-    poll_fences(ar);
-    fence(a);
-    ar.last_fence_events = now_events_;
-  }
+  if (!unsafe_unmap_) act_on(release_.fence_after_free(a, now_events_));
   const std::size_t m = mark();
-  if (mapped_ > m && cache_.count() < mapped_ - m && !quarantined_.empty()) {
+  if (mapped_ > m && cache_.count() < mapped_ - m && !quarantined().empty()) {
     advance_fences(/*record=*/true);
   }
   trim_to(m, 0);
@@ -655,9 +488,9 @@ void TemporalGranules::pin_range(std::size_t a, std::uintptr_t addr, std::size_t
   for (std::size_t g = ar.pin_lo; g < ar.pin_hi; ++g) {
     const std::size_t k = key(a, g);
     if (ar.occupancy[g] != 0 || ar.mapped[g] != kMapped) continue;
-    if (cache_.test(k) || quarantined_.test(k)) {
+    if (cache_.test(k) || quarantined().test(k)) {
       cache_.clear(k);
-      quarantined_.clear(k);
+      release_.forget(k);
       pinned_free_.set(k);
     }
   }
@@ -682,7 +515,7 @@ void TemporalGranules::unpin_all() {
 
 void TemporalGranules::release_all_cached() {
   unpin_all();
-  if (!quarantined_.empty()) wait_for_quarantine(quarantined_.count());
+  if (!quarantined().empty()) wait_for_quarantine(quarantined().count());
   trim_to(0, 0);
 }
 
@@ -690,7 +523,7 @@ void TemporalGranules::unmap_arena(std::size_t a) {
   ArenaGranules& ar = arenas_[a];
   ar.pin_lo = ar.pin_hi = 0;
   // Teardown: the stream's work must be done first (this unmaps retiring addresses too).
-  if (!ar.fences.empty() || ar.dirty || !ar.retiring.empty()) drain_arena(a);
+  if (release_.in_flight(a)) drain_arena(a);
   for (std::size_t g = 0; g < ar.mapped.size(); ++g) {
     if (ar.mapped[g] == kUnmapped) continue;
     std::size_t n = 1;
@@ -702,7 +535,7 @@ void TemporalGranules::unmap_arena(std::size_t a) {
       if (ar.mapped[h] == kMapped) --mapped_;
       ar.mapped[h] = kUnmapped;
       cache_.clear(key(a, h));
-      quarantined_.clear(key(a, h));
+      release_.forget(key(a, h));
       pinned_free_.clear(key(a, h));
     }
     g += n;

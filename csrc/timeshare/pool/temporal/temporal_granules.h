@@ -5,7 +5,7 @@
 //   needed granule — holds at least one live or pending block (occupancy > 0); always mapped.
 //   cached granule — mapped but holds no block; kept to avoid a map call when it is reused.
 // The reserved bytes of the pool are the mapped granules. Mapping and unmapping are the only
-// device calls; both are counted here.
+// device calls for memory; all are counted here (with those GranuleRelease makes).
 //
 // Hysteresis: the mark is the highest count of needed granules seen in the current and the
 // previous window of ticks (the observed cycle peak) plus a slack (granules, and thousandths of the peak). Cached granules are
@@ -14,22 +14,11 @@
 // granules a request itself needs. On a periodic trace whose placement repeats, the steady
 // state makes no device calls at all.
 //
-// Nothing is unmapped under running kernels. PyTorch frees a block as soon as the host drops
-// the tensor, while kernels that use it may still be queued on its stream, and cuMemUnmap does
-// not wait for them. A granule that a free empties is therefore *quarantined*: it may be
-// reused at once by its own arena (same stream: stream order makes that safe), but it may be
-// unmapped (given back to the device, or to another stream's arena through a later map) only
-// once its stream has passed the free. Each arena stamps the granules it quarantines with its
-// open *generation*; a fence (an event recorded on the arena's stream) closes a generation, and
-// when the fence completes every granule of that generation or older becomes an ordinary cached
-// granule, free to trim. A fence is recorded where trimming is wanted (mapped above the mark, a
-// limit, empty_cache), i.e. where the unsafe policy would have made a device call, and by a free
-// that quarantines granules when its arena's last such fence is at least kFenceIntervalEvents
-// (16) ticks old, so that granules become trimmable a GPU lag after their free: the steady state
-// records at most one event per arena every 16 ticks, and makes no device call. A host wait
-// (synchronize on a fence) happens only where memory must go back now: a request at the limit,
-// empty_cache, teardown; each is counted (waits()). A failed unmap leaves the granules it could not
-// unmap mapped here as they are in the device (unmap_run): never placed on as unmapped.
+// Nothing is unmapped under running kernels: a granule that a free empties is quarantined
+// until its stream has passed the free, and an arena may take the memory of its own quarantined
+// granules at once through an alias (GranuleRelease, granule_release.h, owned here: quarantine,
+// fences, aliases, retiring addresses). A failed unmap leaves the granules it could not unmap
+// mapped here as they are in the device (unmap_granules): never placed on as unmapped.
 // `unsafe_unmap` (a test of the sim's fault detector only) restores immediate unmapping.
 #pragma once
 
@@ -43,8 +32,8 @@
 #include <vector>
 
 #include "timeshare/device/backend.h"
-#include "timeshare/pool/event_pool.h"
 #include "timeshare/pool/temporal/free_forecast.h"
+#include "timeshare/pool/temporal/granule_release.h"
 #include "timeshare/pool/temporal/temporal_bit_index.h"
 #include "timeshare/pool/zeroed_array.h"
 
@@ -56,7 +45,6 @@ class TemporalGranules {
                    std::uint64_t peak_window_events, std::size_t slack_granules,
                    std::size_t slack_permille = 0, bool trim_oldest_first = false,
                    bool unsafe_unmap = false);
-  ~TemporalGranules();
   TemporalGranules(const TemporalGranules&) = delete;
   TemporalGranules& operator=(const TemporalGranules&) = delete;
 
@@ -126,34 +114,26 @@ class TemporalGranules {
   std::size_t needed_granules() const noexcept { return needed_; }
   // Mapped granules without a block: trimmable ones and quarantined ones.
   std::size_t cached_granules() const noexcept {
-    return cache_.count() + quarantined_.count() + pinned_free_.count();
+    return cache_.count() + quarantined().count() + pinned_free_.count();
   }
-  std::size_t quarantined_granules() const noexcept { return quarantined_.count(); }
+  std::size_t quarantined_granules() const noexcept { return quarantined().count(); }
   // Host waits made to give memory back (synchronize on a fence or a stream), and fences.
-  std::uint64_t waits() const noexcept { return waits_; }
-  std::uint64_t fences_recorded() const noexcept { return fences_recorded_; }
+  std::uint64_t waits() const noexcept { return release_.waits(); }
+  std::uint64_t fences_recorded() const noexcept { return release_.fences_recorded(); }
   // Runs of granules whose memory moved within an arena by map_alias instead of waiting.
-  std::uint64_t aliases() const noexcept { return aliases_; }
-  // Address ranges that started retiring (not to be placed on until unmapped) and retiring
-  // ranges since unmapped (free for placement again), since the last call: (arena, addr,
-  // bytes) each. The pool keeps its free ranges in step with them.
-  struct RetiringChange {
-    std::size_t arena = 0;
-    std::uintptr_t addr = 0;
-    std::size_t bytes = 0;
-    bool retiring = false;  // true: started retiring; false: unmapped
-  };
-  bool has_retiring_changes() const noexcept { return !retiring_changes_.empty(); }
-  std::vector<RetiringChange> take_retiring_changes() {
-    std::vector<RetiringChange> out;
-    out.swap(retiring_changes_);
-    return out;
-  }
-  std::uint64_t map_calls() const noexcept { return map_calls_; }
-  std::uint64_t unmap_calls() const noexcept { return unmap_calls_; }
+  std::uint64_t aliases() const noexcept { return release_.aliases(); }
+  // Address ranges that started or stopped retiring (GranuleRelease::take_retiring_changes).
+  using RetiringChange = GranuleRelease::RetiringChange;
+  bool has_retiring_changes() const noexcept { return release_.has_retiring_changes(); }
+  std::vector<RetiringChange> take_retiring_changes() { return release_.take_retiring_changes(); }
+  // Map calls (an alias is one) and unmap calls.
+  std::uint64_t map_calls() const noexcept { return map_calls_ + release_.aliases(); }
+  std::uint64_t unmap_calls() const noexcept { return unmap_calls_ + release_.unmap_calls(); }
   // Granules mapped / unmapped over the pool's life (a call may cover a run of granules; the
   // CUDA backend makes one driver call per granule).
-  std::uint64_t granules_mapped_total() const noexcept { return granules_mapped_total_; }
+  std::uint64_t granules_mapped_total() const noexcept {
+    return granules_mapped_total_ + release_.granules_aliased();
+  }
   std::uint64_t granules_unmapped_total() const noexcept { return granules_unmapped_total_; }
   std::size_t granule_bytes() const noexcept { return granule_bytes_; }
   // Mapped to memory of its own (not retiring).
@@ -166,6 +146,7 @@ class TemporalGranules {
   template <class Fn>
   void empty_runs_from_top(std::size_t a, std::size_t max_runs, Fn&& fn) const {
     const ArenaGranules& ar = arenas_[a];
+    const TemporalBitIndex& quarantined_keys = quarantined();
     // The lowest key of the run of empty keys that ends at k (not below the arena), a word of
     // keys at a time.
     constexpr std::size_t kBits = TemporalBitIndex::kBits;
@@ -174,7 +155,7 @@ class TemporalGranules {
       std::uint64_t below = TemporalBitIndex::mask_upto(k % kBits);
       for (;;) {
         const std::uint64_t full =
-            ~(cache_.word(w) | quarantined_.word(w) | pinned_free_.word(w)) & below;
+            ~(cache_.word(w) | quarantined_keys.word(w) | pinned_free_.word(w)) & below;
         if (full != 0) {
           const std::size_t first =
               w * kBits + kBits - static_cast<std::size_t>(std::countl_zero(full));
@@ -187,7 +168,7 @@ class TemporalGranules {
     };
     const auto prev = [&](std::size_t k) {  // highest empty key below k (npos: none)
       std::size_t best = TemporalBitIndex::npos;
-      for (const TemporalBitIndex* ix : {&cache_, &quarantined_, &pinned_free_}) {
+      for (const TemporalBitIndex* ix : {&cache_, &quarantined_keys, &pinned_free_}) {
         const std::size_t p = ix->find_prev(k);
         if (p != TemporalBitIndex::npos && p >= ar.offset &&
             (best == TemporalBitIndex::npos || p > best)) {
@@ -250,39 +231,15 @@ class TemporalGranules {
   }
 
  private:
-  struct Fence {
-    device::Event event = device::kNoEvent;
-    std::uint32_t gen = 0;  // completes generation `gen` (and every older one)
-  };
-  struct Quarantined {  // granules [first, last] of an arena, quarantined in generation `gen`
-    std::size_t first = 0;
-    std::size_t last = 0;
-    std::uint32_t gen = 0;
-  };
   struct ArenaGranules {
     std::uintptr_t base = 0;
     std::size_t offset = 0;                 // of granule 0 in cache_
-    device::Stream stream = device::kDefaultStream;
     ZeroedArray<std::uint32_t> occupancy;  // blocks touching each granule
-    ZeroedArray<std::uint8_t> mapped;
-    ZeroedArray<std::uint32_t> cached_gen;  // generation in which each granule was quarantined
-    std::uint32_t open_gen = 1;   // generation stamped on granules quarantined now
-    bool dirty = false;           // granules of open_gen exist (no fence covers them yet)
-    std::uint64_t last_fence_events = 0;  // tick of the last fence a free recorded
-    std::deque<Fence> fences;     // in flight, oldest first
-    std::deque<Quarantined> quarantine;  // oldest first; entries may be stale (reclaimed)
-    // Addresses whose physical memory moved to an alias (map_alias), unmapped once the fence
-    // of `gen` completes; oldest first.
-    std::deque<Quarantined> retiring;
+    ZeroedArray<std::uint8_t> mapped;      // kUnmapped, kMapped, kRetiring (the .cpp)
     std::size_t pin_lo = 0;  // pinned granules [pin_lo, pin_hi) (pin_range)
     std::size_t pin_hi = 0;
   };
-  struct Alias {  // granules [g, g+n) now reach the memory of [donor, donor+n)
-    std::size_t g = 0;
-    std::size_t donor = 0;
-    std::size_t n = 0;
-    std::uint32_t gen = 0;
-  };
+  using Alias = GranuleRelease::Alias;
   std::size_t key(std::size_t a, std::size_t g) const noexcept { return arenas_[a].offset + g; }
   // The granules under a block: [first, last], of which [full_begin, full_end) are fully
   // covered (empty when full_begin == full_end).
@@ -292,6 +249,12 @@ class TemporalGranules {
     std::size_t full_begin = 0;
     std::size_t full_end = 0;
     bool full(std::size_t g) const noexcept { return g >= full_begin && g < full_end; }
+    // Calls fn(g) on the (at most two) granules the block covers only in part, first first.
+    template <class Fn>
+    void for_each_partial(Fn&& fn) const {
+      if (!full(first)) fn(first);
+      if (last != first && !full(last)) fn(last);
+    }
   };
   Span span_of(const ArenaGranules& ar, std::uintptr_t addr, std::size_t bytes) const noexcept;
   std::size_t mark() const noexcept;
@@ -299,32 +262,60 @@ class TemporalGranules {
   // when the cache ran out first.
   bool trim_to(std::size_t target, std::size_t incoming);
   bool map_run(ArenaGranules& ar, std::size_t first, std::size_t n);
-  // Unmaps granules [first, first+n) of an arena and sets gone[i] for each granule i of them that
-  // is unmapped afterwards; returns how many are. When the device refuses, the pool's record must
-  // still be the device's: the granules it kept stay mapped here (callers keep them as they were).
+  // unmap_granules (granule_unmap.h) on granules [first, first+n) of an arena, counted.
   std::size_t unmap_run(ArenaGranules& ar, std::size_t first, std::size_t n, std::uint8_t* gone);
-  // Granules [first, last] of arena `a` have just lost their last block.
+
+  // The release side (release_): quarantine, fences, aliases.
+  const TemporalBitIndex& quarantined() const noexcept { return release_.quarantined(); }
+  // Granules [first, last] of arena `a` have just lost their last block: pinned ones stay
+  // mapped for the plan, the rest go to quarantine (or straight to the cache: unsafe_unmap).
   void quarantine(std::size_t a, std::size_t first, std::size_t last);
-  // Records a fence for arena `a`'s open generation (when it has quarantined granules).
-  void fence(std::size_t a);
-  // Completed fences make their generations trimmable; with `record`, dirty arenas get fences.
-  void advance_fences(bool record);
-  // Makes quarantined granules of an arena up to generation `gen` trimmable.
-  void release_quarantine(ArenaGranules& ar, std::uint32_t gen);
-  // Generation `gen` of the arena is complete: its quarantine is trimmable, its retiring
-  // addresses are unmapped.
-  void fence_done(ArenaGranules& ar, std::uint32_t gen);
-  // Waits for arena `a`'s stream and completes all its generations (counted in waits_).
-  void drain_arena(std::size_t a);
-  // Maps at granules [g, g+n) of arena `a` (n <= max_n) the memory of quarantined granules of
-  // the same arena, which start retiring. False when none or the backend refuses.
-  bool alias_run(std::size_t a, std::size_t g, std::size_t max_n, Alias* out);
-  void undo_alias(std::size_t a, const Alias& al);
+  // Acts on generations the release side completed: their granules join the cache, and their
+  // retiring addresses are unmapped.
+  void act_on(const GranuleRelease::Completed& done);
+  void advance_fences(bool record) { act_on(release_.advance_fences(record)); }
+  void drain_arena(std::size_t a) { act_on(release_.drain(a)); }
   // Waits for fences (oldest first) until at least `granules` more are trimmable, or all are.
   void wait_for_quarantine(std::size_t granules);
-  // Pops the completed fences of an arena (oldest first) and completes the newest generation
-  // among them (fence_done).
-  void poll_fences(ArenaGranules& ar);
+  // GranuleRelease::alias_run, and the granules it moved marked (mapped, donors retiring).
+  bool alias_run(std::size_t a, std::size_t g, std::size_t max_n, Alias* out);
+  // GranuleRelease::undo_alias, and the granules it moved back marked and quarantined.
+  void undo_alias(std::size_t a, const Alias& al);
+
+  // The steps of acquire, for one request: the block's granules and what it costs.
+  struct Request {
+    std::size_t a = 0;
+    Span sp;
+    Cost cost;
+    std::size_t limit_bytes = 0;
+    std::size_t ahead_granules = 0;
+  };
+  // What mapping a request did, undone when a later part of it fails.
+  struct Mapping {
+    std::vector<std::pair<std::size_t, std::size_t>> runs;  // (first, n) mapped fresh
+    std::vector<Alias> aliases;
+    std::size_t ahead_first = 0;  // granules mapped ahead of the block (trimmable)
+    std::size_t ahead_n = 0;
+  };
+  Cost block_cost(const ArenaGranules& ar, const Span& sp) const;
+  // Whether the request can fit under the limit, once cached granules outside it go.
+  bool fits_limit(const Request& r) const;
+  // Takes the block's cached granules out of the cache, quarantine and pins, so that trimming
+  // cannot take them.
+  void claim(const Request& r);
+  // The block's granules count it; its fresh granules are needed now.
+  void count_in(const Request& r);
+  // Unmaps cached granules (waiting for quarantine at the limit) so that the request stays
+  // under the mark; returns how many granules it may alias instead of mapping.
+  std::size_t make_room(const Request& r);
+  // Waits until no address under the block is retiring (it cannot be mapped over).
+  void wait_out_retiring(const Request& r);
+  // Maps the block's missing runs, aliases first (within `alias_budget`); false on a failure.
+  bool map_missing(const Request& r, std::size_t alias_budget, Mapping* m);
+  // Granules to map ahead after the run of `n` granules that ends the block (growth).
+  std::size_t ahead_of(const Request& r, std::size_t n) const;
+  // Undoes what map_missing did (and the claim) when it failed.
+  void undo_mapping(const Request& r, const Mapping& m);
 
   device::Backend* backend_;
   std::size_t granule_bytes_;
@@ -338,18 +329,14 @@ class TemporalGranules {
   std::vector<std::uint64_t> cache_stamp_;                 // per key: stamp when cached
   std::uint64_t next_stamp_ = 0;
   void cached_now(std::size_t k);
+  // Keys [first, last] join the cache (trimmable), stamped for the trim order.
+  void cache_keys(std::size_t first, std::size_t last);
   bool pick_oldest(std::size_t* key);
   std::vector<ArenaGranules> arenas_;
   TemporalBitIndex cache_;        // key(arena, granule) of trimmable cached granules
-  TemporalBitIndex quarantined_;  // key(arena, granule) of cached granules not yet fenced
   TemporalBitIndex pinned_free_;  // key(arena, granule) of mapped, empty, pinned granules
   bool unsafe_unmap_;
-  EventPool events_;
-  std::uint64_t waits_ = 0;
-  std::uint64_t fences_recorded_ = 0;
-  std::uint64_t aliases_ = 0;
-  bool alias_ok_ = true;  // the backend supports map_alias (until it says otherwise)
-  std::vector<RetiringChange> retiring_changes_;
+  GranuleRelease release_;  // quarantined granules (release_.quarantined()), fences, aliases
   std::size_t mapped_ = 0;
   std::size_t needed_ = 0;
   std::size_t window_peak_ = 0;       // peak of needed_ in the current window
