@@ -59,6 +59,8 @@ class LayoutPlanner {
     std::uint64_t life = 0;    // predicted, ticks (0: none)
   };
   const Rec& rec(std::uint64_t seq) const noexcept { return ring_[seq & (ring_.size() - 1)]; }
+  // The stream most allocations from sequence number `first` on are on (the lowest on a tie).
+  std::uint64_t dominant_stream(std::uint64_t first) const;
   bool changed(const pool::LayoutPlan& plan) const;
 
   std::shared_ptr<pool::PlanBoard> board_;

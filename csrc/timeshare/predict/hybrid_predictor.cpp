@@ -64,6 +64,55 @@ float HybridPredictor::run_head(const float* x) {
   return lstm_head<float>(model_->params, h_.data(), x, head_scratch_.data());
 }
 
+ContextAnswer HybridPredictor::lookup_table(const ContextKeys& keys, ContextAnswer* plain,
+                                            float* occ_log2, bool* occ_answer) {
+  ContextAnswer ans = table_.lookup(keys);
+  // The occurrence level (keys.levels == K + 2) against the plain contexts: a global counter of
+  // which was within 2x more often decides whether the occurrence level may answer.
+  // The plain contexts are looked up again only when the occurrence level answered.
+  *occ_answer = ans.level == keys.levels - 1 && keys.levels > table_.context_k() + 1;
+  *plain = ans;
+  *occ_log2 = 0.0f;
+  if (*occ_answer) {
+    *occ_log2 = ans.full->last_log2;  // the occurrence-level entry that answered
+    ContextKeys plain_keys = keys;
+    plain_keys.levels = table_.context_k() + 1;
+    *plain = table_.lookup(plain_keys);
+    if (occurrence_gate_ < 0 && plain->level >= 0) ans = *plain;
+  }
+  return ans;
+}
+
+void HybridPredictor::stage_for_trainer(std::uint64_t seq, const RawAlloc& raw) {
+  if (staging_.allocs.size() >= kMaxStagedAllocs) {  // trainer held the inbox too long: drop
+    staging_.allocs.clear();
+  }
+  staging_.allocs.push_back({seq, raw});
+  if (record_) record_->allocs.push_back({seq, raw});
+}
+
+bool HybridPredictor::consult_lstm(const RawAlloc& raw, const ContextAnswer& ans, Pending* p) {
+  if (!lstm_only_ && p->full_known && ans.stable && ans.full->gate <= 0) return false;
+  // Would the gate take the LSTM's answer? Otherwise the head runs only so that the gate
+  // learns, and in real time only on every kGateSampleEvery-th such allocation.
+  bool use_lstm = false;
+  if (lstm_only_) {
+    use_lstm = true;
+  } else if (p->full_known) {
+    use_lstm = ans.full->gate > 0;
+  } else {
+    use_lstm = ans.level < 0 || global_gate_ > 0;
+  }
+  if (use_lstm || opt_.deterministic || ++gate_sample_ % kGateSampleEvery == 0) {
+    float x[kFeatureCount];  // computed here only when the head runs
+    compute_features(raw, x);
+    p->lstm_log2 = run_head(x);
+    p->lstm_evaluated = true;
+    ++lstm_evaluations_;
+  }
+  return use_lstm;
+}
+
 std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
   const std::uint64_t seq = seq_++;
   PeriodDetector& detector = features_.detector();
@@ -81,20 +130,10 @@ std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
   // below reads the detector.
   detector.push(e.bytes);
 
-  ContextAnswer ans = table_.lookup(keys);
-  // The occurrence level (keys.levels == K + 2) against the plain contexts: a global counter of
-  // which was within 2x more often decides whether the occurrence level may answer.
-  // The plain contexts are looked up again only when the occurrence level answered.
-  const bool occ_answer = ans.level == keys.levels - 1 && keys.levels > table_.context_k() + 1;
-  ContextAnswer plain = ans;
+  ContextAnswer plain;
   float occ_log2 = 0.0f;
-  if (occ_answer) {
-    occ_log2 = ans.full->last_log2;   // the occurrence-level entry that answered
-    ContextKeys plain_keys = keys;
-    plain_keys.levels = table_.context_k() + 1;
-    plain = table_.lookup(plain_keys);
-    if (occurrence_gate_ < 0 && plain.level >= 0) ans = plain;
-  }
+  bool occ_answer = false;
+  const ContextAnswer ans = lookup_table(keys, &plain, &occ_log2, &occ_answer);
   AlignedAnswer al = aligned_.on_alloc(seq, keys.key[0], e.now_events, period);
   const AlignedAnswer sh = shape_.on_alloc(seq, e.now_events, period);
   // The shape detector's period overrides the size period (the sizes changed between
@@ -118,38 +157,14 @@ std::uint64_t HybridPredictor::on_alloc(const AllocEvent& e) {
   const AlignedAnswer* twin = lstm_only_ ? nullptr : pick_twin(al, sh, ans);
   if (!use_lstm_) return finish_alloc_without_lstm(e, twin, twin == &al, ans, &p);
 
-  if (staging_.allocs.size() >= kMaxStagedAllocs) {  // trainer held the inbox too long: drop
-    staging_.allocs.clear();
-  }
   raw.table_log2 = ans.log2_life;
   raw.table_level = std::int16_t(ans.level);
-  staging_.allocs.push_back({seq, raw});
-  if (record_) record_->allocs.push_back({seq, raw});
+  stage_for_trainer(seq, raw);
 
   refresh_model();
   p.full_known = ans.level == keys.levels - 1;
   const bool use_aligned = twin != nullptr;
-
-  bool use_lstm = false;
-  if (!use_aligned && model_ &&
-      (lstm_only_ || !(p.full_known && ans.stable && ans.full->gate <= 0))) {
-    // Would the gate take the LSTM's answer? Otherwise the head runs only so that the gate
-    // learns, and in real time only on every kGateSampleEvery-th such allocation.
-    if (lstm_only_) {
-      use_lstm = true;
-    } else if (p.full_known) {
-      use_lstm = ans.full->gate > 0;
-    } else {
-      use_lstm = ans.level < 0 || global_gate_ > 0;
-    }
-    if (use_lstm || opt_.deterministic || ++gate_sample_ % kGateSampleEvery == 0) {
-      float x[kFeatureCount];   // computed here only when the head runs
-      compute_features(raw, x);
-      p.lstm_log2 = run_head(x);
-      p.lstm_evaluated = true;
-      ++lstm_evaluations_;
-    }
-  }
+  const bool use_lstm = !use_aligned && model_ && consult_lstm(raw, ans, &p);
   if (use_aligned) {
     p.answer_log2 = twin->log2_life;
     ++(twin == &al ? aligned_answers_ : shape_answers_);

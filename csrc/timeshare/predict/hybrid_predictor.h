@@ -102,6 +102,13 @@ class HybridPredictor final : public LifespanPredictor {
                                           bool size_twin, const ContextAnswer& ans, Pending* p);
   float run_head(const float* x);
   void after_alloc_housekeeping(std::uint64_t now_events);
+  // on_alloc's steps: the context table's answer (with the occurrence level weighed against
+  // the plain contexts: `plain`, `occ_log2`, `occ_answer`), the allocation handed to the
+  // trainer, and the LSTM head consulted (true: its answer is taken; p->lstm_* set when it ran).
+  ContextAnswer lookup_table(const ContextKeys& keys, ContextAnswer* plain, float* occ_log2,
+                             bool* occ_answer);
+  void stage_for_trainer(std::uint64_t seq, const RawAlloc& raw);
+  bool consult_lstm(const RawAlloc& raw, const ContextAnswer& ans, Pending* p);
   void update_drift(bool within);
 
   const PredictorOptions opt_;
