@@ -16,6 +16,12 @@ cmake --build "$BUILD" -j"${JOBS:-2}" --target _C timeshare >/dev/null
 mkdir -p "$OUT/timeshare"
 cp -r python/timeshare/. "$OUT/timeshare/"
 cp "$BUILD"/_C*.so "$BUILD"/libtimeshare.so "$OUT/timeshare/"
-SHIM=$($PY -I -c "import os,timeshare;print(os.path.join(os.path.dirname(timeshare.__file__),'libtimeshare_torch_oom.so'))" 2>/dev/null || true)
-[[ -n $SHIM && -f $SHIM ]] && cp "$SHIM" "$OUT/timeshare/"
+# The installed package's torch-built libraries: the OOM shim and the native route's layers
+# (rebuilt only by pip install; they link the libtimeshare.so beside them).
+INSTALLED=$($PY -I -c "import os,timeshare;print(os.path.dirname(timeshare.__file__))" 2>/dev/null || true)
+if [[ -n $INSTALLED ]]; then
+  for lib in "$INSTALLED"/libtimeshare_torch_oom.so "$INSTALLED"/libtimeshare_native-*.so; do
+    [[ -f $lib ]] && cp "$lib" "$OUT/timeshare/"
+  done
+fi
 echo "$OUT"

@@ -14,12 +14,13 @@ from typing import Any
 
 from timeshare import _C
 from timeshare._config import build_conf
+from timeshare._state import STATE as _state
+from timeshare._state import route
 
 __all__ = ["TimeshareError", "enable", "is_enabled", "library_path", "route"]
 
 log = logging.getLogger("timeshare")
 
-_state: dict[str, Any] = {"enabled": False, "conf": None, "allocator": None, "route": None}
 
 # Hook setter on torch's pluggable allocator -> our C symbol. Feature-detected by name: the
 # set of hooks changed between torch releases.
@@ -53,14 +54,6 @@ def library_path() -> str:
 def is_enabled() -> bool:
     """Whether timeshare serves PyTorch's CUDA allocations in this process."""
     return bool(_state["enabled"])
-
-
-def route() -> str | None:
-    """How PyTorch reaches timeshare in this process: ``"native"`` (timeshare is PyTorch's own
-    ``CUDAAllocator``: every torch.cuda memory feature works), ``"pluggable"`` (the
-    ``CUDAPluggableAllocator`` fallback; docs/usage.md lists what it cannot do), or None when
-    timeshare is not enabled."""
-    return _state["route"]
 
 
 def _check_torch_ready(torch: Any, require_device: bool) -> None:

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from typing import Any, Union
 
 from timeshare import _C
+from timeshare._state import route
 
 __all__ = [
     "empty_cache",
@@ -160,8 +161,6 @@ def memory_summary(device: Device = None, abbreviated: bool = False) -> str:
     """A readable table of memory_stats(device), like torch.cuda.memory_summary()."""
     idx = _device_index(device)
     stats = memory_stats(idx)
-    from timeshare._enable import route
-
     live = route()
     title = (f"timeshare memory summary, device {idx} ({_C.current_conf().split(',')[0]}, "
              f"{live + ' route' if live else 'not enabled'})")
