@@ -3,7 +3,7 @@ replay (the real C++ pools on the strict sim), on the shipped traces (where the 
 chosen) and the real GPU snapshots (held out), with the ablations that say what prediction adds.
 
     python scripts/bench_calls.py                 # print the table and the goal lines
-    python scripts/bench_calls.py --write-docs    # also rewrite its section of docs/temporal_pool.md
+    python scripts/bench_calls.py --write-docs  # also rewrite its section of docs/temporal_pool.md
 
 Per trace: torch-expandable's device calls and peak reserved (the reference); then, as calls
 (ratio to torch-expandable) and peak reserved (MiB): `timeshare` as shipped (hybrid predictor,
@@ -11,8 +11,8 @@ map_ahead 18 MiB), `timeshare` with `map_ahead:0`, `timeshare-true` (true lifesp
 what prediction gives), `timeshare-const` (one constant answer) and `timeshare-shuffled` (true
 lifespans dealt to the wrong allocations); `ff`: the same three with `free_forecast:128` (predicted
 frees cut the map-ahead); the device calls of the first two marked iterations
-(with what came before them) and of the rest: warm-up against steady state; device faults over every run. Deterministic
-figures only (no timing).
+(with what came before them) and of the rest: warm-up against steady state; device faults over
+every run. Deterministic figures only (no timing).
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ def goals(figures: dict[str, dict], names: list[str]) -> list[str]:
         + count(lambda f: _better(f["ff const"], f["ff"])),
         f"with {FORECAST}: better than without it: " + count(lambda f: _better(f["ff"], f[ts])),
         f"with {FORECAST}: worse than without it: " + count(lambda f: _better(f[ts], f["ff"])),
-        "device faults: " + str(sum(r["device_faults"] for f in figures.values() for r in f.values())),
+        "device faults: "
+        + str(sum(r["device_faults"] for f in figures.values() for r in f.values())),
     ]
 
 

@@ -293,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         "python scripts/bench_hotpath.py"
         + (f" --rounds {a.rounds}" if a.rounds != 5 else "")
         + (f" --rates {a.rates}" if a.rates != "max,1000000,200000" else "")
-        + ("" if a.paths == p.get_default("paths") else " " + " ".join(_shown_path(x) for x in a.paths))
+        + ("" if a.paths == p.get_default("paths")
+           else " " + " ".join(_shown_path(x) for x in a.paths))
     )
     if not a.from_json:
         data["machine"] = benchlib.machine()

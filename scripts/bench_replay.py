@@ -70,9 +70,9 @@ thread would take them. *pool got* is the share of allocations that got an answe
 brackets, the share of those within 2x; *within 2x*, *warm* and *log2 MAE* score the predictor's
 own answers (the same figures as without the board). `timeshare-const` goes the same way. In
 deterministic mode, (re)training runs synchronously at the allocation where it is due and the
-LSTM state advances at fixed allocations, so one trace gives one set of figures (timings aside). `timeshare`'s ns/event comes
-from a second, timing pass run as the allocator runs by default: the predictor fed through
-`AsyncPredictor` on its own thread (trainer on another), the pool placing without waiting for
+LSTM state advances at fixed allocations, so one trace gives one set of figures (timings aside).
+`timeshare`'s ns/event comes from a second, timing pass run as the allocator runs by default:
+the predictor fed through `AsyncPredictor` on its own thread (trainer on another), the pool placing without waiting for
 it (the deterministic pass, training inside the loop, is `ns_per_event_deterministic` in the JSON);
 `scripts/bench_hotpath.py` measures the hot path per malloc+free pair in detail.
 Prediction figures are computed after the run from the true lifespans: *within 2x* is the share
@@ -96,9 +96,9 @@ policies), trained online in the same deterministic replay from the first event;
 detected iteration back, found by sizes or, when sizes change, by the pattern of frees; context
 table; LSTM; gates between them); `hybrid_nolstm` the same without the LSTM; `lstm` the LSTM
 alone (with the table's answer among its inputs); `aligned` the size twin alone (the same
-position in the previous detected iteration, same size) with `table_cycle` as fallback; `table` the context table keyed by (size, stream, sizes of the
-previous k allocations), falling back to shorter k; `table_cycle` that table with the occurrence
-of the size in the iteration; `prev_iter` the lifespan at the same position in the previous
+position in the previous detected iteration, same size) with `table_cycle` as fallback; `table`
+the context table keyed by (size, stream, sizes of the previous k allocations), falling back to
+shorter k; `table_cycle` that table with the occurrence of the size in the iteration; `prev_iter` the lifespan at the same position in the previous
 iteration; `last_size` the last lifespan seen for the same size; `size_mean` the running mean per
 size. Each learns a lifespan only when that block is freed.
 """

@@ -20,7 +20,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def cuda_torch_python() -> str | None:
     """A Python whose torch is a CUDA build (for the registration tests), or None."""
-    candidates = [os.environ.get("TIMESHARE_CUDA_TORCH_PYTHON", ""), str(ROOT / ".venv-cuda/bin/python")]
+    candidates = [os.environ.get("TIMESHARE_CUDA_TORCH_PYTHON", ""),
+                  str(ROOT / ".venv-cuda/bin/python")]
     for c in candidates:
         if c and Path(c).exists():
             return c

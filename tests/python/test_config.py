@@ -16,7 +16,8 @@ def test_defaults() -> None:
 
 
 def test_good_values() -> None:
-    o = timeshare.parse_conf("budget:20GiB,spill:host,pinned:512MiB,policy:torch,expandable_segments:true")
+    o = timeshare.parse_conf(
+        "budget:20GiB,spill:host,pinned:512MiB,policy:torch,expandable_segments:true")
     assert o["budget"] == 20 << 30
     assert o["spill"] == "host"
     assert o["pinned"] == 512 << 20
