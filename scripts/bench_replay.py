@@ -72,14 +72,14 @@ own answers (the same figures as without the board). `timeshare-const` goes the 
 deterministic mode, (re)training runs synchronously at the allocation where it is due and the
 LSTM state advances at fixed allocations, so one trace gives one set of figures (timings aside).
 `timeshare`'s ns/event comes from a second, timing pass run as the allocator runs by default:
-the predictor fed through `AsyncPredictor` on its own thread (trainer on another), the pool placing without waiting for
-it (the deterministic pass, training inside the loop, is `ns_per_event_deterministic` in the JSON);
-`scripts/bench_hotpath.py` measures the hot path per malloc+free pair in detail.
-Prediction figures are computed after the run from the true lifespans: *within 2x* is the share
-of allocations with predicted/true in [1/2, 2], *log2 MAE* the median |log2(predicted/true)|
-(lifespans clamped to >= 1), *warm* the within-2x share counted from the start of the second
-training iteration (from the trace's iteration marks; else from the cycle the predictor
-detected; else after the first 25% of events). Allocations never freed are not scored.
+the predictor fed through `AsyncPredictor` on its own thread (trainer on another), the pool placing
+without waiting for it (the deterministic pass, training inside the loop, is
+`ns_per_event_deterministic` in the JSON); `scripts/bench_hotpath.py` measures the hot path per
+malloc+free pair in detail. Prediction figures are computed after the run from the true lifespans:
+*within 2x* is the share of allocations with predicted/true in [1/2, 2], *log2 MAE* the median
+|log2(predicted/true)| (lifespans clamped to >= 1), *warm* the within-2x share counted from the
+start of the second training iteration (from the trace's iteration marks; else from the cycle the
+predictor detected; else after the first 25% of events). Allocations never freed are not scored.
 Ablations: `timeshare-true` gives the pool the true lifespans (never-freed = permanent),
 `timeshare-const` one constant prediction for every allocation.
 """
@@ -98,9 +98,10 @@ table; LSTM; gates between them); `hybrid_nolstm` the same without the LSTM; `ls
 alone (with the table's answer among its inputs); `aligned` the size twin alone (the same
 position in the previous detected iteration, same size) with `table_cycle` as fallback; `table`
 the context table keyed by (size, stream, sizes of the previous k allocations), falling back to
-shorter k; `table_cycle` that table with the occurrence of the size in the iteration; `prev_iter` the lifespan at the same position in the previous
-iteration; `last_size` the last lifespan seen for the same size; `size_mean` the running mean per
-size. Each learns a lifespan only when that block is freed.
+shorter k; `table_cycle` that table with the occurrence of the size in the iteration; `prev_iter`
+the lifespan at the same position in the previous iteration; `last_size` the last lifespan seen for
+the same size; `size_mean` the running mean per size. Each learns a lifespan only when that block is
+freed.
 """
 
 
