@@ -3,7 +3,8 @@ profile it measures in the first iteration; ``scripts/bench_spill.py`` runs it o
 recorded with a modelled GPU clock. Both reach the same functions: ``spill_plan`` (the offload
 hooks' furthest-need-first plan, which ``timeshare.offload`` uses too), ``items_for`` (what a
 choice of recompute levels leaves on the device, and when), ``simulate`` (the step's time and
-peak with copies on a link) and ``choose`` (the search).
+peak with copies on a link; the model lives in ``timeshare._step_sim``) and ``choose`` (the
+search).
 
 A profile is one iteration as the hooks saw it:
 - ``ops``: every forward aten op that wrote new memory, in order: ``block`` (index of the
@@ -47,10 +48,13 @@ import bisect
 import heapq
 from typing import Any
 
+# the step model; COPY_LATENCY_S is read here by scripts/bench_spill.py
+from timeshare._step_sim import COPY_LATENCY_S as COPY_LATENCY_S
+from timeshare._step_sim import simulate
+
 __all__: list[str] = []  # internal
 
 LEVELS = ("none", "pointwise", "cheap", "full")
-COPY_LATENCY_S = 5e-6
 # Restores started ahead of need: this share of the peak is kept free for them (the plan aims at
 # budget - look-ahead).
 PREFETCH_SHARE = 0.05
@@ -235,160 +239,6 @@ def plan_spills(items: list[dict[str, Any]], base: int, budget: int) -> set[int]
                 if it["unpack"] >= 0 else -1, other[i], int(bool(it["spill"]))]
             for i, it in enumerate(items)}
     return spill_plan(hist, max(budget, 1))
-
-
-def simulate(items: list[dict[str, Any]], delays: list[tuple[float, float]], total: float,
-             base: int, bw: float, strategy: str, spill: set[int], lookahead: int,
-             budget: int = 0, engine: bool = False) -> tuple[float, int]:
-    """Step time (s) and peak device bytes. Compute runs the recorded timeline, plus the
-    recomputation delays; copies take COPY_LATENCY_S + bytes / bw on a device-to-host and a
-    host-to-device stream beside compute. strategy: "sync" (every spill copied at pack and
-    restored at unpack on the compute stream), "async" (spills on the side stream at pack,
-    restores on demand), "planned" (the offload hooks: spills at pack on the side stream; at
-    every unpack, restores of the next needed start in need order within the look-ahead or the
-    room left under the budget; an allocation that would pass the budget waits for spill copies
-    to complete, the make_room path). ``engine``: the restores started at an unpack are the spill
-    engine's own choice (its ``prefetch_candidates``: the soonest needed always, then more
-    within the window), as fit's whole-step plans model them; without it, only those that fit
-    the room left."""
-    events = sorted([(it["pack"], 2, i) for i, it in enumerate(items)] +
-                    [(it["unpack"], 1, i) for i, it in enumerate(items) if it["unpack"] >= 0] +
-                    [(max(it["unpack"], it["free"]), 1.5, i)
-                     for i, it in enumerate(items) if it["unpack"] >= 0 and "free" in it] +
-                    [(t, 0, -1 - k) for k, (t, _dt) in enumerate(delays)])
-    need = [i for _t, k, i in events if k == 1 and i in spill]  # unpack order of spilled
-
-    def cp(n: int) -> float:
-        return COPY_LATENCY_S + n / bw
-
-    c = d2h = h2d = 0.0
-    last = 0.0
-    mem: list[tuple[float, int]] = []
-    releases: list[tuple[float, int]] = []
-    live = base
-    ready: dict[int, float] = {}
-    next_need = 0
-    inflight = 0
-    # held bytes at c for the prefetch window: positive deltas so far, minus negatives passed
-    pos_total = 0
-    neg_heap: list[tuple[float, int]] = []
-    neg_done = 0
-    unpacked: set[int] = set()  # spilled items unpacked (the engine has released them)
-    first_left = 0
-
-    def add(when: float, d: int) -> None:
-        nonlocal pos_total
-        mem.append((when, d))
-        if d > 0:
-            pos_total += d
-        else:
-            heapq.heappush(neg_heap, (when, d))
-
-    def restore(k: int, held: int) -> int:
-        """A prefetch of item k starts now, after those before it on the copy stream."""
-        nonlocal h2d, inflight
-        nb = items[k]["bytes"]
-        start = max(c, h2d)
-        h2d = start + cp(nb)
-        ready[k] = h2d
-        inflight += nb
-        add(start, nb)
-        return held + nb
-
-    for t, kind, i in events:
-        c += t - last
-        last = t
-        if kind == 0:
-            c += delays[-1 - i][1]
-            continue
-        n = items[i]["bytes"]
-        if kind == 1.5:  # the node that unpacked it has run: its memory goes
-            add(c, -n)
-            if i not in spill:
-                live -= n
-            continue
-        if kind == 2:
-            if budget:
-                while releases and releases[0][0] <= c:
-                    live -= heapq.heappop(releases)[1]
-                while releases and live + n > budget:
-                    when, m = heapq.heappop(releases)
-                    c = max(c, when)
-                    live -= m
-            live += n
-            add(c, n)
-            if i in spill:
-                if strategy == "sync":
-                    c += cp(n)
-                    add(c, -n)
-                else:
-                    d2h = max(c, d2h) + cp(n)
-                    add(d2h, -n)
-                    heapq.heappush(releases, (d2h, n))
-            continue
-        if i in spill:  # restored: held from here until its node has run
-            if strategy == "sync":
-                add(c, n)
-                c += cp(n)
-            elif i in ready:
-                c = max(c, ready.pop(i))
-                inflight -= n
-            else:
-                start = max(c, h2d, d2h)
-                add(start, n)
-                h2d = start + cp(n)
-                c = h2d
-        if "free" not in items[i]:  # no node ends recorded: its memory goes at the unpack
-            add(c, -n)
-            if i not in spill:
-                live -= n
-        if strategy == "planned" and engine:
-            # the offload hooks ask the engine at every unpack of a tensor they hold: its
-            # prefetch_candidates, the spilled entries not yet unpacked soonest first while
-            # their bytes fit a window of the look-ahead or the room left under the budget,
-            # whichever is larger; the soonest one not yet restoring is always started
-            if not (items[i]["spill"] and items[i]["cat"] == "kept"):
-                continue
-            unpacked.add(i)
-            while first_left < len(need) and need[first_left] in unpacked:
-                first_left += 1
-            while neg_heap and neg_heap[0][0] <= c:
-                neg_done += heapq.heappop(neg_heap)[1]
-            held = base + pos_total + neg_done
-            window = max(lookahead, budget - held)
-            taken, started = 0, False
-            for k in need[first_left:]:
-                if k in unpacked:
-                    continue
-                taken += items[k]["bytes"]
-                if window <= 0 or taken > window and (started or k in ready):
-                    break
-                if k not in ready:
-                    held = restore(k, held)
-                    started = True
-                if taken > window:
-                    break
-            continue
-        if strategy == "planned":  # every unpack starts restores of the next needed
-            while next_need < len(need) and need[next_need] != i and need[next_need] in ready:
-                next_need += 1
-            if next_need < len(need) and need[next_need] == i:
-                next_need += 1
-            while neg_heap and neg_heap[0][0] <= c:
-                neg_done += heapq.heappop(neg_heap)[1]
-            held = base + pos_total + neg_done
-            for k in need[next_need:]:
-                nb = items[k]["bytes"]
-                if k not in ready:
-                    if inflight + nb > max(lookahead, 1) and held + nb > budget + lookahead:
-                        break
-                    held = restore(k, held)
-    c += total - last
-    cur = peak = 0
-    for _t, delta in sorted(mem, key=lambda e: (e[0], -e[1])):
-        cur += delta
-        peak = max(peak, cur)
-    return c, base + peak
 
 
 def evaluate(profile: dict[str, Any], levels: list[int], bw: float, budget: int,
