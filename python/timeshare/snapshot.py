@@ -127,7 +127,7 @@ def loads_snapshot(data: bytes, source: str = "<bytes>") -> dict[str, Any]:
         if "truncated" in message:
             raise SnapshotError(f"cannot load {source}: the pickle is truncated") from None
         raise SnapshotError(f"cannot load {source}: not a pickle ({message})") from None
-    except (ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError) as exc:
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
         raise SnapshotError(f"cannot load {source}: corrupt pickle ({exc})") from None
     if not isinstance(obj, dict):
         raise SnapshotError(
@@ -201,31 +201,22 @@ def convert_events(
     """
     if skipped is None:
         skipped = {}
-    out: list[Any] = []  # (op, stream, id, bytes, time_us); None where a free moved later
-    live: dict[Any, tuple[int, int, int]] = {}  # addr -> (id, bytes, stream index)
-    pending: dict[Any, int] = {}  # addr -> index in out of a requested, not completed free
-    streams: dict[Any, int] = {}
-    counts: dict[str, int] = {}
-    moved = 0
-    next_id = 0
-    t = 0
-    append = out.append
+    conv = _Conversion()
+    counts = conv.counts
+    alloc, free, free_completed = conv.alloc, conv.free, conv.free_completed
+    t = 0  # the clock (microseconds): the latest valid time seen
     for ev in events:
         try:
             action = ev["action"]
             addr = ev["addr"]
             size = ev["size"]
         except (KeyError, TypeError, IndexError):
-            counts["missing_field"] = counts.get("missing_field", 0) + 1
+            _count(counts, "missing_field")
             continue
-        if action.__class__ is not str:  # e.g. a dict or list: not an action at all
-            counts["bad_action"] = counts.get("bad_action", 0) + 1
-            continue
-        if addr.__class__ is not int:
-            try:
-                hash(addr)
-            except TypeError:  # unhashable address: cannot be matched
-                counts["bad_addr"] = counts.get("bad_addr", 0) + 1
+        if action.__class__ is not str or addr.__class__ is not int:
+            reason = _unmatchable(action, addr)
+            if reason is not None:
+                _count(counts, reason)
                 continue
         tu = ev.get("time_us", t)
         if tu.__class__ is int:
@@ -234,63 +225,118 @@ def convert_events(
         elif isinstance(tu, (int, float)) and tu == tu and t < tu < 2**63:
             t = int(tu)
         if action == "alloc":
-            if size.__class__ is not int:
-                if isinstance(size, bool) or not isinstance(size, int):
-                    counts["bad_size"] = counts.get("bad_size", 0) + 1
-                    continue
-                size = int(size)
-            if size < 0 or size >= 2**64:
-                counts["bad_size"] = counts.get("bad_size", 0) + 1
-                continue
-            try:
-                stream = ev.get("stream", 0)
-                s = streams.get(stream)
-            except TypeError:  # unhashable stream value
-                stream = repr(stream)
-                s = streams.get(stream)
-            if s is None:
-                s = streams[stream] = len(streams)
-            old = live.pop(addr, None)
-            if old is not None:
-                append((OP_FREE, old[2], old[0], old[1], t))
-                counts["implicit_free"] = counts.get("implicit_free", 0) + 1
-            if pending:
-                pending.pop(addr, None)
-            live[addr] = (next_id, size, s)
-            append((OP_ALLOC, s, next_id, size, t))
-            next_id += 1
+            alloc(addr, size, ev, t)
         elif action == "free_requested" or action == "free":
-            blk = live.pop(addr, None)
-            if blk is None:
-                counts["free_of_unknown_addr"] = counts.get("free_of_unknown_addr", 0) + 1
-                continue
-            if action == "free_requested":
-                pending[addr] = len(out)
-            append((OP_FREE, blk[2], blk[0], blk[1], t))
+            free(addr, action == "free_requested", t)
         elif action == "free_completed":
-            idx = pending.pop(addr, None)
-            if idx is not None:
-                if idx != len(out) - 1:
-                    prev = out[idx]
-                    out[idx] = None
-                    moved += 1
-                    append((OP_FREE, prev[1], prev[2], prev[3], t))
-                continue
-            blk = live.pop(addr, None)
-            if blk is not None:  # completion without a recorded request: still a free
-                append((OP_FREE, blk[2], blk[0], blk[1], t))
-            else:
-                counts["free_completed_unmatched"] = counts.get("free_completed_unmatched", 0) + 1
+            free_completed(addr, t)
         elif action in _NOT_REPLAYED:
-            counts[action] = counts.get(action, 0) + 1
+            _count(counts, action)
         else:
-            key = f"unknown_action:{action}" if isinstance(action, str) else "bad_action"
-            counts[key] = counts.get(key, 0) + 1
-    if moved:
-        out = [e for e in out if e is not None]
+            _count(counts, f"unknown_action:{action}" if isinstance(action, str) else "bad_action")
     for key, n in counts.items():
         _count(skipped, key, n)
-    return _to_array(out), next_id
+    return _to_array(conv.rows()), conv.next_id
+
+
+def _unmatchable(action: Any, addr: Any) -> str | None:
+    """Why an event with these fields cannot be replayed (its skip reason), or None: an action
+    that is not a string (e.g. a dict or list: not an action at all), an address that cannot be
+    matched (unhashable)."""
+    if action.__class__ is not str:
+        return "bad_action"
+    if addr.__class__ is not int:
+        try:
+            hash(addr)
+        except TypeError:
+            return "bad_addr"
+    return None
+
+
+class _Conversion:
+    """One device's conversion in progress: the compact rows so far (``out``: ``(op, stream,
+    id, bytes, time_us)``, None where a free moved later), the live allocations by address, the
+    requested frees not yet completed, the dense stream indices, the skip counts and the next
+    allocation id. Each event comes with the clock ``t`` (microseconds)."""
+
+    __slots__ = ("out", "live", "pending", "streams", "counts", "moved", "next_id")
+
+    def __init__(self) -> None:
+        self.out: list[Any] = []
+        self.live: dict[Any, tuple[int, int, int]] = {}  # addr -> (id, bytes, stream index)
+        self.pending: dict[Any, int] = {}  # addr -> index in out of a requested free
+        self.streams: dict[Any, int] = {}
+        self.counts: dict[str, int] = {}
+        self.moved = 0  # frees moved to their completion (their old rows are None)
+        self.next_id = 0
+
+    def alloc(self, addr: Any, size: Any, ev: Any, t: int) -> None:
+        """An allocation of ``size`` bytes at ``addr`` (an integer size below 2**64, else
+        skipped as ``bad_size``) on the event's stream (default 0; numbered densely in order of
+        first appearance, an unhashable value by its repr); a block still live at ``addr`` is
+        freed first (``implicit_free``)."""
+        if size.__class__ is not int:
+            if isinstance(size, bool) or not isinstance(size, int):
+                _count(self.counts, "bad_size")
+                return
+            size = int(size)
+        if size < 0 or size >= 2**64:
+            _count(self.counts, "bad_size")
+            return
+        streams = self.streams
+        try:
+            stream = ev.get("stream", 0)
+            s = streams.get(stream)
+        except TypeError:  # unhashable stream value
+            stream = repr(stream)
+            s = streams.get(stream)
+        if s is None:
+            s = streams[stream] = len(streams)
+        live, out, blk_id = self.live, self.out, self.next_id
+        old = live.pop(addr, None)
+        if old is not None:
+            out.append((OP_FREE, old[2], old[0], old[1], t))
+            _count(self.counts, "implicit_free")
+        if self.pending:
+            self.pending.pop(addr, None)
+        live[addr] = (blk_id, size, s)
+        out.append((OP_ALLOC, s, blk_id, size, t))
+        self.next_id = blk_id + 1
+
+    def free(self, addr: Any, requested: bool, t: int) -> None:
+        """A free of the block live at ``addr`` (skipped when none is); a requested free is
+        remembered, to move to its completion if one follows."""
+        blk = self.live.pop(addr, None)
+        if blk is None:
+            _count(self.counts, "free_of_unknown_addr")
+            return
+        if requested:
+            self.pending[addr] = len(self.out)
+        self.out.append((OP_FREE, blk[2], blk[0], blk[1], t))
+
+    def free_completed(self, addr: Any, t: int) -> None:
+        """A completed free: its requested free moves here (unless nothing came between); a
+        completion without a recorded request still frees the block live at ``addr``."""
+        out = self.out
+        idx = self.pending.pop(addr, None)
+        if idx is not None:
+            if idx != len(out) - 1:
+                prev = out[idx]
+                out[idx] = None
+                self.moved += 1
+                out.append((OP_FREE, prev[1], prev[2], prev[3], t))
+            return
+        blk = self.live.pop(addr, None)
+        if blk is not None:
+            out.append((OP_FREE, blk[2], blk[0], blk[1], t))
+        else:
+            _count(self.counts, "free_completed_unmatched")
+
+    def rows(self) -> list[Any]:
+        """The compact rows in trace order, without the places that frees moved from."""
+        if self.moved:
+            return [e for e in self.out if e is not None]
+        return self.out
 
 
 def _to_array(rows: list[tuple[int, int, int, int, int]]) -> np.ndarray:
