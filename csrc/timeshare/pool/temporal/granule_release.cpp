@@ -1,6 +1,7 @@
 #include "timeshare/pool/temporal/granule_release.h"
 
 #include <algorithm>
+#include <bit>
 #include <iterator>
 
 #include "timeshare/pool/temporal/granule_unmap.h"
@@ -32,7 +33,7 @@ void GranuleRelease::add_arena(std::uintptr_t base, std::size_t offset, std::siz
   ar.offset = offset;
   ar.granules = granules;
   ar.stream = stream;
-  ar.cached_gen = ZeroedArray<std::uint32_t>(granules);
+  ar.cached_gen.init(offset, granules);
   quarantined_.resize(offset + granules);
   arenas_.push_back(std::move(ar));
 }
@@ -44,8 +45,7 @@ void GranuleRelease::quarantine(std::size_t a, std::size_t first, std::size_t la
   } else {
     quarantined_.set_range(ar.offset + first, ar.offset + last);
   }
-  std::fill(ar.cached_gen.begin() + static_cast<std::ptrdiff_t>(first),
-            ar.cached_gen.begin() + static_cast<std::ptrdiff_t>(last + 1), ar.open_gen);
+  ar.cached_gen.stamp(first, last, ar.open_gen);
   if (!ar.quarantine.empty()) {
     Quarantined& back = ar.quarantine.back();
     if (back.gen == ar.open_gen && back.last + 1 == first) {
@@ -146,26 +146,51 @@ void GranuleRelease::drain_arena(std::size_t a) {
 }
 
 void GranuleRelease::release_quarantine(ArenaRelease& ar, std::uint32_t gen) {
+  constexpr std::size_t kBits = TemporalBitIndex::kBits;
+  // Keys [first, last] leave quarantine, trimmable.
+  const auto complete = [&](std::size_t first, std::size_t last) {
+    if (first == last) {
+      quarantined_.clear(first);
+    } else {
+      quarantined_.clear_range(first, last);
+    }
+    completed_.trimmable.emplace_back(first, last);
+  };
   while (!ar.quarantine.empty() && ar.quarantine.front().gen <= gen) {
     const Quarantined q = ar.quarantine.front();
     ar.quarantine.pop_front();
-    // Stale when the granule was reused (and maybe quarantined again later) since.
-    const auto current = [&](std::size_t g) {
-      return quarantined_.test(ar.offset + g) && ar.cached_gen[g] == q.gen;
-    };
-    // Runs of current granules move as ranges (a big block's run is thousands of granules).
-    for (std::size_t g = q.first; g <= q.last; ++g) {
-      if (!current(g)) continue;
-      std::size_t h = g;
-      while (h < q.last && current(h + 1)) ++h;
-      if (g == h) {
-        quarantined_.clear(ar.offset + g);
-      } else {
-        quarantined_.clear_range(ar.offset + g, ar.offset + h);
-      }
-      completed_.trimmable.emplace_back(ar.offset + g, ar.offset + h);
-      g = h;
+    // A granule of the entry is current when still quarantined and stamped with the entry's
+    // generation: stale when it was reused (and maybe quarantined again later) since.
+    const std::size_t lo = ar.offset + q.first;
+    const std::size_t hi = ar.offset + q.last;
+    if (lo == hi) {  // one granule (most blocks are small)
+      if (quarantined_.test(lo) && ar.cached_gen.of(q.first) == q.gen) complete(lo, lo);
+      continue;
     }
+    // Runs of current granules move as ranges (a big block's run is thousands of granules),
+    // found a word of keys at a time.
+    std::size_t run_first = TemporalBitIndex::npos;
+    std::size_t run_last = 0;
+    for (std::size_t w = lo / kBits; w <= hi / kBits; ++w) {
+      std::uint64_t m = quarantined_.word(w);
+      if (w == lo / kBits) m &= ~std::uint64_t{0} << (lo % kBits);
+      if (w == hi / kBits) m &= TemporalBitIndex::mask_upto(hi % kBits);
+      if (m != 0) m = ar.cached_gen.stamped(w, m, q.gen);
+      while (m != 0) {
+        const unsigned b = static_cast<unsigned>(std::countr_zero(m));
+        const unsigned len = static_cast<unsigned>(std::countr_one(m >> b));
+        const std::size_t first = w * kBits + b;
+        if (run_first != TemporalBitIndex::npos && first == run_last + 1) {
+          run_last = first + len - 1;
+        } else {
+          if (run_first != TemporalBitIndex::npos) complete(run_first, run_last);
+          run_first = first;
+          run_last = first + len - 1;
+        }
+        m = b + len >= kBits ? 0 : m & (~std::uint64_t{0} << (b + len));
+      }
+    }
+    if (run_first != TemporalBitIndex::npos) complete(run_first, run_last);
   }
 }
 
@@ -202,6 +227,90 @@ void GranuleRelease::fence_done(ArenaRelease& ar, std::uint32_t gen) {
   }
 }
 
+// ---- generation stamps -------------------------------------------------------------------------
+
+void GranuleRelease::GenStamps::init(std::size_t offset_keys, std::size_t n) {
+  constexpr std::size_t kBits = TemporalBitIndex::kBits;
+  offset = offset_keys;
+  granules = n;
+  word0 = offset / kBits;
+  word = ZeroedArray<std::uint32_t>((offset + n + kBits - 1) / kBits - word0);
+  granule = ZeroedArray<std::uint32_t>(n);
+}
+
+void GranuleRelease::GenStamps::split(std::size_t w) {
+  constexpr std::size_t kBits = TemporalBitIndex::kBits;
+  const std::uint32_t gen = word[w];
+  if (gen == 0) return;
+  const std::size_t k0 = std::max((word0 + w) * kBits, offset);
+  const std::size_t k1 = std::min((word0 + w + 1) * kBits, offset + granules);
+  std::fill(granule.begin() + (k0 - offset), granule.begin() + (k1 - offset), gen);
+  word[w] = 0;
+}
+
+void GranuleRelease::GenStamps::stamp(std::size_t first, std::size_t last, std::uint32_t gen) {
+  constexpr std::size_t kBits = TemporalBitIndex::kBits;
+  // Keys [lo, hi] of word kw of keys.
+  const auto part = [&](std::size_t kw, std::size_t lo, std::size_t hi) {
+    const std::size_t w = kw - word0;
+    if (lo == std::max(kw * kBits, offset) &&
+        hi == std::min(kw * kBits + kBits, offset + granules) - 1) {
+      word[w] = gen;  // the arena's part of the word, whole
+      return;
+    }
+    split(w);
+    std::fill(granule.begin() + (lo - offset), granule.begin() + (hi - offset + 1), gen);
+  };
+  const std::size_t lo = offset + first;  // keys
+  const std::size_t hi = offset + last;
+  const std::size_t kw0 = lo / kBits, kw1 = hi / kBits;
+  if (kw0 == kw1) {
+    part(kw0, lo, hi);
+    return;
+  }
+  part(kw0, lo, kw0 * kBits + kBits - 1);
+  for (std::size_t kw = kw0 + 1; kw < kw1; ++kw) word[kw - word0] = gen;  // inside the arena
+  part(kw1, kw1 * kBits, hi);
+}
+
+std::uint64_t GranuleRelease::GenStamps::stamped(std::size_t key_word, std::uint64_t candidates,
+                                                 std::uint32_t gen) const noexcept {
+  constexpr std::size_t kBits = TemporalBitIndex::kBits;
+  const std::uint32_t wg = word[key_word - word0];
+  if (wg != 0) return wg == gen ? candidates : 0;
+  // Mostly the candidates were stamped together: one pass over their span (vectorized).
+  const std::size_t b0 = static_cast<std::size_t>(std::countr_zero(candidates));
+  const std::size_t b1 = kBits - 1 - static_cast<std::size_t>(std::countl_zero(candidates));
+  const std::uint32_t* span = granule.begin() + (key_word * kBits + b0 - offset);
+  std::uint32_t differ = 0;
+  for (std::size_t i = 0; i <= b1 - b0; ++i) differ |= span[i] ^ gen;
+  if (differ == 0) return candidates;
+  std::uint64_t out = 0;
+  for (std::uint64_t m = candidates; m != 0; m &= m - 1) {
+    const std::size_t b = static_cast<std::size_t>(std::countr_zero(m));
+    if (granule[key_word * kBits + b - offset] == gen) out |= std::uint64_t{1} << b;
+  }
+  return out;
+}
+
+std::uint32_t GranuleRelease::GenStamps::newest(std::size_t first,
+                                                std::size_t last) const noexcept {
+  constexpr std::size_t kBits = TemporalBitIndex::kBits;
+  std::uint32_t gen = 0;
+  for (std::size_t g = first; g <= last;) {
+    const std::size_t kw = (offset + g) / kBits;
+    const std::uint32_t wg = word[kw - word0];
+    const std::size_t end = std::min(last + 1, (kw + 1) * kBits - offset);  // the word's end
+    if (wg != 0) {
+      gen = std::max(gen, wg);
+    } else {
+      for (std::size_t h = g; h < end; ++h) gen = std::max(gen, granule[h]);
+    }
+    g = end;
+  }
+  return gen;
+}
+
 // ---- aliases -----------------------------------------------------------------------------------
 
 void GranuleRelease::retire(std::size_t a, std::size_t first, std::size_t n, std::uint32_t gen) {
@@ -233,8 +342,7 @@ bool GranuleRelease::alias_run(std::size_t a, std::size_t g, std::size_t max_n, 
     if (st == device::Status::kInvalid) alias_ok_ = false;  // unsupported: map fresh memory
     return false;
   }
-  std::uint32_t gen = 0;
-  for (std::size_t d = donor; d < donor + n; ++d) gen = std::max(gen, ar.cached_gen[d]);
+  const std::uint32_t gen = ar.cached_gen.newest(donor, donor + n - 1);
   quarantined_.clear_range(first, last);  // their quarantine entries become stale
   retire(a, donor, n, gen);
   ++aliases_;

@@ -23,6 +23,11 @@
 // *retire*: still mapped, not to be placed on or mapped over, unmapped once the fence of their
 // generation completes (retiring changes tell the pool).
 //
+// Generations are stamped per run, not per granule: a big block's granules are quarantined,
+// checked when their generation completes, and given to an alias, a word of 64 granules at a
+// time (GenStamps below), so that a free costs the same for 2 MiB and for 2 GiB in all but the
+// words it spans.
+//
 // The granules' state stays theirs: a call that completes generations returns what they must
 // do (Completed: quarantined granules now trimmable, retiring addresses now unmapped), an alias
 // made or undone returns which granules moved, and granule indices are the arena's (keys, in the
@@ -147,12 +152,40 @@ class GranuleRelease {
     std::size_t last = 0;
     std::uint32_t gen = 0;
   };
+  // The generation in which each granule of an arena was last quarantined (0: never), in two
+  // levels over the words of the quarantined() index (keys kBits w .. kBits w + kBits - 1):
+  // word[w] != 0 is the generation of every granule of the arena in that word (a run that
+  // covered the word whole stamps it at once); word[w] == 0 defers to one stamp per granule
+  // (runs that cover a word in part). Words of keys are the arena's word0 + w.
+  struct GenStamps {
+    std::size_t offset = 0;  // key of granule 0
+    std::size_t granules = 0;
+    std::size_t word0 = 0;   // the first word of keys that holds a granule of the arena
+    ZeroedArray<std::uint32_t> word;
+    ZeroedArray<std::uint32_t> granule;
+    void init(std::size_t offset_keys, std::size_t n);
+    // Stamps generation `gen` on granules [first, last] (the arena's indices).
+    void stamp(std::size_t first, std::size_t last, std::uint32_t gen);
+    std::uint32_t of(std::size_t g) const noexcept {
+      const std::uint32_t w = word[(offset + g) / TemporalBitIndex::kBits - word0];
+      return w != 0 ? w : granule[g];
+    }
+    // The bits of `candidates` (keys of word `key_word` of keys) stamped `gen`.
+    std::uint64_t stamped(std::size_t key_word, std::uint64_t candidates,
+                          std::uint32_t gen) const noexcept;
+    // The newest stamp among granules [first, last].
+    std::uint32_t newest(std::size_t first, std::size_t last) const noexcept;
+
+   private:
+    // Word `w` defers to per-granule stamps (copies its generation into them).
+    void split(std::size_t w);
+  };
   struct ArenaRelease {
     std::uintptr_t base = 0;
     std::size_t offset = 0;    // key of granule 0
     std::size_t granules = 0;
     device::Stream stream = device::kDefaultStream;
-    ZeroedArray<std::uint32_t> cached_gen;  // generation in which each granule was quarantined
+    GenStamps cached_gen;  // generation in which each granule was quarantined
     std::uint32_t open_gen = 1;   // generation stamped on granules quarantined now
     bool dirty = false;           // granules of open_gen exist (no fence covers them yet)
     std::uint64_t last_fence_events = 0;  // tick of the last fence a free recorded

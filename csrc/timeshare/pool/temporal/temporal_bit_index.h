@@ -8,6 +8,7 @@
 // zero-filled vector faulted in all its pages at the first allocation of each stream.
 #pragma once
 
+#include <algorithm>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -46,6 +47,10 @@ class TemporalBitIndex {
   static std::uint64_t mask_upto(std::size_t bit) noexcept {
     return bit == kBits - 1 ? ~std::uint64_t{0} : (std::uint64_t{1} << (bit + 1)) - 1;
   }
+  // Set bits of a word, with no work for the words common inside a range: none or all set.
+  static std::size_t count_ones(std::uint64_t x) noexcept {
+    return x == 0 ? 0 : x == ~std::uint64_t{0} ? kBits : ones(x);
+  }
   // The members [kBits w, kBits w + kBits - 1] as bits (bit b: member kBits w + b).
   std::uint64_t word(std::size_t w) const noexcept { return levels_[0][w]; }
 
@@ -78,28 +83,28 @@ class TemporalBitIndex {
 
   // Adds every member of [lo, hi] (inclusive): O(levels + (hi - lo) / 64).
   void set_range(std::size_t lo, std::size_t hi) noexcept {
-    for (std::size_t l = 0; l < levels_.size(); ++l) {
+    const std::size_t added = leaves(lo, hi, /*set=*/true);
+    if (added == 0) return;  // all were members: the upper levels say so already
+    count_ += added;
+    for (std::size_t l = 1; l < levels_.size(); ++l) {
+      lo /= kBits;
+      hi /= kBits;
       auto& level = levels_[l];
       const std::size_t wlo = lo / kBits, whi = hi / kBits;
-      for (std::size_t w = wlo; w <= whi; ++w) {
-        const std::uint64_t old = level[w];
-        level[w] |= range_mask(w, lo, hi);
-        if (l == 0) count_ += ones(level[w] & ~old);
-      }
-      lo = wlo;
-      hi = whi;
+      for (std::size_t w = wlo; w <= whi; ++w) level[w] |= range_mask(w, lo, hi);
     }
   }
 
   // Removes every member of [lo, hi] (inclusive).
   void clear_range(std::size_t lo, std::size_t hi) noexcept {
+    const std::size_t removed = leaves(lo, hi, /*set=*/false);
+    if (removed == 0) return;  // none were members: the upper levels say so already
+    count_ -= removed;
     for (std::size_t l = 0; l < levels_.size(); ++l) {
       auto& level = levels_[l];
       const std::size_t wlo = lo / kBits, whi = hi / kBits;
-      for (std::size_t w = wlo; w <= whi; ++w) {
-        const std::uint64_t old = level[w];
-        level[w] &= ~range_mask(w, lo, hi);
-        if (l == 0) count_ -= ones(old & ~level[w]);
+      if (l != 0) {
+        for (std::size_t w = wlo; w <= whi; ++w) level[w] &= ~range_mask(w, lo, hi);
       }
       // Parents of words that became empty: only the two end words can still hold members.
       std::size_t new_lo = wlo, new_hi = whi;
@@ -150,6 +155,40 @@ class TemporalBitIndex {
   }
 
  private:
+  // Sets (or clears) the leaf bits of members [lo, hi]; returns how many changed. The inside
+  // words of a range are mostly all members or none: they are looked at as a whole first (an
+  // OR and an AND, loops the compiler vectorizes, as it does the fill), and counted one by
+  // one only when mixed.
+  std::size_t leaves(std::size_t lo, std::size_t hi, bool set) noexcept {
+    std::uint64_t* words = levels_[0].begin();
+    const std::size_t wlo = lo / kBits, whi = hi / kBits;
+    const std::uint64_t first = ~std::uint64_t{0} << (lo % kBits);
+    const std::uint64_t last = mask_upto(hi % kBits);
+    const auto end = [&](std::uint64_t& w, std::uint64_t m) {
+      const std::size_t n = count_ones(set ? m & ~w : m & w);
+      w = set ? w | m : w & ~m;
+      return n;
+    };
+    if (wlo == whi) return end(words[wlo], first & last);
+    std::size_t changed = end(words[wlo], first) + end(words[whi], last);
+    std::uint64_t* inside = words + wlo + 1;
+    const std::size_t n = whi - wlo - 1;
+    std::uint64_t any = 0;
+    std::uint64_t all = ~std::uint64_t{0};
+    for (std::size_t i = 0; i < n; ++i) {
+      any |= inside[i];
+      all &= inside[i];
+    }
+    std::size_t members = 0;  // among the inside words
+    if (all == ~std::uint64_t{0}) {
+      members = n * kBits;
+    } else if (any != 0) {
+      for (std::size_t i = 0; i < n; ++i) members += count_ones(inside[i]);
+    }
+    changed += set ? n * kBits - members : members;
+    std::fill_n(inside, n, set ? ~std::uint64_t{0} : std::uint64_t{0});
+    return changed;
+  }
   // The bits of word `w` that lie in [lo, hi].
   static std::uint64_t range_mask(std::size_t w, std::size_t lo, std::size_t hi) noexcept {
     const std::size_t a = w == lo / kBits ? lo % kBits : 0;

@@ -7,13 +7,6 @@
 
 namespace timeshare::pool {
 
-namespace {
-// Values of ArenaGranules::mapped.
-constexpr std::uint8_t kUnmapped = 0;
-constexpr std::uint8_t kMapped = 1;
-constexpr std::uint8_t kRetiring = 2;  // still mapped, its physical memory moved to an alias
-}  // namespace
-
 TemporalGranules::TemporalGranules(device::Backend* backend, std::size_t granule_bytes,
                                    std::uint64_t peak_window_events, std::size_t slack_granules,
                                    std::size_t slack_permille, bool trim_oldest_first,
@@ -36,8 +29,11 @@ std::size_t TemporalGranules::add_arena(std::uintptr_t base, std::size_t granule
   ArenaGranules ar;
   ar.base = base;
   ar.offset = cache_.capacity();
+  ar.granules = granules;
   ar.occupancy = ZeroedArray<std::uint32_t>(granules);
-  ar.mapped = ZeroedArray<std::uint8_t>(granules);
+  ar.full = GranuleBits(granules);
+  ar.mapped = GranuleBits(granules);
+  ar.retiring = GranuleBits(granules);
   release_.add_arena(base, ar.offset, granules, stream);
   cache_.resize(ar.offset + granules);
   pinned_free_.resize(ar.offset + granules);
@@ -64,9 +60,16 @@ bool TemporalGranules::map_run(ArenaGranules& ar, std::size_t first, std::size_t
   if (backend_->map(addr, n * granule_bytes_) != device::Status::kOk) return false;
   ++map_calls_;
   granules_mapped_total_ += n;
-  std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(first), n, kMapped);
+  ar.mapped.set_range(first, first + n);
+  ar.retiring.clear_range(first, first + n);
   mapped_ += n;
   return true;
+}
+
+void TemporalGranules::mark_unmapped(ArenaGranules& ar, std::size_t first,
+                                     std::size_t n) noexcept {
+  ar.mapped.clear_range(first, first + n);
+  ar.retiring.clear_range(first, first + n);
 }
 
 std::size_t TemporalGranules::unmap_run(ArenaGranules& ar, std::size_t first, std::size_t n,
@@ -135,8 +138,7 @@ void TemporalGranules::quarantine(std::size_t a, std::size_t first, std::size_t 
 void TemporalGranules::act_on(const GranuleRelease::Completed& done) {
   for (const auto& [first, last] : done.trimmable) cache_keys(first, last);
   for (const GranuleRelease::Unmapped& u : done.unmapped) {
-    std::fill_n(arenas_[u.arena].mapped.begin() + static_cast<std::ptrdiff_t>(u.first), u.n,
-                kUnmapped);
+    mark_unmapped(arenas_[u.arena], u.first, u.n);
   }
 }
 
@@ -152,8 +154,10 @@ void TemporalGranules::wait_for_quarantine(std::size_t granules) {
 bool TemporalGranules::alias_run(std::size_t a, std::size_t g, std::size_t max_n, Alias* out) {
   if (!release_.alias_run(a, g, max_n, out)) return false;
   ArenaGranules& ar = arenas_[a];
-  std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(out->donor), out->n, kRetiring);
-  std::fill_n(ar.mapped.begin() + static_cast<std::ptrdiff_t>(g), out->n, kMapped);
+  ar.mapped.clear_range(out->donor, out->donor + out->n);
+  ar.retiring.set_range(out->donor, out->donor + out->n);
+  ar.mapped.set_range(g, g + out->n);
+  ar.retiring.clear_range(g, g + out->n);
   return true;
 }
 
@@ -164,8 +168,9 @@ void TemporalGranules::undo_alias(std::size_t a, const Alias& al) {
     const std::size_t g = al.g + i;
     const std::size_t donor = al.donor + i;
     if (gone[i]) {  // the donor holds its memory alone again: quarantined as before
-      ar.mapped[g] = kUnmapped;
-      ar.mapped[donor] = kMapped;
+      mark_unmapped(ar, g, 1);
+      ar.mapped.set(donor);
+      ar.retiring.clear(donor);
       quarantine(a, donor, donor);
     } else {  // the device kept the alias: it holds the memory (quarantined like the donor was)
       quarantine(a, g, g);
@@ -193,10 +198,19 @@ bool TemporalGranules::trim_to(std::size_t target, std::size_t incoming) {
     const std::size_t n = last - first + 1;
     std::vector<std::uint8_t> gone(n);
     const std::size_t done = unmap_run(ar, g_first, n, gone.data());
-    for (std::size_t i = 0; i < n; ++i) {
-      if (!gone[i]) continue;  // still mapped (and cached): a later trim retries it
-      ar.mapped[g_first + i] = kUnmapped;
-      cache_.clear(first + i);
+    if (done == n) {
+      mark_unmapped(ar, g_first, n);
+      if (n == 1) {
+        cache_.clear(first);
+      } else {
+        cache_.clear_range(first, last);
+      }
+    } else {
+      for (std::size_t i = 0; i < n; ++i) {
+        if (!gone[i]) continue;  // still mapped (and cached): a later trim retries it
+        mark_unmapped(ar, g_first + i, 1);
+        cache_.clear(first + i);
+      }
     }
     granules_unmapped_total_ += done;
     mapped_ -= done;
@@ -223,7 +237,9 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
                                std::size_t limit_bytes, std::size_t ahead_granules) {
   ArenaGranules& ar = arenas_[a];
   const Span sp = span_of(ar, addr, bytes);
-  if (sp.first == sp.last && ar.occupancy[sp.first] != 0) {  // a small block in a used granule
+  // A small block in a used granule (one that holds a block covers it in part: blocks never
+  // overlap, so it is not a full one).
+  if (sp.first == sp.last && ar.occupancy[sp.first] != 0) {
     ++ar.occupancy[sp.first];
     return true;
   }
@@ -256,13 +272,11 @@ TemporalGranules::Cost TemporalGranules::block_cost(const ArenaGranules& ar,
   const std::size_t n_full = sp.full_end - sp.full_begin;
   Cost c;
   c.fresh = n_full;
-  c.to_map = n_full - static_cast<std::size_t>(
-      std::count(ar.mapped.begin() + static_cast<std::ptrdiff_t>(sp.full_begin),
-                 ar.mapped.begin() + static_cast<std::ptrdiff_t>(sp.full_end), kMapped));
+  c.to_map = ar.mapped.count_clear(sp.full_begin, sp.full_end);
   sp.for_each_partial([&](std::size_t g) {
-    if (ar.occupancy[g] != 0) return;
+    if (ar.needed(g)) return;
     ++c.fresh;
-    if (ar.mapped[g] != kMapped) ++c.to_map;
+    if (!ar.mapped.test(g)) ++c.to_map;
   });
   return c;
 }
@@ -284,15 +298,17 @@ void TemporalGranules::claim(const Request& r) {
   ArenaGranules& ar = arenas_[r.a];
   const Span& sp = r.sp;
   sp.for_each_partial([&](std::size_t g) {
-    if (ar.occupancy[g] == 0 && ar.mapped[g] == kMapped) {
+    if (!ar.needed(g) && ar.mapped.test(g)) {
       cache_.clear(key(r.a, g));
       release_.forget(key(r.a, g));
       pinned_free_.clear(key(r.a, g));
     }
   });
   if (sp.full_end != sp.full_begin) {
-    cache_.clear_range(key(r.a, sp.full_begin), key(r.a, sp.full_end - 1));
-    release_.forget(key(r.a, sp.full_begin), key(r.a, sp.full_end - 1));
+    if (!cache_.empty()) cache_.clear_range(key(r.a, sp.full_begin), key(r.a, sp.full_end - 1));
+    if (!quarantined().empty()) {
+      release_.forget(key(r.a, sp.full_begin), key(r.a, sp.full_end - 1));
+    }
     if (!pinned_free_.empty()) {
       pinned_free_.clear_range(key(r.a, sp.full_begin), key(r.a, sp.full_end - 1));
     }
@@ -302,8 +318,7 @@ void TemporalGranules::claim(const Request& r) {
 void TemporalGranules::count_in(const Request& r) {
   ArenaGranules& ar = arenas_[r.a];
   r.sp.for_each_partial([&](std::size_t g) { ++ar.occupancy[g]; });
-  std::fill(ar.occupancy.begin() + static_cast<std::ptrdiff_t>(r.sp.full_begin),
-            ar.occupancy.begin() + static_cast<std::ptrdiff_t>(r.sp.full_end), 1u);
+  if (r.sp.full_end != r.sp.full_begin) ar.full.set_range(r.sp.full_begin, r.sp.full_end);
   needed_ += r.cost.fresh;
   window_peak_ = std::max(window_peak_, needed_ + pinned_free_.count());
 }
@@ -335,11 +350,7 @@ void TemporalGranules::wait_out_retiring(const Request& r) {
   // An address still retiring cannot be mapped over: unmapped once its stream has passed it
   // (a fence that completed), else after a wait.
   const ArenaGranules& ar = arenas_[r.a];
-  const auto retiring_inside = [&] {
-    return std::any_of(ar.mapped.begin() + static_cast<std::ptrdiff_t>(r.sp.first),
-                       ar.mapped.begin() + static_cast<std::ptrdiff_t>(r.sp.last + 1),
-                       [](std::uint8_t m) { return m == kRetiring; });
-  };
+  const auto retiring_inside = [&] { return ar.retiring.any(r.sp.first, r.sp.last + 1); };
   if (release_.has_retiring(r.a) && retiring_inside()) {
     advance_fences(/*record=*/true);
     if (retiring_inside()) drain_arena(r.a);
@@ -349,14 +360,11 @@ void TemporalGranules::wait_out_retiring(const Request& r) {
 bool TemporalGranules::map_missing(const Request& r, std::size_t alias_budget, Mapping* m) {
   ArenaGranules& ar = arenas_[r.a];
   const Span& sp = r.sp;
-  std::size_t g = sp.first;
-  while (g <= sp.last) {
-    if (ar.mapped[g] == kMapped) {
-      ++g;
-      continue;
-    }
-    std::size_t n = 1;
-    while (g + n <= sp.last && ar.mapped[g + n] != kMapped) ++n;
+  const std::size_t end = sp.last + 1;
+  for (std::size_t g = ar.mapped.find_clear(sp.first, end); g < end;
+       g = ar.mapped.find_clear(g, end)) {
+    // The run of granules not mapped to their own memory that starts at g.
+    std::size_t n = ar.mapped.find_set(g, end) - g;
     while (alias_budget != 0 && n != 0) {
       Alias al;
       if (!alias_run(r.a, g, std::min(n, alias_budget), &al)) break;
@@ -383,7 +391,9 @@ bool TemporalGranules::map_missing(const Request& r, std::size_t alias_budget, M
     if (ahead != 0) {
       // Never used: trimmable at once (no work of any stream can touch them).
       cache_.set_range(key(r.a, sp.last + 1), key(r.a, sp.last + ahead));
-      for (std::size_t h = sp.last + 1; h <= sp.last + ahead; ++h) cached_now(key(r.a, h));
+      for (std::size_t h = sp.last + 1; trim_oldest_first_ && h <= sp.last + ahead; ++h) {
+        cached_now(key(r.a, h));
+      }
       m->ahead_first = sp.last + 1;
       m->ahead_n = ahead;
     }
@@ -408,14 +418,15 @@ std::size_t TemporalGranules::ahead_of(const Request& r, std::size_t n) const {
     const std::size_t after = mapped_ + n;
     want = std::min(want, (ahead_page_ - after % ahead_page_) % ahead_page_);
   }
-  const std::size_t first = r.sp.last + 1;
-  std::size_t ahead = 0;
-  while (ahead < want && first + ahead < ar.mapped.size() &&
-         ar.mapped[first + ahead] == kUnmapped &&
-         (r.limit_bytes == 0 || (mapped_ + n + ahead + 1) * granule_bytes_ <= r.limit_bytes)) {
-    ++ahead;
+  // As many unmapped granules after the block as wanted, the arena has and the limit allows.
+  if (r.limit_bytes != 0) {
+    const std::size_t cap = r.limit_bytes / granule_bytes_;  // granules under the limit
+    want = std::min(want, cap > mapped_ + n ? cap - (mapped_ + n) : 0);
   }
-  return ahead;
+  const std::size_t first = r.sp.last + 1;
+  if (want == 0 || first >= ar.granules) return 0;
+  const std::size_t end = std::min(ar.granules, first + want);
+  return GranuleBits::find_set_either(ar.mapped, ar.retiring, first, end) - first;
 }
 
 void TemporalGranules::undo_mapping(const Request& r, const Mapping& m) {
@@ -430,7 +441,7 @@ void TemporalGranules::undo_mapping(const Request& r, const Mapping& m) {
     mapped_ -= done;
     for (std::size_t i = 0; i < n; ++i) {
       if (gone[i]) {
-        ar.mapped[first + i] = kUnmapped;
+        mark_unmapped(ar, first + i, 1);
       } else {
         cache_.set(key(r.a, first + i));  // kept by the device; never used: trimmable
         cached_now(key(r.a, first + i));
@@ -440,7 +451,7 @@ void TemporalGranules::undo_mapping(const Request& r, const Mapping& m) {
   for (const Alias& al : m.aliases) undo_alias(r.a, al);
   // The claimed granules go back to the cache; quarantined again, since some may have been.
   for (std::size_t h = r.sp.first; h <= r.sp.last; ++h) {
-    if (ar.occupancy[h] == 0 && ar.mapped[h] == kMapped && !cache_.test(key(r.a, h)) &&
+    if (!ar.needed(h) && ar.mapped.test(h) && !cache_.test(key(r.a, h)) &&
         !quarantined().test(key(r.a, h))) {
       quarantine(r.a, h, h);
     }
@@ -461,8 +472,7 @@ void TemporalGranules::release(std::size_t a, std::uintptr_t addr, std::size_t b
   });
   const std::size_t n_full = sp.full_end - sp.full_begin;
   if (n_full != 0) {
-    std::fill(ar.occupancy.begin() + static_cast<std::ptrdiff_t>(sp.full_begin),
-              ar.occupancy.begin() + static_cast<std::ptrdiff_t>(sp.full_end), 0u);
+    ar.full.clear_range(sp.full_begin, sp.full_end);
     needed_ -= n_full;
     quarantine(a, sp.full_begin, sp.full_end - 1);
     emptied = true;
@@ -483,11 +493,11 @@ void TemporalGranules::pin_range(std::size_t a, std::uintptr_t addr, std::size_t
   if (lo == ar.pin_lo && hi == ar.pin_hi) return;
   if (ar.pin_lo < ar.pin_hi) unpin_all();
   ar.pin_lo = lo;
-  ar.pin_hi = std::min(hi, ar.mapped.size());
+  ar.pin_hi = std::min(hi, ar.granules);
   // Free granules already mapped there are kept from now on (the same arena reuses them).
   for (std::size_t g = ar.pin_lo; g < ar.pin_hi; ++g) {
     const std::size_t k = key(a, g);
-    if (ar.occupancy[g] != 0 || ar.mapped[g] != kMapped) continue;
+    if (ar.needed(g) || !ar.mapped.test(g)) continue;
     if (cache_.test(k) || quarantined().test(k)) {
       cache_.clear(k);
       release_.forget(k);
@@ -524,16 +534,18 @@ void TemporalGranules::unmap_arena(std::size_t a) {
   ar.pin_lo = ar.pin_hi = 0;
   // Teardown: the stream's work must be done first (this unmaps retiring addresses too).
   if (release_.in_flight(a)) drain_arena(a);
-  for (std::size_t g = 0; g < ar.mapped.size(); ++g) {
-    if (ar.mapped[g] == kUnmapped) continue;
+  const std::size_t end = ar.granules;
+  for (std::size_t g = GranuleBits::find_set_either(ar.mapped, ar.retiring, 0, end); g < end;
+       g = GranuleBits::find_set_either(ar.mapped, ar.retiring, g, end)) {
+    // The run of mapped or retiring granules that starts at g.
     std::size_t n = 1;
-    while (g + n < ar.mapped.size() && ar.mapped[g + n] != kUnmapped) ++n;
+    while (g + n < end && (ar.mapped.test(g + n) || ar.retiring.test(g + n))) ++n;
     std::vector<std::uint8_t> gone(n);
     granules_unmapped_total_ += unmap_run(ar, g, n, gone.data());
     for (std::size_t h = g; h < g + n; ++h) {
       if (!gone[h - g]) continue;  // kept by the device: still counted as mapped
-      if (ar.mapped[h] == kMapped) --mapped_;
-      ar.mapped[h] = kUnmapped;
+      if (ar.mapped.test(h)) --mapped_;
+      mark_unmapped(ar, h, 1);
       cache_.clear(key(a, h));
       release_.forget(key(a, h));
       pinned_free_.clear(key(a, h));

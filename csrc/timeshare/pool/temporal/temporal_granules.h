@@ -2,7 +2,7 @@
 // hold blocks, and the hysteresis that decides when free ones go back to the device.
 //
 // Terms:
-//   needed granule — holds at least one live or pending block (occupancy > 0); always mapped.
+//   needed granule — holds at least one live or pending block; always mapped.
 //   cached granule — mapped but holds no block; kept to avoid a map call when it is reused.
 // The reserved bytes of the pool are the mapped granules. Mapping and unmapping are the only
 // device calls for memory; all are counted here (with those GranuleRelease makes).
@@ -33,6 +33,7 @@
 
 #include "timeshare/device/backend.h"
 #include "timeshare/pool/temporal/free_forecast.h"
+#include "timeshare/pool/temporal/granule_bits.h"
 #include "timeshare/pool/temporal/granule_release.h"
 #include "timeshare/pool/temporal/temporal_bit_index.h"
 #include "timeshare/pool/zeroed_array.h"
@@ -138,7 +139,7 @@ class TemporalGranules {
   std::size_t granule_bytes() const noexcept { return granule_bytes_; }
   // Mapped to memory of its own (not retiring).
   bool is_mapped(std::size_t a, std::size_t granule) const {
-    return arenas_[a].mapped[granule] == 1;
+    return arenas_[a].mapped.test(granule);
   }
   // Calls fn(first, last) on runs [first, last] of arena `a`'s mapped granules that hold no
   // block (trimmable, quarantined or pinned), highest first, at most `max_runs` of them.
@@ -177,7 +178,7 @@ class TemporalGranules {
       }
       return best;
     };
-    std::size_t k = prev(ar.offset + ar.mapped.size());
+    std::size_t k = prev(ar.offset + ar.granules);
     for (std::size_t runs = 0; runs < max_runs && k != TemporalBitIndex::npos; ++runs) {
       const std::size_t first = run_start(k);
       fn(first - ar.offset, k - ar.offset);
@@ -188,16 +189,15 @@ class TemporalGranules {
   // Whether every granule under [addr, addr+bytes) of arena `a` is mapped.
   bool all_mapped(std::size_t a, std::uintptr_t addr, std::size_t bytes) const {
     const ArenaGranules& ar = arenas_[a];
+    const std::size_t g0 = granule_of(addr - ar.base);
     const std::size_t g1 = granule_of(addr + bytes - 1 - ar.base);
-    for (std::size_t g = granule_of(addr - ar.base); g <= g1; ++g) {
-      if (ar.mapped[g] != 1) return false;
-    }
-    return true;
+    if (g0 == g1) return ar.mapped.test(g0);
+    return ar.mapped.all(g0, g1 + 1);
   }
   // What placing a block at [addr, addr+bytes) of arena `a` would cost in granules: `fresh`,
   // granules it would add to the needed ones (holding no block yet), and `to_map`, those of them
   // not mapped. The inside of a free range holds no block, so only the two boundary granules
-  // are looked at one by one (the inside is a count of mapped bytes).
+  // are looked at one by one (the inside is a count of mapped bits).
   struct Cost {
     std::size_t fresh = 0;
     std::size_t to_map = 0;
@@ -208,18 +208,16 @@ class TemporalGranules {
     const std::size_t g1 = granule_of(addr + bytes - 1 - ar.base);
     Cost c;
     const auto end = [&](std::size_t g) {
-      if (ar.occupancy[g] != 0) return;
+      if (ar.needed(g)) return;
       ++c.fresh;
-      c.to_map += ar.mapped[g] != 1;
+      c.to_map += !ar.mapped.test(g);
     };
     end(g0);
     if (g1 != g0) end(g1);
-    if (g1 > g0 + 1) {  // the inside of a free range holds no block: a count of mapped bytes
+    if (g1 > g0 + 1) {  // the inside of a free range holds no block: a count of mapped bits
       const std::size_t n = g1 - g0 - 1;
       c.fresh += n;
-      c.to_map += n - static_cast<std::size_t>(
-          std::count(ar.mapped.begin() + static_cast<std::ptrdiff_t>(g0 + 1),
-                     ar.mapped.begin() + static_cast<std::ptrdiff_t>(g1), std::uint8_t{1}));
+      c.to_map += ar.mapped.count_clear(g0 + 1, g1);
     }
     return c;
   }
@@ -231,13 +229,23 @@ class TemporalGranules {
   }
 
  private:
+  // A granule is unmapped, mapped (`mapped`: to memory of its own) or retiring (`retiring`:
+  // still mapped, its physical memory moved to an alias); never both bits. A granule that a
+  // block covers fully holds that block alone (blocks never overlap): it is `full`, and
+  // `occupancy` counts only the blocks that cover a granule in part (at most two per block, its
+  // boundary granules), so a block's inside is set and cleared as a range of bits.
   struct ArenaGranules {
     std::uintptr_t base = 0;
     std::size_t offset = 0;                 // of granule 0 in cache_
-    ZeroedArray<std::uint32_t> occupancy;  // blocks touching each granule
-    ZeroedArray<std::uint8_t> mapped;      // kUnmapped, kMapped, kRetiring (the .cpp)
+    std::size_t granules = 0;
+    ZeroedArray<std::uint32_t> occupancy;  // blocks covering each granule in part
+    GranuleBits full;                      // covered fully by a block
+    GranuleBits mapped;
+    GranuleBits retiring;
     std::size_t pin_lo = 0;  // pinned granules [pin_lo, pin_hi) (pin_range)
     std::size_t pin_hi = 0;
+    // Holds a block (live or pending).
+    bool needed(std::size_t g) const noexcept { return occupancy[g] != 0 || full.test(g); }
   };
   using Alias = GranuleRelease::Alias;
   std::size_t key(std::size_t a, std::size_t g) const noexcept { return arenas_[a].offset + g; }
@@ -264,6 +272,8 @@ class TemporalGranules {
   bool map_run(ArenaGranules& ar, std::size_t first, std::size_t n);
   // unmap_granules (granule_unmap.h) on granules [first, first+n) of an arena, counted.
   std::size_t unmap_run(ArenaGranules& ar, std::size_t first, std::size_t n, std::uint8_t* gone);
+  // Granules [first, first+n) of an arena are unmapped now (neither mapped nor retiring).
+  static void mark_unmapped(ArenaGranules& ar, std::size_t first, std::size_t n) noexcept;
 
   // The release side (release_): quarantine, fences, aliases.
   const TemporalBitIndex& quarantined() const noexcept { return release_.quarantined(); }
