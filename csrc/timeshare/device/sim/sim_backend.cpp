@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <string>
 
 namespace timeshare::device {
@@ -116,6 +117,28 @@ MemInfo SimBackend::mem_info() {
   return {options_.capacity_bytes - counters_.reserved_bytes, options_.capacity_bytes};
 }
 
+SimBackend::GranuleFlags::GranuleFlags(std::size_t n)
+    : words_(n == 0 ? nullptr
+                    : static_cast<std::uint64_t*>(std::calloc((n + 63) / 64, sizeof(std::uint64_t)))) {
+  if (n != 0 && !words_) throw std::bad_alloc();
+}
+
+void SimBackend::GranuleFlags::Free::operator()(std::uint64_t* p) const noexcept { std::free(p); }
+
+void SimBackend::GranuleFlags::set(std::size_t first, std::size_t n, bool value) noexcept {
+  for (std::size_t i = first; i < first + n; ++i) {
+    const std::uint64_t bit = std::uint64_t{1} << (i % 64);
+    std::uint64_t& w = words_[i / 64];
+    if (((w & bit) != 0) == value) continue;
+    w ^= bit;
+    if (value) {
+      ++count_;
+    } else {
+      --count_;
+    }
+  }
+}
+
 Status SimBackend::va_reserve(std::size_t bytes, void** base) {
   std::lock_guard lock(mu_);
   *base = nullptr;
@@ -140,7 +163,7 @@ Status SimBackend::va_reserve(std::size_t bytes, void** base) {
   }
   Range r;
   r.bytes = bytes;
-  r.mapped.assign(bytes / g, false);
+  r.mapped = GranuleFlags(bytes / g);
   ranges_.emplace(reinterpret_cast<std::uintptr_t>(p), std::move(r));
   *base = p;
   return Status::kOk;
@@ -152,8 +175,7 @@ Status SimBackend::va_release(void* base, std::size_t bytes) {
   if (it == ranges_.end() || it->second.bytes != bytes) {
     return fail(Status::kInvalid, "va_release of an unknown range");
   }
-  const auto mapped = std::count(it->second.mapped.begin(), it->second.mapped.end(), true);
-  if (mapped != 0) return fail(Status::kInvalid, "va_release of a range with mapped granules");
+  if (it->second.mapped.count() != 0) return fail(Status::kInvalid, "va_release of a range with mapped granules");
   if (options_.backing) munmap(base, bytes);
   ranges_.erase(it);
   return Status::kOk;
@@ -178,14 +200,14 @@ Status SimBackend::map(void* addr, std::size_t bytes) {
   if (!r) return fail(Status::kInvalid, "map outside a reserved range or not granule-aligned");
   const std::size_t n = bytes / options_.granule_bytes;
   for (std::size_t i = first; i < first + n; ++i) {
-    if (r->mapped[i]) return fail(Status::kInvalid, "map of an already mapped granule");
+    if (r->mapped.test(i)) return fail(Status::kInvalid, "map of an already mapped granule");
   }
   if (Status s = charge(bytes); s != Status::kOk) return s;
   if (options_.backing && mprotect(addr, bytes, PROT_READ | PROT_WRITE) != 0) {
     uncharge(bytes);
     return fail(Status::kError, "mprotect failed while mapping");
   }
-  std::fill(r->mapped.begin() + first, r->mapped.begin() + first + n, true);
+  r->mapped.set(first, n, true);
   return Status::kOk;
 }
 
@@ -196,7 +218,7 @@ Status SimBackend::unmap(void* addr, std::size_t bytes) {
   if (!r) return fail(Status::kInvalid, "unmap outside a reserved range or not granule-aligned");
   const std::size_t n = bytes / options_.granule_bytes;
   for (std::size_t i = first; i < first + n; ++i) {
-    if (!r->mapped[i]) return fail(Status::kInvalid, "unmap of a granule that is not mapped");
+    if (!r->mapped.test(i)) return fail(Status::kInvalid, "unmap of a granule that is not mapped");
   }
   run_until(now_ns_);
   check_unmap(reinterpret_cast<std::uintptr_t>(addr), bytes);
@@ -205,7 +227,7 @@ Status SimBackend::unmap(void* addr, std::size_t bytes) {
     madvise(addr, bytes, MADV_DONTNEED);
     mprotect(addr, bytes, PROT_NONE);
   }
-  std::fill(r->mapped.begin() + first, r->mapped.begin() + first + n, false);
+  r->mapped.set(first, n, false);
   // Physical memory goes back with its last mapping (map_alias shares it between addresses).
   std::size_t freed = bytes;
   const std::size_t g = options_.granule_bytes;
@@ -233,8 +255,8 @@ Status SimBackend::map_alias(void* addr, const void* from, std::size_t bytes) {
   if (!r || !fr) return fail(Status::kInvalid, "map_alias outside a reserved range or not granule-aligned");
   const std::size_t n = bytes / options_.granule_bytes;
   for (std::size_t i = 0; i < n; ++i) {
-    if (r->mapped[first + i]) return fail(Status::kInvalid, "map_alias onto a mapped granule");
-    if (!fr->mapped[from_first + i]) return fail(Status::kInvalid, "map_alias from an unmapped granule");
+    if (r->mapped.test(first + i)) return fail(Status::kInvalid, "map_alias onto a mapped granule");
+    if (!fr->mapped.test(from_first + i)) return fail(Status::kInvalid, "map_alias from an unmapped granule");
   }
   if (take_fault(reserve_fault_)) return fail(Status::kOutOfMemory, "injected map failure");
   if (options_.backing && mprotect(addr, bytes, PROT_READ | PROT_WRITE) != 0) {
@@ -250,7 +272,7 @@ Status SimBackend::map_alias(void* addr, const void* from, std::size_t bytes) {
     ++phys_refs_[it->second];
     aliased_[reinterpret_cast<std::uintptr_t>(addr) + i * g] = it->second;
   }
-  std::fill(r->mapped.begin() + first, r->mapped.begin() + first + n, true);
+  r->mapped.set(first, n, true);
   ++counters_.reserve_calls;  // a device call (cuMemMap), but no new physical memory
   return Status::kOk;
 }

@@ -41,6 +41,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <queue>
 #include <unordered_map>
@@ -141,9 +142,27 @@ class SimBackend final : public Backend {
   const SimOptions& options() const noexcept { return options_; }
 
  private:
+  // One flag per granule of a reserved range, in calloc'd memory: a range spans the device's
+  // memory (a terabyte on the replay's sim), and calloc of that many bytes is lazily zeroed
+  // pages, so reserving one costs no pass over its granules (a GPU's cuMemAddressReserve does
+  // none either). `count` is the granules set.
+  class GranuleFlags {
+   public:
+    explicit GranuleFlags(std::size_t n = 0);
+    bool test(std::size_t i) const noexcept { return (words_[i / 64] >> (i % 64)) & 1u; }
+    void set(std::size_t first, std::size_t n, bool value) noexcept;
+    std::size_t count() const noexcept { return count_; }
+
+   private:
+    struct Free {
+      void operator()(std::uint64_t* p) const noexcept;
+    };
+    std::unique_ptr<std::uint64_t[], Free> words_;
+    std::size_t count_ = 0;
+  };
   struct Range {
     std::size_t bytes = 0;
-    std::vector<bool> mapped;  // one flag per granule
+    GranuleFlags mapped;
   };
   struct PendingCopy {
     std::uint64_t done_ns;
