@@ -24,6 +24,7 @@
 #include "timeshare/common/units.h"
 #include "timeshare/device/sim/sim_backend.h"
 #ifdef TIMESHARE_WITH_CUDA
+#include "cuda_fixture.h"  // loads the driver double before any test runs
 #include "fake_cuda_control.h"
 #include "timeshare/device/cuda/cuda_backend.h"
 #endif
@@ -57,8 +58,6 @@ class SimFixture {
 };
 
 #ifdef TIMESHARE_WITH_CUDA
-// Before any test runs: the CUDA backend of this process loads the double.
-const bool kFakeDriver = (fakecuda_use_for_backend(TIMESHARE_FAKE_CUDA_PATH), true);
 
 class CudaFixture {
  public:

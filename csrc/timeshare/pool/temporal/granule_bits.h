@@ -67,18 +67,8 @@ class GranuleBits {
   // The first bit in [lo, hi) set in `a` or in `b` (bitsets of the same size), or hi when none.
   static std::size_t find_set_either(const GranuleBits& a, const GranuleBits& b, std::size_t lo,
                                      std::size_t hi) noexcept {
-    while (lo < hi) {
-      const std::size_t w = lo / kBits;
-      std::uint64_t x = (a.words_[w] | b.words_[w]) & (~std::uint64_t{0} << (lo % kBits));
-      if (x != 0) {
-        const std::size_t at = w * kBits + static_cast<std::size_t>(std::countr_zero(x));
-        return at < hi ? at : hi;
-      }
-      lo = (w + 1) * kBits;
-    }
-    return hi;
+    return first_in(lo, hi, [&](std::size_t w) { return a.words_[w] | b.words_[w]; });
   }
-
 
  private:
   static std::uint64_t bit(std::size_t i) noexcept { return std::uint64_t{1} << (i % kBits); }
@@ -108,9 +98,14 @@ class GranuleBits {
   }
   // The first bit in [lo, hi) whose value differs from `flip`'s (0: set bits; ~0: clear ones).
   std::size_t find(std::size_t lo, std::size_t hi, std::uint64_t flip) const noexcept {
+    return first_in(lo, hi, [&](std::size_t w) { return words_[w] ^ flip; });
+  }
+  // The first bit in [lo, hi) set in word(w), the words looked at one by one from lo's; or hi.
+  template <class WordOf>
+  static std::size_t first_in(std::size_t lo, std::size_t hi, WordOf&& word) noexcept {
     while (lo < hi) {
       const std::size_t w = lo / kBits;
-      const std::uint64_t x = (words_[w] ^ flip) & (~std::uint64_t{0} << (lo % kBits));
+      const std::uint64_t x = word(w) & (~std::uint64_t{0} << (lo % kBits));
       if (x != 0) {
         const std::size_t at = w * kBits + static_cast<std::size_t>(std::countr_zero(x));
         return at < hi ? at : hi;
