@@ -315,3 +315,33 @@ def test_falls_back_to_pluggable_with_one_line_when_native_is_missing(
             print("error:", e)
         """, env)
     assert "error: timeshare.enable(): route:native was asked for, but no native layer" in r.stdout
+
+
+def test_env_activation_takes_the_native_route(python_env: dict[str, str], tmp_path: Path) -> None:
+    """``TIMESHARE=1 python train.py``: the start-up hook that ``pip install`` puts at the
+    site-packages root (``timeshare-autoload.pth``, from setup.py) installs the native route
+    before user code runs, with options from TIMESHARE_CONF; torch's own stats binding then
+    answers. The hook's directory is made a site directory the way the interpreter makes
+    site-packages one (``site.addsitedir`` runs its .pth lines): .venv-cuda is not where the
+    package was installed."""
+    import shutil
+
+    from conftest import ROOT
+
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    shutil.copy(ROOT / "python" / "timeshare-autoload.pth", site_dir)
+    env = dict(python_env, TIMESHARE="1", TIMESHARE_CONF="backend:sim,sim_capacity:1GiB")
+    code = textwrap.dedent(f"""
+        import site; site.addsitedir({str(site_dir)!r})
+        import torch, timeshare
+        print("enabled", timeshare.is_enabled(), "route", timeshare.route())
+        p = torch._C._cuda_cudaCachingAllocator_raw_alloc(3 << 20, 0)
+        print("allocated", torch._C._cuda_memoryStats(0)["allocated_bytes"]["all"]["current"])
+        torch._C._cuda_cudaCachingAllocator_raw_delete(p)
+        """)
+    assert PY is not None
+    r = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "enabled True route native" in r.stdout
+    assert f"allocated {3 << 20}" in r.stdout
