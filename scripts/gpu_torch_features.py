@@ -13,6 +13,9 @@ Checks, each printed as one line "[features] NAME: ok|FAIL ...", exit 0 when all
   compile        torch.compile(mode="reduce-overhead") of a small model: outputs equal eager
   memory_viz     _record_memory_history -> work -> _dump_snapshot -> memory_viz trace_plot HTML,
                  and `python -m timeshare replay` reads the dump
+  ipc            torch.multiprocessing (spawn, TIMESHARE=1 in the child): a CUDA tensor sent to
+                 a child process holds the parent's values there, and the child's in-place write
+                 shows in the parent's tensor (CUDA IPC over timeshare's POSIX-fd handles)
 Only plain device allocations; never managed memory. Called by scripts/gpu_check.sh.
 """
 
@@ -24,6 +27,20 @@ import sys
 import tempfile
 import time
 import traceback
+
+
+def _ipc_child(q_in, q_out) -> None:  # noqa: ANN001 - torch.multiprocessing queues
+    """The receiving process of the ipc check (top level: spawn pickles it by name)."""
+    import torch
+
+    import timeshare
+
+    x = q_in.get()
+    read = bool((x == 3).all().item())
+    x.add_(1)
+    torch.cuda.synchronize()
+    q_out.put((read, timeshare.route()))
+    del x
 
 
 def main() -> int:
@@ -138,6 +155,24 @@ def main() -> int:
                             "--json", os.path.join(d, "r.json")], capture_output=True, text=True)
         return len(html) > 1000 and r.returncode == 0, \
             f"trace_plot {len(html)} chars, replay rc={r.returncode}"
+
+    @check("ipc")
+    def _ipc():
+        import torch.multiprocessing as mp
+
+        os.environ["TIMESHARE"] = "1"  # the child enables timeshare before its first CUDA call
+        ctx = mp.get_context("spawn")
+        q_in, q_out = ctx.Queue(), ctx.Queue()
+        child = ctx.Process(target=_ipc_child, args=(q_in, q_out))
+        child.start()
+        x = torch.full((3 << 20,), 3.0, device=dev)
+        q_in.put(x)
+        read, route = q_out.get(timeout=180)
+        child.join(60)
+        wrote = bool((x == 4).all().item())
+        return read and wrote and route == "native" and child.exitcode == 0, \
+            f"child read={read}, child's write seen={wrote}, child route={route}, " \
+            f"exit={child.exitcode}"
 
     failed = [n for n, ok, _ in results if not ok]
     print(f"[features] {len(results) - len(failed)}/{len(results)} hold"

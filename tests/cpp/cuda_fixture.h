@@ -11,6 +11,7 @@
 #include <string>
 
 #include "fake_cuda_control.h"
+#include "timeshare/common/options.h"
 #include "timeshare/device/cuda/cuda_backend.h"
 
 namespace timeshare::test {
@@ -32,6 +33,14 @@ struct FakeDriver {
   FakeDriver(const FakeDriver&) = delete;
   FakeDriver& operator=(const FakeDriver&) = delete;
 };
+
+// Options from TIMESHARE_CONF text (the test fails on a bad one).
+inline Options options_of(const std::string& conf) {
+  auto r = parse_options(conf);
+  INFO(r.error);
+  REQUIRE(r.options);
+  return *r.options;
+}
 
 // The CUDA backend of `device` (the test fails where it cannot be made).
 inline std::unique_ptr<device::Backend> cuda(int device) {

@@ -27,13 +27,6 @@ using namespace timeshare::test;
 
 namespace {
 
-Options options_of(const std::string& conf) {
-  auto r = parse_options(conf);
-  INFO(r.error);
-  REQUIRE(r.options);
-  return *r.options;
-}
-
 // A kernel of device 0 that writes all of [p, p+bytes) on its default stream, then a host wait:
 // a block placed on memory the driver does not have mapped faults here (a violation).
 void write_on_device(Backend& b, void* p, std::size_t bytes, int value) {

@@ -14,8 +14,11 @@
 // mapped in it; frees only of what was allocated; an event recorded only on a stream of its own
 // context (the event's device is the one whose context was current at cuEventCreate); RDMA-capable
 // physical memory (allocFlags.gpuDirectRDMACapable) only where the device reports
-// CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED. Releasing a mapped handle is legal
-// and deferred to its last unmap, as in the driver.
+// CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED; a handle exported as a POSIX file
+// descriptor only when it was created with requestedHandleTypes POSIX_FILE_DESCRIPTOR, and that
+// only where the device reports HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED (the descriptor is the
+// memfd behind the handle: another process that takes it maps the same pages). Releasing a mapped
+// handle is legal and deferred to its last unmap, as in the driver.
 // Unmapping memory that queued work still touches is counted as a violation (cuMemUnmap does not
 // wait: the work would fault or corrupt the next owner) and the work is run first; cuMemFree and
 // cuMemFreeHost wait for queued work, as cudaFree and cudaFreeHost do, so they are legal then.
@@ -94,6 +97,9 @@ FAKE_EXPORT CUresult cuDeviceGetAttribute(int* value, CUdevice_attribute attribu
     case CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED: *value = s.vmm[dev]; break;
     case CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED:
       *value = s.rdma_vmm[dev];
+      break;
+    case CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED:
+      *value = s.posix_fd[dev];
       break;
     case CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING: *value = 1; break;
     default: *value = 0; break;

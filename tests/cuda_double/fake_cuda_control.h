@@ -36,6 +36,9 @@ FAKECUDA_API void fakecuda_set_vmm_supported(int device, int supported);
 // CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED (default yes, as on A100/H100): where
 // it is no, cuMemCreate refuses allocFlags.gpuDirectRDMACapable (a violation).
 FAKECUDA_API void fakecuda_set_rdma_vmm_supported(int device, int supported);
+// CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED (default yes, as on Linux): where
+// it is no, cuMemCreate refuses requestedHandleTypes POSIX_FILE_DESCRIPTOR (a violation).
+FAKECUDA_API void fakecuda_set_posix_fd_supported(int device, int supported);
 // Lazy mode: cuEventQuery reports the truth without making progress, so work stays queued until
 // the host synchronizes (or fakecuda_drain). Eager (default): a query runs the work it asks about.
 FAKECUDA_API void fakecuda_set_lazy(int lazy);

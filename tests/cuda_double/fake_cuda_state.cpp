@@ -124,6 +124,7 @@ void reset_locked(State& s) {
     s.used_bytes[d] = 0;
     s.vmm[d] = true;
     s.rdma_vmm[d] = true;
+    s.posix_fd[d] = true;
     s.sticky[d] = CUDA_SUCCESS;
     s.ctx_refs[d] = 0;
     for (int p = 0; p < kMaxDevices; ++p) s.peer[d][p] = d != p;
@@ -299,7 +300,7 @@ void free_handle(State& s, std::uint64_t id) {
   auto it = s.handles.find(id);
   if (it == s.handles.end()) return;
   close(it->second.fd);
-  s.used_bytes[it->second.device] -= it->second.bytes;
+  if (!it->second.imported) s.used_bytes[it->second.device] -= it->second.bytes;
   s.handles.erase(it);
 }
 
@@ -357,6 +358,12 @@ FAKECUDA_API void fakecuda_set_rdma_vmm_supported(int device, int supported) {
   auto& s = state();
   std::lock_guard lock(s.mu);
   if (valid_device(device)) s.rdma_vmm[device] = supported != 0;
+}
+
+FAKECUDA_API void fakecuda_set_posix_fd_supported(int device, int supported) {
+  auto& s = state();
+  std::lock_guard lock(s.mu);
+  if (valid_device(device)) s.posix_fd[device] = supported != 0;
 }
 
 FAKECUDA_API void fakecuda_set_lazy(int lazy) {

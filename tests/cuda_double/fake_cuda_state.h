@@ -83,6 +83,8 @@ struct Handle {  // cuMemCreate
   int maps = 0;
   bool released = false;
   bool rdma = false;  // created with allocFlags.gpuDirectRDMACapable
+  bool exportable = false;  // created with requestedHandleTypes POSIX_FILE_DESCRIPTOR
+  bool imported = false;    // cuMemImportFromShareableHandle: memory of another handle, uncharged
 };
 
 struct Mapping {
@@ -114,6 +116,7 @@ struct State {
   std::size_t used_bytes[kMaxDevices] = {};
   bool vmm[kMaxDevices] = {};
   bool rdma_vmm[kMaxDevices] = {};  // CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED
+  bool posix_fd[kMaxDevices] = {};  // CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED
   bool peer[kMaxDevices][kMaxDevices] = {};
   CUresult sticky[kMaxDevices] = {};
   int ctx_refs[kMaxDevices] = {};

@@ -2,7 +2,9 @@
 // cuMemSetAccess and cuMemGetAllocationGranularity over host memory (a reservation is a
 // PROT_NONE mapping, a physical handle a memfd mapped into it). The rules each call enforces
 // are listed at the top of fake_cuda.cpp.
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <string>
@@ -109,6 +111,18 @@ FAKE_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle* handle, size_t by
                          std::to_string(dev) +
                          ", which does not report GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED");
   }
+  const unsigned types = static_cast<unsigned>(prop->requestedHandleTypes);
+  if (types != CU_MEM_HANDLE_TYPE_NONE && types != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) {
+    return violation(s, CUDA_ERROR_NOT_SUPPORTED,
+                     "cuMemCreate: requestedHandleTypes other than POSIX_FILE_DESCRIPTOR");
+  }
+  const bool exportable = types == CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+  if (exportable && !s.posix_fd[dev]) {
+    return violation(s, CUDA_ERROR_NOT_SUPPORTED,
+                     "cuMemCreate: requestedHandleTypes POSIX_FILE_DESCRIPTOR on device " +
+                         std::to_string(dev) +
+                         ", which does not report HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED");
+  }
   if (s.used_bytes[dev] + bytes > s.capacity_bytes[dev]) return CUDA_ERROR_OUT_OF_MEMORY;
   const int fd = memfd_create("fakecuda-handle", 0);
   if (fd < 0 || ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
@@ -116,7 +130,7 @@ FAKE_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle* handle, size_t by
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
   const std::uint64_t id = s.next_handle++;
-  s.handles[id] = {dev, bytes, fd, 0, false, rdma};
+  s.handles[id] = {dev, bytes, fd, 0, false, rdma, exportable, false};
   s.used_bytes[dev] += bytes;
   *handle = id;
   return CUDA_SUCCESS;
@@ -134,6 +148,53 @@ FAKE_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
     return CUDA_SUCCESS;
   }
   free_handle(s, handle);
+  return CUDA_SUCCESS;
+}
+
+// The physical memory of a handle as a POSIX file descriptor: a new descriptor of the memfd
+// behind it, which another process takes with pidfd_getfd as it would the real driver's.
+FAKE_EXPORT CUresult cuMemExportToShareableHandle(void* shareable,
+                                                  CUmemGenericAllocationHandle handle,
+                                                  CUmemAllocationHandleType type,
+                                                  unsigned long long flags) {
+  FAKE_ENTER_CTX("cuMemExportToShareableHandle");
+  auto it = s.handles.find(handle);
+  if (it == s.handles.end() || it->second.released || shareable == nullptr) {
+    return violation(s, CUDA_ERROR_INVALID_VALUE,
+                     "cuMemExportToShareableHandle of an unknown or released handle");
+  }
+  if (type != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR || flags != 0 || !it->second.exportable) {
+    return violation(s, CUDA_ERROR_INVALID_VALUE,
+                     "cuMemExportToShareableHandle: the handle was not created with "
+                     "requestedHandleTypes POSIX_FILE_DESCRIPTOR (or another type was asked)");
+  }
+  const int fd = fcntl(it->second.fd, F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) return CUDA_ERROR_OUT_OF_MEMORY;
+  *static_cast<int*>(shareable) = fd;
+  return CUDA_SUCCESS;
+}
+
+// A handle to the memory a POSIX file descriptor from cuMemExportToShareableHandle names (in
+// this process or, passed over, another); the caller keeps the descriptor. Of the current
+// context's device: the double cannot tell which device made the memory.
+FAKE_EXPORT CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle* handle,
+                                                    void* os_handle,
+                                                    CUmemAllocationHandleType type) {
+  FAKE_ENTER_CTX("cuMemImportFromShareableHandle");
+  const int fd = static_cast<int>(reinterpret_cast<std::uintptr_t>(os_handle));
+  struct stat st {};
+  if (type != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR || handle == nullptr ||
+      fstat(fd, &st) != 0 || st.st_size <= 0 || !granular(static_cast<std::size_t>(st.st_size))) {
+    return violation(s, CUDA_ERROR_INVALID_VALUE,
+                     "cuMemImportFromShareableHandle of something that is not an exported "
+                     "POSIX file descriptor");
+  }
+  const int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (own < 0) return CUDA_ERROR_OUT_OF_MEMORY;
+  const std::uint64_t id = s.next_handle++;
+  s.handles[id] = {current_device(), static_cast<std::size_t>(st.st_size), own, 0, false, false,
+                   true, true};
+  *handle = id;
   return CUDA_SUCCESS;
 }
 

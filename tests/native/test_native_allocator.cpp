@@ -174,5 +174,20 @@ TEST_CASE("what timeshare does not support is one clear error", "[native]") {
   installed();
   CHECK_THROWS_WITH(cca::getCheckpointState(0, {0, 9}),
                     Catch::Contains("timeshare does not support checkpointing"));
-  CHECK_THROWS_WITH(cca::shareIpcHandle(nullptr), Catch::Contains("timeshare does not support CUDA IPC"));
+}
+
+TEST_CASE("CUDA IPC reaches timeshare: on the sim, one clear error each way", "[native][ipc]") {
+  installed();
+  // The sim holds no memory another process could map (the CUDA backend's sharing is tested
+  // over the driver double: tests/cpp/test_ipc.cpp).
+  void* p = cca::raw_alloc(2 * kMiB);
+  REQUIRE(p != nullptr);
+  CHECK_THROWS_WITH(cca::shareIpcHandle(p),
+                    Catch::Contains("timeshare cannot share this CUDA tensor with another process: "
+                                    "the sim backend cannot export this memory"));
+  cca::raw_delete(p);
+  CHECK_THROWS_WITH(cca::shareIpcHandle(p), Catch::Contains("not a block timeshare allocated"));
+  // A handle of PyTorch's own allocator (a cudaIpcMemHandle_t) is not timeshare's.
+  CHECK_THROWS_WITH(cca::getIpcDevPtr(std::string(64, '\x01')),
+                    Catch::Contains("not a timeshare CUDA IPC handle"));
 }

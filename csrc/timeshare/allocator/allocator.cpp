@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "timeshare/allocator/ipc_handle.h"
 #include "timeshare/common/log.h"
 #include "timeshare/common/units.h"
 #include "timeshare/spill/make_room.h"
@@ -64,7 +65,11 @@ Allocator::Allocator(const Options& options, std::unique_ptr<device::Backend> ba
              backend_->device_index(), pool_->name(), predictor_name());
 }
 
-Allocator::~Allocator() = default;
+Allocator::~Allocator() {
+  std::lock_guard lock(mu_);
+  for (auto& [ptr, e] : exported_) ipc::close_fds(&e.fds);
+  for (void* base : imported_) backend_->release_import(base);
+}
 
 const char* Allocator::predictor_name() const noexcept {
   return predictor_ ? predictor_->name() : "none";
@@ -154,6 +159,7 @@ bool Allocator::free(void* ptr) {
   const std::uint64_t now = counters_.clock_events++;
   const Live live = it->second;
   live_.erase(it);
+  if (!exported_.empty()) forget_export(ptr);
   own(live.pool);
   pool::Pool& pool = pool_of(live.pool);
   if (pool.deallocate(ptr, now) != pool::FreeResult::kOk) {
@@ -182,8 +188,8 @@ bool Allocator::block_info(const void* ptr, device::Stream* stream, std::size_t*
   std::lock_guard lock(mu_);
   auto it = live_.find(const_cast<void*>(ptr));
   if (it == live_.end()) return false;
-  *stream = it->second.stream;
-  *bytes = it->second.bytes;
+  if (stream) *stream = it->second.stream;
+  if (bytes) *bytes = it->second.bytes;
   return true;
 }
 

@@ -24,6 +24,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -104,6 +105,18 @@ class Allocator {
   // Releases the cached memory of pool `id` only.
   void empty_cache(PoolId id);
 
+  // ---- CUDA IPC: a live block's memory mapped by another process (allocator_ipc.cpp) -------
+  // The handle (ipc_handle.h) of the block that starts at `ptr`, for open_ipc in another
+  // process, and where the block starts in the memory the handle maps; "" with `why` where it
+  // cannot be shared (not a live block's start, a backend without virtual memory). The
+  // memory's descriptors stay open until the block is freed; sharing it again gives the same
+  // handle.
+  std::string share_ipc(void* ptr, std::size_t* offset, std::string* why);
+  // Maps the memory a handle from share_ipc names (of another process, or of this one) at a new
+  // address on this device; nullptr with `why` when it cannot. close_ipc gives it back.
+  void* open_ipc(const std::string& handle, std::string* why);
+  bool close_ipc(void* base);
+
   // ---- what is mapped, for snapshots and cacheInfo ---------------------------------------
   struct BlockView {
     std::uintptr_t addr = 0;
@@ -146,8 +159,8 @@ class Allocator {
   const Options& options() const noexcept { return options_; }
   device::Backend& backend() noexcept { return *backend_; }
   const char* pool_name() const noexcept { return pool_->name(); }
-  // The stream a live block was allocated on and its requested size; false when `ptr` is not
-  // live here.
+  // The stream a live block was allocated on and its requested size (either may be null);
+  // false when `ptr` is not live here.
   bool block_info(const void* ptr, device::Stream* stream, std::size_t* bytes) const;
   const char* predictor_name() const noexcept;
 
@@ -170,7 +183,14 @@ class Allocator {
     device::Stream stream;
     PrivatePool* pool;  // nullptr: the default pool
   };
+  struct Exported {
+    std::string handle;
+    std::size_t offset = 0;
+    std::vector<int> fds;  // open while the block lives
+  };
   std::string oom_message(std::size_t bytes, device::Stream stream) const;
+  // Closes the descriptors of a block shared with share_ipc (it was freed); mu_ held.
+  void forget_export(void* ptr);
   DeviceStats stats_locked() const;
   pool::Pool& pool_of(PrivatePool* p) noexcept { return p ? *p->pool : *pool_; }
   const pool::Pool& pool_of(const PrivatePool* p) const noexcept { return p ? *p->pool : *pool_; }
@@ -200,6 +220,8 @@ class Allocator {
   std::uint64_t next_alloc_id_ = 0;
   AllocatorCounters counters_;
   std::string last_oom_;
+  std::unordered_map<void*, Exported> exported_;  // live blocks shared with share_ipc
+  std::unordered_set<void*> imported_;            // mappings open_ipc made
 };
 
 // ---- the factory (factory.cpp): the one recipe for every pool and predictor stack -------------

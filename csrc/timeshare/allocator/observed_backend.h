@@ -84,6 +84,15 @@ class ObservedBackend final : public device::Backend {
   device::Status map(void* addr, std::size_t bytes) override;
   device::Status unmap(void* addr, std::size_t bytes) override;
   device::Status map_alias(void* addr, const void* from, std::size_t bytes) override;
+  // Shared memory is not the pool's: neither exports nor imports enter the span map.
+  device::Status export_granules(const void* addr, std::size_t bytes,
+                                 std::vector<int>* fds) override {
+    return inner_->export_granules(addr, bytes, fds);
+  }
+  device::Status import_granules(const std::vector<int>& fds, void** base) override {
+    return inner_->import_granules(fds, base);
+  }
+  device::Status release_import(void* base) override { return inner_->release_import(base); }
   device::Status create_stream(device::Stream* out) override { return inner_->create_stream(out); }
   device::Status destroy_stream(device::Stream s) override { return inner_->destroy_stream(s); }
   device::Status create_event(device::Event* out) override { return inner_->create_event(out); }

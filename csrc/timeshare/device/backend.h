@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace timeshare::device {
 
@@ -74,6 +75,32 @@ class Backend {
     (void)addr;
     (void)from;
     (void)bytes;
+    return Status::kInvalid;
+  }
+
+  // ---- memory shared with another process (CUDA IPC over virtual memory) -------------------
+  // A POSIX file descriptor for the physical memory of each granule of [addr, addr+bytes)
+  // (mapped, granule-aligned, inside a range from va_reserve), new descriptors the caller owns
+  // and closes; another process that holds them (pidfd_getfd) maps the same memory with
+  // import_granules. kInvalid where unsupported (the default: the sim has no memory another
+  // process could reach).
+  virtual Status export_granules(const void* addr, std::size_t bytes, std::vector<int>* fds) {
+    (void)addr;
+    (void)bytes;
+    (void)fds;
+    return Status::kInvalid;
+  }
+  // Maps, at a new address range of fds.size() granules (*base), the physical memory that
+  // `fds` (from export_granules, in this or another process) name, readable and writable by
+  // this device. The caller keeps the descriptors. All or nothing.
+  virtual Status import_granules(const std::vector<int>& fds, void** base) {
+    (void)fds;
+    *base = nullptr;
+    return Status::kInvalid;
+  }
+  // Unmaps and gives back what import_granules mapped at `base`.
+  virtual Status release_import(void* base) {
+    (void)base;
     return Status::kInvalid;
   }
 

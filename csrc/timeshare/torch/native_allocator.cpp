@@ -358,11 +358,47 @@ class NativeAllocator final : public cca::CUDAAllocator {
   void markCaptureBegin(DeviceIndex device) override { allocator_for(device)->set_capturing(true); }
   void markCaptureEnd(DeviceIndex device) override { allocator_for(device)->set_capturing(false); }
 
-  // ---- what timeshare does not do (one clear error each) ---------------------------------------
-  cca::ShareableHandle shareIpcHandle(void*) override {
-    TORCH_CHECK(false, kIpcRefusal);
+  // ---- CUDA IPC (torch.multiprocessing, Tensor.share_memory_): the core's handles ------------
+  // The block at `ptr` as a handle another process's getIpcDevPtr maps, and where the block
+  // starts in what it maps (torch adds that offset: StorageSharing.cpp).
+  cca::ShareableHandle shareIpcHandle(void* ptr) override {
+    std::string why = "the pointer is not a block timeshare allocated";
+    for (int d = 0; d < registry::kMaxDevices; ++d) {
+      Core* a = registry::existing(d);
+      if (!a) {
+        if (d >= device_count_hint()) break;
+        continue;
+      }
+      if (!a->block_info(ptr, nullptr, nullptr)) continue;
+      std::size_t offset = 0;
+      const std::string handle = a->share_ipc(ptr, &offset, &why);
+      if (!handle.empty()) return {static_cast<std::ptrdiff_t>(offset), handle};
+      break;
+    }
+    TORCH_CHECK(false, "timeshare cannot share this CUDA tensor with another process: ", why,
+                " (docs/usage.md#cuda-ipc)");
   }
-  std::shared_ptr<void> getIpcDevPtr(std::string) override { TORCH_CHECK(false, kIpcRefusal); }
+  // The memory of another process's shared block, mapped on the current device (torch sets it
+  // to the sender's index first); one mapping per handle while any storage holds it, as
+  // PyTorch's allocator keeps.
+  std::shared_ptr<void> getIpcDevPtr(std::string handle) override {
+    std::lock_guard lock(ipc_mu_);
+    if (auto it = ipc_open_.find(handle); it != ipc_open_.end()) {
+      if (auto open = it->second.lock()) return open;
+    }
+    std::erase_if(ipc_open_, [](const auto& e) { return e.second.expired(); });
+    Core* a = allocator_for(current_device());
+    std::string why;
+    void* base = a->open_ipc(handle, &why);
+    TORCH_CHECK(base != nullptr,
+                "timeshare cannot open a CUDA tensor another process shared: ", why,
+                " (docs/usage.md#cuda-ipc)");
+    std::shared_ptr<void> open(base, [a](void* p) { a->close_ipc(p); });
+    ipc_open_[handle] = open;
+    return open;
+  }
+
+  // ---- what timeshare does not do (one clear error each) ---------------------------------------
   std::shared_ptr<cca::AllocatorState> getCheckpointState(DeviceIndex, MempoolId_t) override {
     TORCH_CHECK(false, kCheckpointRefusal);
   }
@@ -403,11 +439,6 @@ class NativeAllocator final : public cca::CUDAAllocator {
   }
 
  private:
-  static constexpr const char* kIpcRefusal =
-      "timeshare does not support CUDA IPC (sharing a CUDA tensor with another process: "
-      "torch.multiprocessing, Tensor.share_memory_, cudaIpcGetMemHandle). Run such processes "
-      "without timeshare (unset TIMESHARE, do not call timeshare.enable()); see "
-      "docs/usage.md#known-gaps";
   static constexpr const char* kCheckpointRefusal =
       "timeshare does not support checkpointing a CUDA graph pool's state (CUDA graph trees "
       "under torch.compile(mode='reduce-overhead') when graphs diverge). Use "
@@ -469,6 +500,8 @@ class NativeAllocator final : public cca::CUDAAllocator {
   std::atomic<bool> enabled_{true};
   std::array<std::atomic<bool>, registry::kMaxDevices> watched_{};
   MemoryHistory history_;
+  std::mutex ipc_mu_;
+  std::unordered_map<std::string, std::weak_ptr<void>> ipc_open_;  // getIpcDevPtr's mappings
   std::mutex observers_mu_;
   std::vector<cca::OutOfMemoryObserver> oom_observers_;
   std::vector<cca::OomRejectionObserver> rejection_observers_;

@@ -1,11 +1,13 @@
 #include "timeshare/device/cuda/cuda_backend.h"
 
 #include <cuda.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <map>
 #include <mutex>
+#include <set>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -24,26 +26,13 @@ using cuda_api::status_of;
 
 thread_local std::string t_last_error;
 
-constexpr std::size_t kGranuleBytes = std::size_t{2} << 20;  // physical mapping unit (2 MiB)
-
-// Pinned device memory of `dev`, RDMA-capable when the device supports that with virtual memory
-// (NCCL user-buffer registration, CUDA-aware MPI and NVSHMEM need it; PyTorch's expandable segments
-// set it too).
-CUmemAllocationProp make_allocation_prop(CUdevice dev, bool rdma) {
-  CUmemAllocationProp prop{};
-  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
-  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-  prop.location.id = dev;
-  prop.allocFlags.gpuDirectRDMACapable = rdma ? 1 : 0;
-  return prop;
-}
 
 class CudaBackend final : public Backend, public cuda_api::PeerFollower {
  public:
-  CudaBackend(int index, CUdevice dev, CUcontext ctx, bool vmm, bool rdma, std::size_t granule,
-              std::vector<CUdevice> all_devices, std::vector<CUdevice> capable)
-      : index_(index), dev_(dev), ctx_(ctx), vmm_(vmm), rdma_(rdma), granule_(granule),
-        all_devices_(std::move(all_devices)), capable_(std::move(capable)) {}
+  CudaBackend(int index, cuda_api::DeviceTraits t)
+      : index_(index), dev_(t.dev), ctx_(t.ctx), vmm_(t.vmm), rdma_(t.rdma),
+        posix_fd_(t.posix_fd), granule_(t.granule), all_devices_(std::move(t.all_devices)),
+        capable_(std::move(t.capable)) {}
   ~CudaBackend() override {
     cuda_api::remove_peer_follower(this);
     {
@@ -191,34 +180,15 @@ class CudaBackend final : public Backend, public cuda_api::PeerFollower {
     const auto base = reinterpret_cast<CUdeviceptr>(addr);
     std::lock_guard lock(mu_);
     if (Status s = check_range(base, bytes, /*mapped=*/false, "map"); s != Status::kOk) return s;
-    CUmemAllocationProp prop = allocation_prop();
-    std::size_t done = 0;
-    Status status = Status::kOk;
-    for (; done < bytes; done += granule_) {
-      CUmemGenericAllocationHandle h = 0;
-      if (status = check(d().cuMemCreate(&h, granule_, &prop, 0), "cuMemCreate");
-          status != Status::kOk) {
-        break;
-      }
-      if (status = check(d().cuMemMap(base + done, granule_, 0, h, 0), "cuMemMap");
-          status != Status::kOk) {
-        d().cuMemRelease(h);
-        break;
-      }
-      handles_[base + done] = h;
-      mappings_[h] = 1;
-    }
-    if (status == Status::kOk) status = set_access(base, bytes);
-    if (status != Status::kOk && done > 0) {
-      const std::string why = t_last_error;  // the cause, not the clean-up
-      unmap_locked(base, done, /*all_or_nothing=*/false);
-      t_last_error = why;
-    }
-    return status;
+    const CUmemAllocationProp prop = allocation_prop();
+    return map_each_locked(base, bytes, /*fresh=*/true,
+                           [&](std::size_t, CUmemGenericAllocationHandle* h) {
+                             return check(d().cuMemCreate(h, granule_, &prop, 0), "cuMemCreate");
+                           });
   }
 
   // Maps the physical handles now mapped at [from, from+bytes) at [addr, addr+bytes) too; each
-  // handle is released when its last mapping goes. All or nothing.
+  // handle is released when its last mapping goes (the source keeps its own). All or nothing.
   Status map_alias(void* addr, const void* from, std::size_t bytes) override {
     Guard g(*this);
     if (!g.ok()) return Status::kError;
@@ -231,25 +201,93 @@ class CudaBackend final : public Backend, public cuda_api::PeerFollower {
     if (Status s = check_range(source, bytes, /*mapped=*/true, "map_alias"); s != Status::kOk) {
       return s;
     }
-    std::size_t done = 0;
-    Status status = Status::kOk;
-    for (; done < bytes; done += granule_) {
-      const CUmemGenericAllocationHandle h = handles_.at(source + done);
-      if (status = check(d().cuMemMap(base + done, granule_, 0, h, 0), "cuMemMap");
-          status != Status::kOk) {
-        break;
+    return map_each_locked(base, bytes, /*fresh=*/false,
+                           [&](std::size_t off, CUmemGenericAllocationHandle* h) {
+                             *h = handles_.at(source + off);
+                             return Status::kOk;
+                           });
+  }
+
+  // One POSIX file descriptor per granule's physical handle (cuMemExportToShareableHandle).
+  Status export_granules(const void* addr, std::size_t bytes, std::vector<int>* fds) override {
+    fds->clear();
+    if (!posix_fd_) {
+      return fail(Status::kInvalid,
+                  "device " + std::to_string(index_) +
+                      " cannot export memory as POSIX file descriptors "
+                      "(CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED is 0)");
+    }
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
+    const auto base = reinterpret_cast<CUdeviceptr>(addr);
+    std::lock_guard lock(mu_);
+    if (Status s = check_range(base, bytes, /*mapped=*/true, "export"); s != Status::kOk) return s;
+    for (std::size_t off = 0; off < bytes; off += granule_) {
+      int fd = -1;
+      const Status s = check(d().cuMemExportToShareableHandle(
+                                 &fd, handles_.at(base + off),
+                                 CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0),
+                             "cuMemExportToShareableHandle");
+      if (s != Status::kOk) {
+        for (int made : *fds) ::close(made);
+        fds->clear();
+        return s;
       }
-      handles_[base + done] = h;
-      ++mappings_[h];
+      fds->push_back(fd);
     }
-    if (status == Status::kOk) status = set_access(base, bytes);
-    if (status != Status::kOk && done > 0) {
-      const std::string why = t_last_error;
-      // The source keeps its mappings: no handle is released.
-      unmap_locked(base, done, /*all_or_nothing=*/false);
-      t_last_error = why;
+    return Status::kOk;
+  }
+
+  // Reserve, import + map each handle (cuMemImportFromShareableHandle), set access; all or
+  // nothing. The range and its handles are this backend's like any other mapping.
+  Status import_granules(const std::vector<int>& fds, void** out) override {
+    *out = nullptr;
+    if (fds.empty()) return fail(Status::kInvalid, "import of no granules");
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
+    const std::size_t bytes = fds.size() * granule_;
+    std::lock_guard lock(mu_);
+    CUdeviceptr base = 0;
+    if (Status s = check(d().cuMemAddressReserve(&base, bytes, granule_, 0, 0),
+                         "cuMemAddressReserve");
+        s != Status::kOk) {
+      return s;
     }
-    return status;
+    ranges_[base] = bytes;
+    const Status s = map_each_locked(
+        base, bytes, /*fresh=*/true, [&](std::size_t off, CUmemGenericAllocationHandle* h) {
+          const auto fd = static_cast<std::uintptr_t>(fds[off / granule_]);
+          return check(d().cuMemImportFromShareableHandle(h, reinterpret_cast<void*>(fd),
+                                                          CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
+                       "cuMemImportFromShareableHandle");
+        });
+    if (s != Status::kOk) {
+      if (handles_.lower_bound(base) == handles_.lower_bound(base + bytes)) {  // nothing kept
+        d().cuMemAddressFree(base, bytes);
+        ranges_.erase(base);
+      }
+      return s;
+    }
+    imports_.insert(base);
+    *out = reinterpret_cast<void*>(base);
+    return Status::kOk;
+  }
+
+  Status release_import(void* addr) override {
+    Guard g(*this);
+    if (!g.ok()) return Status::kError;
+    const auto base = reinterpret_cast<CUdeviceptr>(addr);
+    std::lock_guard lock(mu_);
+    if (imports_.count(base) == 0) return fail(Status::kInvalid, "release of an unknown import");
+    const std::size_t bytes = ranges_.at(base);
+    if (Status s = unmap_locked(base, bytes); s != Status::kOk) return s;
+    if (Status s = check(d().cuMemAddressFree(base, bytes), "cuMemAddressFree");
+        s != Status::kOk) {
+      return s;
+    }
+    ranges_.erase(base);
+    imports_.erase(base);
+    return Status::kOk;
   }
 
   Status unmap(void* addr, std::size_t bytes) override {
@@ -373,30 +411,12 @@ class CudaBackend final : public Backend, public cuda_api::PeerFollower {
  private:
   // Makes this device's primary context current for one backend call and gives the calling
   // thread back the context it had (PyTorch's current device, or none) when the call returns.
-  class Guard {
-   public:
-    explicit Guard(const CudaBackend& b) {
-      if (d().cuCtxGetCurrent(&saved_) != CUDA_SUCCESS) saved_ = nullptr;
-      if (saved_ == b.ctx_) return;
-      if (d().cuCtxSetCurrent(b.ctx_) != CUDA_SUCCESS) {
-        t_last_error =
-            "cannot make the CUDA context of device " + std::to_string(b.index_) + " current";
-        ok_ = false;
-        return;
-      }
-      switched_ = true;
+  // The device's context current for a scope (t_last_error says so where it cannot be).
+  struct Guard : cuda_api::ContextGuard {
+    explicit Guard(const CudaBackend& b) : ContextGuard(b.ctx_) {
+      if (!ok()) t_last_error = "cannot make the CUDA context of device " +
+                                std::to_string(b.index_) + " current";
     }
-    ~Guard() {
-      if (switched_) d().cuCtxSetCurrent(saved_);
-    }
-    Guard(const Guard&) = delete;
-    Guard& operator=(const Guard&) = delete;
-    bool ok() const noexcept { return ok_; }
-
-   private:
-    CUcontext saved_ = nullptr;
-    bool switched_ = false;
-    bool ok_ = true;
   };
 
   static const Driver& d() { return driver(); }
@@ -410,7 +430,37 @@ class CudaBackend final : public Backend, public cuda_api::PeerFollower {
     return h == nullptr || h == CU_STREAM_LEGACY || h == CU_STREAM_PER_THREAD;
   }
 
-  CUmemAllocationProp allocation_prop() const { return make_allocation_prop(dev_, rdma_); }
+  CUmemAllocationProp allocation_prop() const {
+    return cuda_api::allocation_prop(dev_, rdma_, posix_fd_);
+  }
+
+  // Maps granule after granule of [base, base+bytes) with the handle `next(offset, &h)` gives
+  // (`fresh`: made for this mapping, released when its map fails; else one already mapped
+  // elsewhere), then sets access. All or nothing: after a failure what it mapped is unmapped
+  // again (a fresh handle goes with it) and the first failure's message stays. mu_ held.
+  template <class Next>
+  Status map_each_locked(CUdeviceptr base, std::size_t bytes, bool fresh, Next next) {
+    std::size_t done = 0;
+    Status status = Status::kOk;
+    for (; done < bytes; done += granule_) {
+      CUmemGenericAllocationHandle h = 0;
+      if (status = next(done, &h); status != Status::kOk) break;
+      if (status = check(d().cuMemMap(base + done, granule_, 0, h, 0), "cuMemMap");
+          status != Status::kOk) {
+        if (fresh) d().cuMemRelease(h);
+        break;
+      }
+      handles_[base + done] = h;
+      ++mappings_[h];
+    }
+    if (status == Status::kOk) status = set_access(base, bytes);
+    if (status != Status::kOk && done > 0) {
+      const std::string why = t_last_error;  // the cause, not the clean-up
+      unmap_locked(base, done, /*all_or_nothing=*/false);
+      t_last_error = why;
+    }
+    return status;
+  }
 
   // kOk when [base, base+bytes) is granular, inside one reserved range, and each of its granules
   // is mapped (`mapped`) or not (`!mapped`); mu_ held.
@@ -521,6 +571,7 @@ class CudaBackend final : public Backend, public cuda_api::PeerFollower {
   const CUcontext ctx_;
   const bool vmm_;
   const bool rdma_;  // physical memory is created RDMA-capable
+  const bool posix_fd_;  // ... and exportable as POSIX file descriptors (CUDA IPC)
   const std::size_t granule_;
   std::mutex mu_;
   const std::vector<CUdevice> all_devices_;  // by index
@@ -530,57 +581,16 @@ class CudaBackend final : public Backend, public cuda_api::PeerFollower {
   std::map<CUdeviceptr, CUmemGenericAllocationHandle> handles_;  // mapped granule -> handle
   std::unordered_map<CUmemGenericAllocationHandle, int> mappings_;  // handle -> addresses mapped
   std::vector<CUmemGenericAllocationHandle> unreleased_;  // unmapped, cuMemRelease failed
+  std::set<CUdeviceptr> imports_;  // ranges import_granules mapped (also in ranges_)
   cuda_api::StandInEvents stand_ins_;  // for events recorded on other devices' streams
 };
 
 }  // namespace
 
 std::unique_ptr<Backend> make_cuda_backend(int device, std::string* error) {
-  std::string why;
-  if (!cuda_available(&why)) {
-    *error = why;
-    return nullptr;
-  }
-  const Driver& x = driver();
-  CUdevice dev = 0;
-  if (device < 0 || device >= cuda_device_count() || x.cuDeviceGet(&dev, device) != CUDA_SUCCESS) {
-    *error = "CUDA device " + std::to_string(device) + " does not exist";
-    return nullptr;
-  }
-  CUcontext ctx = nullptr;
-  if (x.cuDevicePrimaryCtxRetain(&ctx, dev) != CUDA_SUCCESS) {
-    *error = "cannot retain the primary context of CUDA device " + std::to_string(device);
-    return nullptr;
-  }
-  int vmm = 0;
-  x.cuDeviceGetAttribute(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, dev);
-  int rdma = 0;
-  if (vmm) {
-    x.cuDeviceGetAttribute(&rdma, CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED, dev);
-  }
-  std::size_t granule = kGranuleBytes;
-  if (vmm) {
-    const CUmemAllocationProp prop = make_allocation_prop(dev, rdma != 0);
-    std::size_t g = 0;
-    if (x.cuMemGetAllocationGranularity(&g, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) ==
-            CUDA_SUCCESS && g > 0) {
-      granule = (granule + g - 1) / g * g;  // keep 2 MiB unless the device needs more
-    }
-  }
-  // The devices that can access this one's memory (cuDeviceCanAccessPeer): the peers its
-  // mappings may be granted to (follow).
-  std::vector<CUdevice> all_devices;
-  std::vector<CUdevice> capable;
-  for (int i = 0; i < cuda_device_count(); ++i) {
-    CUdevice other = 0;
-    int can = 0;
-    if (x.cuDeviceGet(&other, i) != CUDA_SUCCESS) other = -1;
-    all_devices.push_back(other);
-    if (i == device || other < 0) continue;
-    if (x.cuDeviceCanAccessPeer(&can, other, dev) == CUDA_SUCCESS && can) capable.push_back(other);
-  }
-  auto b = std::make_unique<CudaBackend>(device, dev, ctx, vmm != 0, rdma != 0, granule,
-                                         std::move(all_devices), std::move(capable));
+  cuda_api::DeviceTraits traits;
+  if (!cuda_available(error) || !cuda_api::probe_device(device, &traits, error)) return nullptr;
+  auto b = std::make_unique<CudaBackend>(device, std::move(traits));
   cuda_api::add_peer_follower(b.get());
   return b;
 }

@@ -57,6 +57,8 @@ const Driver& driver() {
     resolve(lib, x.cuMemUnmap, "cuMemUnmap", &missing);
     resolve(lib, x.cuMemSetAccess, "cuMemSetAccess", &missing);
     resolve(lib, x.cuMemGetAllocationGranularity, "cuMemGetAllocationGranularity", &missing);
+    resolve(lib, x.cuMemExportToShareableHandle, "cuMemExportToShareableHandle", &missing);
+    resolve(lib, x.cuMemImportFromShareableHandle, "cuMemImportFromShareableHandle", &missing);
     resolve(lib, x.cuStreamCreate, "cuStreamCreate", &missing);
     resolve(lib, x.cuStreamDestroy, "cuStreamDestroy_v2", &missing);
     resolve(lib, x.cuStreamGetCtx, "cuStreamGetCtx", &missing);
@@ -82,6 +84,75 @@ const Driver& driver() {
     return x;
   }();
   return d;
+}
+
+ContextGuard::ContextGuard(CUcontext ctx) {
+  if (driver().cuCtxGetCurrent(&saved_) != CUDA_SUCCESS) saved_ = nullptr;
+  if (saved_ == ctx) return;
+  if (driver().cuCtxSetCurrent(ctx) != CUDA_SUCCESS) {
+    ok_ = false;
+    return;
+  }
+  switched_ = true;
+}
+
+ContextGuard::~ContextGuard() {
+  if (switched_) driver().cuCtxSetCurrent(saved_);
+}
+
+CUmemAllocationProp allocation_prop(CUdevice dev, bool rdma, bool posix_fd) {
+  CUmemAllocationProp prop{};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = dev;
+  prop.allocFlags.gpuDirectRDMACapable = rdma ? 1 : 0;
+  prop.requestedHandleTypes =
+      posix_fd ? CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR : CU_MEM_HANDLE_TYPE_NONE;
+  return prop;
+}
+
+bool probe_device(int device, DeviceTraits* out, std::string* error) {
+  const Driver& x = driver();
+  DeviceTraits t;
+  if (device < 0 || device >= cuda_device_count() ||
+      x.cuDeviceGet(&t.dev, device) != CUDA_SUCCESS) {
+    *error = "CUDA device " + std::to_string(device) + " does not exist";
+    return false;
+  }
+  if (x.cuDevicePrimaryCtxRetain(&t.ctx, t.dev) != CUDA_SUCCESS) {
+    *error = "cannot retain the primary context of CUDA device " + std::to_string(device);
+    return false;
+  }
+  const auto attribute = [&](CUdevice_attribute a) {
+    int v = 0;
+    return x.cuDeviceGetAttribute(&v, a, t.dev) == CUDA_SUCCESS && v != 0;
+  };
+  t.vmm = attribute(CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED);
+  t.rdma = t.vmm && attribute(CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED);
+  t.posix_fd = t.vmm && attribute(CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED);
+  t.granule = std::size_t{2} << 20;  // 2 MiB unless the device needs more
+  if (t.vmm) {
+    const CUmemAllocationProp prop = allocation_prop(t.dev, t.rdma, t.posix_fd);
+    std::size_t g = 0;
+    if (x.cuMemGetAllocationGranularity(&g, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) ==
+            CUDA_SUCCESS && g > 0) {
+      t.granule = (t.granule + g - 1) / g * g;
+    }
+  }
+  // The devices that can access this one's memory (cuDeviceCanAccessPeer): the peers its
+  // mappings may be granted to.
+  for (int i = 0; i < cuda_device_count(); ++i) {
+    CUdevice other = 0;
+    int can = 0;
+    if (x.cuDeviceGet(&other, i) != CUDA_SUCCESS) other = -1;
+    t.all_devices.push_back(other);
+    if (i == device || other < 0) continue;
+    if (x.cuDeviceCanAccessPeer(&can, other, t.dev) == CUDA_SUCCESS && can) {
+      t.capable.push_back(other);
+    }
+  }
+  *out = std::move(t);
+  return true;
 }
 
 Status status_of(CUresult r) {

@@ -6,6 +6,7 @@
 #include <cuda.h>
 
 #include <string>
+#include <vector>
 
 #include "timeshare/device/backend.h"
 
@@ -41,6 +42,10 @@ struct Driver {
   TS_CU_FN(cuMemSetAccess, CUdeviceptr, size_t, const CUmemAccessDesc*, size_t)
   TS_CU_FN(cuMemGetAllocationGranularity, size_t*, const CUmemAllocationProp*,
            CUmemAllocationGranularity_flags)
+  TS_CU_FN(cuMemExportToShareableHandle, void*, CUmemGenericAllocationHandle,
+           CUmemAllocationHandleType, unsigned long long)
+  TS_CU_FN(cuMemImportFromShareableHandle, CUmemGenericAllocationHandle*, void*,
+           CUmemAllocationHandleType)
   TS_CU_FN(cuStreamCreate, CUstream*, unsigned int)
   TS_CU_FN(cuStreamDestroy, CUstream)
   TS_CU_FN(cuStreamGetCtx, CUstream, CUcontext*)
@@ -59,6 +64,43 @@ struct Driver {
 
 // Loaded at the first call, once per process.
 const Driver& driver();
+
+// Makes `ctx` the calling thread's current context for a scope, and the previous one current
+// again at its end; ok() false when the driver refused (nothing changed then).
+class ContextGuard {
+ public:
+  explicit ContextGuard(CUcontext ctx);
+  ~ContextGuard();
+  ContextGuard(const ContextGuard&) = delete;
+  ContextGuard& operator=(const ContextGuard&) = delete;
+  bool ok() const noexcept { return ok_; }
+
+ private:
+  CUcontext saved_ = nullptr;
+  bool switched_ = false;
+  bool ok_ = true;
+};
+
+// Pinned device memory of `dev`, RDMA-capable when the device supports that with virtual memory
+// (NCCL user-buffer registration, CUDA-aware MPI and NVSHMEM need it; PyTorch's expandable
+// segments set it too), and exportable as a POSIX file descriptor where the device supports that
+// (CUDA IPC: another process maps the same memory; PyTorch's expandable segments ask for it too).
+CUmemAllocationProp allocation_prop(CUdevice dev, bool rdma, bool posix_fd);
+
+// What the CUDA backend of one device is made with: the device, its primary context (retained
+// here, released by the backend), what it supports, and which devices can access its memory.
+struct DeviceTraits {
+  CUdevice dev = 0;
+  CUcontext ctx = nullptr;
+  bool vmm = false;       // virtual memory management
+  bool rdma = false;      // ... with GPUDirect RDMA
+  bool posix_fd = false;  // ... exportable as POSIX file descriptors
+  std::size_t granule = 0;
+  std::vector<CUdevice> all_devices;  // by index
+  std::vector<CUdevice> capable;      // devices that can access this one's memory (peers)
+};
+// False, with `error`, when `device` does not exist or its context cannot be retained.
+bool probe_device(int device, DeviceTraits* out, std::string* error);
 
 // The Status a failed driver call is reported as: out of memory only when the driver said so,
 // a bad argument when it named one, a device error otherwise.
