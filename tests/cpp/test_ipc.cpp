@@ -150,8 +150,10 @@ TEST_CASE("cuda: a block shared with share_ipc is the same memory where open_ipc
 TEST_CASE("cuda: the receiving process of a shared block", "[.][ipc-receiver]") {
   const char* handle = std::getenv("TIMESHARE_TEST_IPC_HANDLE");
   const char* offset = std::getenv("TIMESHARE_TEST_IPC_OFFSET");
-  REQUIRE(handle);
-  REQUIRE(offset);
+  if (!handle || !offset) {  // a run of the whole suite (a filter such as "~[bench]" runs it)
+    SUCCEED("nothing to receive: the sender's test starts this one");
+    return;
+  }
   FakeDriver fake(1);
   {
     Allocator receiver(options_of("policy:timeshare"), cuda(0));
