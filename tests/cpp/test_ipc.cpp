@@ -216,4 +216,23 @@ TEST_CASE("cuda: a device without POSIX file descriptor handles refuses to share
   check_violations();
 }
 
+TEST_CASE("cuda: where the driver refuses exportable memory, memory is made plain and sharing "
+          "says why", "[cuda][ipc]") {
+  FakeDriver fake(1);
+  fakecuda_fail_next("cuMemCreate", CUDA_ERROR_NOT_SUPPORTED);  // as some containers answer
+  {
+    Allocator a(options_of("policy:timeshare"), cuda(0));
+    void* p = a.malloc(4 * kMiB, 0);
+    REQUIRE(p);  // the allocation does not fail for it
+    std::size_t offset = 0;
+    std::string why;
+    CHECK(a.share_ipc(p, &offset, &why).empty());
+    CHECK(why.find("cannot export memory as POSIX file descriptors (the driver refused it: "
+                   "cuMemCreate of exportable memory") != std::string::npos);
+    REQUIRE(a.free(p));
+  }
+  CHECK(fakecuda_calls("cuMemCreate") >= 3);  // the refused one, then plain ones
+  check_violations();
+}
+
 #endif  // TIMESHARE_WITH_CUDA

@@ -106,19 +106,14 @@ class CudaBackend final : public Backend, public cuda_api::PeerFollower {
   int device_index() const noexcept override { return index_; }
 
   Status reserve(std::size_t bytes, void** out) override {
-    *out = nullptr;
-    Guard g(*this);
-    if (!g.ok()) return Status::kError;
     CUdeviceptr p = 0;
-    if (Status s = check(d().cuMemAlloc(&p, bytes), "cuMemAlloc"); s != Status::kOk) return s;
-    *out = reinterpret_cast<void*>(p);
-    return Status::kOk;
+    const Status st = call("cuMemAlloc", [&] { return d().cuMemAlloc(&p, bytes); });
+    *out = st == Status::kOk ? reinterpret_cast<void*>(p) : nullptr;
+    return st;
   }
 
   Status release(void* ptr, std::size_t) override {
-    Guard g(*this);
-    if (!g.ok()) return Status::kError;
-    return check(d().cuMemFree(reinterpret_cast<CUdeviceptr>(ptr)), "cuMemFree");
+    return call("cuMemFree", [&] { return d().cuMemFree(reinterpret_cast<CUdeviceptr>(ptr)); });
   }
 
   MemInfo mem_info() override {
@@ -180,10 +175,21 @@ class CudaBackend final : public Backend, public cuda_api::PeerFollower {
     const auto base = reinterpret_cast<CUdeviceptr>(addr);
     std::lock_guard lock(mu_);
     if (Status s = check_range(base, bytes, /*mapped=*/false, "map"); s != Status::kOk) return s;
-    const CUmemAllocationProp prop = allocation_prop();
+    CUmemAllocationProp prop = allocation_prop();
     return map_each_locked(base, bytes, /*fresh=*/true,
                            [&](std::size_t, CUmemGenericAllocationHandle* h) {
-                             return check(d().cuMemCreate(h, granule_, &prop, 0), "cuMemCreate");
+                             CUresult r = d().cuMemCreate(h, granule_, &prop, 0);
+                             if (posix_fd_ && (r == CUDA_ERROR_NOT_SUPPORTED ||
+                                               r == CUDA_ERROR_NOT_PERMITTED)) {
+                               // Exportable memory refused (some containers do, whatever the
+                               // device reports): plain memory, and CUDA IPC says why.
+                               posix_fd_ = false;
+                               fail(Status::kError, "cuMemCreate of exportable memory", r);
+                               posix_fd_refused_ = t_last_error;
+                               prop = allocation_prop();
+                               r = d().cuMemCreate(h, granule_, &prop, 0);
+                             }
+                             return check(r, "cuMemCreate");
                            });
   }
 
@@ -211,16 +217,19 @@ class CudaBackend final : public Backend, public cuda_api::PeerFollower {
   // One POSIX file descriptor per granule's physical handle (cuMemExportToShareableHandle).
   Status export_granules(const void* addr, std::size_t bytes, std::vector<int>* fds) override {
     fds->clear();
-    if (!posix_fd_) {
-      return fail(Status::kInvalid,
-                  "device " + std::to_string(index_) +
-                      " cannot export memory as POSIX file descriptors "
-                      "(CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED is 0)");
-    }
     Guard g(*this);
     if (!g.ok()) return Status::kError;
     const auto base = reinterpret_cast<CUdeviceptr>(addr);
     std::lock_guard lock(mu_);
+    if (!posix_fd_) {
+      return fail(Status::kInvalid,
+                  "device " + std::to_string(index_) +
+                      " cannot export memory as POSIX file descriptors (" +
+                      (posix_fd_refused_.empty()
+                           ? "CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED is 0"
+                           : "the driver refused it: " + posix_fd_refused_) +
+                      ")");
+    }
     if (Status s = check_range(base, bytes, /*mapped=*/true, "export"); s != Status::kOk) return s;
     for (std::size_t off = 0; off < bytes; off += granule_) {
       int fd = -1;
@@ -301,18 +310,14 @@ class CudaBackend final : public Backend, public cuda_api::PeerFollower {
   }
 
   Status create_stream(Stream* out) override {
-    *out = kDefaultStream;
-    Guard g(*this);
-    if (!g.ok()) return Status::kError;
     CUstream s = nullptr;
-    Status st = check(d().cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
-    *out = reinterpret_cast<Stream>(s);
+    const Status st =
+        call("cuStreamCreate", [&] { return d().cuStreamCreate(&s, CU_STREAM_NON_BLOCKING); });
+    *out = st == Status::kOk ? reinterpret_cast<Stream>(s) : kDefaultStream;
     return st;
   }
   Status destroy_stream(Stream s) override {
-    Guard g(*this);
-    if (!g.ok()) return Status::kError;
-    return check(d().cuStreamDestroy(stream(s)), "cuStreamDestroy");
+    return call("cuStreamDestroy", [&] { return d().cuStreamDestroy(stream(s)); });
   }
   Status create_event(Event* out) override {
     *out = kNoEvent;
@@ -324,10 +329,10 @@ class CudaBackend final : public Backend, public cuda_api::PeerFollower {
     return st;
   }
   Status destroy_event(Event e) override {
-    Guard g(*this);
-    if (!g.ok()) return Status::kError;
-    stand_ins_.drop(event(e));
-    return check(d().cuEventDestroy(event(e)), "cuEventDestroy");
+    return call("cuEventDestroy", [&] {
+      stand_ins_.drop(event(e));
+      return d().cuEventDestroy(event(e));
+    });
   }
   // On a stream of this device's context, `e` itself is recorded; on a stream of another device
   // (record_stream onto another GPU's stream), a stand-in created in that device's context, which
@@ -360,45 +365,34 @@ class CudaBackend final : public Backend, public cuda_api::PeerFollower {
     return false;
   }
   Status stream_wait(Stream s, Event e) override {
-    Guard g(*this);
-    if (!g.ok()) return Status::kError;
-    return check(d().cuStreamWaitEvent(stream(s), stand_ins_.resolve(event(e)), 0),
-                 "cuStreamWaitEvent");
+    return call("cuStreamWaitEvent",
+                [&] { return d().cuStreamWaitEvent(stream(s), stand_ins_.resolve(event(e)), 0); });
   }
   Status synchronize_event(Event e) override {
-    Guard g(*this);
-    if (!g.ok()) return Status::kError;
-    return check(d().cuEventSynchronize(stand_ins_.resolve(event(e))), "cuEventSynchronize");
+    return call("cuEventSynchronize",
+                [&] { return d().cuEventSynchronize(stand_ins_.resolve(event(e))); });
   }
   Status synchronize_stream(Stream s) override {
-    Guard g(*this);
-    if (!g.ok()) return Status::kError;
-    return check(d().cuStreamSynchronize(stream(s)), "cuStreamSynchronize");
+    return call("cuStreamSynchronize", [&] { return d().cuStreamSynchronize(stream(s)); });
   }
   Status synchronize_device() override {
-    Guard g(*this);
-    if (!g.ok()) return Status::kError;
-    return check(d().cuCtxSynchronize(), "cuCtxSynchronize");
+    return call("cuCtxSynchronize", [] { return d().cuCtxSynchronize(); });
   }
 
+  // Unified addressing: the driver infers the direction from the pointers.
   Status copy_async(void* dst, const void* src, std::size_t bytes, CopyKind, Stream s) override {
-    Guard g(*this);
-    if (!g.ok()) return Status::kError;
-    // Unified addressing: the driver infers the direction from the pointers.
-    return check(d().cuMemcpyAsync(reinterpret_cast<CUdeviceptr>(dst),
-                                   reinterpret_cast<CUdeviceptr>(src), bytes, stream(s)),
-                 "cuMemcpyAsync");
+    return call("cuMemcpyAsync", [&] {
+      return d().cuMemcpyAsync(reinterpret_cast<CUdeviceptr>(dst),
+                               reinterpret_cast<CUdeviceptr>(src), bytes, stream(s));
+    });
   }
   Status host_alloc_pinned(std::size_t bytes, void** out) override {
     *out = nullptr;
-    Guard g(*this);
-    if (!g.ok()) return Status::kError;
-    return check(d().cuMemHostAlloc(out, bytes, CU_MEMHOSTALLOC_PORTABLE), "cuMemHostAlloc");
+    return call("cuMemHostAlloc",
+                [&] { return d().cuMemHostAlloc(out, bytes, CU_MEMHOSTALLOC_PORTABLE); });
   }
   Status host_free_pinned(void* ptr) override {
-    Guard g(*this);
-    if (!g.ok()) return Status::kError;
-    return check(d().cuMemFreeHost(ptr), "cuMemFreeHost");
+    return call("cuMemFreeHost", [&] { return d().cuMemFreeHost(ptr); });
   }
 
   std::uint64_t now_ns() override {
@@ -410,14 +404,20 @@ class CudaBackend final : public Backend, public cuda_api::PeerFollower {
 
  private:
   // Makes this device's primary context current for one backend call and gives the calling
-  // thread back the context it had (PyTorch's current device, or none) when the call returns.
-  // The device's context current for a scope (t_last_error says so where it cannot be).
+  // thread back the context it had (PyTorch's current device, or none) when the call returns;
+  // t_last_error says so where it cannot.
   struct Guard : cuda_api::ContextGuard {
     explicit Guard(const CudaBackend& b) : ContextGuard(b.ctx_) {
       if (!ok()) t_last_error = "cannot make the CUDA context of device " +
                                 std::to_string(b.index_) + " current";
     }
   };
+  // One driver call in this device's context, as a Status.
+  template <class Call>
+  Status call(const char* what, Call&& c) {
+    Guard g(*this);
+    return g.ok() ? check(c(), what) : Status::kError;
+  }
 
   static const Driver& d() { return driver(); }
   static CUstream stream(Stream s) { return reinterpret_cast<CUstream>(s); }
@@ -571,7 +571,8 @@ class CudaBackend final : public Backend, public cuda_api::PeerFollower {
   const CUcontext ctx_;
   const bool vmm_;
   const bool rdma_;  // physical memory is created RDMA-capable
-  const bool posix_fd_;  // ... and exportable as POSIX file descriptors (CUDA IPC)
+  bool posix_fd_;  // ... and exportable as POSIX file descriptors (CUDA IPC); mu_
+  std::string posix_fd_refused_;  // why the driver refused exportable memory, if it did; mu_
   const std::size_t granule_;
   std::mutex mu_;
   const std::vector<CUdevice> all_devices_;  // by index
