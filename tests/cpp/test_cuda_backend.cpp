@@ -104,9 +104,8 @@ TEST_CASE("cuda: every call restores the caller's current context", "[cuda]") {
 TEST_CASE("cuda: a free of a cuda:1 block on a thread of device 0 leaves it on device 0",
           "[cuda][allocator]") {
   FakeDriver fake(2);
-  auto r = parse_options("policy:torch");
-  REQUIRE(r.options);
-  Allocator a(*r.options, cuda(1));
+  const Options options = options_of("policy:torch");
+  Allocator a(options, cuda(1));
   set_current_device(0);
   void* p = a.malloc(3 * kMiB, kDefaultStream);
   REQUIRE(p);
@@ -406,10 +405,9 @@ TEST_CASE("cuda: the allocator over the CUDA backend keeps data and gives memory
   INFO(conf);
   FakeDriver fake(1);
   fakecuda_set_capacity(0, 512 * kMiB);
-  auto r = parse_options(conf);
-  REQUIRE(r.options);
+  const Options options = options_of(conf);
   {
-    Allocator a(*r.options, cuda(0));
+    Allocator a(options, cuda(0));
     Backend& b = a.backend();
     Stream side = 0;
     REQUIRE(b.create_stream(&side) == Status::kOk);
@@ -595,10 +593,9 @@ TEST_CASE("cuda: the pools never unmap or free memory that queued work still use
   INFO(conf);
   FakeDriver fake(1);
   fakecuda_set_lazy(1);  // queued work stays queued until the host waits
-  auto r = parse_options(conf);
-  REQUIRE(r.options);
+  const Options options = options_of(conf);
   {
-    Allocator a(*r.options, cuda(0));
+    Allocator a(options, cuda(0));
     Backend& b = a.backend();
     Stream side = 0;
     REQUIRE(b.create_stream(&side) == Status::kOk);
@@ -637,12 +634,11 @@ TEST_CASE("cuda: after a sticky error, waiting pools give up instead of spinning
   INFO(conf);
   FakeDriver fake(1);
   fakecuda_set_lazy(1);
-  auto r = parse_options(conf);
-  REQUIRE(r.options);
+  const Options options = options_of(conf);
   std::atomic<bool> finished{false};
   std::thread body([&] {
     {
-      Allocator a(*r.options, cuda(0));
+      Allocator a(options, cuda(0));
       Stream side = 0;
       void* p = a.malloc(4 * kMiB, kDefaultStream);
       if (p != nullptr && a.backend().create_stream(&side) == Status::kOk) {
@@ -673,10 +669,9 @@ TEST_CASE("cuda: unsafe_unmap (the sim detector's test) is ignored on the CUDA b
           "[cuda][allocator]") {
   FakeDriver fake(1);
   fakecuda_set_lazy(1);  // queued work stays queued until the host waits
-  auto r = parse_options("policy:timeshare,unsafe_unmap:true");
-  REQUIRE(r.options);
+  const Options options = options_of("policy:timeshare,unsafe_unmap:true");
   {
-    Allocator a(*r.options, cuda(0));
+    Allocator a(options, cuda(0));
     std::vector<void*> blocks;
     for (int i = 0; i < 4; ++i) {
       void* p = a.malloc(6 * kMiB, kDefaultStream);

@@ -40,9 +40,8 @@ TEST_CASE("cuda: during a capture the allocator queries no event and makes no ho
           "[cuda][allocator][capture]") {
   FakeDriver fake(1);
   fakecuda_set_lazy(1);  // queued work stays queued until the host waits
-  auto r = parse_options("policy:timeshare");
-  REQUIRE(r.options);
-  Allocator a(*r.options, cuda(0));
+  const Options options = options_of("policy:timeshare");
+  Allocator a(options, cuda(0));
   Stream side = 0;
   REQUIRE(a.backend().create_stream(&side) == Status::kOk);
   void* p = a.malloc(4 * kMiB, kDefaultStream);

@@ -12,6 +12,17 @@
 
 namespace timeshare {
 
+namespace {
+
+// "the <backend> backend cannot <what>", with the backend's reason where it gave one.
+std::string backend_refusal(device::Backend& b, const char* what) {
+  const std::string cause = b.last_error();
+  return std::string("the ") + b.name() + " backend cannot " + what +
+         (cause.empty() ? std::string(" (it shares no memory between processes)") : ": " + cause);
+}
+
+}  // namespace
+
 std::string Allocator::share_ipc(void* ptr, std::size_t* offset, std::string* why) {
   std::lock_guard lock(mu_);
   auto live = live_.find(ptr);
@@ -34,10 +45,7 @@ std::string Allocator::share_ipc(void* ptr, std::size_t* offset, std::string* wh
   std::vector<int> fds;
   if (backend_->export_granules(reinterpret_cast<void*>(first), end - first, &fds) !=
       device::Status::kOk) {
-    const std::string cause = backend_->last_error();
-    *why = std::string("the ") + backend_->name() + " backend cannot export this memory" +
-           (cause.empty() ? std::string(" (it shares no memory between processes)")
-                          : ": " + cause);
+    *why = backend_refusal(*backend_, "export this memory");
     return "";
   }
   Exported e;
@@ -72,10 +80,7 @@ void* Allocator::open_ipc(const std::string& text, std::string* why) {
   const device::Status s = backend_->import_granules(fds, &base);
   ipc::close_fds(&fds);  // the mapping holds the memory now
   if (s != device::Status::kOk) {
-    const std::string cause = backend_->last_error();
-    *why = std::string("the ") + backend_->name() + " backend cannot map the shared memory" +
-           (cause.empty() ? std::string(" (it shares no memory between processes)")
-                          : ": " + cause);
+    *why = backend_refusal(*backend_, "map the shared memory");
     return nullptr;
   }
   imported_.insert(base);

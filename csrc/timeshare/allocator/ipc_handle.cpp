@@ -7,7 +7,7 @@
 
 #include <atomic>
 #include <cerrno>
-#include <cinttypes>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <random>

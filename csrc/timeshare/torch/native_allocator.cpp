@@ -362,21 +362,16 @@ class NativeAllocator final : public cca::CUDAAllocator {
   // The block at `ptr` as a handle another process's getIpcDevPtr maps, and where the block
   // starts in what it maps (torch adds that offset: StorageSharing.cpp).
   cca::ShareableHandle shareIpcHandle(void* ptr) override {
+    Core* owner = nullptr;
+    registry::for_each([&](int, Core& a) {
+      if (!owner && a.block_info(ptr, nullptr, nullptr)) owner = &a;
+    });
     std::string why = "the pointer is not a block timeshare allocated";
-    for (int d = 0; d < registry::kMaxDevices; ++d) {
-      Core* a = registry::existing(d);
-      if (!a) {
-        if (d >= device_count_hint()) break;
-        continue;
-      }
-      if (!a->block_info(ptr, nullptr, nullptr)) continue;
-      std::size_t offset = 0;
-      const std::string handle = a->share_ipc(ptr, &offset, &why);
-      if (!handle.empty()) return {static_cast<std::ptrdiff_t>(offset), handle};
-      break;
-    }
-    TORCH_CHECK(false, "timeshare cannot share this CUDA tensor with another process: ", why,
-                " (docs/usage.md#cuda-ipc)");
+    std::size_t offset = 0;
+    const std::string handle = owner ? owner->share_ipc(ptr, &offset, &why) : std::string();
+    TORCH_CHECK(!handle.empty(), "timeshare cannot share this CUDA tensor with another process: ",
+                why, " (docs/usage.md#cuda-ipc)");
+    return {static_cast<std::ptrdiff_t>(offset), handle};
   }
   // The memory of another process's shared block, mapped on the current device (torch sets it
   // to the sender's index first); one mapping per handle while any storage holds it, as

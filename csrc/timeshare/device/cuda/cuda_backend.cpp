@@ -252,49 +252,49 @@ class CudaBackend final : public Backend, public cuda_api::PeerFollower {
   Status import_granules(const std::vector<int>& fds, void** out) override {
     *out = nullptr;
     if (fds.empty()) return fail(Status::kInvalid, "import of no granules");
-    Guard g(*this);
-    if (!g.ok()) return Status::kError;
     const std::size_t bytes = fds.size() * granule_;
-    std::lock_guard lock(mu_);
-    CUdeviceptr base = 0;
-    if (Status s = check(d().cuMemAddressReserve(&base, bytes, granule_, 0, 0),
-                         "cuMemAddressReserve");
-        s != Status::kOk) {
-      return s;
-    }
-    ranges_[base] = bytes;
-    const Status s = map_each_locked(
-        base, bytes, /*fresh=*/true, [&](std::size_t off, CUmemGenericAllocationHandle* h) {
-          const auto fd = static_cast<std::uintptr_t>(fds[off / granule_]);
-          return check(d().cuMemImportFromShareableHandle(h, reinterpret_cast<void*>(fd),
-                                                          CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
-                       "cuMemImportFromShareableHandle");
-        });
-    if (s != Status::kOk) {
-      if (handles_.lower_bound(base) == handles_.lower_bound(base + bytes)) {  // nothing kept
-        d().cuMemAddressFree(base, bytes);
-        ranges_.erase(base);
+    void* range = nullptr;
+    if (Status s = va_reserve(bytes, &range); s != Status::kOk) return s;
+    const auto base = reinterpret_cast<CUdeviceptr>(range);
+    Status s = Status::kError;
+    {
+      Guard g(*this);
+      std::lock_guard lock(mu_);
+      if (g.ok()) {
+        s = map_each_locked(base, bytes, /*fresh=*/true,
+                            [&](std::size_t off, CUmemGenericAllocationHandle* h) {
+                              const auto fd = static_cast<std::uintptr_t>(fds[off / granule_]);
+                              return check(d().cuMemImportFromShareableHandle(
+                                               h, reinterpret_cast<void*>(fd),
+                                               CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
+                                           "cuMemImportFromShareableHandle");
+                            });
       }
+      if (s == Status::kOk) imports_.insert(base);
+    }
+    if (s != Status::kOk) {
+      const std::string why = t_last_error;
+      va_release(range, bytes);  // refused, and the range kept, where a granule stayed mapped
+      t_last_error = why;
       return s;
     }
-    imports_.insert(base);
-    *out = reinterpret_cast<void*>(base);
+    *out = range;
     return Status::kOk;
   }
 
   Status release_import(void* addr) override {
-    Guard g(*this);
-    if (!g.ok()) return Status::kError;
     const auto base = reinterpret_cast<CUdeviceptr>(addr);
-    std::lock_guard lock(mu_);
-    if (imports_.count(base) == 0) return fail(Status::kInvalid, "release of an unknown import");
-    const std::size_t bytes = ranges_.at(base);
-    if (Status s = unmap_locked(base, bytes); s != Status::kOk) return s;
-    if (Status s = check(d().cuMemAddressFree(base, bytes), "cuMemAddressFree");
-        s != Status::kOk) {
-      return s;
+    std::size_t bytes = 0;
+    {
+      Guard g(*this);
+      if (!g.ok()) return Status::kError;
+      std::lock_guard lock(mu_);
+      if (imports_.count(base) == 0) return fail(Status::kInvalid, "release of an unknown import");
+      bytes = ranges_.at(base);
+      if (Status s = unmap_locked(base, bytes); s != Status::kOk) return s;
     }
-    ranges_.erase(base);
+    if (Status s = va_release(addr, bytes); s != Status::kOk) return s;
+    std::lock_guard lock(mu_);
     imports_.erase(base);
     return Status::kOk;
   }
