@@ -745,6 +745,7 @@ TEST_CASE("temporal: growth maps ahead in one call, within the limit and the dev
     o.map_ahead_granules = ahead;
     o.map_ahead_permille = 0;  // a fixed map-ahead, as before the pool sized it (issue 28)
     o.map_ahead_page_granules = 0;
+    o.map_ahead_min_granules = 0;
     TemporalPool pool(&sim, o);
     pool.set_limit_bytes(limit_bytes);
     std::size_t peak_mapped = 0;
@@ -803,6 +804,39 @@ TEST_CASE("temporal: map-ahead sized by the pool: a tenth of the peak, whole 20 
   CHECK(pool.stats().num_device_alloc - 1 < 60);
 }
 
+TEST_CASE("temporal: a pool below 24 granules of demand maps nothing ahead (issue 28)",
+          "[temporal][calls]") {
+  // A 42 MiB model (the tuning corpus's bert/roberta MLM and bf16 ViT rows): forty-two 1 MiB
+  // blocks that stay live, 21 granules. A tenth of such a peak is two granules; mapped ahead at
+  // the last growth step they were never used, and put the peak above expandable segments'.
+  auto grow = [](std::size_t min_granules, std::size_t blocks) {
+    SimBackend sim(backed(kGiB));
+    TemporalPoolOptions o;
+    o.map_ahead_min_granules = min_granules;
+    TemporalPool pool(&sim, o);
+    std::size_t peak_mapped = 0;
+    for (std::uint64_t i = 0; i < blocks; ++i) {
+      void* p = pool.allocate(kMiB, 0, {i, 1000, i});
+      REQUIRE(p != nullptr);
+      std::memset(p, 1, kMiB);
+      peak_mapped = std::max(peak_mapped, pool.mapped_granules());
+    }
+    CHECK(sim.counters().device_faults == 0);
+    return std::pair{peak_mapped, pool.stats().num_device_alloc - 1};
+  };
+  REQUIRE(TemporalPoolOptions{}.map_ahead_min_granules == 24);
+  const auto [peak, calls] = grow(24, 42);
+  CHECK(peak == 21);    // only what the blocks cover
+  CHECK(calls == 21);   // one call per granule: the price, 21 calls in all
+  const auto [peak_before, calls_before] = grow(0, 42);
+  CHECK(peak_before == 23);  // as before the bound: two granules never used
+  CHECK(calls_before < calls);
+  // Past 24 granules of demand growth maps ahead again: 200 granules in far fewer calls.
+  const auto [big_peak, big_calls] = grow(24, 400);
+  CHECK(big_peak <= 200 + 20);
+  CHECK(big_calls < 24 + 40);
+}
+
 TEST_CASE("free forecast: bytes predicted to be freed in a window, forgotten at the free",
           "[temporal][forecast]") {
   FreeForecast f;
@@ -840,6 +874,7 @@ TEST_CASE("temporal: predicted frees cut the map-ahead; wrong ones cost calls, n
     o.map_ahead_granules = 9;
     o.map_ahead_permille = 0;  // a fixed map-ahead, as before the pool sized it (issue 28)
     o.map_ahead_page_granules = 0;
+    o.map_ahead_min_granules = 0;
     o.forecast_window_events = window;
     TemporalPool pool(&sim, o);
     std::size_t peak_mapped = 0;

@@ -82,6 +82,12 @@ struct TemporalPoolOptions {
   // bound): growth then maps whole pages of the pool's memory, as expandable segments map 20 MiB
   // pages, so what is mapped and unused at the peak is at most part of one page.
   std::size_t map_ahead_page_granules = 10;
+  // ... and only once the observed peak of demand has reached this many granules (0 = from the
+  // first block). Below it a tenth of the peak is one or two granules: what that saves is a
+  // call or two per growth step, while the granules mapped ahead at the last step stay unused
+  // at the peak, 5-10 % of a pool this small (measured on the tuning traces: three 40 MiB
+  // models above expandable segments' peak with it, none without; docs/temporal_pool.md).
+  std::size_t map_ahead_min_granules = 24;
 
   // Where in the chosen free range a block goes: at its start (the old rule), or at the
   // granule boundary inside it, or at its end, whichever adds the fewest granules to the needed

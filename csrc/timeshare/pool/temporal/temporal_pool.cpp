@@ -78,6 +78,7 @@ bool TemporalPool::fits_mapped(const Arena& arena, std::uintptr_t addr, std::siz
 }
 
 std::size_t TemporalPool::map_ahead() const noexcept {
+  if (granules_.peak_demand() < options_.map_ahead_min_granules) return 0;
   if (options_.map_ahead_permille == 0) return options_.map_ahead_granules;
   return std::min(options_.map_ahead_granules,
                   granules_.peak_demand() * options_.map_ahead_permille / 1000);

@@ -199,7 +199,8 @@ class TemporalPool final : public Pool {
   // Where in the free range `r` of `region` a block of `bytes` goes (snap_to_granules).
   std::uintptr_t snap(const Arena& arena, std::size_t region, const ArenaFreeRanges::Range& r,
                       std::size_t bytes) const;
-  // Granules mapped ahead at growth: map_ahead_granules, bounded by map_ahead_permille.
+  // Granules mapped ahead at growth: map_ahead_granules, bounded by map_ahead_permille; none
+  // while the peak of demand is below map_ahead_min_granules.
   std::size_t map_ahead() const noexcept;
   // The slot promised by the re-assignment queue, when one fits and is still free and mapped.
   bool place_promised(Arena& arena, std::size_t region, std::size_t bytes, std::uintptr_t* addr);
