@@ -354,6 +354,11 @@ TEST_CASE("temporal: bit index finds the highest and previous members", "[tempor
     auto it = ref.lower_bound(q);
     const std::size_t want = it == ref.begin() ? TemporalBitIndex::npos : *std::prev(it);
     REQUIRE(bits.find_prev(q) == want);
+    // The first look of a range (a word of the level above) never misses a member in it.
+    const std::size_t lo = rng() % 70000;
+    const std::size_t hi = std::min<std::size_t>(69999, lo + rng() % 5000);
+    const auto in = ref.lower_bound(lo);
+    if (in != ref.end() && *in <= hi) REQUIRE(bits.maybe_any(lo, hi));
   }
   bits.resize(140000);  // keeps members
   REQUIRE(bits.count() == ref.size());

@@ -167,6 +167,9 @@ void GranuleRelease::release_quarantine(ArenaRelease& ar, std::uint32_t gen) {
       if (quarantined_.test(lo) && ar.cached_gen.of(q.first) == q.gen) complete(lo, lo);
       continue;
     }
+    // An entry whose granules were all reused since (a big block freed and allocated again at
+    // its place) is passed over at the cost of a word of the index's level above.
+    if (!quarantined_.maybe_any(lo, hi)) continue;
     // Runs of current granules move as ranges (a big block's run is thousands of granules),
     // found a word of keys at a time.
     std::size_t run_first = TemporalBitIndex::npos;

@@ -31,7 +31,6 @@ std::size_t TemporalGranules::add_arena(std::uintptr_t base, std::size_t granule
   ar.offset = cache_.capacity();
   ar.granules = granules;
   ar.occupancy = ZeroedArray<std::uint32_t>(granules);
-  ar.full = GranuleBits(granules);
   ar.mapped = GranuleBits(granules);
   ar.retiring = GranuleBits(granules);
   release_.add_arena(base, ar.offset, granules, stream);
@@ -234,7 +233,8 @@ TemporalGranules::Span TemporalGranules::span_of(const ArenaGranules& ar, std::u
 // ---- acquire -----------------------------------------------------------------------------------
 
 bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t bytes,
-                               std::size_t limit_bytes, std::size_t ahead_granules) {
+                               std::size_t limit_bytes, std::size_t ahead_granules,
+                               bool mapped_known) {
   ArenaGranules& ar = arenas_[a];
   const Span sp = span_of(ar, addr, bytes);
   // A small block in a used granule (one that holds a block covers it in part: blocks never
@@ -243,7 +243,7 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
     ++ar.occupancy[sp.first];
     return true;
   }
-  const Request r{a, sp, block_cost(ar, sp), limit_bytes, ahead_granules};
+  const Request r{a, sp, block_cost(ar, sp, mapped_known), limit_bytes, ahead_granules};
   if (!fits_limit(r)) return false;
   if (r.cost.to_map == 0) {  // no device call, nothing can fail
     claim(r);
@@ -264,19 +264,19 @@ bool TemporalGranules::acquire(std::size_t a, std::uintptr_t addr, std::size_t b
   return true;
 }
 
-TemporalGranules::Cost TemporalGranules::block_cost(const ArenaGranules& ar,
-                                                    const Span& sp) const {
+TemporalGranules::Cost TemporalGranules::block_cost(const ArenaGranules& ar, const Span& sp,
+                                                    bool mapped_known) const {
   // Granules fully covered by the block belong to it alone (blocks never overlap): they are
   // free before and after, and are handled as a range. Only the (at most two) partly covered
   // boundary granules are counted one by one.
   const std::size_t n_full = sp.full_end - sp.full_begin;
   Cost c;
   c.fresh = n_full;
-  c.to_map = ar.mapped.count_clear(sp.full_begin, sp.full_end);
+  c.to_map = mapped_known ? 0 : ar.mapped.count_clear(sp.full_begin, sp.full_end);
   sp.for_each_partial([&](std::size_t g) {
     if (ar.needed(g)) return;
     ++c.fresh;
-    if (!ar.mapped.test(g)) ++c.to_map;
+    if (!mapped_known && !ar.mapped.test(g)) ++c.to_map;
   });
   return c;
 }
@@ -318,7 +318,6 @@ void TemporalGranules::claim(const Request& r) {
 void TemporalGranules::count_in(const Request& r) {
   ArenaGranules& ar = arenas_[r.a];
   r.sp.for_each_partial([&](std::size_t g) { ++ar.occupancy[g]; });
-  if (r.sp.full_end != r.sp.full_begin) ar.full.set_range(r.sp.full_begin, r.sp.full_end);
   needed_ += r.cost.fresh;
   window_peak_ = std::max(window_peak_, needed_ + pinned_free_.count());
 }
@@ -472,7 +471,6 @@ void TemporalGranules::release(std::size_t a, std::uintptr_t addr, std::size_t b
   });
   const std::size_t n_full = sp.full_end - sp.full_begin;
   if (n_full != 0) {
-    ar.full.clear_range(sp.full_begin, sp.full_end);
     needed_ -= n_full;
     quarantine(a, sp.full_begin, sp.full_end - 1);
     emptied = true;
@@ -497,8 +495,8 @@ void TemporalGranules::pin_range(std::size_t a, std::uintptr_t addr, std::size_t
   // Free granules already mapped there are kept from now on (the same arena reuses them).
   for (std::size_t g = ar.pin_lo; g < ar.pin_hi; ++g) {
     const std::size_t k = key(a, g);
-    if (ar.needed(g) || !ar.mapped.test(g)) continue;
-    if (cache_.test(k) || quarantined().test(k)) {
+    if (!ar.mapped.test(g)) continue;
+    if (cache_.test(k) || quarantined().test(k)) {  // mapped, no block in it
       cache_.clear(k);
       release_.forget(k);
       pinned_free_.set(k);

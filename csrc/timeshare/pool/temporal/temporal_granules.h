@@ -63,8 +63,10 @@ class TemporalGranules {
   // same call and counted in the peak (they stay mapped for the blocks that follow: a frontier
   // that grows block by block makes one call per `ahead_granules`, as expandable segments do
   // per 20 MiB page).
+  // `mapped_known`: the caller has just seen every granule under the block mapped
+  // (all_mapped), and acquire does not count them again.
   bool acquire(std::size_t a, std::uintptr_t addr, std::size_t bytes, std::size_t limit_bytes,
-               std::size_t ahead_granules = 0);
+               std::size_t ahead_granules = 0, bool mapped_known = false);
 
   // The block at [addr, addr+bytes) of arena `a` is gone: granules left without a block become
   // cached; then cached granules above the mark are unmapped.
@@ -230,22 +232,26 @@ class TemporalGranules {
 
  private:
   // A granule is unmapped, mapped (`mapped`: to memory of its own) or retiring (`retiring`:
-  // still mapped, its physical memory moved to an alias); never both bits. A granule that a
-  // block covers fully holds that block alone (blocks never overlap): it is `full`, and
-  // `occupancy` counts only the blocks that cover a granule in part (at most two per block, its
-  // boundary granules), so a block's inside is set and cleared as a range of bits.
+  // still mapped, its physical memory moved to an alias); never both bits. `occupancy` counts
+  // only the blocks that cover a granule in part (at most two per block, its boundary
+  // granules). A granule that a block covers fully holds that block alone (blocks never
+  // overlap), and nothing here needs to know it: a block's inside costs nothing at its malloc
+  // and free beyond the count of needed granules (issue 28: walk runs, not granules).
   struct ArenaGranules {
     std::uintptr_t base = 0;
     std::size_t offset = 0;                 // of granule 0 in cache_
     std::size_t granules = 0;
     ZeroedArray<std::uint32_t> occupancy;  // blocks covering each granule in part
-    GranuleBits full;                      // covered fully by a block
     GranuleBits mapped;
     GranuleBits retiring;
     std::size_t pin_lo = 0;  // pinned granules [pin_lo, pin_hi) (pin_range)
     std::size_t pin_hi = 0;
-    // Holds a block (live or pending).
-    bool needed(std::size_t g) const noexcept { return occupancy[g] != 0 || full.test(g); }
+    // Holds a block (live or pending), for a granule that meets free address space: the
+    // granules of a request and the ends of a free range, the only ones asked about. A block
+    // covering such a granule whole would overlap that free space, so only blocks that cover it
+    // in part can hold it. (A mapped granule that holds no block is in the cache, quarantine or
+    // the pinned set: that is how the rest of the arena is told apart.)
+    bool needed(std::size_t g) const noexcept { return occupancy[g] != 0; }
   };
   using Alias = GranuleRelease::Alias;
   std::size_t key(std::size_t a, std::size_t g) const noexcept { return arenas_[a].offset + g; }
@@ -307,7 +313,8 @@ class TemporalGranules {
     std::size_t ahead_first = 0;  // granules mapped ahead of the block (trimmable)
     std::size_t ahead_n = 0;
   };
-  Cost block_cost(const ArenaGranules& ar, const Span& sp) const;
+  // With `mapped_known` the caller has seen every granule under the block mapped.
+  Cost block_cost(const ArenaGranules& ar, const Span& sp, bool mapped_known) const;
   // Whether the request can fit under the limit, once cached granules outside it go.
   bool fits_limit(const Request& r) const;
   // Takes the block's cached granules out of the cache, quarantine and pins, so that trimming

@@ -108,9 +108,10 @@ std::uintptr_t TemporalPool::snap(const Arena& arena, std::size_t region,
 }
 
 bool TemporalPool::commit(Arena& arena, std::size_t region, const ArenaFreeRanges::Range& r,
-                          std::size_t bytes, std::uintptr_t* addr) {
+                          std::size_t bytes, std::uintptr_t* addr, bool mapped_known) {
   const std::uintptr_t at = snap(arena, region, r, bytes);
-  if (!granules_.acquire(arena.granule_index, at, bytes, limit_bytes_, map_ahead())) {
+  if (!granules_.acquire(arena.granule_index, at, bytes, limit_bytes_, map_ahead(),
+                         mapped_known && at == r.addr)) {
     return false;
   }
   arena.regions[region].carve_at(r, at, bytes);
@@ -184,7 +185,9 @@ bool TemporalPool::place(Arena& arena, std::size_t region, std::size_t bytes,
   *placed_region = region;
   ArenaFreeRanges::Range own;
   if (!arena.regions[region].peek_lowest_of(bytes, options_.lowest_of_fits, &own)) return false;
-  if (fits_mapped(arena, own.addr, bytes)) return commit(arena, region, own, bytes, addr);
+  if (fits_mapped(arena, own.addr, bytes)) {
+    return commit(arena, region, own, bytes, addr, /*mapped_known=*/true);
+  }
   // The next few larger ranges of the own region, when one lies in mapped granules.
   // A range much larger than the request is split, and its remainder becomes a hole between
   // live blocks; taking it to save a map call is worth it only when it is a close fit.

@@ -193,8 +193,9 @@ class TemporalPool final : public Pool {
   // shortest of the highest `empty_run_candidates` runs.
   bool place_in_empty_run(Arena& arena, std::size_t region, std::size_t bytes,
                           std::uintptr_t* addr);
+  // `mapped_known`: every granule under [r.addr, r.addr + bytes) was just seen mapped.
   bool commit(Arena& arena, std::size_t region, const ArenaFreeRanges::Range& r,
-              std::size_t bytes, std::uintptr_t* addr);
+              std::size_t bytes, std::uintptr_t* addr, bool mapped_known = false);
   bool fits_mapped(const Arena& arena, std::uintptr_t addr, std::size_t bytes) const;
   // Where in the free range `r` of `region` a block of `bytes` goes (snap_to_granules).
   std::uintptr_t snap(const Arena& arena, std::size_t region, const ArenaFreeRanges::Range& r,
