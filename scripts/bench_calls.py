@@ -7,12 +7,12 @@ chosen) and the real GPU snapshots (held out), with the ablations that say what 
 
 Per trace: torch-expandable's device calls and peak reserved (the reference); then, as calls
 (ratio to torch-expandable) and peak reserved (MiB): `timeshare` as shipped (hybrid predictor,
-map_ahead 18 MiB), `timeshare` with `map_ahead:0`, `timeshare-true` (true lifespans: the bound of
-what prediction gives), `timeshare-const` (one constant answer) and `timeshare-shuffled` (true
-lifespans dealt to the wrong allocations); `ff`: the same three with `free_forecast:128` (predicted
-frees cut the map-ahead); the device calls of the first two marked iterations
-(with what came before them) and of the rest: warm-up against steady state; device faults over
-every run. Deterministic figures only (no timing).
+map-ahead sized by the pool), `timeshare` with `map_ahead:0`, `timeshare-true` (true lifespans:
+the bound of what prediction gives), `timeshare-const` (one constant answer) and
+`timeshare-shuffled` (true lifespans dealt to the wrong allocations); `ff`: the same three
+with `free_forecast:128` (predicted frees cut the map-ahead); the device calls of the first
+two marked iterations (with what came before them) and of the rest: warm-up against steady
+state; device faults over every run. Deterministic figures only (no timing).
 """
 
 from __future__ import annotations

@@ -52,9 +52,10 @@ constexpr std::array<OptionInfo, 28> kOptionTable{{
                               "than the default on every shipped trace; an experiment)"},
     {"map_ahead", "bytes", "18MiB", "temporal pool: while memory grows past its peak, map up "
                                     "to this much beyond the block in the same device call: "
-                                    "at most a tenth of the observed peak, and only up to the "
-                                    "next 20 MiB page of the mapped total (fewer calls, at "
-                                    "most part of a page more peak reserved; 0 = off)"},
+                                    "at most a tenth of the observed peak, only up to the "
+                                    "next 20 MiB page of the mapped total, and not before the "
+                                    "peak reaches 48 MiB (fewer calls, at most part of a page "
+                                    "more peak reserved; 0 = off)"},
     {"free_forecast", "int", "0", "temporal pool: at growth, map ahead less by what the live "
                                   "blocks are predicted to free in the next this many "
                                   "allocator events (0 = off)"},
