@@ -4,15 +4,13 @@
 //   temporal_eval [options] TRACE.tsev...      replay real traces (timeshare.snapshot --tsev)
 //   temporal_eval [options] --synthetic        replay built-in training-like traces
 //   temporal_eval --write-synthetic DIR        write the synthetic traces as .tsev files
-// Options: --predictors oracle,constant,noisy,lastsize,torch,torch-expandable,offline
-//          (default all)  --seed N
+// Options: --predictors oracle,constant,noisy,lastsize,torch,torch-expandable,offline (all)  --seed N
 //          --iterations N (synthetic)  --window-events N  --slack-granules N  --slack-permille N  --trim-oldest  --classes N  --class-base N  --class-ratio N  --no-borrow  --fit-candidates N  --detail  --dump
 //          --borrow-distance N  --borrow-down N  --longer-first  --reassign  --lowest-of K
 //          --fit-max-ratio N (0 = any size)  --unsafe-unmap (detector test)
 //          --empty-runs N (0 = off)  --no-tail-first  --map-ahead GRANULES (device calls)
 //          --map-ahead-permille N  --map-ahead-page N  --map-ahead-min GRANULES
-//          --gpu-lag-events N (work in flight, default 128; 0 = none)
-//          --repeat N (timing: best of N replays, default 3)
+//          --gpu-lag-events N (work in flight, default 128; 0 = none)  --repeat N (timing: best of N, 3)
 //
 // Lifespans are computed offline: the number of ticks (allocs + frees) between an allocation
 // and its free; never-freed blocks are permanent. Predictors:
