@@ -9,7 +9,7 @@
 //          --borrow-distance N  --borrow-down N  --longer-first  --reassign  --lowest-of K
 //          --fit-max-ratio N (0 = any size)  --unsafe-unmap (detector test)
 //          --empty-runs N (0 = off)  --no-tail-first  --map-ahead GRANULES (device calls)
-//          --map-ahead-permille N  --map-ahead-page N  --map-ahead-min GRANULES
+//          --map-ahead-permille N  --map-ahead-page N  --map-ahead-min GRANULES  --no-fewest-to-map
 //          --gpu-lag-events N (work in flight, default 128; 0 = none)  --repeat N (timing: best of N, 3)
 //
 // Lifespans are computed offline: the number of ticks (allocs + frees) between an allocation
@@ -500,6 +500,7 @@ int main(int argc, char** argv) {
     else if (a == "--map-ahead") o.map_ahead_granules = std::stoull(next());
     else if (a == "--map-ahead-permille") o.map_ahead_permille = std::stoull(next());
     else if (a == "--map-ahead-min") o.map_ahead_min_granules = std::stoull(next());
+    else if (a == "--no-fewest-to-map") o.fewest_to_map = false;
     else if (a == "--snap") o.snap_to_granules = static_cast<unsigned>(std::stoul(next()));
     else if (a == "--map-ahead-page") o.map_ahead_page_granules = std::stoull(next());
     else if (a == "--small-bytes") o.small_block_bytes = std::stoull(next());

@@ -642,13 +642,15 @@ TEST_CASE("temporal: a far larger mapped range is not split to save a map call",
   // granules. A 64 KiB request's best fit is the 2 MiB range, which needs a map; taking the
   // 16 MiB range instead would leave a hole among live blocks, so with mapped_fit_max_ratio
   // the pool maps; with 0 (any size) it takes the mapped range. (The search of empty mapped
-  // runs, on by default and tested below, takes the mapped range too: its empty granules cost
-  // nothing where they are.)
+  // runs and, last, the place with the fewest granules to map, both on by default and tested
+  // below, take the mapped range too: the ratio orders the candidates, and a far larger range is
+  // split only where the block would otherwise map.)
   auto run = [](std::size_t ratio) {
     SimBackend sim({.capacity_bytes = kGiB});
     TemporalPoolOptions o;
     o.mapped_fit_max_ratio = ratio;
     o.empty_run_candidates = 0;
+    o.fewest_to_map = false;
     o.map_ahead_granules = 0;
     TemporalPool pool(&sim, o);
     void* a = pool.allocate(2 * kMiB, 0, {0, 1000, 0});
@@ -684,6 +686,7 @@ TEST_CASE("temporal: a block goes into empty mapped granules, not a granule it w
   auto run = [](SimBackend& sim, std::size_t candidates, void** c_out) {
     TemporalPoolOptions o;
     o.empty_run_candidates = candidates;
+    o.fewest_to_map = false;  // this search alone (the last step would find the place too)
     o.map_ahead_granules = 0;
     auto pool = std::make_unique<TemporalPool>(&sim, o);
     void* a = pool->allocate(2 * kMiB, 0, {0, 100, 0});
@@ -723,6 +726,7 @@ TEST_CASE("temporal: a block takes the start of the region's tail while it is st
     TemporalPoolOptions o;
     o.mapped_tail_first = tail_first;
     o.empty_run_candidates = 0;
+    o.fewest_to_map = false;  // this step alone (the last step would find the place too)
     o.map_ahead_granules = 0;
     TemporalPool pool(&sim, o);
     void* a = pool.allocate(2 * kMiB, 0, {0, 100, 0});
@@ -840,6 +844,56 @@ TEST_CASE("temporal: a pool below 24 granules of demand maps nothing ahead (issu
   const auto [big_peak, big_calls] = grow(24, 400);
   CHECK(big_peak <= 200 + 20);
   CHECK(big_calls < 24 + 40);
+}
+
+TEST_CASE("temporal: a block that must map goes where the fewest granules are unmapped",
+          "[temporal][calls]") {
+  // A 4-granule free range whose first granule is unmapped and the other three mapped: a
+  // 3-granule block fits in mapped memory at the range's end, not at its start. (The empty-run
+  // search would find that place too; it is off here so that this step alone decides.)
+  auto run = [](bool fewest) {
+    SimBackend sim(backed(kGiB));
+    TemporalPoolOptions o;
+    o.map_ahead_granules = 0;
+    o.empty_run_candidates = 0;
+    o.fewest_to_map = fewest;
+    TemporalPool pool(&sim, o);
+    const std::size_t g = sim.granule_bytes();
+    std::uint64_t t = 0;
+    const auto alloc = [&](std::size_t granules) {
+      void* p = pool.allocate(granules * g, 0, {t, 1000, t});
+      ++t;
+      REQUIRE(p != nullptr);
+      std::memset(p, 7, granules * g);
+      return p;
+    };
+    void* l1 = alloc(2);
+    void* a = alloc(4);
+    void* l2 = alloc(1);
+    const auto base = reinterpret_cast<std::uintptr_t>(l1);
+    pool.deallocate(a, t++);
+    pool.empty_cache();  // granules 2-5 unmapped
+    void* x = alloc(1);  // granule 2
+    void* y = alloc(3);  // granules 3-5
+    pool.deallocate(x, t++);
+    pool.empty_cache();  // granule 2 unmapped again
+    pool.deallocate(y, t++);  // free: 2 (unmapped), 3-5 (mapped)
+    const std::int64_t calls = pool.stats().num_device_alloc;
+    void* z = alloc(3);
+    const std::int64_t z_calls = pool.stats().num_device_alloc - calls;
+    CHECK(sim.counters().device_faults == 0);
+    pool.deallocate(z, t++);
+    pool.deallocate(l1, t++);
+    pool.deallocate(l2, t++);
+    return std::pair{reinterpret_cast<std::uintptr_t>(z) - base, z_calls};
+  };
+  const std::size_t g = SimBackend(backed(kGiB)).granule_bytes();
+  const auto [at, calls] = run(true);
+  CHECK(at == 3 * g);  // in the mapped granules 3-5
+  CHECK(calls == 0);
+  const auto [at_before, calls_before] = run(false);
+  CHECK(at_before == 2 * g);  // best fit's start: granule 2 mapped again
+  CHECK(calls_before == 1);
 }
 
 TEST_CASE("free forecast: bytes predicted to be freed in a window, forgotten at the free",

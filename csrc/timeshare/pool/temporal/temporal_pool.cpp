@@ -249,7 +249,40 @@ bool TemporalPool::place(Arena& arena, std::size_t region, std::size_t bytes,
       }
     }
   }
+  if (options_.fewest_to_map && place_fewest_to_map(arena, region, bytes, own, addr)) return true;
   return commit(arena, region, own, bytes, addr);
+}
+
+bool TemporalPool::place_fewest_to_map(Arena& arena, std::size_t region, std::size_t bytes,
+                                       const ArenaFreeRanges::Range& own, std::uintptr_t* addr) {
+  const std::size_t index = arena.granule_index;
+  std::size_t best = granules_.cost_of(index, own.addr, bytes).to_map;
+  if (best == 0) return false;
+  // The region's tail ends where its virtual space does: only its start is a place.
+  const std::uintptr_t region_end = arena.base + (region + 1) * region_va_bytes_;
+  ArenaFreeRanges::Range best_range;
+  std::uintptr_t best_at = 0;
+  ArenaFreeRanges::Range unused;
+  arena.regions[region].find_fit(
+      bytes, options_.mapped_fit_candidates,
+      [&](const ArenaFreeRanges::Range& r) {
+        const std::uintptr_t end = r.addr + r.bytes;
+        for (const std::uintptr_t at : {r.addr, end == region_end ? r.addr : end - bytes}) {
+          const std::size_t to_map = granules_.cost_of(index, at, bytes).to_map;
+          if (to_map < best) {
+            best = to_map;
+            best_range = r;
+            best_at = at;
+          }
+        }
+        return best == 0;  // nothing to map: no better place
+      },
+      &unused);
+  if (best_at == 0) return false;
+  if (!granules_.acquire(index, best_at, bytes, limit_bytes_, map_ahead())) return false;
+  arena.regions[region].carve_at(best_range, best_at, bytes);
+  *addr = best_at;
+  return true;
 }
 
 void* TemporalPool::allocate(std::size_t bytes, device::Stream stream, const AllocHint& hint) {

@@ -194,6 +194,11 @@ class TemporalPool final : public Pool {
   bool place_in_empty_run(Arena& arena, std::size_t region, std::size_t bytes,
                           std::uintptr_t* addr);
   // `mapped_known`: every granule under [r.addr, r.addr + bytes) was just seen mapped.
+  // Of the mapped_fit_candidates smallest free ranges of `region` that fit `bytes`, at either
+  // end, the place that needs fewer granules mapped than `own`'s start; commits it (false: none,
+  // nothing done).
+  bool place_fewest_to_map(Arena& arena, std::size_t region, std::size_t bytes,
+                           const ArenaFreeRanges::Range& own, std::uintptr_t* addr);
   bool commit(Arena& arena, std::size_t region, const ArenaFreeRanges::Range& r,
               std::size_t bytes, std::uintptr_t* addr, bool mapped_known = false);
   bool fits_mapped(const Arena& arena, std::uintptr_t addr, std::size_t bytes) const;
