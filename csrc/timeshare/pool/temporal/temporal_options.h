@@ -58,7 +58,8 @@ struct TemporalPoolOptions {
   std::size_t mapped_fit_candidates = 4;
   // ... and such a range (or a borrowed one) is taken only when it is at most this many times
   // the request (0 = any size). Measured on the shipped traces: 4 took resnet18 from 1.075 to
-  // 1.053 (3 and 8 both gave 1.064) for a few more map calls.
+  // 1.053 (3 and 8 both gave 1.064) for a few more map calls. (The last step, `fewest_to_map`,
+  // may still split a larger range, where the block would otherwise map.)
   std::size_t mapped_fit_max_ratio = 4;
 
   // Device calls (docs/temporal_pool.md, "Device calls"). Where the best fit would need a new
