@@ -48,23 +48,24 @@ def test_predicted_layout_is_followed_without_device_calls(resnet18) -> None:
 
 def test_predicted_layout_ends_the_release_remap_cycle_best_fit_makes() -> None:
     """bert_mlm, the hybrid predictor as shipped (the policy `timeshare`): best fit keeps
-    moving memory under the two 89 MiB logits blocks every iteration (9-12 calls each, to the
-    end of the trace); the plan, once followed, makes none from the sixth iteration on. What it
-    costs: the switch to the plan's layout (about 320 calls, once) and a higher peak, held from
-    then on (2036 against 1914 MiB: the layout packed from the hybrid predictor's lifespans needs
-    more granules than best fit's; 1928 with true lifespans), bounded here by the 10 % guard
-    that drops a plan."""
+    moving memory under the two 89 MiB logits blocks every iteration (6-12 calls each, to the
+    end of the trace); the plan, once followed, makes none from the eighth iteration on (the
+    sixth before best fit's last step took the place with the fewest granules to map, issue 28:
+    the blocks the plan leaves to best fit settle two iterations later). What it costs: the
+    switch to the plan's layout (about 320 calls, once) and a higher peak, held from then on
+    (2030 against 1900 MiB: the layout packed from the hybrid predictor's lifespans needs more
+    granules than best fit's), bounded here by the 10 % guard that drops a plan."""
     trace = load_trace(SHIPPED / "bert_mlm.pkl.gz")
     base = _run(trace, "timeshare", "plan:false")
     planned = _run(trace, "timeshare", "plan:true")
     assert base["device_faults"] == 0 and planned["device_faults"] == 0
     assert planned["plans"] >= 1 and planned["plans_dropped"] == 0
     # [before iteration 1, iteration 1, ..., iteration 12]; the last one ends with the trace.
-    steady = slice(6, len(base["device_calls_by_iteration"]) - 1)
+    steady = slice(8, len(base["device_calls_by_iteration"]) - 1)
     off_calls = base["device_calls_by_iteration"]
     on_calls = planned["device_calls_by_iteration"]
     assert all(c > 0 for c in off_calls[steady]), off_calls
-    assert on_calls[steady] == [0] * 6, on_calls
+    assert on_calls[steady] == [0] * 4, on_calls
     assert planned["peak_reserved_bytes"] <= 1.1 * base["peak_reserved_bytes"]
 
 
