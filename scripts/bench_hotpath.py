@@ -3,7 +3,7 @@
 
 usage: python scripts/bench_hotpath.py [--build DIR] [--rounds N] [--rates max,1000000,200000]
                                        [--variants a,b] [--doc docs/predictor.md | --no-doc]
-                                       [--json OUT.json] [PATH ...]
+                                       [--json OUT.json] [--split heldout|tuning | PATH ...]
 
 PATH: snapshot files or directories (default: the shipped traces, python/timeshare/traces/),
 converted to .tsev with ``python -m timeshare.snapshot --tsev``, or .tsev files used as they
@@ -275,7 +275,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-doc", action="store_true", help="do not write the markdown section")
     p.add_argument("--json", help="also write the raw figures here")
     p.add_argument("--from-json", help="render figures written by --json instead of measuring")
+    p.add_argument("--split", choices=("heldout", "tuning"),
+                   help="instead of PATH: that split of the captured corpus (out/corpus, "
+                        "scripts/corpus/models.py), with the GPU snapshots for heldout")
     a = p.parse_args(argv)
+    if a.split:
+        import bench_corpus  # scripts/: imports the corpus's row list
+
+        a.paths = [str(x) for x in
+                   bench_corpus.split_traces(ROOT / "out" / "corpus")[a.split]]
+        if a.split == "heldout":
+            a.paths += [str(x) for x in sorted(benchlib.GPU_TRACES.glob("*.pkl*"))]
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     if a.from_json:
         data = json.loads(Path(a.from_json).read_text())
@@ -293,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         "python scripts/bench_hotpath.py"
         + (f" --rounds {a.rounds}" if a.rounds != 5 else "")
         + (f" --rates {a.rates}" if a.rates != "max,1000000,200000" else "")
-        + ("" if a.paths == p.get_default("paths")
+        + (f" --split {a.split}" if a.split
+           else "" if a.paths == p.get_default("paths")
            else " " + " ".join(_shown_path(x) for x in a.paths))
     )
     if not a.from_json:

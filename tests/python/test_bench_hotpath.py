@@ -158,6 +158,22 @@ def test_driver_runs_the_tool(tmp_path: Path) -> None:
         ("tiny", "torch", n), ("tiny", "temporal", n)}
 
 
+@needs_tool
+def test_driver_runs_the_held_out_split(tmp_path: Path) -> None:
+    """--split heldout takes the corpus's held-out traces (at least the shipped llama_adamw,
+    whether or not out/corpus/ was captured) and the GPU snapshots where shared/ has them."""
+    out = tmp_path / "out.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--build", str(BUILD), "--rounds", "1", "--rates", "max",
+         "--variants", "torch,temporal", "--no-doc", "--json", str(out), "--split", "heldout"],
+        capture_output=True, text=True, timeout=HANG_S)
+    assert done.returncode == 0, done.stderr
+    traces = {c["trace"] for c in json.loads(out.read_text())["cells"]}
+    assert "llama_adamw" in traces
+    assert "bert_mlm" not in traces  # shipped, tuned on: not held out
+    assert "--split heldout" in done.stdout
+
+
 def test_driver_needs_the_tool(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(SCRIPT), "--build", str(tmp_path), "--no-doc"],
                           capture_output=True, text=True, timeout=HANG_S)
