@@ -98,7 +98,13 @@ class TemporalBitIndex {
   // Whether some word holding a key of [lo, hi] holds a member (a member outside the range in
   // those words counts too: a cheap first look, a word or two of the level above).
   bool maybe_any(std::size_t lo, std::size_t hi) const noexcept {
-    return any_word(lo / kBits, hi / kBits);
+    // One bit per leaf word in the level above: a range of thousands of keys costs a word or two.
+    if (levels_.size() < 2) return true;
+    const std::size_t wlo = lo / kBits, whi = hi / kBits;
+    for (std::size_t u = wlo / kBits; u <= whi / kBits; ++u) {
+      if (levels_[1][u] & range_mask(u, wlo, whi)) return true;
+    }
+    return false;
   }
 
   // Removes every member of [lo, hi] (inclusive).
@@ -162,16 +168,6 @@ class TemporalBitIndex {
   }
 
  private:
-  // Whether a leaf word in [wlo, whi] holds a member: read from the level above, one bit per
-  // leaf word, so a range of thousands of granules costs a word or two when it is empty.
-  bool any_word(std::size_t wlo, std::size_t whi) const noexcept {
-    if (levels_.size() < 2) return true;
-    const auto& up = levels_[1];
-    for (std::size_t u = wlo / kBits; u <= whi / kBits; ++u) {
-      if (up[u] & range_mask(u, wlo, whi)) return true;
-    }
-    return false;
-  }
   // Sets (or clears) the leaf bits of members [lo, hi]; returns how many changed. The inside
   // words of a range are mostly all members or none: they are looked at as a whole first (an
   // OR and an AND, loops the compiler vectorizes, as it does the fill), and counted one by

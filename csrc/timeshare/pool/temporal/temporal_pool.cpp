@@ -110,8 +110,14 @@ std::uintptr_t TemporalPool::snap(const Arena& arena, std::size_t region,
 bool TemporalPool::commit(Arena& arena, std::size_t region, const ArenaFreeRanges::Range& r,
                           std::size_t bytes, std::uintptr_t* addr, bool mapped_known) {
   const std::uintptr_t at = snap(arena, region, r, bytes);
+  return commit_at(arena, region, r, at, bytes, addr, mapped_known && at == r.addr);
+}
+
+bool TemporalPool::commit_at(Arena& arena, std::size_t region, const ArenaFreeRanges::Range& r,
+                             std::uintptr_t at, std::size_t bytes, std::uintptr_t* addr,
+                             bool mapped_known) {
   if (!granules_.acquire(arena.granule_index, at, bytes, limit_bytes_, map_ahead(),
-                         mapped_known && at == r.addr)) {
+                         mapped_known)) {
     return false;
   }
   arena.regions[region].carve_at(r, at, bytes);
@@ -171,13 +177,7 @@ bool TemporalPool::place_in_empty_run(Arena& arena, std::size_t region, std::siz
         best_at = at;
         best_len = len;  // every candidate is looked at: the shortest run that fits wins
       });
-  if (best_len == 0) return false;
-  if (!granules_.acquire(arena.granule_index, best_at, bytes, limit_bytes_, map_ahead())) {
-    return false;
-  }
-  free.carve_at(best_range, best_at, bytes);
-  *addr = best_at;
-  return true;
+  return best_len != 0 && commit_at(arena, region, best_range, best_at, bytes, addr);
 }
 
 bool TemporalPool::place(Arena& arena, std::size_t region, std::size_t bytes,
@@ -278,11 +278,7 @@ bool TemporalPool::place_fewest_to_map(Arena& arena, std::size_t region, std::si
         return best == 0;  // nothing to map: no better place
       },
       &unused);
-  if (best_at == 0) return false;
-  if (!granules_.acquire(index, best_at, bytes, limit_bytes_, map_ahead())) return false;
-  arena.regions[region].carve_at(best_range, best_at, bytes);
-  *addr = best_at;
-  return true;
+  return best_at != 0 && commit_at(arena, region, best_range, best_at, bytes, addr);
 }
 
 void* TemporalPool::allocate(std::size_t bytes, device::Stream stream, const AllocHint& hint) {

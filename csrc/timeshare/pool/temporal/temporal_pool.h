@@ -193,14 +193,21 @@ class TemporalPool final : public Pool {
   // shortest of the highest `empty_run_candidates` runs.
   bool place_in_empty_run(Arena& arena, std::size_t region, std::size_t bytes,
                           std::uintptr_t* addr);
-  // `mapped_known`: every granule under [r.addr, r.addr + bytes) was just seen mapped.
   // Of the mapped_fit_candidates smallest free ranges of `region` that fit `bytes`, at either
   // end, the place that needs fewer granules mapped than `own`'s start; commits it (false: none,
   // nothing done).
   bool place_fewest_to_map(Arena& arena, std::size_t region, std::size_t bytes,
                            const ArenaFreeRanges::Range& own, std::uintptr_t* addr);
+  // commit_at at the start of the free range `r` (or where snap puts it in `r`).
+  // `mapped_known`: every granule under [r.addr, r.addr + bytes) was just seen mapped.
   bool commit(Arena& arena, std::size_t region, const ArenaFreeRanges::Range& r,
               std::size_t bytes, std::uintptr_t* addr, bool mapped_known = false);
+  // Makes [at, at + bytes) inside the free range `r` of `region` usable (its granules mapped as
+  // needed, growth mapped ahead) and takes it out of `r`; false, nothing changed, when the limit
+  // or the device refuses. `mapped_known`: every granule under it was just seen mapped.
+  bool commit_at(Arena& arena, std::size_t region, const ArenaFreeRanges::Range& r,
+                 std::uintptr_t at, std::size_t bytes, std::uintptr_t* addr,
+                 bool mapped_known = false);
   bool fits_mapped(const Arena& arena, std::uintptr_t addr, std::size_t bytes) const;
   // Where in the free range `r` of `region` a block of `bytes` goes (snap_to_granules).
   std::uintptr_t snap(const Arena& arena, std::size_t region, const ArenaFreeRanges::Range& r,
