@@ -280,10 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                         "scripts/corpus/models.py), with the GPU snapshots for heldout")
     a = p.parse_args(argv)
     if a.split:
-        import bench_corpus  # scripts/: imports the corpus's row list
-
-        a.paths = [str(x) for x in
-                   bench_corpus.split_traces(ROOT / "out" / "corpus")[a.split]]
+        a.paths = [str(x) for x in benchlib.corpus_splits()[a.split]]
         if a.split == "heldout":
             a.paths += [str(x) for x in sorted(benchlib.GPU_TRACES.glob("*.pkl*"))]
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]

@@ -17,13 +17,17 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["GPU_TRACES", "ROOT", "SHIPPED_TRACES", "machine", "traces", "use_checkout_package",
+__all__ = ["CORPUS", "GPU_TRACES", "ROOT", "SHIPPED_TRACES", "corpus_splits", "machine", "traces",
+           "use_checkout_package",
            "write_section"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_TRACES = ROOT / "python" / "timeshare" / "traces"
 # The real GPU snapshots (held out), in shared/ beside the repository.
 GPU_TRACES = ROOT.parent / "shared" / "traces-gpu"
+# The trace corpus as scripts/corpus/capture.sh writes it, and its held-out rows that are shipped.
+CORPUS = ROOT / "out" / "corpus"
+SHIPPED_HELD_OUT = ROOT / "tests" / "data" / "corpus"
 
 
 def use_checkout_package() -> None:
@@ -42,6 +46,27 @@ def traces() -> list[Path]:
     gpu_dir = next((p for p in (GPU_TRACES, Path("/work/shared/traces-gpu")) if p.is_dir()), None)
     gpu = sorted(gpu_dir.glob("*.pkl.gz")) if gpu_dir else []
     return shipped + gpu
+
+
+def corpus_splits(corpus: Path = CORPUS) -> dict[str, list[Path]]:
+    """The corpus's traces by split ("tuning", "heldout": scripts/corpus/models.py's split_of),
+    the shipped held-out ones added; files that are no corpus row are left out."""
+    sys.path.insert(0, str(ROOT / "scripts" / "corpus"))
+    import models  # scripts/corpus/: the corpus's rows
+
+    out: dict[str, list[Path]] = {"tuning": [], "heldout": []}
+    seen: set[str] = set()
+    for d in (corpus, SHIPPED_HELD_OUT):
+        for p in sorted(d.glob("*.pkl.gz")) if d.is_dir() else []:
+            name = p.name.removesuffix(".pkl.gz")
+            try:
+                row = models.by_name(name)
+            except KeyError:
+                continue  # not a corpus row
+            if name not in seen:
+                seen.add(name)
+                out[models.split_of(row)].append(p)
+    return out
 
 
 def machine() -> dict[str, Any]:
