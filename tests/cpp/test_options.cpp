@@ -28,7 +28,8 @@ TEST_CASE("options: empty conf gives defaults", "[options]") {
 
 TEST_CASE("options: good conf strings", "[options]") {
   auto r = parse_options("budget:20GiB, spill:host+ssd ,spill_dir:/tmp/x:y,policy:TORCH,"
-                         "expandable_segments:True,max_split_size_mb:128,hidden:64,");
+                         "expandable_segments:True,max_split_size_mb:128,hidden:64,"
+                         "cache_slack:0.02");
   REQUIRE(r.options);
   const Options& o = *r.options;
   CHECK(o.budget_bytes == 20ull << 30);
@@ -38,6 +39,7 @@ TEST_CASE("options: good conf strings", "[options]") {
   CHECK(o.expandable_segments);
   CHECK(o.max_split_size_bytes == 128u << 20);
   CHECK(o.hidden == 64);
+  CHECK(o.cache_slack == 0.02);
 }
 
 TEST_CASE("options: bad conf strings give one line naming the problem", "[options]") {
@@ -56,6 +58,9 @@ TEST_CASE("options: bad conf strings give one line naming the problem", "[option
   CHECK_FALSE(parse_options("hidden:32x").options);
   CHECK_FALSE(parse_options("noncolon").options);
   CHECK_FALSE(parse_options("drift_threshold:2").options);
+  CHECK_FALSE(parse_options("cache_slack:1.5").options);
+  CHECK_FALSE(parse_options("cache_slack:-0.01").options);
+  CHECK(parse_options("cache_slack:2%").error.find("cache_slack:2% is invalid") != std::string::npos);
   CHECK_FALSE(parse_options("roundup_power2_divisions:4").options);
   auto needs_budget = parse_options("spill:host");
   CHECK_FALSE(needs_budget.options);

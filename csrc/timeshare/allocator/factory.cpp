@@ -1,5 +1,6 @@
 // The factory: maps the user-facing Options onto the parts' own option structs, and assembles
 // the pool and predictor stack the allocator (and every replay and tool) runs.
+#include <cmath>
 #include <string_view>
 
 #include "timeshare/allocator/allocator.h"
@@ -71,6 +72,7 @@ pool::TemporalPoolOptions temporal_pool_options(const Options& options,
   const std::size_t granule = backend.granule_bytes();
   to.map_ahead_granules = granule == 0 ? 0 : (options.map_ahead_bytes + granule - 1) / granule;
   to.forecast_window_events = options.free_forecast_events;
+  to.slack_permille = static_cast<std::size_t>(std::lround(options.cache_slack * 1000.0));
   // The detector test only ever runs on the sim: a GPU would fault (illegal address).
   to.unsafe_unmap = options.unsafe_unmap && std::string_view(backend.name()) == "sim";
   if (options.unsafe_unmap && !to.unsafe_unmap) {

@@ -11,7 +11,7 @@ namespace timeshare {
 
 namespace {
 
-constexpr std::array<OptionInfo, 28> kOptionTable{{
+constexpr std::array<OptionInfo, 29> kOptionTable{{
     {"policy", "choice", "timeshare", "allocation policy: timeshare (predictor + temporal pool) "
                                       "or torch (model of PyTorch's caching allocator)"},
     {"backend", "choice", "auto", "device backend: auto (cuda where a GPU is present), cuda, sim"},
@@ -56,6 +56,10 @@ constexpr std::array<OptionInfo, 28> kOptionTable{{
                                     "next 20 MiB page of the mapped total, and not before the "
                                     "peak reaches 48 MiB (fewer calls, at most part of a page "
                                     "more peak reserved; 0 = off)"},
+    {"cache_slack", "float", "0", "temporal pool: keep free memory mapped up to this fraction "
+                                  "of the observed peak of demand above it (0.02 = 2 %): "
+                                  "fewer map/unmap calls in the steady state, for up to that "
+                                  "much more peak reserved (0 = give back all above the peak)"},
     {"free_forecast", "int", "0", "temporal pool: at growth, map ahead less by what the live "
                                   "blocks are predicted to free in the next this many "
                                   "allocator events (0 = off)"},
@@ -254,6 +258,7 @@ std::optional<Setter> setter_for(std::string_view key) {
   if (key == "unsafe_unmap") return [](Options& o, std::string_view v) { return set_bool(o.unsafe_unmap, v); };
   if (key == "plan") return [](Options& o, std::string_view v) { return set_bool(o.plan, v); };
   if (key == "map_ahead") return [](Options& o, std::string_view v) { return set_bytes(o.map_ahead_bytes, v); };
+  if (key == "cache_slack") return [](Options& o, std::string_view v) { return set_float(o.cache_slack, v, 0.0, 1.0); };
   if (key == "free_forecast") {
     return [](Options& o, std::string_view v) {
       return set_int(o.free_forecast_events, v, 0, std::int64_t{1} << 16);
@@ -388,6 +393,7 @@ std::string to_conf_string(const Options& o) {
   add("unsafe_unmap", o.unsafe_unmap ? "true" : "false");
   add("plan", o.plan ? "true" : "false");
   add("map_ahead", std::to_string(o.map_ahead_bytes));
+  add("cache_slack", std::to_string(o.cache_slack));
   add("free_forecast", std::to_string(o.free_forecast_events));
   add("history", std::to_string(o.history_bytes));
   add("hidden", std::to_string(o.hidden));

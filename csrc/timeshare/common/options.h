@@ -51,6 +51,10 @@ struct Options {
   // Temporal pool: at growth, map ahead less by the bytes the live blocks are predicted to free
   // within this many allocator events (pool/temporal/free_forecast.h; 0 = off).
   std::uint64_t free_forecast_events = 0;
+  // Temporal pool: free granules stay mapped up to this fraction of the observed peak of demand
+  // above it (fewer map/unmap calls in the steady state, up to this much more peak reserved;
+  // 0 = give back everything above the peak).
+  double cache_slack = 0.0;
   std::size_t history_bytes = std::size_t{8} << 20;
   int hidden = 32;
   std::uint64_t retrain_interval_events = 40'000;

@@ -56,6 +56,7 @@ py::dict options_dict(const Options& o) {
   d["hidden"] = o.hidden;
   d["retrain_interval"] = o.retrain_interval_events;
   d["drift_threshold"] = o.drift_threshold;
+  d["cache_slack"] = o.cache_slack;
   d["seed"] = o.seed;
   d["log"] = o.log_level;
   return d;
