@@ -364,6 +364,38 @@ TEST_CASE("temporal: bit index finds the highest and previous members", "[tempor
   REQUIRE(bits.count() == ref.size());
 }
 
+TEST_CASE("temporal: the previous member of three bit indices' union", "[temporal]") {
+  constexpr std::size_t kN = 70000;
+  TemporalBitIndex ix[3];
+  std::set<std::size_t> ref[3];
+  for (auto& b : ix) b.resize(kN);
+  std::mt19937_64 rng(11);
+  for (int step = 0; step < 20000; ++step) {
+    const std::size_t s = rng() % 3;
+    const std::size_t i = rng() % kN;
+    if (rng() % 4 == 0) {
+      const std::size_t hi = std::min<std::size_t>(kN - 1, i + rng() % 3000);
+      ix[s].clear_range(i, hi);
+      ref[s].erase(ref[s].lower_bound(i), ref[s].upper_bound(hi));
+    } else if (rng() % 3 == 0) {
+      ix[s].clear(i);
+      ref[s].erase(i);
+    } else {
+      ix[s].set(i);
+      ref[s].insert(i);
+    }
+    const std::size_t q = rng() % (kN + 1);
+    std::size_t want = TemporalBitIndex::npos;
+    for (const auto& r : ref) {
+      auto it = r.lower_bound(q);
+      if (it != r.begin() && (want == TemporalBitIndex::npos || *std::prev(it) > want)) {
+        want = *std::prev(it);
+      }
+    }
+    REQUIRE(TemporalBitIndex::find_prev_union(ix[0], ix[1], ix[2], q) == want);
+  }
+}
+
 TEST_CASE("temporal: a bit index over many granules faults in only the pages it uses",
           "[temporal]") {
   // An arena's index spans a device's worth of granules per region (millions on the replay's

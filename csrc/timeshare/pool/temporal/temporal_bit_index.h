@@ -146,12 +146,30 @@ class TemporalBitIndex {
   // Highest member below `i`, or npos. Linear in the distance at the leaf level only when
   // words are empty, which the upper levels skip.
   std::size_t find_prev(std::size_t i) const noexcept {
-    if (count_ == 0 || i == 0) return npos;
+    if (count_ == 0) return npos;
+    return prev_in(i, [this](std::size_t l, std::size_t w) { return levels_[l][w]; });
+  }
+
+  // Highest member below `i` of the union of three indices of the same capacity, or npos: one
+  // walk over their words ORed, where three find_prev calls would make three.
+  static std::size_t find_prev_union(const TemporalBitIndex& a, const TemporalBitIndex& b,
+                                     const TemporalBitIndex& c, std::size_t i) noexcept {
+    if (a.count_ + b.count_ + c.count_ == 0) return npos;
+    return a.prev_in(i, [&](std::size_t l, std::size_t w) {
+      return a.levels_[l][w] | b.levels_[l][w] | c.levels_[l][w];
+    });
+  }
+
+ private:
+  // find_prev over the words word(level, w) (this index's shape): climb until a word has a
+  // member at or below the position, then descend.
+  template <class WordAt>
+  std::size_t prev_in(std::size_t i, WordAt&& word) const noexcept {
+    if (i == 0) return npos;
     --i;
-    // Climb until a word has a member at or below the position, then descend.
     std::size_t l = 0;
     for (; l < levels_.size(); ++l) {
-      const std::uint64_t w = levels_[l][i / kBits] & mask_upto(i % kBits);
+      const std::uint64_t w = word(l, i / kBits) & mask_upto(i % kBits);
       if (w != 0) {
         i = (i / kBits) * kBits + (kBits - 1 - static_cast<std::size_t>(std::countl_zero(w)));
         break;
@@ -161,13 +179,11 @@ class TemporalBitIndex {
     }
     if (l == levels_.size()) return npos;
     while (l-- > 0) {
-      const std::uint64_t w = levels_[l][i];
+      const std::uint64_t w = word(l, i);
       i = i * kBits + (kBits - 1 - static_cast<std::size_t>(std::countl_zero(w)));
     }
     return i;
   }
-
- private:
   // Sets (or clears) the leaf bits of members [lo, hi]; returns how many changed. The inside
   // words of a range are mostly all members or none: they are looked at as a whole first (an
   // OR and an AND, loops the compiler vectorizes, as it does the fill), and counted one by

@@ -170,15 +170,9 @@ class TemporalGranules {
       }
     };
     const auto prev = [&](std::size_t k) {  // highest empty key below k (npos: none)
-      std::size_t best = TemporalBitIndex::npos;
-      for (const TemporalBitIndex* ix : {&cache_, &quarantined_keys, &pinned_free_}) {
-        const std::size_t p = ix->find_prev(k);
-        if (p != TemporalBitIndex::npos && p >= ar.offset &&
-            (best == TemporalBitIndex::npos || p > best)) {
-          best = p;
-        }
-      }
-      return best;
+      const std::size_t p =
+          TemporalBitIndex::find_prev_union(cache_, quarantined_keys, pinned_free_, k);
+      return p != TemporalBitIndex::npos && p >= ar.offset ? p : TemporalBitIndex::npos;
     };
     std::size_t k = prev(ar.offset + ar.granules);
     for (std::size_t runs = 0; runs < max_runs && k != TemporalBitIndex::npos; ++runs) {
