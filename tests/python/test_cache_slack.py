@@ -2,8 +2,8 @@
 set by the user.
 
 By default the pool gives back (unmaps) free granules above the observed peak of demand, so
-that its peak stays low; on gpt2_fixed (shipped) that costs 4-20 map/unmap calls in every
-iteration, where expandable segments make none once grown. ``cache_slack:F`` keeps free memory
+that its peak stays low; on gpt2_fixed (shipped) that costs 4-20 map/unmap calls in most
+iterations, where expandable segments make none once grown. ``cache_slack:F`` keeps free memory
 mapped up to F times that peak above it. Through the public replay API on the strict sim:
 with 2 % the steady state makes no call and the whole run makes fewer calls than
 torch-expandable's, for at most 2 % (and the 20 MiB page that growth maps ahead) more peak
