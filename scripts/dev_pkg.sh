@@ -24,4 +24,16 @@ if [[ -n $INSTALLED ]]; then
     [[ -f $lib ]] && cp "$lib" "$OUT/timeshare/"
   done
 fi
+# The native layer links libtimeshare.so's classes (Options, the pools): one built against
+# other headers crashes (a new Options field did, in the .venv-cuda tests). A layer built from
+# this tree (NATIVE_FROM: a C++ build dir configured with TIMESHARE_NATIVE_TORCH; default build)
+# replaces the installed one when it is newer.
+for lib in "${NATIVE_FROM:-build}"/libtimeshare_native-*.so; do
+  installed="$INSTALLED/$(basename "$lib")"
+  if [[ -f $lib && ( -z $INSTALLED || ! -f $installed || $lib -nt $installed ) ]]; then
+    dest="$OUT/timeshare/$(basename "$lib")"
+    cp "$lib" "$dest"
+    echo "dev_pkg: native layer from $lib" >&2
+  fi
+done
 echo "$OUT"
