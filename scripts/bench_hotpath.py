@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.split:
         a.paths = [str(x) for x in benchlib.corpus_splits()[a.split]]
         if a.split == "heldout":
-            a.paths += [str(x) for x in sorted(benchlib.GPU_TRACES.glob("*.pkl*"))]
+            a.paths += [str(x) for x in benchlib.gpu_snapshots()]
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     if a.from_json:
         data = json.loads(Path(a.from_json).read_text())

@@ -103,13 +103,10 @@ def render(title: str, n: int, cells: list[tuple[str, dict[str, Any]]]) -> list[
 def main(argv: list[str]) -> int:
     """Run the benchmark; returns the exit status."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", default=str(benchlib.CORPUS),
-                    help="captured corpus traces (default: %(default)s)")
-    ap.add_argument("--gpu-traces", default=str(benchlib.GPU_TRACES))
+    benchlib.add_held_out_args(ap)
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args(argv)
-    splits = benchlib.corpus_splits(Path(args.corpus))
-    gpu = sorted(Path(args.gpu_traces).glob("*.pkl*")) if args.gpu_traces else []
+    splits, gpu = benchlib.held_out_sets(args)
     shipped = sorted(benchlib.SHIPPED_TRACES.glob("*.pkl.gz"))
     sets = [("Held out", splits["heldout"]), ("Real GPU snapshots (held out)", gpu),
             ("Shipped (the defaults were chosen on them)", shipped)]

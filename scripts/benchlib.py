@@ -11,14 +11,15 @@ so that it finds this module however it is run (``python scripts/bench_x.py``, `
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["CORPUS", "GPU_TRACES", "ROOT", "SHIPPED_TRACES", "corpus_splits", "machine", "traces",
-           "use_checkout_package",
+__all__ = ["CORPUS", "GPU_TRACES", "ROOT", "SHIPPED_TRACES", "add_held_out_args", "corpus_splits",
+           "gpu_snapshots", "held_out_sets", "machine", "traces", "use_checkout_package",
            "write_section"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +68,23 @@ def corpus_splits(corpus: Path = CORPUS) -> dict[str, list[Path]]:
                 seen.add(name)
                 out[models.split_of(row)].append(p)
     return out
+
+
+def gpu_snapshots(gpu_dir: Path | str = GPU_TRACES) -> list[Path]:
+    """The real GPU snapshots in `gpu_dir` (held out; none for an empty path)."""
+    return sorted(Path(gpu_dir).glob("*.pkl*")) if str(gpu_dir) else []
+
+
+def add_held_out_args(ap: argparse.ArgumentParser) -> None:
+    """--corpus and --gpu-traces: where held_out_sets looks."""
+    ap.add_argument("--corpus", default=str(CORPUS),
+                    help="captured corpus traces (default: %(default)s)")
+    ap.add_argument("--gpu-traces", default=str(GPU_TRACES))
+
+
+def held_out_sets(args: argparse.Namespace) -> tuple[dict[str, list[Path]], list[Path]]:
+    """The corpus's splits and the GPU snapshots where add_held_out_args's options point."""
+    return corpus_splits(Path(args.corpus)), gpu_snapshots(args.gpu_traces)
 
 
 def machine() -> dict[str, Any]:
