@@ -116,8 +116,10 @@ class AsyncPredictor final : public LifespanPredictor {
     std::size_t n = 0;
     std::unique_ptr<Item[]> items;
   };
-  // Queues the event; for an allocation, sets its context and returns the board's answer.
-  std::uint64_t push(Item& item);
+  // Queues the event `fill` writes (in place, in the callers' chunk); for an allocation, sets
+  // its context and returns the board's answer.
+  template <class Fill>
+  std::uint64_t push(bool alloc, Fill&& fill);
   void flush_local_locked() const;   // caller holds local_mu_
   void feed_pending_locked() const;  // caller holds feed_mu_
   Chunk* new_chunk_locked() const;   // caller holds in_mu_: a recycled chunk, else a new one
