@@ -9,8 +9,9 @@
 //          --borrow-distance N  --borrow-down N  --longer-first  --reassign  --lowest-of K
 //          --fit-max-ratio N (0 = any size)  --unsafe-unmap (detector test)
 //          --empty-runs N (0 = off)  --no-tail-first  --map-ahead GRANULES (device calls)
-//          --map-ahead-permille N  --map-ahead-page N  --map-ahead-min GRANULES  --no-fewest-to-map
-//          --gpu-lag-events N (work in flight, default 128; 0 = none)  --repeat N (timing: best of N, 3)
+//          --map-ahead-permille N  --map-ahead-page N  --map-ahead-min GRANULES  --map-ahead-gap N
+//          --no-fewest-to-map  --gpu-lag-events N (work in flight, default 128; 0 = none)
+//          --repeat N (timing: best of N, 3)
 //
 // Lifespans are computed offline: the number of ticks (allocs + frees) between an allocation
 // and its free; never-freed blocks are permanent. Predictors:
@@ -453,8 +454,7 @@ std::vector<std::string> split(const std::string& s, char sep) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> predictors = {"oracle",   "constant", "noisy",
-                                         "lastsize", "torch",    "torch-expandable", "offline"};
+  std::vector<std::string> predictors = {"oracle", "constant", "noisy", "lastsize", "torch", "torch-expandable", "offline"};
   std::vector<std::string> paths;
   bool synthetic = false;
   std::string write_dir;
@@ -503,6 +503,7 @@ int main(int argc, char** argv) {
     else if (a == "--no-fewest-to-map") o.fewest_to_map = false;
     else if (a == "--snap") o.snap_to_granules = static_cast<unsigned>(std::stoul(next()));
     else if (a == "--map-ahead-page") o.map_ahead_page_granules = std::stoull(next());
+    else if (a == "--map-ahead-gap") o.map_ahead_gap_events = std::stoull(next());
     else if (a == "--small-bytes") o.small_block_bytes = std::stoull(next());
     else if (a == "--forecast") o.forecast_window_events = std::stoull(next());
     else if (a == "--repeat") repeat = std::stoi(next());
@@ -575,8 +576,7 @@ int main(int argc, char** argv) {
         }
       }
       std::printf("%-24s %-16s %8zu %8.1f MiB %7.4f %8lld %9lld %8.1f %8.1f  %-20s %6llu %6llu%s\n",
-                  t.name.c_str(),
-                  kind.c_str(), t.events.size(),
+                  t.name.c_str(), kind.c_str(), t.events.size(),
                   static_cast<double>(r.peak_live_bytes) / static_cast<double>(ts::kMiB),
                   static_cast<double>(r.peak_reserved_bytes) /
                       static_cast<double>(std::max<std::size_t>(r.peak_live_bytes, 1)),

@@ -787,6 +787,7 @@ TEST_CASE("temporal: growth maps ahead in one call, within the limit and the dev
     o.map_ahead_permille = 0;  // a fixed map-ahead, as before the pool sized it (issue 28)
     o.map_ahead_page_granules = 0;
     o.map_ahead_min_granules = 0;
+    o.map_ahead_gap_events = 0;
     TemporalPool pool(&sim, o);
     pool.set_limit_bytes(limit_bytes);
     std::size_t peak_mapped = 0;
@@ -843,6 +844,55 @@ TEST_CASE("temporal: map-ahead sized by the pool: a tenth of the peak, whole 20 
   // 200 granules grown in whole pages once the pool is large enough: far fewer calls than
   // one per granule (a map of several granules is one call).
   CHECK(pool.stats().num_device_alloc - 1 < 60);
+}
+
+TEST_CASE("temporal: map-ahead follows the climb; a rise after a quiet spell maps its block",
+          "[temporal][calls]") {
+  // A forward pass: 1 MiB blocks that stay live, one a tick, up to 60 granules; then a quiet
+  // spell of 2 MiB scratch blocks allocated and freed below that peak (about 5000 ticks: a few
+  // iterations); then one block raising the peak of demand by a granule (a longer batch).
+  auto run = [](std::uint64_t gap) {
+    SimBackend sim(backed(kGiB));
+    TemporalPoolOptions o;
+    o.map_ahead_gap_events = gap;
+    TemporalPool pool(&sim, o);
+    std::uint64_t t = 0;
+    for (std::uint64_t i = 0; i < 120; ++i) {
+      void* p = pool.allocate(kMiB, 0, {t++, 0, t});
+      REQUIRE(p != nullptr);
+      std::memset(p, 1, kMiB);
+    }
+    const std::int64_t climb_calls = pool.stats().num_device_alloc;
+    for (int i = 0; i < 2500; ++i) {
+      void* p = pool.allocate(2 * kMiB, 0, {t++, 0, t});
+      REQUIRE(p != nullptr);
+      std::memset(p, 2, 2 * kMiB);
+      REQUIRE(pool.deallocate(p, t++) == FreeResult::kOk);
+    }
+    // Every granule mapped so far, and one more: the block must map exactly one.
+    const std::size_t spare = pool.mapped_granules() - pool.needed_granules();
+    void* step = pool.allocate((spare + 1) * 2 * kMiB, 0, {t++, 0, t});
+    REQUIRE(step != nullptr);
+    std::memset(step, 3, (spare + 1) * 2 * kMiB);
+    CHECK(sim.counters().device_faults == 0);
+    struct Out {
+      std::int64_t climb_calls;
+      std::size_t mapped;
+      std::size_t needed;
+    };
+    return Out{climb_calls, pool.mapped_granules(), pool.needed_granules()};
+  };
+  REQUIRE(TemporalPoolOptions{}.map_ahead_gap_events == 4096);
+  const auto climb = run(4096);
+  const auto always = run(0);
+  // The rise after the quiet spell maps its granule and nothing ahead, where a map-ahead that
+  // did not look at the climb mapped granules no block ever used.
+  CHECK(climb.mapped == climb.needed);
+  CHECK(always.mapped > always.needed);
+  // The climb itself still maps ahead above map_ahead_min_granules (24, one call each below
+  // it): fewer calls than one per granule (60).
+  CHECK(climb.climb_calls < 40);
+  CHECK(climb.climb_calls >= always.climb_calls);
 }
 
 TEST_CASE("temporal: a pool below 24 granules of demand maps nothing ahead (issue 28)",
@@ -966,6 +1016,7 @@ TEST_CASE("temporal: predicted frees cut the map-ahead; wrong ones cost calls, n
     o.map_ahead_permille = 0;  // a fixed map-ahead, as before the pool sized it (issue 28)
     o.map_ahead_page_granules = 0;
     o.map_ahead_min_granules = 0;
+    o.map_ahead_gap_events = 0;
     o.forecast_window_events = window;
     TemporalPool pool(&sim, o);
     std::size_t peak_mapped = 0;

@@ -53,9 +53,10 @@ constexpr std::array<OptionInfo, 29> kOptionTable{{
     {"map_ahead", "bytes", "18MiB", "temporal pool: while memory grows past its peak, map up "
                                     "to this much beyond the block in the same device call: "
                                     "at most a tenth of the observed peak, only up to the "
-                                    "next 20 MiB page of the mapped total, and not before the "
-                                    "peak reaches 48 MiB (fewer calls, at most part of a page "
-                                    "more peak reserved; 0 = off)"},
+                                    "next 20 MiB page of the mapped total, not before the "
+                                    "peak reaches 48 MiB, and no more than the peak has risen "
+                                    "in the current climb of growth (fewer calls, at most part "
+                                    "of a page more peak reserved; 0 = off)"},
     {"cache_slack", "float", "0", "temporal pool: keep free memory mapped up to this fraction "
                                   "of the observed peak of demand above it (0.02 = 2 %): "
                                   "fewer map/unmap calls in the steady state, for up to that "

@@ -318,6 +318,12 @@ void TemporalGranules::claim(const Request& r) {
 void TemporalGranules::count_in(const Request& r) {
   ArenaGranules& ar = arenas_[r.a];
   r.sp.for_each_partial([&](std::size_t g) { ++ar.occupancy[g]; });
+  if (needed_ + r.cost.fresh > peak_demand()) {
+    // A rise of the peak more than ahead_gap_ ticks after the last one starts a new climb.
+    if (!grown_ || now_events_ - last_growth_events_ > ahead_gap_) climb_base_ = peak_demand();
+    last_growth_events_ = now_events_;
+    grown_ = true;
+  }
   needed_ += r.cost.fresh;
   window_peak_ = std::max(window_peak_, needed_ + pinned_free_.count());
 }
@@ -407,6 +413,13 @@ std::size_t TemporalGranules::ahead_of(const Request& r, std::size_t n) const {
   if (r.ahead_granules == 0 || needed_ + r.cost.fresh <= peak_demand()) return 0;
   const ArenaGranules& ar = arenas_[r.a];
   std::size_t want = r.ahead_granules;
+  if (ahead_gap_ != 0) {
+    // As much as the current climb has risen, this block included; nothing for its first step.
+    // The peak of demand can fall below the climb's base (a window rolled over, a plan was
+    // taken up): the rise counts from the lower of the two.
+    if (!grown_ || now_events_ - last_growth_events_ > ahead_gap_) return 0;
+    want = std::min(want, needed_ + r.cost.fresh - std::min(climb_base_, peak_demand()));
+  }
   if (forecast_ != nullptr) {
     // What the blocks predicted to die in the window will give back serves the blocks
     // that follow instead: only the rest is mapped ahead.

@@ -85,6 +85,10 @@ class TemporalGranules {
   // Growth maps ahead only up to the next multiple of `granules` of the mapped total (0: all
   // `ahead_granules`).
   void set_ahead_page(std::size_t granules) noexcept { ahead_page_ = granules; }
+  // Growth maps ahead at most what the peak of demand has risen in its current climb: rises at
+  // most `events` ticks apart (0: no such bound). A peak raised again after a quiet spell
+  // maps only what its block needs, and a climb maps ahead as fast as it has climbed.
+  void set_ahead_gap(std::uint64_t events) noexcept { ahead_gap_ = events; }
 
   // Unmaps every cached granule (empty_cache, or before a retry at the limit), waiting for the
   // fences of quarantined ones.
@@ -355,6 +359,10 @@ class TemporalGranules {
   std::uint64_t window_start_events_ = 0;
   std::uint64_t now_events_ = 0;  // the last tick() seen
   std::size_t ahead_page_ = 0;
+  std::uint64_t ahead_gap_ = 0;
+  std::uint64_t last_growth_events_ = 0;  // tick at which a block last raised the peak of demand
+  bool grown_ = false;                    // ... and whether one ever has
+  std::size_t climb_base_ = 0;            // the peak of demand before the current climb
   FreeForecast* forecast_ = nullptr;
   std::uint64_t forecast_window_ = 0;
   std::uint64_t map_calls_ = 0;

@@ -95,6 +95,14 @@ struct TemporalPoolOptions {
   // at the peak, 5-10 % of a pool this small (measured on the tuning traces: three 40 MiB
   // models above expandable segments' peak with it, none without; docs/temporal_pool.md).
   std::size_t map_ahead_min_granules = 24;
+  // ... and at most what the peak of demand has risen in its current climb, a climb being rises
+  // at most this many ticks apart (0 = no such bound): its first rise maps only what its block
+  // covers. A peak raised again after a quiet spell (a longer batch, the optimizer's state, a
+  // later iteration a granule or two above the first) is a step, not the start of a growth
+  // that blocks will follow, and what was mapped ahead there stayed unused at the peak
+  // (ssdlite_mnv3_sgd: 9 granules in its second iteration). A sixteenth of the mark's window;
+  // chosen on the tuning split (docs/temporal_pool.md, "Map-ahead follows the climb").
+  std::uint64_t map_ahead_gap_events = 4096;
 
   // Where in the chosen free range a block goes: at its start (the old rule), or at the
   // granule boundary inside it, or at its end, whichever adds the fewest granules to the needed

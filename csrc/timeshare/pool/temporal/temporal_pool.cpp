@@ -40,6 +40,7 @@ TemporalPool::TemporalPool(device::Backend* backend, TemporalPoolOptions options
     granules_.set_forecast(forecast_.get(), options_.forecast_window_events);
   }
   granules_.set_ahead_page(options_.map_ahead_page_granules);
+  granules_.set_ahead_gap(options_.map_ahead_gap_events);
 }
 
 TemporalPool::~TemporalPool() {
