@@ -320,7 +320,7 @@ void TemporalGranules::count_in(const Request& r) {
   r.sp.for_each_partial([&](std::size_t g) { ++ar.occupancy[g]; });
   if (needed_ + r.cost.fresh > peak_demand()) {
     // A rise of the peak more than ahead_gap_ ticks after the last one starts a new climb.
-    if (!grown_ || now_events_ - last_growth_events_ > ahead_gap_) climb_base_ = peak_demand();
+    if (!climbing()) climb_base_ = peak_demand();
     last_growth_events_ = now_events_;
     grown_ = true;
   }
@@ -417,7 +417,7 @@ std::size_t TemporalGranules::ahead_of(const Request& r, std::size_t n) const {
     // As much as the current climb has risen, this block included; nothing for its first step.
     // The peak of demand can fall below the climb's base (a window rolled over, a plan was
     // taken up): the rise counts from the lower of the two.
-    if (!grown_ || now_events_ - last_growth_events_ > ahead_gap_) return 0;
+    if (!climbing()) return 0;
     want = std::min(want, needed_ + r.cost.fresh - std::min(climb_base_, peak_demand()));
   }
   if (forecast_ != nullptr) {

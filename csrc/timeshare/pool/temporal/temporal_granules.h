@@ -329,6 +329,10 @@ class TemporalGranules {
   bool map_missing(const Request& r, std::size_t alias_budget, Mapping* m);
   // Granules to map ahead after the run of `n` granules that ends the block (growth).
   std::size_t ahead_of(const Request& r, std::size_t n) const;
+  // Whether the peak of demand last rose at most ahead_gap_ ticks ago (a climb goes on).
+  bool climbing() const noexcept {
+    return grown_ && now_events_ - last_growth_events_ <= ahead_gap_;
+  }
   // Undoes what map_missing did (and the claim) when it failed.
   void undo_mapping(const Request& r, const Mapping& m);
 
